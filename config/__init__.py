@@ -1,0 +1,1 @@
+"""Tender's configuration: settings from the environment, logging and Celery options."""

@@ -1,0 +1,119 @@
+"""Settings from the environment (prefix ``TENDER_``), validated once at start.
+
+A bad value fails fast with :class:`SettingsError`, whose message names the
+environment variable and what it expects, e.g.::
+
+    TENDER_HEALTH_INTERVAL_S: expected a number greater than 0 (got '-3')
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TENDER_"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class SettingsError(ValueError):
+    """Raised when an environment variable holds a value Tender cannot use."""
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every knob Tender reads from its environment. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path(".tender")
+    # Defaults (None) mean: a SQLite file / an embedded kombu transport in data_dir.
+    database_url: str | None = None
+    broker_url: str | None = None
+    # Fernet key for secret fields in provider configs. Without one, development
+    # generates a key file in data_dir; production refuses to start.
+    secrets_key: SecretStr | None = None
+
+    health_interval_s: PositiveSeconds = 30.0
+    health_check_timeout_s: PositiveSeconds = 10.0
+    circuit_failure_threshold: Annotated[int, Field(ge=1)] = 2
+    reconcile_interval_s: PositiveSeconds = 60.0
+    reconcile_age_s: PositiveSeconds = 120.0  # how old pending/unknown must be to verify
+    relay_interval_s: PositiveSeconds = 5.0  # outbox sweep for events not published inline
+    registry_poll_s: PositiveSeconds = 0.25  # how often a process checks for registry changes
+    provider_timeout_s: PositiveSeconds = 15.0  # per provider call
+    payment_lease_s: PositiveSeconds = 120.0  # a claimed payment's lease before recovery
+    task_time_limit_s: PositiveSeconds = 300.0
+
+    alert_webhook_url: str | None = None
+    alert_smtp_host: str | None = None
+    alert_smtp_port: Annotated[int, Field(gt=0, lt=65536)] = 25
+    alert_email_from: str = "tender@localhost"
+    alert_email_to: list[str] = []
+    alert_cooldown_s: PositiveSeconds = 3600.0
+
+    @field_validator("database_url", "broker_url", "alert_webhook_url", "alert_smtp_host")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tender.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+_SECRET_FIELDS = frozenset({"secrets_key"})
+
+
+def _describe(error: dict[str, object]) -> str:
+    location = error.get("loc") or ()
+    field = str(location[0]) if location else "?"
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    shown = "***" if field in _SECRET_FIELDS else repr(error.get("input"))
+    return f"{variable}: expected {error.get('msg', 'a valid value')} (got {shown})"
+
+
+def load_settings() -> Settings:
+    """Read the environment now; raise SettingsError naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        raise SettingsError(f"invalid Tender settings: {problems}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the CLI re-read the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Payment-provider plugins: the contract (base, errors), money, and one module per provider."""

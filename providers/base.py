@@ -1,0 +1,251 @@
+"""The provider contract: one async interface and the pydantic models it speaks.
+
+A plugin is one subclass of :class:`PaymentProvider` plus an entry point in the
+``tender.providers`` group. It declares its configuration as a pydantic model
+(secrets typed ``SecretStr``) so every surface can validate and mask from it.
+Errors are the classes in :mod:`providers.errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from providers.errors import ConfigurationError
+from providers.money import normalize_currency
+
+REFERENCE_PATTERN = r"^[A-Za-z0-9.=\-]{1,100}$"
+
+
+def derive_reference(idempotency_key: str, tenant_id: str | None = None) -> str:
+    """The provider reference for a payment, derived from its idempotency key.
+
+    Deterministic, so a retried or redelivered charge carries the same reference
+    and the provider itself refuses to charge it twice. Letters, digits and '-'
+    only, which every provider accepts.
+    """
+    digest = hashlib.blake2b(f"{tenant_id or ''}\x1f{idempotency_key}".encode(), digest_size=16)
+    return f"tdr-{digest.hexdigest()}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutcomeStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    PENDING = "pending"  # redirect, bank transfer or awaiting a webhook
+    FAILED = "failed"
+    NOT_FOUND = "not_found"  # verify only: the provider has no such reference
+
+
+class RefundStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    PENDING = "pending"
+    FAILED = "failed"
+
+
+class HealthStatus(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+PaymentMethod = Literal["card", "bank_transfer", "ussd", "mobile_money", "bank"]
+MetadataValue = str | int | bool | None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PaymentRequest(_Model):
+    """What a plugin needs to charge once. Amounts are integer minor units."""
+
+    payment_id: UUID
+    reference: str = Field(pattern=REFERENCE_PATTERN)
+    order_id: str = Field(min_length=1, max_length=200)
+    amount_minor: PositiveInt
+    currency: str
+    customer_email: EmailStr
+    payment_method: PaymentMethod = "card"
+    # A reusable authorization the provider issued earlier (saved card); secret.
+    payment_token: SecretStr | None = None
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    tenant_id: str | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_currency(cls, value: str) -> str:
+        return normalize_currency(value)
+
+
+class PaymentOutcome(_Model):
+    """The provider's answer to a charge or a verify."""
+
+    status: OutcomeStatus
+    reference: str
+    provider_transaction_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    authorization_url: str | None = None
+    message: str | None = None
+    code: str | None = None
+
+
+class RefundOutcome(_Model):
+    status: RefundStatus
+    reference: str
+    refund_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    message: str | None = None
+
+
+class HealthCheck(_Model):
+    status: HealthStatus
+    message: str = ""
+    latency_ms: float = Field(ge=0)
+    checked_at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookEvent(_Model):
+    """A verified webhook, reduced to what the ledger needs.
+
+    ``event_id`` is stable across the provider's redeliveries so Tender can dedupe.
+    """
+
+    provider: str
+    event_id: str
+    event_type: str
+    reference: str | None = None
+    status: OutcomeStatus | None = None
+    refund: RefundOutcome | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    message: str | None = None
+
+
+class ProviderConfig(BaseModel):
+    """Base of every plugin's config model. Secret fields must be ``SecretStr``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def secret_fields(cls) -> frozenset[str]:
+        """Field names whose values are secret, read from the type annotations."""
+        return frozenset(
+            name
+            for name, info in cls.model_fields.items()
+            if info.annotation is not None and SecretStr in _flatten(info.annotation)
+        )
+
+
+def _flatten(annotation: Any) -> set[Any]:
+    args = getattr(annotation, "__args__", None)
+    if not args:
+        return {annotation}
+    found: set[Any] = set()
+    for arg in args:
+        found |= _flatten(arg)
+    return found
+
+
+def describe_validation_error(exc: ValidationError, *, prefix: str = "config") -> str:
+    """'config.secret_key: Field required; ...': names the fields, never echoes values."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(root)"
+        parts.append(f"{prefix}.{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+class PaymentProvider(ABC):
+    """The interface every payment-provider plugin implements.
+
+    Lifecycle: the registry instantiates the class, calls :meth:`configure` with
+    the instance's (decrypted) config, then calls the async methods from the
+    worker's event loop. :meth:`aclose` releases connection pools.
+    """
+
+    name: ClassVar[str]
+    provider_type: ClassVar[str] = "payment"
+    display_name: ClassVar[str]
+    supported_currencies: ClassVar[frozenset[str]]
+    config_model: ClassVar[type[ProviderConfig]]
+
+    def __init__(self) -> None:
+        self._config: ProviderConfig | None = None
+
+    @classmethod
+    def validate_config(cls, raw: Mapping[str, Any] | ProviderConfig) -> ProviderConfig:
+        """Validate a raw config against the plugin's model; ConfigurationError names fields."""
+        if isinstance(raw, cls.config_model):
+            return raw
+        try:
+            return cls.config_model.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise ConfigurationError(
+                f"invalid {cls.name} config: {describe_validation_error(exc)}", provider=cls.name
+            ) from None
+
+    def configure(self, config: Mapping[str, Any] | ProviderConfig) -> None:
+        """Validate and apply the instance's config; raise ConfigurationError if bad."""
+        self._config = self.validate_config(config)
+        self.on_configured()
+
+    def on_configured(self) -> None:  # noqa: B027 - optional hook
+        """Hook for plugins: build clients once the config is known."""
+
+    @property
+    def config(self) -> ProviderConfig:
+        if self._config is None:
+            raise ConfigurationError(f"{self.name} used before configure()", provider=self.name)
+        return self._config
+
+    def supports(self, currency: str) -> bool:
+        return currency in self.supported_currencies
+
+    @abstractmethod
+    async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+        """Charge once. Succeeded, pending (redirect/webhook) or failed; errors per errors.py."""
+
+    @abstractmethod
+    async def verify_payment(self, reference: str) -> PaymentOutcome:
+        """Ask the provider what happened to ``reference`` (NOT_FOUND if it never arrived)."""
+
+    @abstractmethod
+    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+        """Refund the whole payment (``None``) or part of it."""
+
+    @abstractmethod
+    async def health_check(self) -> HealthCheck:
+        """A cheap call that proves the provider answers and accepts our keys."""
+
+    @abstractmethod
+    async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        """Verify the signature over the raw body, then parse;
+        a bad signature raises :class:`~providers.errors.WebhookSignatureError`."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connection pools; called when the registry drops this object."""
+
+    def __repr__(self) -> str:
+        state = "configured" if self._config is not None else "unconfigured"
+        return f"<{type(self).__name__} {self.name} {state}>"

@@ -1,0 +1,75 @@
+"""Every error a provider plugin may raise, classified by what is safe to do next.
+
+Each plugin translates its SDK's failures onto these at one seam (a table), so
+the worker decides retries and fallbacks from the class alone:
+
+=====================  =========================================  ===========================
+error                  when                                       safe next step
+=====================  =========================================  ===========================
+ConfigurationError     bad or rejected keys, invalid config       mark instance ``error``, alert
+ProviderUnavailable    provably not charged (refused, 5xx before  try the next instance
+                       acceptance, circuit open)
+PaymentDeclined        the customer's money said no               final: fail the payment
+OutcomeUnknown         the request was sent, no answer came back  verify with the same provider
+=====================  =========================================  ===========================
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every provider failure. Messages never contain secrets."""
+
+    def __init__(self, message: str, *, provider: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.code = code
+
+    def __str__(self) -> str:
+        prefix = f"[{self.provider}] " if self.provider else ""
+        suffix = f" ({self.code})" if self.code else ""
+        return f"{prefix}{self.message}{suffix}"
+
+
+class ConfigurationError(ProviderError):
+    """The instance's configuration is invalid or its credentials were rejected.
+
+    Safe next: stop routing to the instance (status ``error``) and alert an operator.
+    Nothing was charged.
+    """
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not take the request, and provably did not charge.
+
+    Raised for connection refused, DNS failure, a 5xx returned before acceptance,
+    or an open circuit. Safe next: try the next instance in the route.
+    """
+
+
+class PaymentDeclined(ProviderError):
+    """The provider processed the request and said no (insufficient funds, bad card...).
+
+    Final for this payment: do not retry elsewhere, fail it with the provider's message.
+    """
+
+
+class OutcomeUnknown(ProviderError):
+    """The request was sent but no answer came back (read timeout, dropped connection).
+
+    The customer may or may not have been charged. Safe next: verify with the same
+    provider by reference before anything else; never fall through to another one.
+    """
+
+
+class WebhookError(Exception):
+    """A webhook Tender will not act on. Nothing is changed."""
+
+
+class WebhookSignatureError(WebhookError):
+    """The signature is missing or does not match the raw body: answer 401."""
+
+
+class WebhookPayloadError(WebhookError):
+    """Correctly signed, but the body is not an event Tender can read: answer 400."""

@@ -1,0 +1,137 @@
+"""Money at the edges is ``Decimal``; inside and on the wire it is integer minor units.
+
+Conversion uses the currency's ISO 4217 exponent (NGN 2, JPY 0, KWD 3). Every
+refusal is a specific :class:`MoneyError` subclass, so callers can tell a
+float from a fraction of a kobo.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+# ISO 4217 active codes by minor-unit exponent (currencies with no minor unit in
+# practice, such as JPY, KRW and XOF, have exponent 0).
+_EXPONENT_2 = """
+AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BRL BSD BTN BWP BYN BZD
+CAD CDF CHF CNY COP CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD
+GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD
+MDL MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR
+PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT
+TOP TRY TTD TWD TZS UAH USD UYU UZS VES WST XCD YER ZAR ZMW ZWL
+"""
+_EXPONENT_0 = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
+_EXPONENT_3 = "BHD IQD JOD KWD LYD OMR TND"
+_EXPONENT_4 = "CLF UYW"
+
+CURRENCY_EXPONENTS: dict[str, int] = {
+    code: places
+    for places, codes in ((2, _EXPONENT_2), (0, _EXPONENT_0), (3, _EXPONENT_3), (4, _EXPONENT_4))
+    for code in codes.split()
+}
+
+
+class MoneyError(ValueError):
+    """An amount or currency that Tender refuses to handle."""
+
+
+class UnknownCurrency(MoneyError):
+    """The code is not an ISO 4217 currency (or not upper-case three letters)."""
+
+
+class FloatAmount(MoneyError):
+    """A binary float was given; money must be Decimal, int or a decimal string."""
+
+
+class NonFiniteAmount(MoneyError):
+    """NaN or infinity."""
+
+
+class NonPositiveAmount(MoneyError):
+    """Zero or negative: a payment moves a positive amount."""
+
+
+class TooManyDecimalPlaces(MoneyError):
+    """More decimal places than the currency's minor unit allows (e.g. 1.001 NGN)."""
+
+
+class AmountTooLarge(MoneyError):
+    """More minor units than a signed 64-bit ledger column holds."""
+
+
+MAX_MINOR = 2**63 - 1
+
+
+class MalformedAmount(MoneyError):
+    """Not a number at all (e.g. '12,50' or 'ten')."""
+
+
+def normalize_currency(code: str) -> str:
+    """Return the ISO 4217 code, or raise UnknownCurrency."""
+    if not isinstance(code, str) or code not in CURRENCY_EXPONENTS:
+        raise UnknownCurrency(f"unknown currency {code!r}: expected an ISO 4217 code such as 'NGN'")
+    return code
+
+
+def exponent(currency: str) -> int:
+    """The number of decimal places of the currency's minor unit."""
+    return CURRENCY_EXPONENTS[normalize_currency(currency)]
+
+
+def _as_decimal(amount: object) -> Decimal:
+    if isinstance(amount, bool):
+        raise MalformedAmount(f"amount must be a number, not {amount!r}")
+    if isinstance(amount, float):
+        raise FloatAmount(
+            f"amount {amount!r} is a float; pass a Decimal or a string such as '{amount}'"
+        )
+    if isinstance(amount, Decimal):
+        return amount
+    if isinstance(amount, int):
+        return Decimal(amount)
+    if isinstance(amount, str):
+        try:
+            return Decimal(amount.strip())
+        except InvalidOperation:
+            raise MalformedAmount(f"amount {amount!r} is not a decimal number") from None
+    raise MalformedAmount(
+        f"amount must be a Decimal, int or decimal string, not {type(amount).__name__}"
+    )
+
+
+def to_minor(amount: Decimal | int | str, currency: str) -> int:
+    """Convert a major-unit amount to integer minor units, refusing anything inexact.
+
+    >>> to_minor(Decimal("12.34"), "NGN")
+    1234
+    """
+    places = exponent(currency)
+    value = _as_decimal(amount)
+    if not value.is_finite():
+        raise NonFiniteAmount(f"amount {amount!r} is not a finite number")
+    if value <= 0:
+        raise NonPositiveAmount(f"amount {value} {currency} must be greater than zero")
+    scaled = value.scaleb(places)
+    if scaled != scaled.to_integral_value():
+        raise TooManyDecimalPlaces(
+            f"amount {value} has more than {places} decimal place(s), the most {currency} allows"
+        )
+    if scaled > MAX_MINOR:
+        raise AmountTooLarge(f"amount {value} {currency} is larger than Tender can store")
+    return int(scaled)
+
+
+def from_minor(amount_minor: int, currency: str) -> Decimal:
+    """Convert integer minor units back to a Decimal with the currency's exponent.
+
+    >>> from_minor(1234, "NGN")
+    Decimal('12.34')
+    """
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
+        raise MalformedAmount(f"minor units must be an int, not {type(amount_minor).__name__}")
+    places = exponent(currency)
+    return Decimal(amount_minor).scaleb(-places).quantize(Decimal(1).scaleb(-places))
+
+
+def format_amount(amount_minor: int, currency: str) -> str:
+    """Human form for logs and tables: '12.34 NGN'."""
+    return f"{from_minor(amount_minor, currency)} {currency}"
