@@ -219,8 +219,9 @@ class PaymentProvider(ABC):
             raise ConfigurationError(f"{self.name} used before configure()", provider=self.name)
         return self._config
 
-    def supports(self, currency: str) -> bool:
-        return currency in self.supported_currencies
+    @classmethod
+    def supports(cls, currency: str) -> bool:
+        return currency in cls.supported_currencies
 
     @abstractmethod
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:

@@ -1,0 +1,1 @@
+"""The plugin registry: database, instances and health, catalogue, routing, secrets, HTTP API."""

@@ -1,0 +1,86 @@
+"""Registry tables: provider instances, their health history, and the change counter."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from providers.base import utcnow
+from registry.db import Base, UTCDateTime
+
+
+class PluginInstance(Base):
+    """A configured provider: one plugin class, one set of keys, one routing slot."""
+
+    __tablename__ = "plugin_instances"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    plugin_name: Mapped[str] = mapped_column(String(100))
+    display_name: Mapped[str] = mapped_column(String(200))
+    provider_type: Mapped[str] = mapped_column(String(50), default="payment")
+    # active | inactive | error (error: its keys or config were rejected)
+    status: Mapped[str] = mapped_column(String(20), default="inactive")
+    status_message: Mapped[str | None] = mapped_column(Text)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Secret fields are stored encrypted ({"$enc": ...}) or as env:/vault: references.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    priority: Mapped[int] = mapped_column(Integer, default=100)  # lower routes first
+    weight: Mapped[int] = mapped_column(Integer, default=1)  # share among equal priority
+    currencies: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: all it supports
+    health: Mapped[str] = mapped_column(String(20), default="unknown")
+    health_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    health_message: Mapped[str | None] = mapped_column(Text)
+    health_latency_ms: Mapped[float | None] = mapped_column(Float)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (Index("ix_plugin_instances_type_active", "provider_type", "is_active"),)
+
+
+class PluginHealth(Base):
+    """One health-check result."""
+
+    __tablename__ = "plugin_health"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    instance_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("plugin_instances.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str] = mapped_column(Text, default="")
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class RegistryState(Base):
+    """A single row whose generation is bumped by every registry change.
+
+    Processes poll this one integer (cheap) to learn that their cached
+    configured plugins are stale.
+    """
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,143 @@
+"""Secret config fields: encrypted at rest, or referenced (``env:NAME``, ``vault:path#key``).
+
+Which fields are secret comes from the plugin's config model (``SecretStr``
+annotations), never from a list of names. Stored form of a secret field:
+
+* ``{"$enc": "<fernet token>"}``: a value the operator gave, encrypted with the
+  Fernet key from ``TENDER_SECRETS_KEY`` (development: a key file in the data dir);
+* ``"env:NAME"`` / ``"vault:path#key"``: a reference, resolved when the plugin is
+  configured, so the secret itself never enters the database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr
+
+from config.settings import Environment, Settings
+from providers.base import ProviderConfig
+from providers.errors import ConfigurationError
+
+ENCRYPTED = "$enc"
+MASK = "********"
+REFERENCE_PREFIXES = ("env:", "vault:")
+
+
+class SecretBox:
+    """Encrypts and decrypts secret config values with one Fernet key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    def __repr__(self) -> str:
+        return "<SecretBox>"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretBox:
+        if settings.secrets_key is not None:
+            try:
+                return cls(settings.secrets_key.get_secret_value().encode())
+            except ValueError:
+                raise ConfigurationError(
+                    "TENDER_SECRETS_KEY: expected a Fernet key (32 url-safe base64 bytes)"
+                ) from None
+        if settings.env is Environment.PRODUCTION:
+            raise ConfigurationError("TENDER_SECRETS_KEY must be set when TENDER_ENV=production")
+        key_file = settings.data_dir / "secrets.key"
+        return cls(_read_or_create_key(key_file))
+
+    def encrypt(self, value: str) -> dict[str, str]:
+        return {ENCRYPTED: self._fernet.encrypt(value.encode()).decode()}
+
+    def decrypt(self, stored: Mapping[str, str]) -> str:
+        try:
+            return self._fernet.decrypt(stored[ENCRYPTED].encode()).decode()
+        except (InvalidToken, KeyError):
+            raise ConfigurationError(
+                "a stored secret cannot be decrypted: TENDER_SECRETS_KEY differs from the one it was saved with"
+            ) from None
+
+
+def _read_or_create_key(path: Path) -> bytes:
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+def is_reference(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(REFERENCE_PREFIXES)
+
+
+def resolve_reference(field: str, reference: str) -> str:
+    """The secret a reference points at; ConfigurationError names the field, not the value."""
+    if reference.startswith("env:"):
+        name = reference.removeprefix("env:")
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigurationError(f"config.{field}: environment variable {name} is not set")
+        return value
+    raise ConfigurationError(
+        f"config.{field}: vault references need a vault resolver, and none is configured"
+    )
+
+
+def _secret_text(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def seal(model: type[ProviderConfig], raw: Mapping[str, Any], box: SecretBox) -> dict[str, Any]:
+    """The storable form of a raw config: secrets encrypted, references kept as given.
+
+    ``raw`` must already have passed validation (see :func:`resolve`).
+    """
+    secret = model.secret_fields()
+    stored: dict[str, Any] = {}
+    for field, value in raw.items():
+        value = _secret_text(value)
+        if field in secret and value is not None and not is_reference(value):
+            if isinstance(value, Mapping) and ENCRYPTED in value:
+                stored[field] = dict(value)  # already sealed (kept from the previous config)
+            else:
+                stored[field] = box.encrypt(str(value))
+        else:
+            stored[field] = value
+    return stored
+
+
+def resolve(
+    model: type[ProviderConfig], stored: Mapping[str, Any], box: SecretBox
+) -> dict[str, Any]:
+    """Plain values for the plugin: decrypt sealed secrets and resolve references."""
+    secret = model.secret_fields()
+    plain: dict[str, Any] = {}
+    for field, value in stored.items():
+        value = _secret_text(value)
+        if field in secret and isinstance(value, Mapping) and ENCRYPTED in value:
+            plain[field] = box.decrypt(value)
+        elif field in secret and is_reference(value):
+            plain[field] = resolve_reference(field, value)
+        else:
+            plain[field] = value
+    return plain
+
+
+def mask(model: type[ProviderConfig] | None, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A config safe to show: secrets masked, references shown (they are not secret)."""
+    secret = model.secret_fields() if model is not None else frozenset()
+    shown: dict[str, Any] = {}
+    for field, value in stored.items():
+        if (isinstance(value, Mapping) and ENCRYPTED in value) or (field in secret and not is_reference(value) and value is not None):
+            shown[field] = MASK
+        else:
+            shown[field] = value
+    return shown

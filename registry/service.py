@@ -1,0 +1,438 @@
+"""``PluginRegistry``: the operator's write path and the workers' cached read path.
+
+Writes (create, update config, activate, deactivate, mark error, retire) each run
+in one transaction that also bumps ``registry_state.generation``. Readers keep
+configured plugin objects per process and look at that one integer at most every
+``registry_poll_s`` seconds (default 0.25 s), so a change committed by any process
+reaches every running process well within a second, without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from config.settings import get_settings
+from providers.base import PaymentProvider, ProviderConfig, utcnow
+from providers.errors import ConfigurationError
+from providers.money import MoneyError, normalize_currency
+from registry import secrets
+from registry.catalogue import Catalogue, catalogue
+from registry.db import Database, get_database
+from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
+from registry.instances import InstanceStatus, InstanceView, to_view
+from registry.models import PluginInstance, RegistryState
+from registry.routing import resolve_route
+
+log = logging.getLogger(__name__)
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _Any()  # list_instances(tenant_id=ANY): every tenant and the global ones
+
+
+@dataclass(frozen=True)
+class RoutedPlugin:
+    """One hop of a route: the instance and its configured plugin object."""
+
+    instance: InstanceView
+    plugin: PaymentProvider
+
+
+@dataclass
+class _Snapshot:
+    generation: int
+    views: list[InstanceView]
+    stored: dict[uuid.UUID, dict[str, Any]]
+
+
+class PluginRegistry:
+    """Provider instances in the database, and configured plugins cached per process."""
+
+    def __init__(
+        self,
+        database: Database | None = None,
+        *,
+        plugins: Catalogue = catalogue,
+        box: secrets.SecretBox | None = None,
+        poll_s: float | None = None,
+    ) -> None:
+        settings = get_settings()
+        self.database = database or get_database()
+        self.catalogue = plugins
+        self._box = box
+        self._poll_s = settings.registry_poll_s if poll_s is None else poll_s
+        self._lock = threading.RLock()
+        self._snapshot = _Snapshot(generation=-1, views=[], stored={})
+        self._checked_at = float("-inf")
+        self._plugins: dict[uuid.UUID, tuple[int, PaymentProvider]] = {}
+        self._retired: list[PaymentProvider] = []
+
+    def __repr__(self) -> str:
+        return f"<PluginRegistry {self.database.engine.url.render_as_string(hide_password=True)}>"
+
+    @property
+    def box(self) -> secrets.SecretBox:
+        if self._box is None:
+            self._box = secrets.SecretBox.from_settings(get_settings())
+        return self._box
+
+    # -- catalogue -------------------------------------------------------------------
+
+    def register_plugin(self, name: str, plugin: type[PaymentProvider]) -> None:
+        """Make a plugin class available in this process (the in-code path)."""
+        self.catalogue.register(name, plugin)
+
+    # -- operator writes -------------------------------------------------------------
+
+    def create_instance(
+        self,
+        plugin_name: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        tenant_id: str | None = None,
+        display_name: str | None = None,
+        provider_type: str = "payment",
+        priority: int = 100,
+        weight: int = 1,
+        currencies: list[str] | None = None,
+        is_active: bool = False,
+    ) -> InstanceView:
+        """Add an instance. Bad plugin, type, routing or config: RegistryError or
+        ConfigurationError naming the field; nothing is written."""
+        plugin_cls = self._plugin_class(plugin_name, provider_type)
+        stored = self._validated_config(plugin_cls, dict(config or {}))
+        routing = self._validated_routing(plugin_cls, priority, weight, currencies or [])
+        if tenant_id is not None and not tenant_id.strip():
+            raise RegistryError("tenant_id must be non-empty or None (global)")
+        row = PluginInstance(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            plugin_name=plugin_name,
+            display_name=display_name or plugin_cls.display_name,
+            provider_type=provider_type,
+            status=InstanceStatus.ACTIVE if is_active else InstanceStatus.INACTIVE,
+            is_active=is_active,
+            config=stored,
+            health="unknown",
+            consecutive_failures=0,
+            version=1,
+            **routing,
+        )
+        with self.database.transaction() as session:
+            session.add(row)
+            session.flush()
+            self._bump(session)
+            view = self._view(row)
+        log.info("provider instance created: %s", view.label)
+        return view
+
+    def update_config(
+        self, instance_id: uuid.UUID, config: Mapping[str, Any], *, merge: bool = True
+    ) -> InstanceView:
+        """Replace (or, with ``merge``, overlay) an instance's config; secrets kept unless given."""
+        with self.database.transaction() as session:
+            row = self._row(session, instance_id)
+            plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
+            raw = {**row.config, **config} if merge else dict(config)
+            row.config = self._validated_config(plugin_cls, raw)
+            if row.status == InstanceStatus.ERROR:
+                row.status = InstanceStatus.ACTIVE if row.is_active else InstanceStatus.INACTIVE
+                row.status_message = None
+            self._touch(session, row)
+            return self._view(row)
+
+    def update_routing(
+        self,
+        instance_id: uuid.UUID,
+        *,
+        priority: int | None = None,
+        weight: int | None = None,
+        currencies: list[str] | None = None,
+    ) -> InstanceView:
+        with self.database.transaction() as session:
+            row = self._row(session, instance_id)
+            plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
+            routing = self._validated_routing(
+                plugin_cls,
+                row.priority if priority is None else priority,
+                row.weight if weight is None else weight,
+                row.currencies if currencies is None else currencies,
+            )
+            for field, value in routing.items():
+                setattr(row, field, value)
+            self._touch(session, row)
+            return self._view(row)
+
+    def activate(self, instance_id: uuid.UUID, *, exclusive: bool = False) -> InstanceView:
+        """Switch an instance on. ``exclusive``: switch off its siblings (same tenant and
+        type) in the same transaction, so routing flips from one to the other at once."""
+        with self.database.transaction() as session:
+            row = self._row(session, instance_id)
+            if exclusive:
+                siblings = select(PluginInstance).where(
+                    PluginInstance.id != row.id,
+                    PluginInstance.provider_type == row.provider_type,
+                    PluginInstance.tenant_id.is_(None)
+                    if row.tenant_id is None
+                    else PluginInstance.tenant_id == row.tenant_id,
+                    PluginInstance.is_active.is_(True),
+                )
+                for sibling in session.execute(siblings).scalars():
+                    self._switch(sibling, on=False)
+                    self._touch(session, sibling, bump=False)
+            self._switch(row, on=True)
+            self._touch(session, row)
+            return self._view(row)
+
+    def deactivate(self, instance_id: uuid.UUID) -> InstanceView:
+        with self.database.transaction() as session:
+            row = self._row(session, instance_id)
+            self._switch(row, on=False)
+            self._touch(session, row)
+            return self._view(row)
+
+    def mark_error(self, instance_id: uuid.UUID, message: str) -> InstanceView:
+        """Stop routing to an instance whose keys or config were rejected."""
+        with self.database.transaction() as session:
+            row = self._row(session, instance_id)
+            row.status = InstanceStatus.ERROR
+            row.status_message = message
+            self._touch(session, row)
+            view = self._view(row)
+        log.warning("provider instance %s marked error: %s", view.label, message)
+        return view
+
+    def retire(self, instance_id: uuid.UUID) -> None:
+        """Delete an instance (its payments keep their history)."""
+        with self.database.transaction() as session:
+            session.delete(self._row(session, instance_id))
+            self._bump(session)
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get_instance(self, instance_id: uuid.UUID) -> InstanceView:
+        with self.database.sessions() as session:
+            return self._view(self._row(session, instance_id))
+
+    def list_instances(
+        self,
+        provider_type: str | None = None,
+        is_active: bool | None = None,
+        tenant_id: str | _Any | None = ANY,
+    ) -> list[InstanceView]:
+        """Instances from the database (not the cache), in routing order."""
+        query = select(PluginInstance).order_by(PluginInstance.priority, PluginInstance.created_at)
+        if provider_type is not None:
+            query = query.where(PluginInstance.provider_type == provider_type)
+        if is_active is not None:
+            query = query.where(PluginInstance.is_active.is_(is_active))
+        if tenant_id is None:
+            query = query.where(PluginInstance.tenant_id.is_(None))
+        elif not isinstance(tenant_id, _Any):
+            query = query.where(PluginInstance.tenant_id == tenant_id)
+        with self.database.sessions() as session:
+            return [self._view(row) for row in session.execute(query).scalars()]
+
+    # -- cached resolution (the workers' hot path) ---------------------------------
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Reload instances if the generation moved (checked at most every poll_s)."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < self._poll_s:
+            return
+        with self._lock:
+            if not force and now - self._checked_at < self._poll_s:
+                return
+            with self.database.sessions() as session:
+                generation = session.execute(
+                    select(RegistryState.generation).where(RegistryState.id == 1)
+                ).scalar_one()
+                if generation != self._snapshot.generation:
+                    rows = list(session.execute(select(PluginInstance)).scalars())
+                    self._install(generation, rows)
+            self._checked_at = time.monotonic()
+
+    def _install(self, generation: int, rows: list[PluginInstance]) -> None:
+        views = [self._view(row) for row in rows]
+        versions = {view.id: view.version for view in views}
+        for instance_id, (version, plugin) in list(self._plugins.items()):
+            if versions.get(instance_id) != version:
+                del self._plugins[instance_id]
+                self._retired.append(plugin)
+        self._snapshot = _Snapshot(generation, views, {row.id: dict(row.config) for row in rows})
+
+    def snapshot(self) -> list[InstanceView]:
+        self.refresh()
+        return self._snapshot.views
+
+    def supports(self, plugin_name: str, currency: str) -> bool:
+        try:
+            return self.catalogue.get(plugin_name).supports(currency)
+        except RegistryError:
+            return False
+
+    def resolve(
+        self,
+        *,
+        tenant_id: str | None,
+        currency: str,
+        idempotency_key: str,
+        provider_type: str = "payment",
+    ) -> list[InstanceView]:
+        """The ordered route for a payment (cached; no plugin is built here)."""
+        return resolve_route(
+            self.snapshot(),
+            tenant_id=tenant_id,
+            currency=currency,
+            idempotency_key=idempotency_key,
+            supports=self.supports,
+            provider_type=provider_type,
+        )
+
+    def plugin_for(self, instance: InstanceView) -> PaymentProvider:
+        """The configured plugin object for ``instance`` (built once per version)."""
+        cached = self._plugins.get(instance.id)
+        if cached is not None and cached[0] == instance.version:
+            return cached[1]
+        with self._lock:
+            cached = self._plugins.get(instance.id)
+            if cached is not None and cached[0] == instance.version:
+                return cached[1]
+            stored = self._snapshot.stored.get(instance.id)
+            if stored is None:
+                with self.database.sessions() as session:
+                    stored = dict(self._row(session, instance.id).config)
+            plugin_cls = self.catalogue.get(instance.plugin_name)
+            plugin = plugin_cls()
+            plugin.configure(secrets.resolve(plugin_cls.config_model, stored, self.box))
+            self._plugins[instance.id] = (instance.version, plugin)
+            return plugin
+
+    def get_active_plugin(
+        self,
+        provider_type: str = "payment",
+        tenant_id: str | None = None,
+        currency: str | None = None,
+    ) -> PaymentProvider:
+        """The plugin that would take a payment now (the route's first hop)."""
+        views = self.snapshot()
+        if currency is None:
+            candidates = [v for v in views if v.provider_type == provider_type and v.routable]
+            scoped = [v for v in candidates if tenant_id is not None and v.tenant_id == tenant_id]
+            route = sorted(
+                scoped or [v for v in candidates if v.tenant_id is None], key=lambda v: v.priority
+            )
+        else:
+            route = self.resolve(
+                tenant_id=tenant_id,
+                currency=currency,
+                idempotency_key="",
+                provider_type=provider_type,
+            )
+        if not route:
+            raise NoRoute(
+                f"no active {provider_type} provider for tenant {tenant_id!r}, currency {currency!r}"
+            )
+        return self.plugin_for(route[0])
+
+    def drain_retired(self) -> list[PaymentProvider]:
+        """Plugin objects replaced by a newer version, for the owner to aclose()."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+        return retired
+
+    # -- internals -------------------------------------------------------------------
+
+    def _plugin_class(self, plugin_name: str, provider_type: str) -> type[PaymentProvider]:
+        plugin_cls = self.catalogue.get(plugin_name)
+        if plugin_cls.provider_type != provider_type:
+            raise WrongProviderType(
+                f"plugin {plugin_name!r} provides {plugin_cls.provider_type!r}, not {provider_type!r}"
+            )
+        return plugin_cls
+
+    def _validated_config(
+        self, plugin_cls: type[PaymentProvider], raw: dict[str, Any]
+    ) -> dict[str, Any]:
+        model: type[ProviderConfig] = plugin_cls.config_model
+        plugin_cls.validate_config(secrets.resolve(model, raw, self.box))
+        return secrets.seal(model, raw, self.box)
+
+    def _validated_routing(
+        self, plugin_cls: type[PaymentProvider], priority: int, weight: int, currencies: list[str]
+    ) -> dict[str, Any]:
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise RegistryError(f"priority must be a whole number >= 0, not {priority!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise RegistryError(f"weight must be a whole number >= 1, not {weight!r}")
+        checked = []
+        for code in currencies:
+            try:
+                normalize_currency(code)
+            except MoneyError as exc:
+                raise RegistryError(f"currencies: {exc}") from None
+            if not plugin_cls.supports(code):
+                raise RegistryError(f"currencies: {plugin_cls.name} does not support {code}")
+            checked.append(code)
+        return {"priority": priority, "weight": weight, "currencies": sorted(set(checked))}
+
+    @staticmethod
+    def _switch(row: PluginInstance, *, on: bool) -> None:
+        row.is_active = on
+        if row.status != InstanceStatus.ERROR or on:
+            row.status = InstanceStatus.ACTIVE if on else InstanceStatus.INACTIVE
+            row.status_message = None
+
+    def _touch(self, session: Session, row: PluginInstance, *, bump: bool = True) -> None:
+        row.version += 1
+        row.updated_at = utcnow()
+        session.flush()
+        if bump:
+            self._bump(session)
+
+    @staticmethod
+    def _bump(session: Session) -> None:
+        session.execute(
+            update(RegistryState)
+            .where(RegistryState.id == 1)
+            .values(generation=RegistryState.generation + 1)
+        )
+
+    @staticmethod
+    def _row(session: Session, instance_id: uuid.UUID) -> PluginInstance:
+        row = session.get(PluginInstance, _as_uuid(instance_id))
+        if row is None:
+            raise InstanceNotFound(f"no provider instance {instance_id}")
+        return row
+
+    def _view(self, row: PluginInstance) -> InstanceView:
+        try:
+            model: type[ProviderConfig] | None = self.catalogue.get(row.plugin_name).config_model
+        except RegistryError:
+            model = None
+        return to_view(row, secrets.mask(model, row.config))
+
+
+def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InstanceNotFound(f"{value!r} is not an instance id") from None
+
+
+__all__ = ["ANY", "ConfigurationError", "PluginRegistry", "RoutedPlugin"]

@@ -1,0 +1,95 @@
+"""Shared fixtures: isolated settings and databases (SQLite and the real PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from config.settings import reset_settings
+from registry.db import forget_databases, get_database
+from registry.migrate import upgrade
+
+POSTGRES_URL = os.environ.get("TENDER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TENDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def service_missing(what: str, error: Exception) -> None:
+    """Under CI a missing service fails the run; on a laptop it skips the test."""
+    message = f"{what} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def fresh_postgres_schema() -> str:
+    """A URL whose search_path is a new, empty schema in the test database."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+    except Exception as exc:  # psycopg.OperationalError and friends
+        service_missing("PostgreSQL at 127.0.0.1:5432", exc)
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+def drop_postgres_schema(url: str) -> None:
+    schema = url.rsplit("%3D", 1)[1]
+    engine = create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def tender_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A clean Tender environment under tmp_path (SQLite, embedded broker)."""
+    for name in list(os.environ):
+        if name.startswith("TENDER_") and not name.startswith("TENDER_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TENDER_ENV", "test")
+    monkeypatch.setenv("TENDER_DATA_DIR", str(tmp_path / "data"))
+    reset_settings()
+    forget_databases()
+    yield tmp_path
+    forget_databases()
+    reset_settings()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated, empty database: a SQLite file, then the real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tender_env / 'tender.db'}"
+    else:
+        url = fresh_postgres_schema()
+    monkeypatch.setenv("TENDER_DATABASE_URL", url)
+    reset_settings()
+    upgrade(url)
+    yield url
+    forget_databases()
+    if request.param == "postgresql":
+        drop_postgres_schema(url)
+
+
+@pytest.fixture
+def sqlite_url(tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tender_env / 'tender.db'}"
+    monkeypatch.setenv("TENDER_DATABASE_URL", url)
+    reset_settings()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def registry(database_url: str):  # type: ignore[no-untyped-def]
+    from registry.service import PluginRegistry
+
+    return PluginRegistry(get_database(database_url), poll_s=0)

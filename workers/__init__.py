@@ -1,0 +1,1 @@
+"""Celery app, tasks, ledger, events, alerts, billing client and the ``tender`` CLI."""

@@ -1,0 +1,108 @@
+"""Result events: their schemas and the transactional outbox.
+
+An event is written to ``outbox`` in the same transaction as the state change it
+reports, then relayed to the topic exchange ``tender.events`` with the event type
+as routing key (:mod:`workers.relay`). Delivery is at least once: consumers dedupe
+on ``event_id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Uuid
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from providers.base import utcnow
+from registry.db import Base, UTCDateTime
+
+EXCHANGE = "tender.events"
+DEFAULT_QUEUE = (
+    "tender.events.all"  # durable, bound to '#': nothing is dropped before a consumer binds
+)
+SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    PAYMENT_SUCCEEDED = "payment.succeeded"
+    PAYMENT_FAILED = "payment.failed"
+    PAYMENT_PENDING = "payment.pending"
+    PAYMENT_UNKNOWN = "payment.unknown"
+    PAYMENT_REFUNDED = "payment.refunded"
+    PROVIDER_HEALTH_CHANGED = "provider.health_changed"
+    ALERT_RAISED = "alert.raised"
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: EventType
+    occurred_at: datetime = Field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+class PaymentEvent(Event):
+    payment_id: uuid.UUID
+    order_id: str
+    tenant_id: str | None
+    provider: str | None  # plugin name
+    instance_id: uuid.UUID | None
+    status: str
+    amount_minor: int
+    currency: str
+    provider_reference: str
+    authorization_url: str | None = None
+    refunded_minor: int = 0
+    error: str | None = None
+    error_code: str | None = None
+
+
+class HealthChangedEvent(Event):
+    type: EventType = EventType.PROVIDER_HEALTH_CHANGED
+    instance_id: uuid.UUID
+    plugin_name: str
+    tenant_id: str | None
+    previous: str
+    current: str
+    message: str = ""
+
+
+class AlertEvent(Event):
+    type: EventType = EventType.ALERT_RAISED
+    severity: Literal["info", "warning", "critical"]
+    title: str
+    text: str
+    instance_id: uuid.UUID | None = None
+    tenant_id: str | None = None
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    event_type: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+
+
+def add_event(session: Session, event: Event) -> OutboxEvent:
+    """Write ``event`` to the outbox in the caller's transaction."""
+    row = OutboxEvent(
+        event_id=event.event_id,
+        event_type=event.type.value,
+        payload=event.model_dump(mode="json"),
+        created_at=event.occurred_at,
+    )
+    session.add(row)
+    return row

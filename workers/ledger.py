@@ -1,0 +1,209 @@
+"""The ledger: payments, provider attempts, refunds and webhook receipts.
+
+The database is the source of truth. Every status change goes through
+:func:`apply_transition`, a compare-and-set (``UPDATE ... WHERE status IN``) that
+follows :data:`workers.states.TRANSITIONS`; the caller writes the attempt row and
+the outbox event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    select,
+    update,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from providers.base import utcnow
+from registry.db import Base, UTCDateTime
+from workers.states import PaymentState, can_transition
+
+AutoId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[str | None] = mapped_column(String(100))
+    order_id: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    # Derived from (tenant, idempotency key): unique, and what the provider sees.
+    reference: Mapped[str] = mapped_column(String(100), unique=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    customer_email: Mapped[str] = mapped_column(String(320))
+    payment_method: Mapped[str] = mapped_column(String(30), default="card")
+    payment_token: Mapped[str | None] = mapped_column(Text)  # encrypted saved authorization
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default=PaymentState.REQUESTED.value)
+    instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    plugin_name: Mapped[str | None] = mapped_column(String(100))
+    provider_transaction_id: Mapped[str | None] = mapped_column(String(200))
+    authorization_url: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A claim: who is processing it and until when (a crashed worker's lease expires).
+    lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_payments_status_updated", "status", "updated_at"),
+        Index("ix_payments_tenant_order", "tenant_id", "order_id"),
+    )
+
+
+class PaymentAttempt(Base):
+    """One provider call made for a payment, with its outcome and latency."""
+
+    __tablename__ = "payment_attempts"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("payments.id"), index=True)
+    instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    plugin_name: Mapped[str] = mapped_column(String(100))
+    operation: Mapped[str] = mapped_column(String(20))  # charge | verify | refund
+    # succeeded | pending | failed | unavailable | unknown | not_found | config_error
+    outcome: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    message: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    payment_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("payments.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(20))  # pending | succeeded | failed
+    provider_refund_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookReceipt(Base):
+    """A webhook already acted on: a redelivery with the same event id is a no-op."""
+
+    __tablename__ = "webhook_receipts"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(100))
+    event_id: Mapped[str] = mapped_column(String(300))
+    event_type: Mapped[str] = mapped_column(String(100))
+    reference: Mapped[str | None] = mapped_column(String(100))
+    result: Mapped[str] = mapped_column(String(50))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_webhook_receipts_event"),)
+
+
+class InvalidTransition(RuntimeError):
+    """A status change the transition table does not allow (a bug, not bad input)."""
+
+
+def apply_transition(
+    session: Session,
+    payment_id: uuid.UUID,
+    expected: PaymentState | tuple[PaymentState, ...],
+    new: PaymentState,
+    *,
+    lease_token: uuid.UUID | None = None,
+    **fields: Any,
+) -> bool:
+    """Compare-and-set the payment's status. True if this call made the change.
+
+    ``expected`` is the status (or statuses) the caller saw; if another process
+    moved the payment meanwhile, nothing is written and False is returned. With
+    ``lease_token``, the change also requires that the caller still holds the claim.
+    """
+    olds = expected if isinstance(expected, tuple) else (expected,)
+    for old in olds:
+        if not can_transition(old, new):
+            raise InvalidTransition(f"payment cannot go from {old} to {new}")
+    statement = (
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status.in_([s.value for s in olds]))
+        .values(status=new.value, updated_at=utcnow(), **fields)
+    )
+    if lease_token is not None:
+        statement = statement.where(Payment.lease_token == lease_token)
+    return session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's right to call providers for a payment until ``expires_at``."""
+
+    payment_id: uuid.UUID
+    token: uuid.UUID
+    expires_at: datetime
+    recovering: bool  # an earlier claim expired: verify before charging again
+
+
+def claim_payment(session: Session, payment_id: uuid.UUID, lease_s: float) -> Claim | None:
+    """Take the payment for processing: requested -> processing, or an expired lease.
+
+    Returns None when the payment is final, pending, or claimed by a live worker.
+    """
+    now = utcnow()
+    token = uuid.uuid4()
+    expires = now + timedelta(seconds=lease_s)
+    fresh = session.execute(
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status == PaymentState.REQUESTED.value)
+        .values(
+            status=PaymentState.PROCESSING.value,
+            lease_token=token,
+            lease_expires_at=expires,
+            claims=Payment.claims + 1,
+            updated_at=now,
+        )
+    )
+    if fresh.rowcount == 1:  # type: ignore[attr-defined]
+        return Claim(payment_id, token, expires, recovering=False)
+    stale = session.execute(
+        update(Payment)
+        .where(
+            Payment.id == payment_id,
+            Payment.status == PaymentState.PROCESSING.value,
+            Payment.lease_expires_at < now,
+        )
+        .values(
+            lease_token=token, lease_expires_at=expires, claims=Payment.claims + 1, updated_at=now
+        )
+    )
+    if stale.rowcount == 1:  # type: ignore[attr-defined]
+        return Claim(payment_id, token, expires, recovering=True)
+    return None
+
+
+def load_payment(session: Session, payment_id: uuid.UUID) -> Payment | None:
+    return session.get(Payment, payment_id)
+
+
+def find_by_reference(session: Session, reference: str) -> Payment | None:
+    return session.execute(
+        select(Payment).where(Payment.reference == reference)
+    ).scalar_one_or_none()
