@@ -1,0 +1,590 @@
+"""The Paystack provider, through pypaystack2's ``AsyncPaystackClient``.
+
+How pypaystack2 3.x behaves, and what this module does about it:
+
+* **Errors are answers, not exceptions.** A 4xx/5xx comes back as a ``Response`` with
+  ``status=False`` and Paystack's ``message`` and ``code``; a body that is not JSON (an HTML
+  error page) comes back with ``raw`` holding the bytes. Only transport failures raise,
+  as ``ClientNetworkError`` wrapping the httpx exception in ``original_exception``.
+  Everything is translated at one seam, :meth:`PaystackProvider._call`, by two tables:
+  :data:`_TRANSPORT_FAILURES` and :data:`_RESPONSE_FAILURES` name the failure, and
+  :data:`_FAILURE_ERRORS` picks the error class for it, depending on whether money may
+  have moved (a charge or a refund) or not (a read).
+* **The timeout is fixed.** Every call opens a fresh ``httpx.AsyncClient()`` with httpx's
+  default 5 s per phase, and nothing on the client changes it. Each call is therefore
+  bounded by ``asyncio.wait_for(timeout_s)``; a ``timeout_s`` above 5 s is still cut at
+  5 s per connect/read phase by the SDK. A bound that fires cannot tell connecting from
+  waiting for the answer, so for a charge or refund it is ``OutcomeUnknown``.
+* **The base URL is a class attribute** (``_BASE_URL``) of every API client, and each
+  sub-client (``transactions``, ``refunds``...) is its own object. This instance's
+  sub-clients get the configured URL as an instance attribute; the class is never patched.
+* **There is no pool to close**: the SDK's per-call httpx client closes itself.
+  :meth:`PaystackProvider.aclose` drops the client so later use fails loudly.
+
+Paystack's transaction reference is its idempotency mechanism: a second charge with the
+same reference is answered ``400 Duplicate Transaction Reference``, which this provider
+turns into a verify and reports the first charge's real outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+from pypaystack2 import AsyncPaystackClient
+from pypaystack2.base_clients import AbstractAPIClient
+from pypaystack2.enums import Channel, Currency
+from pypaystack2.exceptions import ClientNetworkError
+from pypaystack2.models import Response
+
+from providers.base import (
+    HealthCheck,
+    HealthStatus,
+    OutcomeStatus,
+    PaymentOutcome,
+    PaymentProvider,
+    PaymentRequest,
+    ProviderConfig,
+    RefundOutcome,
+    RefundStatus,
+    WebhookEvent,
+)
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderError,
+    ProviderUnavailable,
+    WebhookPayloadError,
+    WebhookSignatureError,
+)
+
+logger = logging.getLogger(__name__)
+
+PAYSTACK_CURRENCIES = frozenset(currency.value for currency in Currency)
+SIGNATURE_HEADER = "x-paystack-signature"
+SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
+
+
+class PaystackConfig(ProviderConfig):
+    """One Paystack integration.
+
+    Parameters:
+        secret_key: ``sk_test_...`` or ``sk_live_...``; authenticates API calls and is
+            the key Paystack signs webhooks with.
+        public_key: ``pk_...``; kept for front-end checkout surfaces, not used server-side.
+        default_currency: the integration's settlement currency, for the registry and
+            admin surfaces (every :class:`PaymentRequest` names its own currency).
+        callback_url: where Paystack's checkout sends the customer back; ``None`` keeps
+            the URL set on the Paystack dashboard.
+        base_url: Paystack's API root (a local fake in tests).
+        timeout_s: seconds one API call may take end to end (the SDK itself gives up
+            after 5 s per connect/read phase, whatever this says).
+    """
+
+    secret_key: SecretStr
+    public_key: SecretStr
+    default_currency: str = "NGN"
+    callback_url: str | None = None
+    base_url: str = "https://api.paystack.co"
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("sk_"):
+            raise ValueError("must be a Paystack secret key (starts with 'sk_')")
+        return value
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("pk_"):
+            raise ValueError("must be a Paystack public key (starts with 'pk_')")
+        return value
+
+    @field_validator("default_currency")
+    @classmethod
+    def _paystack_currency(cls, value: str) -> str:
+        if value not in PAYSTACK_CURRENCIES:
+            raise ValueError(f"must be one of {', '.join(sorted(PAYSTACK_CURRENCIES))}")
+        return value
+
+    @field_validator("base_url", "callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+# --- the error seam -------------------------------------------------------------------
+
+
+class _Failure(Enum):
+    """What went wrong with one SDK call, before deciding which error that is."""
+
+    KEY_REJECTED = "secret key rejected"
+    THROTTLED = "rate limited by Paystack"
+    NOT_SENT = "could not reach Paystack"
+    NO_ANSWER = "sent, but no answer from Paystack"
+    SERVER_ERROR = "Paystack answered with a server error"
+    UNREADABLE = "unreadable answer from Paystack"
+    DUPLICATE_REFERENCE = "reference already used at Paystack"
+    NOT_FOUND = "no such transaction at Paystack"
+    REFUSED = "refused by Paystack"
+
+
+class _DuplicateReference(OutcomeUnknown):
+    """Paystack already has this reference. process_payment verifies it; had it leaked,
+    OutcomeUnknown would still make the worker verify rather than charge elsewhere."""
+
+
+class _ReferenceNotFound(ProviderUnavailable):
+    """A read found no such transaction; verify_payment turns it into NOT_FOUND."""
+
+
+# failure -> (error when money may have moved: charge/refund, error for a read)
+_FAILURE_ERRORS: dict[_Failure, tuple[type[ProviderError], type[ProviderError]]] = {
+    _Failure.KEY_REJECTED: (ConfigurationError, ConfigurationError),
+    _Failure.THROTTLED: (ProviderUnavailable, ProviderUnavailable),
+    _Failure.NOT_SENT: (ProviderUnavailable, ProviderUnavailable),
+    _Failure.NO_ANSWER: (OutcomeUnknown, ProviderUnavailable),
+    _Failure.SERVER_ERROR: (OutcomeUnknown, ProviderUnavailable),
+    _Failure.UNREADABLE: (OutcomeUnknown, ProviderUnavailable),
+    _Failure.DUPLICATE_REFERENCE: (_DuplicateReference, ProviderUnavailable),
+    _Failure.NOT_FOUND: (PaymentDeclined, _ReferenceNotFound),
+    _Failure.REFUSED: (PaymentDeclined, ProviderUnavailable),
+}
+
+# What an exception out of the SDK call means; first match wins. ClientNetworkError is
+# unwrapped to its httpx original first.
+_TRANSPORT_FAILURES: tuple[tuple[type[BaseException], _Failure], ...] = (
+    (httpx.ConnectError, _Failure.NOT_SENT),  # refused, DNS: nothing was sent
+    (httpx.ConnectTimeout, _Failure.NOT_SENT),
+    (httpx.PoolTimeout, _Failure.NOT_SENT),
+    (httpx.UnsupportedProtocol, _Failure.NOT_SENT),
+    (httpx.TimeoutException, _Failure.NO_ANSWER),  # read/write timeout: maybe processed
+    (httpx.TransportError, _Failure.NO_ANSWER),  # RemoteProtocolError, ReadError: dropped
+    (TimeoutError, _Failure.NO_ANSWER),  # our wait_for(timeout_s) bound
+    # The SDK cannot build its Response: a JSON body that is not an object, a null
+    # message, an unregistered status code (Cloudflare's 52x), a non-UTF-8 body.
+    (ValueError, _Failure.UNREADABLE),  # includes pydantic.ValidationError
+    (AttributeError, _Failure.UNREADABLE),
+    (TypeError, _Failure.UNREADABLE),
+)
+
+_CAUGHT_FROM_SDK: tuple[type[BaseException], ...] = (
+    ClientNetworkError,
+    *(kind for kind, _ in _TRANSPORT_FAILURES),
+)
+
+
+def _is_duplicate_reference(response: Response[Any]) -> bool:
+    return response.code == "duplicate_reference" or (
+        "duplicate transaction reference" in (response.message or "").lower()
+    )
+
+
+def _is_not_found(response: Response[Any]) -> bool:
+    return (
+        response.status_code == 404
+        or response.code == "transaction_not_found"
+        or "reference not found" in (response.message or "").lower()
+    )
+
+
+# What a status=False answer means; first match wins.
+_RESPONSE_FAILURES: tuple[tuple[Callable[[Response[Any]], bool], _Failure], ...] = (
+    (lambda r: r.status_code == 401, _Failure.KEY_REJECTED),
+    (lambda r: r.status_code == 429, _Failure.THROTTLED),
+    (lambda r: not isinstance(r.raw, dict), _Failure.UNREADABLE),  # HTML page: raw is bytes
+    (_is_duplicate_reference, _Failure.DUPLICATE_REFERENCE),
+    (lambda r: r.status_code >= 500, _Failure.SERVER_ERROR),
+    (_is_not_found, _Failure.NOT_FOUND),
+    (lambda r: 400 <= r.status_code < 500, _Failure.REFUSED),
+    (lambda r: True, _Failure.UNREADABLE),  # a 2xx/3xx saying status=false: not understood
+)
+
+
+class _Call(Enum):
+    MOVES_MONEY = "moves money"  # charge, refund: an unanswered request may have acted
+    READ = "read"  # verify, health: nothing moved, so nothing is ambiguous
+
+
+# --- status tables --------------------------------------------------------------------
+
+_PAYMENT_STATUSES: dict[str, OutcomeStatus] = {
+    "success": OutcomeStatus.SUCCEEDED,
+    "failed": OutcomeStatus.FAILED,
+    "reversed": OutcomeStatus.FAILED,
+    "abandoned": OutcomeStatus.PENDING,  # initialized, the customer has not paid (yet)
+    "ongoing": OutcomeStatus.PENDING,
+    "pending": OutcomeStatus.PENDING,
+    "processing": OutcomeStatus.PENDING,
+    "queued": OutcomeStatus.PENDING,
+}
+_UNLISTED_PAYMENT_STATUS = OutcomeStatus.PENDING  # not final: reconcile asks again
+
+_REFUND_STATUSES: dict[str, RefundStatus] = {
+    "pending": RefundStatus.PENDING,
+    "processing": RefundStatus.PENDING,
+    "processed": RefundStatus.SUCCEEDED,
+    "failed": RefundStatus.FAILED,
+}
+_UNLISTED_REFUND_STATUS = RefundStatus.PENDING
+
+_CHARGE_EVENTS: dict[str, OutcomeStatus] = {
+    "charge.success": OutcomeStatus.SUCCEEDED,
+    "charge.failed": OutcomeStatus.FAILED,
+}
+_REFUND_EVENTS: dict[str, RefundStatus] = {
+    "refund.pending": RefundStatus.PENDING,
+    "refund.processing": RefundStatus.PENDING,
+    "refund.processed": RefundStatus.SUCCEEDED,
+    "refund.failed": RefundStatus.FAILED,
+}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+class PaystackProvider(PaymentProvider):
+    """Paystack: hosted checkout (initialize) and saved-card charges (charge_authorization)."""
+
+    name: ClassVar[str] = "paystack"
+    display_name: ClassVar[str] = "Paystack"
+    supported_currencies: ClassVar[frozenset[str]] = PAYSTACK_CURRENCIES
+    config_model: ClassVar[type[ProviderConfig]] = PaystackConfig
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: AsyncPaystackClient | None = None
+
+    @property
+    def settings(self) -> PaystackConfig:
+        config = self.config
+        assert isinstance(config, PaystackConfig)
+        return config
+
+    def on_configured(self) -> None:
+        settings = self.settings
+        client = AsyncPaystackClient(secret_key=settings.secret_key.get_secret_value())
+        for api_client in (client, *vars(client).values()):
+            if isinstance(api_client, AbstractAPIClient):
+                api_client._BASE_URL = settings.base_url  # this instance only
+        self._client = client
+
+    async def aclose(self) -> None:
+        self._client = None
+
+    @property
+    def _sdk(self) -> AsyncPaystackClient:
+        if self._client is None:
+            self.config  # noqa: B018 - raises ConfigurationError if never configured
+            raise ConfigurationError("paystack provider used after aclose()", provider=self.name)
+        return self._client
+
+    # --- the seam ---------------------------------------------------------------------
+
+    async def _call(
+        self, call: _Call, what: str, request: Awaitable[Response[Any]]
+    ) -> dict[str, Any] | list[Any] | None:
+        """Await one SDK call within timeout_s; return Paystack's ``data`` or raise the
+        error the tables assign. The only place SDK results become Tender errors."""
+        try:
+            response = await asyncio.wait_for(request, timeout=self.settings.timeout_s)
+        except _CAUGHT_FROM_SDK as exc:
+            cause = exc.original_exception if isinstance(exc, ClientNetworkError) else exc
+            failure = next(
+                (f for kind, f in _TRANSPORT_FAILURES if isinstance(cause, kind)),
+                _Failure.NO_ANSWER,  # a ClientNetworkError without its original
+            )
+            detail = f"{what}: {failure.value} ({type(cause).__name__})"
+            # from None: httpx exceptions carry the request, whose headers hold the key.
+            raise self._error(call, failure, detail, code=None) from None
+        if response.status and isinstance(response.raw, dict):
+            data = response.raw.get("data")
+            return data if isinstance(data, dict | list) else None
+        failure = next(f for matches, f in _RESPONSE_FAILURES if matches(response))
+        if failure is _Failure.REFUSED or failure is _Failure.NOT_FOUND:
+            detail = response.message or failure.value
+        elif failure is _Failure.KEY_REJECTED:
+            detail = failure.value
+        else:
+            detail = f"{what}: {failure.value} (HTTP {int(response.status_code)})"
+        raise self._error(call, failure, detail, code=response.code)
+
+    def _error(self, call: _Call, failure: _Failure, detail: str, code: str | None) -> Exception:
+        when_money_moves, for_read = _FAILURE_ERRORS[failure]
+        error_class = when_money_moves if call is _Call.MOVES_MONEY else for_read
+        message = self._redact(detail)
+        # A duplicate or a missing reference is an answer the caller resolves, not a fault.
+        quiet = failure in (_Failure.DUPLICATE_REFERENCE, _Failure.NOT_FOUND)
+        logger.log(
+            logging.INFO if quiet else logging.WARNING, "paystack %s: %s", failure.name, message
+        )
+        return error_class(message, provider=self.name, code=code)
+
+    def _redact(self, text: str) -> str:
+        secret = self.settings.secret_key.get_secret_value()
+        return text.replace(secret, "***") if secret else text
+
+    # --- payments ---------------------------------------------------------------------
+
+    async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+        """Saved authorization (``payment_token``): charge it now, SUCCEEDED or
+        PaymentDeclined. Otherwise initialize a checkout: PENDING with authorization_url.
+        A reference Paystack already has is verified and its real outcome reported."""
+        if not self.supports(request.currency):
+            raise ProviderUnavailable(
+                f"paystack does not take {request.currency}",
+                provider=self.name,
+                code="unsupported_currency",
+            )
+        try:
+            if request.payment_token is None:
+                return await self._initialize(request)
+            return await self._charge_authorization(request)
+        except _DuplicateReference:
+            return await self._outcome_of_duplicate(request.reference)
+
+    def _metadata(self, request: PaymentRequest) -> dict[str, Any]:
+        metadata: dict[str, Any] = dict(request.metadata)
+        metadata.update(payment_id=str(request.payment_id), order_id=request.order_id)
+        if request.tenant_id is not None:
+            metadata["tenant_id"] = request.tenant_id
+        return metadata
+
+    async def _initialize(self, request: PaymentRequest) -> PaymentOutcome:
+        data = await self._call(
+            _Call.MOVES_MONEY,
+            "initialize",
+            self._sdk.transactions.initialize(
+                amount=request.amount_minor,
+                email=str(request.customer_email),
+                currency=Currency(request.currency),
+                reference=request.reference,
+                callback_url=self.settings.callback_url,
+                metadata=self._metadata(request),
+                channels=[Channel(request.payment_method)],
+            ),
+        )
+        if not isinstance(data, dict) or not data.get("authorization_url"):
+            raise self._error(
+                _Call.MOVES_MONEY, _Failure.UNREADABLE, "initialize: no authorization_url", None
+            )
+        logger.info("paystack initialized %s", request.reference)
+        return PaymentOutcome(
+            status=OutcomeStatus.PENDING,
+            reference=str(data.get("reference") or request.reference),
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            authorization_url=str(data["authorization_url"]),
+        )
+
+    async def _charge_authorization(self, request: PaymentRequest) -> PaymentOutcome:
+        assert request.payment_token is not None
+        data = await self._call(
+            _Call.MOVES_MONEY,
+            "charge_authorization",
+            self._sdk.transactions.charge(
+                amount=request.amount_minor,
+                email=str(request.customer_email),
+                auth_code=request.payment_token.get_secret_value(),
+                reference=request.reference,
+                currency=Currency(request.currency),
+                metadata=self._metadata(request),
+            ),
+        )
+        if not isinstance(data, dict):
+            raise self._error(
+                _Call.MOVES_MONEY, _Failure.UNREADABLE, "charge_authorization: no data", None
+            )
+        outcome = self._payment_outcome(data, request.reference)
+        logger.info("paystack charged %s: %s", request.reference, outcome.status)
+        if outcome.status is OutcomeStatus.FAILED:
+            raise PaymentDeclined(
+                outcome.message or "declined by Paystack", provider=self.name, code="declined"
+            )
+        return outcome
+
+    async def _outcome_of_duplicate(self, reference: str) -> PaymentOutcome:
+        """Paystack refused a second charge of ``reference``: report the first one's outcome."""
+        logger.info("paystack already has %s; verifying instead of charging", reference)
+        try:
+            outcome = await self.verify_payment(reference)
+        except ProviderUnavailable as exc:
+            raise OutcomeUnknown(
+                f"reference {reference} already exists at Paystack and verifying it failed: "
+                f"{exc.message}",
+                provider=self.name,
+                code="duplicate_reference",
+            ) from None
+        if outcome.status is OutcomeStatus.NOT_FOUND:
+            raise OutcomeUnknown(
+                f"Paystack called {reference} a duplicate but cannot find it",
+                provider=self.name,
+                code="duplicate_reference",
+            )
+        if outcome.status is OutcomeStatus.FAILED:
+            raise PaymentDeclined(
+                outcome.message or "declined by Paystack", provider=self.name, code="declined"
+            )
+        return outcome
+
+    def _payment_outcome(self, data: Mapping[str, Any], reference: str) -> PaymentOutcome:
+        raw_status = str(data.get("status") or "")
+        status = _PAYMENT_STATUSES.get(raw_status, _UNLISTED_PAYMENT_STATUS)
+        return PaymentOutcome(
+            status=status,
+            reference=str(data.get("reference") or reference),
+            provider_transaction_id=_str_or_none(data.get("id")),
+            amount_minor=_int_or_none(data.get("amount")),
+            currency=_str_or_none(data.get("currency")),
+            message=_str_or_none(data.get("gateway_response") or data.get("message")),
+            code=raw_status or None,
+        )
+
+    async def verify_payment(self, reference: str) -> PaymentOutcome:
+        """Paystack's view of ``reference``: SUCCEEDED, FAILED, PENDING or NOT_FOUND."""
+        try:
+            data = await self._call(
+                _Call.READ, "verify", self._sdk.transactions.verify(reference=reference)
+            )
+        except _ReferenceNotFound:
+            return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
+        if not isinstance(data, dict):
+            raise self._error(_Call.READ, _Failure.UNREADABLE, "verify: no data", None)
+        return self._payment_outcome(data, reference)
+
+    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+        """Refund all (``None``) or ``amount_minor`` of the transaction ``reference``.
+        Paystack queues refunds, so the usual answer is PENDING; a webhook settles it."""
+        if amount_minor is not None and amount_minor <= 0:
+            raise ValueError(f"refund amount must be positive, got {amount_minor}")
+        data = await self._call(
+            _Call.MOVES_MONEY,
+            "refund",
+            self._sdk.refunds.create(transaction=reference, amount=amount_minor),
+        )
+        if not isinstance(data, dict):
+            raise self._error(_Call.MOVES_MONEY, _Failure.UNREADABLE, "refund: no data", None)
+        raw_status = str(data.get("status") or "")
+        logger.info("paystack refund of %s: %s", reference, raw_status)
+        return RefundOutcome(
+            status=_REFUND_STATUSES.get(raw_status, _UNLISTED_REFUND_STATUS),
+            reference=reference,
+            refund_id=_str_or_none(data.get("id")),
+            amount_minor=_int_or_none(data.get("amount")),
+            currency=_str_or_none(data.get("currency")),
+            message=raw_status or None,
+        )
+
+    async def health_check(self) -> HealthCheck:
+        """List one transaction: proves Paystack answers and accepts the secret key.
+
+        Raises :class:`ConfigurationError` ("secret key rejected") on a 401, because no
+        health status fixes a wrong key: the caller should mark the instance ``error``.
+        Any other failure is an UNHEALTHY result; slower than 80% of timeout_s, DEGRADED.
+        """
+        started = time.perf_counter()
+        try:
+            await self._call(
+                _Call.READ, "health check", self._sdk.transactions.get_transactions(pagination=1)
+            )
+        except ConfigurationError:
+            raise
+        except ProviderError as exc:
+            return HealthCheck(
+                status=HealthStatus.UNHEALTHY,
+                message=exc.message,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        slow = latency_ms > self.settings.timeout_s * 1000 * SLOW_HEALTH_FRACTION
+        return HealthCheck(
+            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
+            message="slow" if slow else "ok",
+            latency_ms=latency_ms,
+        )
+
+    # --- webhooks ---------------------------------------------------------------------
+
+    def sign(self, raw_body: bytes) -> str:
+        """Paystack's signature of a body: hex HMAC-SHA512 keyed with the secret key."""
+        key = self.settings.secret_key.get_secret_value().encode()
+        return hmac.new(key, raw_body, hashlib.sha512).hexdigest()
+
+    async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        """Check ``x-paystack-signature`` over the raw body, then read the event.
+
+        ``charge.*`` events carry a payment status; ``refund.*`` events a RefundOutcome;
+        other events are returned with neither, for the caller to acknowledge and ignore.
+        ``event_id`` is ``event:data.id:data.status``, identical on every redelivery.
+        """
+        given = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER), None)
+        if not given:
+            raise WebhookSignatureError(f"missing {SIGNATURE_HEADER}")
+        if not hmac.compare_digest(given.strip().lower().encode(), self.sign(raw_body).encode()):
+            raise WebhookSignatureError(f"{SIGNATURE_HEADER} does not match the body")
+        try:
+            body = json.loads(raw_body)
+            event, data = body["event"], body["data"]
+            if not isinstance(event, str) or not isinstance(data, dict):
+                raise TypeError("expected {'event': str, 'data': object}")
+            return self._webhook_event(event, data, raw_body)
+        except (ValueError, KeyError, TypeError) as exc:  # ValidationError is a ValueError
+            raise WebhookPayloadError(
+                f"unreadable paystack webhook: {type(exc).__name__}"
+            ) from None
+
+    def _webhook_event(self, event: str, data: Mapping[str, Any], raw_body: bytes) -> WebhookEvent:
+        if data.get("id") is not None:
+            event_id = f"{event}:{data['id']}:{data.get('status', '')}"
+        else:
+            event_id = f"sha256:{hashlib.sha256(raw_body).hexdigest()}"
+        common: dict[str, Any] = {
+            "provider": self.name,
+            "event_id": event_id,
+            "event_type": event,
+            "amount_minor": _int_or_none(data.get("amount")),
+            "currency": _str_or_none(data.get("currency")),
+        }
+        if event in _REFUND_EVENTS:
+            reference = _str_or_none(data.get("transaction_reference"))
+            if reference is None:
+                raise KeyError("transaction_reference")
+            refund = RefundOutcome(
+                status=_REFUND_EVENTS[event],
+                reference=reference,
+                refund_id=_str_or_none(data.get("id")),
+                amount_minor=common["amount_minor"],
+                currency=common["currency"],
+                message=_str_or_none(data.get("status")),
+            )
+            return WebhookEvent(**common, reference=reference, refund=refund)
+        if event in _CHARGE_EVENTS:
+            return WebhookEvent(
+                **common,
+                reference=str(data["reference"]),
+                status=_CHARGE_EVENTS[event],
+                message=_str_or_none(data.get("gateway_response")),
+            )
+        return WebhookEvent(**common, reference=_str_or_none(data.get("reference")))

@@ -1,0 +1,1 @@
+"""Local HTTP fakes of payment providers, one package per provider, for tests."""
