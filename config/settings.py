@@ -9,12 +9,14 @@ environment variable and what it expects, e.g.::
 from __future__ import annotations
 
 import functools
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "TENDER_"
 
@@ -91,7 +93,7 @@ class Settings(BaseSettings):
 _SECRET_FIELDS = frozenset({"secrets_key"})
 
 
-def _describe(error: dict[str, object]) -> str:
+def _describe(error: dict[str, Any]) -> str:
     location = error.get("loc") or ()
     field = str(location[0]) if location else "?"
     variable = f"{ENV_PREFIX}{field.upper()}"
@@ -106,6 +108,18 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(_describe(dict(e)) for e in exc.errors())
         raise SettingsError(f"invalid Tender settings: {problems}") from None
+    except SourceError as exc:
+        # A list-valued variable that is not JSON fails in pydantic-settings' env
+        # source, before validation, with a message that names neither the variable
+        # nor what it expects.
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else "?"
+        info = Settings.model_fields.get(field)
+        is_list = info is not None and get_origin(info.annotation) is list
+        expected = 'a JSON list such as ["ops@example.com"]' if is_list else "a JSON value"
+        raise SettingsError(
+            f"invalid Tender settings: {ENV_PREFIX}{field.upper()}: expected {expected}"
+        ) from None
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -21,14 +21,13 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
-    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
 )
 
 from providers.errors import ConfigurationError
-from providers.money import normalize_currency
+from providers.money import MAX_MINOR, normalize_currency
 
 REFERENCE_PATTERN = r"^[A-Za-z0-9.=\-]{1,100}$"
 
@@ -81,7 +80,8 @@ class PaymentRequest(_Model):
     payment_id: UUID
     reference: str = Field(pattern=REFERENCE_PATTERN)
     order_id: str = Field(min_length=1, max_length=200)
-    amount_minor: PositiveInt
+    # Strict: a bool or a float is a caller's bug, not an amount (True would charge 1).
+    amount_minor: Annotated[int, Field(strict=True, gt=0, le=MAX_MINOR)]
     currency: str
     customer_email: EmailStr
     payment_method: PaymentMethod = "card"

@@ -110,14 +110,25 @@ def to_minor(amount: Decimal | int | str, currency: str) -> int:
         raise NonFiniteAmount(f"amount {amount!r} is not a finite number")
     if value <= 0:
         raise NonPositiveAmount(f"amount {value} {currency} must be greater than zero")
-    scaled = value.scaleb(places)
-    if scaled != scaled.to_integral_value():
-        raise TooManyDecimalPlaces(
-            f"amount {value} has more than {places} decimal place(s), the most {currency} allows"
-        )
-    if scaled > MAX_MINOR:
+    # Exact integer arithmetic on the digits: Decimal.scaleb rounds to the context's
+    # 28 significant digits, which would silently drop a fraction of a minor unit.
+    _sign, digits, exp = value.as_tuple()
+    assert isinstance(exp, int)  # finite
+    coefficient = int("".join(map(str, digits)))
+    shift = exp + places
+    if shift < 0:
+        minor, fraction = divmod(coefficient, 10**-shift) if -shift < len(digits) else (0, 1)
+        if fraction:
+            raise TooManyDecimalPlaces(
+                f"amount {value} has more than {places} decimal place(s), the most {currency} allows"
+            )
+    elif value.adjusted() + places > len(str(MAX_MINOR)):
+        minor = MAX_MINOR + 1  # far too large; do not build a huge integer
+    else:
+        minor = coefficient * 10**shift
+    if minor > MAX_MINOR:
         raise AmountTooLarge(f"amount {value} {currency} is larger than Tender can store")
-    return int(scaled)
+    return minor
 
 
 def from_minor(amount_minor: int, currency: str) -> Decimal:
@@ -129,6 +140,8 @@ def from_minor(amount_minor: int, currency: str) -> Decimal:
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
         raise MalformedAmount(f"minor units must be an int, not {type(amount_minor).__name__}")
     places = exponent(currency)
+    if abs(amount_minor) > MAX_MINOR:
+        raise AmountTooLarge(f"{amount_minor} minor units is more than Tender can store")
     return Decimal(amount_minor).scaleb(-places).quantize(Decimal(1).scaleb(-places))
 
 

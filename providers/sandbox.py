@@ -267,6 +267,12 @@ class SandboxProvider(PaymentProvider):
         amount = (
             charge.amount_minor - charge.refunded_minor if amount_minor is None else amount_minor
         )
+        if amount <= 0:  # a negative "refund" would give back refunded headroom
+            raise PaymentDeclined(
+                f"nothing to refund: {amount} minor units of {reference}",
+                provider=self.name,
+                code="invalid_refund_amount",
+            )
         try:
             self.book.refund(reference, amount)
         except ValueError as exc:

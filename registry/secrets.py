@@ -136,7 +136,9 @@ def mask(model: type[ProviderConfig] | None, stored: Mapping[str, Any]) -> dict[
     secret = model.secret_fields() if model is not None else frozenset()
     shown: dict[str, Any] = {}
     for field, value in stored.items():
-        if (isinstance(value, Mapping) and ENCRYPTED in value) or (field in secret and not is_reference(value) and value is not None):
+        if (isinstance(value, Mapping) and ENCRYPTED in value) or (
+            field in secret and not is_reference(value) and value is not None
+        ):
             shown[field] = MASK
         else:
             shown[field] = value

@@ -30,7 +30,7 @@ from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
 from registry.instances import InstanceStatus, InstanceView, to_view
 from registry.models import PluginInstance, RegistryState
-from registry.routing import resolve_route
+from registry.routing import in_scope, resolve_route
 
 log = logging.getLogger(__name__)
 
@@ -330,11 +330,11 @@ class PluginRegistry:
         """The plugin that would take a payment now (the route's first hop)."""
         views = self.snapshot()
         if currency is None:
-            candidates = [v for v in views if v.provider_type == provider_type and v.routable]
-            scoped = [v for v in candidates if tenant_id is not None and v.tenant_id == tenant_id]
-            route = sorted(
-                scoped or [v for v in candidates if v.tenant_id is None], key=lambda v: v.priority
-            )
+            # Scope before filtering, as resolve_route does: a tenant whose own
+            # instances are all off or broken has no route; it must not fall back to
+            # the global instances (the platform's keys).
+            scoped = in_scope(views, tenant_id, provider_type)
+            route = sorted((v for v in scoped if v.routable), key=lambda v: v.priority)
         else:
             route = self.resolve(
                 tenant_id=tenant_id,
