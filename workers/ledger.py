@@ -31,7 +31,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
 from registry.db import Base, UTCDateTime
-from workers.states import PaymentState, can_transition
+from registry.instances import InstanceView
+from workers.events import EventType, PaymentEvent
+from workers.states import STATE_EVENT, PaymentState, can_transition
 
 AutoId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -129,14 +131,14 @@ def apply_transition(
     expected: PaymentState | tuple[PaymentState, ...],
     new: PaymentState,
     *,
-    lease_token: uuid.UUID | None = None,
+    require_lease: uuid.UUID | None = None,
     **fields: Any,
 ) -> bool:
     """Compare-and-set the payment's status. True if this call made the change.
 
     ``expected`` is the status (or statuses) the caller saw; if another process
     moved the payment meanwhile, nothing is written and False is returned. With
-    ``lease_token``, the change also requires that the caller still holds the claim.
+    ``require_lease``, the change also requires that the caller still holds the claim.
     """
     olds = expected if isinstance(expected, tuple) else (expected,)
     for old in olds:
@@ -147,8 +149,8 @@ def apply_transition(
         .where(Payment.id == payment_id, Payment.status.in_([s.value for s in olds]))
         .values(status=new.value, updated_at=utcnow(), **fields)
     )
-    if lease_token is not None:
-        statement = statement.where(Payment.lease_token == lease_token)
+    if require_lease is not None:
+        statement = statement.where(Payment.lease_token == require_lease)
     return session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
 
 
@@ -162,14 +164,23 @@ class Claim:
     recovering: bool  # an earlier claim expired: verify before charging again
 
 
-def claim_payment(session: Session, payment_id: uuid.UUID, lease_s: float) -> Claim | None:
+def claim_payment(
+    session: Session,
+    payment_id: uuid.UUID,
+    lease_s: float,
+    *,
+    first_hop: InstanceView | None = None,
+) -> Claim | None:
     """Take the payment for processing: requested -> processing, or an expired lease.
 
-    Returns None when the payment is final, pending, or claimed by a live worker.
+    ``first_hop`` is recorded with the claim (the instance about to be called), so a
+    worker taking over after a crash knows where to verify. Returns None when the
+    payment is final, pending, or claimed by a live worker.
     """
     now = utcnow()
     token = uuid.uuid4()
     expires = now + timedelta(seconds=lease_s)
+    hop = {"instance_id": first_hop.id, "plugin_name": first_hop.plugin_name} if first_hop else {}
     fresh = session.execute(
         update(Payment)
         .where(Payment.id == payment_id, Payment.status == PaymentState.REQUESTED.value)
@@ -179,6 +190,7 @@ def claim_payment(session: Session, payment_id: uuid.UUID, lease_s: float) -> Cl
             lease_expires_at=expires,
             claims=Payment.claims + 1,
             updated_at=now,
+            **hop,
         )
     )
     if fresh.rowcount == 1:  # type: ignore[attr-defined]
@@ -207,3 +219,27 @@ def find_by_reference(session: Session, reference: str) -> Payment | None:
     return session.execute(
         select(Payment).where(Payment.reference == reference)
     ).scalar_one_or_none()
+
+
+def payment_event(payment: Payment, state: PaymentState, **changed: Any) -> PaymentEvent:
+    """The result event for ``payment`` entering ``state`` (``changed``: fields just written)."""
+
+    def value(name: str) -> Any:
+        return changed[name] if name in changed else getattr(payment, name)
+
+    return PaymentEvent(
+        type=EventType(STATE_EVENT[state]),
+        payment_id=payment.id,
+        order_id=payment.order_id,
+        tenant_id=payment.tenant_id,
+        provider=value("plugin_name"),
+        instance_id=value("instance_id"),
+        status=state.value,
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
+        provider_reference=payment.reference,
+        authorization_url=value("authorization_url"),
+        refunded_minor=value("refunded_minor"),
+        error=value("error_message"),
+        error_code=value("error_code"),
+    )

@@ -7,7 +7,8 @@ from sqlalchemy import Connection
 
 import registry.models  # noqa: F401 - register tables
 import workers.events
-import workers.ledger  # noqa: F401
+import workers.ledger
+import workers.locks  # noqa: F401
 from registry.db import Base, get_database
 
 target_metadata = Base.metadata

@@ -109,6 +109,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_registry_state")),
     )
     op.create_table(
+        "task_locks",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("holder", sa.String(length=200), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_task_locks")),
+    )
+    op.create_table(
         "webhook_receipts",
         sa.Column(
             "id",
@@ -222,6 +229,7 @@ def downgrade() -> None:
 
     op.drop_table("payment_attempts")
     op.drop_table("webhook_receipts")
+    op.drop_table("task_locks")
     op.drop_table("registry_state")
     with op.batch_alter_table("plugin_instances", schema=None) as batch_op:
         batch_op.drop_index("ix_plugin_instances_type_active")

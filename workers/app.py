@@ -1,0 +1,31 @@
+"""The Celery application, configured from settings (see :mod:`config.celery`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from config.celery import celery_options
+from config.settings import get_settings
+
+
+def create_app() -> Celery:
+    app = Celery("tender")
+    app.conf.update(celery_options(get_settings()))
+    app.conf.imports = ("workers.tasks",)
+    return app
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A forked worker child must not share its parent's DB sockets or event loop."""
+    from registry.db import forget_databases
+    from workers import runtime
+
+    forget_databases(close=False)
+    runtime.reset()

@@ -1,0 +1,318 @@
+"""The billing side: ask for a payment, read it back.
+
+``request_payment`` validates everything before it writes anything, records the
+payment, then enqueues ``process_payment``. The idempotency key (default: the
+order id) makes a repeated request return the first payment instead of charging
+again; the same key with different details is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict, EmailStr, TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from providers.base import PaymentMethod, derive_reference
+from providers.money import from_minor, normalize_currency, to_minor
+from registry.db import Database, get_database
+from registry.secrets import SecretBox
+from workers.ledger import Payment, PaymentAttempt, find_by_reference
+from workers.states import PaymentState
+
+log = logging.getLogger(__name__)
+
+_email = TypeAdapter(EmailStr)
+_METADATA_LIMIT = 50  # keys
+_METHODS = frozenset(get_args(PaymentMethod))
+
+
+class InvalidPaymentRequest(ValueError):
+    """A request Tender refuses before writing anything. ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class IdempotencyConflict(InvalidPaymentRequest):
+    """The idempotency key was used before for a different payment."""
+
+
+class PaymentNotFound(LookupError):
+    """No payment with that id."""
+
+
+class PaymentReceipt(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    payment_id: uuid.UUID
+    status: PaymentState
+    reference: str
+    idempotency_key: str
+    created: bool  # False: an earlier request with the same key was returned
+    enqueued: bool  # False: the broker refused; reconcile will enqueue it
+
+
+class AttemptView(BaseModel):
+    plugin_name: str
+    instance_id: uuid.UUID | None
+    operation: str
+    outcome: str
+    error_code: str | None
+    message: str | None
+    latency_ms: float
+    created_at: datetime
+
+
+class PaymentView(BaseModel):
+    """A payment as billing sees it. No secrets (the saved token is never shown)."""
+
+    id: uuid.UUID
+    tenant_id: str | None
+    order_id: str
+    idempotency_key: str
+    amount: Decimal
+    amount_minor: int
+    currency: str
+    customer_email: str
+    payment_method: str
+    metadata: dict[str, Any]
+    status: PaymentState
+    provider: str | None
+    instance_id: uuid.UUID | None
+    provider_reference: str
+    provider_transaction_id: str | None
+    authorization_url: str | None
+    error_code: str | None
+    error: str | None
+    refunded_minor: int
+    created_at: datetime
+    updated_at: datetime
+    attempts: list[AttemptView] = []
+
+
+def _validated(
+    order_id: str,
+    amount: Decimal | int | str,
+    currency: str,
+    customer_email: str,
+    payment_method: str,
+    metadata: dict[str, Any] | None,
+    tenant_id: str | None,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    if not isinstance(order_id, str) or not order_id.strip() or len(order_id) > 200:
+        raise InvalidPaymentRequest(
+            "order_id", "must be a non-empty string of at most 200 characters"
+        )
+    currency = normalize_currency(currency)
+    amount_minor = to_minor(amount, currency)
+    try:
+        email = _email.validate_python(customer_email)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise InvalidPaymentRequest(
+            "customer_email", f"{customer_email!r} is not a valid email: {reason}"
+        ) from None
+    if payment_method not in _METHODS:
+        raise InvalidPaymentRequest(
+            "payment_method", f"must be one of {', '.join(sorted(_METHODS))}"
+        )
+    metadata = dict(metadata or {})
+    if len(metadata) > _METADATA_LIMIT:
+        raise InvalidPaymentRequest("metadata", f"at most {_METADATA_LIMIT} keys")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, str | int | bool)):
+            raise InvalidPaymentRequest(
+                "metadata", f"{key!r}: values must be strings, integers, booleans or null"
+            )
+        if isinstance(value, float):
+            raise InvalidPaymentRequest("metadata", f"{key!r}: floats are not allowed")
+    if tenant_id is not None and (
+        not isinstance(tenant_id, str) or not tenant_id.strip() or len(tenant_id) > 100
+    ):
+        raise InvalidPaymentRequest(
+            "tenant_id", "must be a non-empty string of at most 100 characters, or None"
+        )
+    key = idempotency_key if idempotency_key is not None else f"order:{order_id}"
+    if not isinstance(key, str) or not key.strip() or len(key) > 200:
+        raise InvalidPaymentRequest(
+            "idempotency_key", "must be a non-empty string of at most 200 characters"
+        )
+    return {
+        "order_id": order_id,
+        "amount_minor": amount_minor,
+        "currency": currency,
+        "customer_email": email,
+        "payment_method": payment_method,
+        "metadata_": metadata,
+        "tenant_id": tenant_id,
+        "idempotency_key": key,
+    }
+
+
+_COMPARED = ("order_id", "amount_minor", "currency", "customer_email", "payment_method")
+
+
+def record_payment(
+    database: Database,
+    fields: dict[str, Any],
+    *,
+    payment_token: str | None = None,
+    box: SecretBox | None = None,
+) -> tuple[Payment, bool]:
+    """Insert the payment, or return the one already recorded under its idempotency key."""
+    reference = derive_reference(fields["idempotency_key"], fields["tenant_id"])
+    sealed_token = None
+    if payment_token:
+        if box is None:
+            raise InvalidPaymentRequest("payment_token", "cannot be stored without a secrets key")
+        sealed_token = box.encrypt(payment_token)["$enc"]
+    try:
+        with database.transaction() as session:
+            payment = Payment(
+                id=uuid.uuid4(), reference=reference, payment_token=sealed_token, **fields
+            )
+            session.add(payment)
+        return payment, True
+    except IntegrityError:
+        pass
+    with database.sessions() as session:
+        existing = find_by_reference(session, reference)
+    if existing is None:  # pragma: no cover - the unique violation had another cause
+        raise
+    for name in _COMPARED:
+        if getattr(existing, name) != fields[name]:
+            raise IdempotencyConflict(
+                "idempotency_key",
+                f"{fields['idempotency_key']!r} was already used for a payment with a different {name}",
+            )
+    return existing, False
+
+
+def request_payment(
+    order_id: str,
+    amount: Decimal | int | str,
+    currency: str,
+    customer_email: str,
+    payment_method: str = "card",
+    metadata: dict[str, Any] | None = None,
+    tenant_id: str | None = None,
+    idempotency_key: str | None = None,
+    *,
+    payment_token: str | None = None,
+    database: Database | None = None,
+) -> PaymentReceipt:
+    """Record a payment and enqueue it. Bad input raises before anything is written.
+
+    ``amount`` is in major units (``Decimal("12.50")``); floats are refused.
+    ``payment_token``: a saved authorization from the provider (secret; stored encrypted).
+    """
+    fields = _validated(
+        order_id,
+        amount,
+        currency,
+        customer_email,
+        payment_method,
+        metadata,
+        tenant_id,
+        idempotency_key,
+    )
+    from workers import runtime  # the registry's secret box; imported late to keep import cheap
+
+    database = database or get_database()
+    payment, created = record_payment(
+        database,
+        fields,
+        payment_token=payment_token,
+        box=runtime.registry().box if payment_token else None,
+    )
+    enqueued = True
+    if payment.status == PaymentState.REQUESTED:
+        enqueued = enqueue_payment(payment.id)
+    return PaymentReceipt(
+        payment_id=payment.id,
+        status=PaymentState(payment.status),
+        reference=payment.reference,
+        idempotency_key=payment.idempotency_key,
+        created=created,
+        enqueued=enqueued,
+    )
+
+
+def enqueue_payment(payment_id: uuid.UUID) -> bool:
+    """Send ``process_payment``; False if the broker refused (reconcile will re-send)."""
+    from workers.tasks import process_payment_task
+
+    try:
+        process_payment_task.apply_async(
+            args=[str(payment_id)], retry=True, retry_policy={"max_retries": 2}
+        )
+        return True
+    except Exception:
+        log.warning("could not enqueue payment %s; reconcile will", payment_id, exc_info=True)
+        return False
+
+
+def get_payment(payment_id: uuid.UUID | str, *, database: Database | None = None) -> PaymentView:
+    """The payment's current view, with its provider attempts."""
+    database = database or get_database()
+    try:
+        key = payment_id if isinstance(payment_id, uuid.UUID) else uuid.UUID(str(payment_id))
+    except ValueError:
+        raise PaymentNotFound(f"{payment_id!r} is not a payment id") from None
+    with database.sessions() as session:
+        payment = session.get(Payment, key)
+        if payment is None:
+            raise PaymentNotFound(f"no payment {payment_id}")
+        attempts = session.execute(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.payment_id == key)
+            .order_by(PaymentAttempt.id)
+        ).scalars()
+        return view_of(payment, list(attempts))
+
+
+def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> PaymentView:
+    return PaymentView(
+        id=payment.id,
+        tenant_id=payment.tenant_id,
+        order_id=payment.order_id,
+        idempotency_key=payment.idempotency_key,
+        amount=from_minor(payment.amount_minor, payment.currency),
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
+        customer_email=payment.customer_email,
+        payment_method=payment.payment_method,
+        metadata=payment.metadata_ or {},
+        status=PaymentState(payment.status),
+        provider=payment.plugin_name,
+        instance_id=payment.instance_id,
+        provider_reference=payment.reference,
+        provider_transaction_id=payment.provider_transaction_id,
+        authorization_url=payment.authorization_url,
+        error_code=payment.error_code,
+        error=payment.error_message,
+        refunded_minor=payment.refunded_minor,
+        created_at=payment.created_at,
+        updated_at=payment.updated_at,
+        attempts=[
+            AttemptView(
+                plugin_name=a.plugin_name,
+                instance_id=a.instance_id,
+                operation=a.operation,
+                outcome=a.outcome,
+                error_code=a.error_code,
+                message=a.message,
+                latency_ms=a.latency_ms,
+                created_at=a.created_at,
+            )
+            for a in attempts or []
+        ],
+    )

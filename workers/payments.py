@@ -1,0 +1,417 @@
+"""Processing one payment: claim, route, charge, record. The heart of the worker.
+
+The rules, from DESIGN.md:
+
+* claim the payment (compare-and-set ``requested -> processing`` with a lease);
+* try the route's instances in order, moving on **only** on ``ProviderUnavailable``
+  or ``ConfigurationError`` (both provably not charged);
+* on ``OutcomeUnknown`` (or a call that timed out) verify with the **same**
+  provider before anything else; never fall through to another one;
+* write the attempt rows, the new state and the outbox event in one transaction;
+* a worker that takes over an expired lease (its predecessor crashed) verifies
+  with the instance its predecessor was calling before it charges again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import update
+
+from config.celery import MAX_REDELIVERIES
+from config.settings import Settings
+from providers.base import OutcomeStatus, PaymentOutcome, PaymentProvider, PaymentRequest, utcnow
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderUnavailable,
+)
+from registry.db import Database
+from registry.instances import InstanceView
+from registry.service import PluginRegistry
+from workers.events import add_event
+from workers.ledger import (
+    Claim,
+    Payment,
+    PaymentAttempt,
+    apply_transition,
+    claim_payment,
+    load_payment,
+    payment_event,
+)
+from workers.relay import EventPublisher, publish_now
+from workers.runtime import CallTimeout, ProviderLoop
+from workers.states import OUTCOME_STATE, PaymentState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another worker holds a live claim; look again after ``retry_in_s``."""
+
+    retry_in_s: float
+
+
+@dataclass(frozen=True)
+class Done:
+    state: PaymentState | None  # None: nothing to do (final, or lost the race)
+
+
+@dataclass
+class _Attempt:
+    instance: InstanceView
+    operation: str
+    outcome: str
+    latency_ms: float
+    error_code: str | None = None
+    message: str | None = None
+
+    def row(self, payment_id: uuid.UUID) -> PaymentAttempt:
+        return PaymentAttempt(
+            payment_id=payment_id,
+            instance_id=self.instance.id,
+            plugin_name=self.instance.plugin_name,
+            operation=self.operation,
+            outcome=self.outcome,
+            error_code=self.error_code,
+            message=self.message,
+            latency_ms=self.latency_ms,
+        )
+
+
+@dataclass
+class _Decision:
+    state: PaymentState
+    instance: InstanceView | None = None
+    outcome: PaymentOutcome | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: list[_Attempt] = field(default_factory=list)
+
+
+class LeaseLost(Exception):
+    """Our claim expired and another worker took the payment over."""
+
+
+class PaymentProcessor:
+    """Runs the payment flow for one process (its registry, loop and publisher)."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: PluginRegistry,
+        loop: ProviderLoop,
+        publisher: EventPublisher,
+        settings: Settings,
+        on_unavailable: Any = None,
+    ) -> None:
+        self.database = database
+        self.registry = registry
+        self.loop = loop
+        self.publisher = publisher
+        self.settings = settings
+        # Called as on_unavailable(instance, message) when a live call finds a provider down.
+        self.on_unavailable = on_unavailable
+
+    # -- entry point -------------------------------------------------------------
+
+    def process(self, payment_id: uuid.UUID) -> Busy | Done:
+        with self.database.sessions() as session:
+            payment = load_payment(session, payment_id)
+        if payment is None:
+            log.error("payment %s not found; dropping its task", payment_id)
+            return Done(None)
+        status = PaymentState(payment.status)
+        if status not in (PaymentState.REQUESTED, PaymentState.PROCESSING):
+            return Done(None)  # final, pending or unknown: webhooks and reconcile own it
+
+        route = self.registry.resolve(
+            tenant_id=payment.tenant_id,
+            currency=payment.currency,
+            idempotency_key=payment.idempotency_key,
+        )
+        with self.database.transaction() as session:
+            claim = claim_payment(
+                session,
+                payment.id,
+                self.settings.payment_lease_s,
+                first_hop=route[0] if route and status is PaymentState.REQUESTED else None,
+            )
+        if claim is None:
+            return self._busy_or_done(payment_id)
+
+        try:
+            decision = self._decide(payment, claim, route)
+            return Done(self._finish(payment, claim, decision))
+        except LeaseLost:
+            log.warning("payment %s: lease lost to another worker; leaving it to them", payment.id)
+            return Done(None)
+
+    def _busy_or_done(self, payment_id: uuid.UUID) -> Busy | Done:
+        with self.database.sessions() as session:
+            payment = load_payment(session, payment_id)
+        if (
+            payment is None
+            or payment.status != PaymentState.PROCESSING
+            or payment.lease_expires_at is None
+        ):
+            return Done(None)
+        remaining = (payment.lease_expires_at - utcnow()).total_seconds()
+        return Busy(retry_in_s=max(remaining, 0.0) + 0.5)
+
+    # -- deciding ----------------------------------------------------------------
+
+    def _decide(self, payment: Payment, claim: Claim, route: list[InstanceView]) -> _Decision:
+        if payment.claims + 1 > MAX_REDELIVERIES:
+            return _Decision(
+                PaymentState.UNKNOWN,
+                error_code="worker_lost",
+                error_message=f"worker lost {payment.claims} times mid-payment; reconcile will verify",
+            )
+        request = self._request(payment)
+        if claim.recovering and payment.instance_id is not None:
+            return self._recover(payment, claim, request)
+        if not route:
+            return _Decision(
+                PaymentState.FAILED,
+                error_code="no_route",
+                error_message=(
+                    f"no active payment provider accepts {payment.currency} for tenant "
+                    f"{payment.tenant_id or '(global)'}"
+                ),
+            )
+        return self._charge_along(route, claim, request)
+
+    def _charge_along(
+        self, route: list[InstanceView], claim: Claim, request: PaymentRequest
+    ) -> _Decision:
+        attempts: list[_Attempt] = []
+        for hop, instance in enumerate(route):
+            if hop > 0:
+                self._mark_hop(claim, instance)
+            decision = self._charge(instance, request, attempts)
+            if decision is not None:
+                decision.attempts = attempts
+                return decision
+        last = attempts[-1].message if attempts else "no provider answered"
+        return _Decision(
+            PaymentState.FAILED,
+            instance=route[-1],
+            error_code="providers_unavailable",
+            error_message=f"every provider in the route was unavailable; last: {last}",
+            attempts=attempts,
+        )
+
+    def _charge(
+        self, instance: InstanceView, request: PaymentRequest, attempts: list[_Attempt]
+    ) -> _Decision | None:
+        """One hop. None means: provably not charged, try the next instance."""
+        started = time.perf_counter()
+
+        def attempt(outcome: str, code: str | None = None, message: str | None = None) -> None:
+            latency = (time.perf_counter() - started) * 1000
+            attempts.append(_Attempt(instance, "charge", outcome, latency, code, message))
+
+        try:
+            plugin = self.registry.plugin_for(instance)
+            outcome = self.loop.run(
+                plugin.process_payment(request), self.settings.provider_timeout_s
+            )
+        except ConfigurationError as exc:
+            attempt("config_error", exc.code, str(exc))
+            self.registry.mark_error(instance.id, str(exc))
+            return None
+        except ProviderUnavailable as exc:
+            attempt("unavailable", exc.code, str(exc))
+            if self.on_unavailable is not None:
+                self.on_unavailable(instance, str(exc))
+            return None
+        except PaymentDeclined as exc:
+            attempt("failed", exc.code, exc.message)
+            return _Decision(
+                PaymentState.FAILED,
+                instance,
+                error_code=exc.code or "declined",
+                error_message=exc.message,
+            )
+        except (OutcomeUnknown, CallTimeout) as exc:
+            attempt("unknown", getattr(exc, "code", None), str(exc))
+            return self._verify(instance, plugin, request.reference, attempts, reason=str(exc))
+        except Exception as exc:  # a plugin bug after sending is as ambiguous as a timeout
+            log.exception("plugin %s raised unexpectedly", instance.plugin_name)
+            attempt("unknown", "plugin_error", f"{type(exc).__name__}: {exc}")
+            return self._verify(
+                instance,
+                self.registry.plugin_for(instance),
+                request.reference,
+                attempts,
+                reason="plugin error",
+            )
+        attempt(outcome.status.value, outcome.code, outcome.message)
+        return self._from_outcome(instance, outcome)
+
+    def _verify(
+        self,
+        instance: InstanceView,
+        plugin: PaymentProvider,
+        reference: str,
+        attempts: list[_Attempt],
+        *,
+        reason: str,
+    ) -> _Decision:
+        """After an ambiguous charge: ask the same provider. Unresolved: state unknown."""
+        started = time.perf_counter()
+        try:
+            outcome = self.loop.run(
+                plugin.verify_payment(reference), self.settings.provider_timeout_s
+            )
+        except Exception as exc:
+            latency = (time.perf_counter() - started) * 1000
+            attempts.append(
+                _Attempt(
+                    instance, "verify", "unknown", latency, getattr(exc, "code", None), str(exc)
+                )
+            )
+            return _Decision(
+                PaymentState.UNKNOWN,
+                instance,
+                error_code="outcome_unknown",
+                error_message=f"{reason}; verification failed too ({exc}); reconcile will verify",
+            )
+        latency = (time.perf_counter() - started) * 1000
+        attempts.append(
+            _Attempt(
+                instance, "verify", outcome.status.value, latency, outcome.code, outcome.message
+            )
+        )
+        if outcome.status is OutcomeStatus.NOT_FOUND:
+            return _Decision(
+                PaymentState.UNKNOWN,
+                instance,
+                error_code="outcome_unknown",
+                error_message=f"{reason}; the provider has no record yet; reconcile will verify",
+            )
+        return self._from_outcome(instance, outcome)
+
+    def _recover(self, payment: Payment, claim: Claim, request: PaymentRequest) -> _Decision:
+        """A predecessor crashed while calling ``payment.instance_id``: verify there first."""
+        instance = next((v for v in self.registry.snapshot() if v.id == payment.instance_id), None)
+        if instance is None:
+            return _Decision(
+                PaymentState.UNKNOWN,
+                error_code="instance_gone",
+                error_message="worker crashed mid-payment and its provider instance was retired",
+            )
+        attempts: list[_Attempt] = []
+        try:
+            plugin = self.registry.plugin_for(instance)
+        except ConfigurationError as exc:
+            return _Decision(
+                PaymentState.UNKNOWN, instance, error_code="config_error", error_message=str(exc)
+            )
+        decision = self._verify(
+            instance, plugin, request.reference, attempts, reason="worker crashed mid-payment"
+        )
+        never_charged = attempts[-1].outcome == OutcomeStatus.NOT_FOUND.value
+        if decision.state is PaymentState.UNKNOWN and never_charged and instance.routable:
+            # Charge again at the same instance only: the same reference lets the
+            # provider refuse a duplicate if the predecessor's call lands late.
+            decision = self._charge(instance, request, attempts) or _Decision(
+                PaymentState.UNKNOWN,
+                instance,
+                error_code="outcome_unknown",
+                error_message="provider unavailable while recovering; reconcile will verify",
+            )
+        decision.attempts = attempts
+        return decision
+
+    @staticmethod
+    def _from_outcome(instance: InstanceView, outcome: PaymentOutcome) -> _Decision:
+        state = OUTCOME_STATE[outcome.status]
+        failed = state is PaymentState.FAILED
+        return _Decision(
+            state,
+            instance,
+            outcome=outcome,
+            error_code=(outcome.code or "declined") if failed else None,
+            error_message=outcome.message if failed else None,
+        )
+
+    # -- writing -----------------------------------------------------------------
+
+    def _request(self, payment: Payment) -> PaymentRequest:
+        token = (
+            self.registry.box.decrypt({"$enc": payment.payment_token})
+            if payment.payment_token
+            else None
+        )
+        return PaymentRequest(
+            payment_id=payment.id,
+            reference=payment.reference,
+            order_id=payment.order_id,
+            amount_minor=payment.amount_minor,
+            currency=payment.currency,
+            customer_email=payment.customer_email,
+            payment_method=payment.payment_method,  # type: ignore[arg-type]
+            payment_token=SecretStr(token) if token else None,
+            metadata=payment.metadata_ or {},
+            tenant_id=payment.tenant_id,
+        )
+
+    def _mark_hop(self, claim: Claim, instance: InstanceView) -> None:
+        """Record which instance we are about to call, so a successor can verify there."""
+        with self.database.transaction() as session:
+            result = session.execute(
+                update(Payment)
+                .where(Payment.id == claim.payment_id, Payment.lease_token == claim.token)
+                .values(instance_id=instance.id, plugin_name=instance.plugin_name)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost()
+
+    def _finish(self, payment: Payment, claim: Claim, decision: _Decision) -> PaymentState:
+        instance = decision.instance
+        outcome = decision.outcome
+        fields: dict[str, Any] = {
+            "lease_token": None,
+            "lease_expires_at": None,
+            "error_code": decision.error_code,
+            "error_message": decision.error_message,
+        }
+        if instance is not None:
+            fields |= {"instance_id": instance.id, "plugin_name": instance.plugin_name}
+        if outcome is not None:
+            fields |= {
+                "provider_transaction_id": outcome.provider_transaction_id,
+                "authorization_url": outcome.authorization_url,
+            }
+        with self.database.transaction() as session:
+            if not apply_transition(
+                session,
+                payment.id,
+                PaymentState.PROCESSING,
+                decision.state,
+                require_lease=claim.token,
+                **fields,
+            ):
+                raise LeaseLost()
+            session.add_all(a.row(payment.id) for a in decision.attempts)
+            event = add_event(session, payment_event(payment, decision.state, **fields))
+            session.flush()
+            outbox_id = event.id
+        publish_now(self.database, self.publisher, [outbox_id])
+        log.info(
+            "payment %s %s via %s%s",
+            payment.id,
+            decision.state.value,
+            instance.label if instance else "no provider",
+            f": {decision.error_message}" if decision.error_message else "",
+        )
+        return decision.state

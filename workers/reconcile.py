@@ -1,0 +1,159 @@
+"""Reconcile: make the ledger agree with the providers and the queue.
+
+Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
+
+* ``requested`` payments older than ``reconcile_age_s``: their task was lost
+  (broker dropped it, enqueue failed) -> enqueue again (the claim makes it once);
+* ``processing`` payments whose lease expired: their worker died -> enqueue again
+  (the task verifies with the instance that was being called before anything else);
+* ``pending`` and ``unknown`` payments older than ``reconcile_age_s``: verify with
+  their provider and move them to what the provider says. Each compare-and-set
+  succeeds once, so each payment resolves (and emits its event) exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from config.settings import Settings
+from providers.base import OutcomeStatus, utcnow
+from registry.db import Database
+from registry.service import PluginRegistry
+from workers.events import add_event
+from workers.ledger import Payment, PaymentAttempt, apply_transition, payment_event
+from workers.relay import EventPublisher, publish_now
+from workers.runtime import ProviderLoop
+from workers.states import OUTCOME_STATE, PaymentState
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+@dataclass
+class ReconcileReport:
+    reenqueued: list[uuid.UUID] = field(default_factory=list)
+    resolved: dict[uuid.UUID, str] = field(default_factory=dict)
+    still_open: list[uuid.UUID] = field(default_factory=list)
+
+
+def reconcile(
+    database: Database,
+    registry: PluginRegistry,
+    loop: ProviderLoop,
+    publisher: EventPublisher,
+    settings: Settings,
+    enqueue: Callable[[uuid.UUID], bool],
+) -> ReconcileReport:
+    report = ReconcileReport()
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.reconcile_age_s)
+    with database.sessions() as session:
+        lost = session.execute(
+            select(Payment.id)
+            .where(
+                (Payment.status == PaymentState.REQUESTED.value) & (Payment.updated_at < cutoff)
+                | (Payment.status == PaymentState.PROCESSING.value)
+                & (Payment.lease_expires_at < now)
+            )
+            .limit(BATCH)
+        ).scalars()
+        for payment_id in lost:
+            if enqueue(payment_id):
+                report.reenqueued.append(payment_id)
+        open_payments = list(
+            session.execute(
+                select(Payment)
+                .where(
+                    Payment.status.in_([PaymentState.PENDING.value, PaymentState.UNKNOWN.value]),
+                    Payment.updated_at < cutoff,
+                )
+                .order_by(Payment.updated_at)
+                .limit(BATCH)
+            ).scalars()
+        )
+    for payment in open_payments:
+        state = _verify_one(database, registry, loop, publisher, settings, payment)
+        if state is None:
+            report.still_open.append(payment.id)
+        else:
+            report.resolved[payment.id] = state.value
+    if report.reenqueued or report.resolved:
+        log.info(
+            "reconcile: re-enqueued %d, resolved %d, still open %d",
+            len(report.reenqueued),
+            len(report.resolved),
+            len(report.still_open),
+        )
+    return report
+
+
+def _verify_one(
+    database: Database,
+    registry: PluginRegistry,
+    loop: ProviderLoop,
+    publisher: EventPublisher,
+    settings: Settings,
+    payment: Payment,
+) -> PaymentState | None:
+    current = PaymentState(payment.status)
+    instance = next((v for v in registry.snapshot() if v.id == payment.instance_id), None)
+    if instance is None:
+        log.warning("payment %s is %s but its provider instance is gone", payment.id, current.value)
+        return None
+    started = time.perf_counter()
+    try:
+        plugin = registry.plugin_for(instance)
+        outcome = loop.run(plugin.verify_payment(payment.reference), settings.provider_timeout_s)
+    except Exception as exc:
+        log.warning("reconcile could not verify payment %s: %s", payment.id, exc)
+        return None
+    latency_ms = (time.perf_counter() - started) * 1000
+    if outcome.status is OutcomeStatus.NOT_FOUND:
+        # Old enough that a request in flight would have landed: it was never charged.
+        new, code, message = (
+            PaymentState.FAILED,
+            "not_charged",
+            "the provider has no record of this payment",
+        )
+    else:
+        new = OUTCOME_STATE[outcome.status]
+        failed = new is PaymentState.FAILED
+        code = (outcome.code or "declined") if failed else None
+        message = outcome.message if failed else None
+    if new is current:
+        return None
+    fields = {
+        "error_code": code,
+        "error_message": message,
+        "provider_transaction_id": outcome.provider_transaction_id
+        or payment.provider_transaction_id,
+        "authorization_url": outcome.authorization_url or payment.authorization_url,
+    }
+    with database.transaction() as session:
+        if not apply_transition(session, payment.id, current, new, **fields):
+            return None  # a webhook or another reconcile got there first
+        session.add(
+            PaymentAttempt(
+                payment_id=payment.id,
+                instance_id=instance.id,
+                plugin_name=instance.plugin_name,
+                operation="verify",
+                outcome=outcome.status.value,
+                error_code=outcome.code,
+                message=outcome.message,
+                latency_ms=latency_ms,
+            )
+        )
+        event = add_event(session, payment_event(payment, new, **fields))
+        session.flush()
+        outbox_id = event.id
+    publish_now(database, publisher, [outbox_id])
+    log.info("reconcile: payment %s %s -> %s", payment.id, current.value, new.value)
+    return new

@@ -1,0 +1,113 @@
+"""Relay outbox rows to the topic exchange ``tender.events`` (routing key = event type).
+
+Two paths, both at least once: the worker publishes a payment's event right after
+committing it (:func:`publish_now`, low latency), and the beat's ``relay_outbox``
+sweeps anything left unpublished (broker down, worker killed between commit and
+publish). A durable queue ``tender.events.all`` bound to ``#`` is declared with the
+exchange, so events wait there even before any consumer has bound a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+from sqlalchemy import select, update
+
+from providers.base import utcnow
+from registry.db import Database
+from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
+
+log = logging.getLogger(__name__)
+
+events_exchange = Exchange(EXCHANGE, type="topic", durable=True)
+default_events_queue = Queue(DEFAULT_QUEUE, events_exchange, routing_key="#", durable=True)
+
+
+class EventPublisher:
+    """Publishes event payloads through the Celery app's producer pool."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def publish(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Publish (event_type, payload) pairs; raises if the broker refuses."""
+        with self.app.producer_or_acquire() as producer:
+            for event_type, payload in rows:
+                producer.publish(
+                    payload,
+                    exchange=events_exchange,
+                    routing_key=event_type,
+                    declare=[events_exchange, default_events_queue],
+                    serializer="json",
+                    delivery_mode=2,
+                    headers={"event_id": payload.get("event_id"), "event_type": event_type},
+                    retry=True,
+                    retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
+                )
+
+
+def _mark_published(database: Database, ids: Iterable[int]) -> None:
+    ids = list(ids)
+    if not ids:
+        return
+    with database.transaction() as session:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(ids), OutboxEvent.published_at.is_(None))
+            .values(published_at=utcnow())
+        )
+
+
+def publish_now(database: Database, publisher: EventPublisher, outbox_ids: Sequence[int]) -> int:
+    """Publish just-committed events; on failure leave them for the sweep."""
+    if not outbox_ids:
+        return 0
+    with database.sessions() as session:
+        rows = session.execute(
+            select(OutboxEvent.id, OutboxEvent.event_type, OutboxEvent.payload).where(
+                OutboxEvent.id.in_(outbox_ids), OutboxEvent.published_at.is_(None)
+            )
+        ).all()
+    try:
+        publisher.publish([(row.event_type, row.payload) for row in rows])
+    except Exception:
+        log.warning("event publish failed; the outbox sweep will retry", exc_info=True)
+        return 0
+    _mark_published(database, [row.id for row in rows])
+    return len(rows)
+
+
+def relay_outbox(
+    database: Database, publisher: EventPublisher, *, older_than_s: float = 0.0, limit: int = 500
+) -> int:
+    """Publish unpublished events older than ``older_than_s``, oldest first. Returns the count.
+
+    On PostgreSQL rows are locked with SKIP LOCKED so concurrent relays share the work.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    published = 0
+    while True:
+        with database.transaction() as session:
+            query = (
+                select(OutboxEvent)
+                .where(OutboxEvent.published_at.is_(None), OutboxEvent.created_at <= cutoff)
+                .order_by(OutboxEvent.id)
+                .limit(limit)
+            )
+            if not database.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.execute(query).scalars())
+            if not rows:
+                return published
+            publisher.publish([(row.event_type, row.payload) for row in rows])
+            now = utcnow()
+            for row in rows:
+                row.published_at = now
+            published += len(rows)
+        if len(rows) < limit:
+            return published

@@ -1,0 +1,97 @@
+"""Per-process runtime: one long-lived event loop for plugin coroutines, and the registry.
+
+Celery tasks are synchronous; the provider contract is async. Rather than an
+``asyncio.run`` per payment (a new loop each time, no shared connection pools),
+each worker process keeps one event loop in a daemon thread. Task threads submit
+plugin coroutines to it and wait, so many payments can wait on slow providers at
+once in a single process, sharing each SDK's connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from registry.service import PluginRegistry
+
+T = TypeVar("T")
+
+
+class CallTimeout(Exception):
+    """A provider call exceeded its time budget (the request may have been sent)."""
+
+
+class ProviderLoop:
+    """An asyncio loop running in its own daemon thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tender-providers", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        """Run ``coroutine`` on the loop; CallTimeout after ``timeout_s``."""
+
+        async def bounded() -> T:
+            try:
+                return await asyncio.wait_for(coroutine, timeout_s)
+            except TimeoutError:
+                raise CallTimeout(f"provider call exceeded {timeout_s:g} s") from None
+
+        return asyncio.run_coroutine_threadsafe(bounded(), self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _current() -> dict[str, Any]:
+    if _state.get("pid") != os.getpid():
+        _state.clear()
+        _state["pid"] = os.getpid()
+    return _state
+
+
+def provider_loop() -> ProviderLoop:
+    with _lock:
+        state = _current()
+        if "loop" not in state:
+            state["loop"] = ProviderLoop()
+        loop: ProviderLoop = state["loop"]
+        return loop
+
+
+def registry() -> PluginRegistry:
+    """This process's registry (cached plugins, hot-swap polling)."""
+    with _lock:
+        state = _current()
+        if "registry" not in state:
+            state["registry"] = PluginRegistry()
+        reg: PluginRegistry = state["registry"]
+        return reg
+
+
+def close_retired_plugins() -> None:
+    """Close plugin objects replaced by a config change (their pools)."""
+    reg = _current().get("registry")
+    if reg is None:
+        return
+    for plugin in reg.drain_retired():
+        with contextlib.suppress(Exception):  # closing is best effort
+            provider_loop().run(plugin.aclose(), timeout_s=5)
+
+
+def reset() -> None:
+    """Forget the runtime (after fork, or between tests)."""
+    with _lock:
+        _state.clear()

@@ -1,0 +1,94 @@
+"""Celery tasks: thin wiring from messages to the modules that do the work."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import Task
+
+from config.settings import get_settings
+from registry.db import get_database
+from workers import runtime
+from workers.app import app
+from workers.locks import hold
+from workers.payments import Busy, PaymentProcessor
+from workers.relay import EventPublisher, relay_outbox
+
+log = logging.getLogger(__name__)
+
+
+def publisher() -> EventPublisher:
+    return EventPublisher(app)
+
+
+def processor() -> PaymentProcessor:
+    from workers.health import record_live_failure
+
+    return PaymentProcessor(
+        get_database(),
+        runtime.registry(),
+        runtime.provider_loop(),
+        publisher(),
+        get_settings(),
+        on_unavailable=record_live_failure,
+    )
+
+
+@app.task(
+    name="tender.process_payment",
+    bind=True,
+    max_retries=None,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def process_payment_task(self: Task, payment_id: str) -> str | None:
+    """Charge one payment at most once; see workers.payments."""
+    result = processor().process(uuid.UUID(payment_id))
+    runtime.close_retired_plugins()
+    if isinstance(result, Busy):
+        raise self.retry(countdown=result.retry_in_s)
+    return result.state.value if result.state else None
+
+
+@app.task(name="tender.relay_outbox")
+def relay_outbox_task() -> int:
+    """Sweep events the inline publish missed (older than 2 s)."""
+    database = get_database()
+    with hold(database, "relay_outbox", ttl_s=60) as held:
+        if not held:
+            return 0
+        return relay_outbox(database, publisher(), older_than_s=2.0)
+
+
+@app.task(name="tender.reconcile")
+def reconcile_task() -> dict[str, Any]:
+    from workers.client import enqueue_payment
+    from workers.reconcile import reconcile
+
+    settings = get_settings()
+    database = get_database()
+    with hold(database, "reconcile", ttl_s=max(settings.reconcile_interval_s * 2, 60)) as held:
+        if not held:
+            return {"skipped": "another reconcile is running"}
+        report = reconcile(
+            database,
+            runtime.registry(),
+            runtime.provider_loop(),
+            publisher(),
+            settings,
+            enqueue_payment,
+        )
+    return {
+        "reenqueued": len(report.reenqueued),
+        "resolved": len(report.resolved),
+        "still_open": len(report.still_open),
+    }
+
+
+@app.task(name="tender.health_check_all")
+def health_check_all_task() -> dict[str, Any]:
+    from workers.health import health_check_all
+
+    return health_check_all()
