@@ -1,0 +1,151 @@
+"""Secret config fields: encrypted at rest or referenced, masked when shown, never echoed."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+
+from config.settings import Settings, load_settings
+from providers.base import ProviderConfig
+from providers.errors import ConfigurationError
+from registry import secrets
+from registry.secrets import ENCRYPTED, MASK, SecretBox
+
+SECRET = "sk_live_secret_value_4242"
+
+
+class AcmeConfig(ProviderConfig):
+    secret_key: SecretStr
+    webhook_secret: SecretStr | None = None
+    public_key: str = "pk_test"
+
+
+@pytest.fixture
+def box() -> SecretBox:
+    return SecretBox(Fernet.generate_key())
+
+
+def test_seal_encrypts_secret_fields_only(box: SecretBox) -> None:
+    stored = secrets.seal(
+        AcmeConfig, {"secret_key": SECRET, "public_key": "pk_live_1", "webhook_secret": None}, box
+    )
+    assert set(stored["secret_key"]) == {ENCRYPTED}
+    assert stored["public_key"] == "pk_live_1"
+    assert stored["webhook_secret"] is None
+    assert SECRET not in json.dumps(stored)
+
+
+def test_seal_accepts_secretstr_values(box: SecretBox) -> None:
+    stored = secrets.seal(AcmeConfig, {"secret_key": SecretStr(SECRET)}, box)
+    assert secrets.resolve(AcmeConfig, stored, box)["secret_key"] == SECRET
+
+
+def test_seal_keeps_references_and_already_sealed_values(box: SecretBox) -> None:
+    sealed = box.encrypt(SECRET)
+    stored = secrets.seal(
+        AcmeConfig, {"secret_key": sealed, "webhook_secret": "env:ACME_WEBHOOK_SECRET"}, box
+    )
+    assert stored == {"secret_key": sealed, "webhook_secret": "env:ACME_WEBHOOK_SECRET"}
+
+
+def test_resolve_decrypts_and_follows_env_references(
+    box: SecretBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACME_WEBHOOK_SECRET", "whsec_from_env")
+    stored = secrets.seal(
+        AcmeConfig,
+        {"secret_key": SECRET, "webhook_secret": "env:ACME_WEBHOOK_SECRET", "public_key": "pk"},
+        box,
+    )
+    assert secrets.resolve(AcmeConfig, stored, box) == {
+        "secret_key": SECRET,
+        "webhook_secret": "whsec_from_env",
+        "public_key": "pk",
+    }
+
+
+def test_an_unset_env_reference_names_the_field_and_variable(
+    box: SecretBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ACME_MISSING", raising=False)
+    with pytest.raises(ConfigurationError, match=r"config\.secret_key: .*ACME_MISSING"):
+        secrets.resolve(AcmeConfig, {"secret_key": "env:ACME_MISSING"}, box)
+
+
+def test_a_vault_reference_without_a_resolver_is_a_configuration_error(box: SecretBox) -> None:
+    with pytest.raises(ConfigurationError, match=r"config\.secret_key: vault"):
+        secrets.resolve(AcmeConfig, {"secret_key": "vault:payments/acme#secret"}, box)
+
+
+def test_a_non_secret_field_that_looks_like_a_reference_is_left_alone(box: SecretBox) -> None:
+    stored = {"secret_key": box.encrypt(SECRET), "public_key": "env:NOT_A_SECRET"}
+    assert secrets.resolve(AcmeConfig, stored, box)["public_key"] == "env:NOT_A_SECRET"
+
+
+def test_mask_hides_secrets_and_shows_references(box: SecretBox) -> None:
+    stored = secrets.seal(
+        AcmeConfig,
+        {"secret_key": SECRET, "webhook_secret": "env:ACME_WEBHOOK_SECRET", "public_key": "pk"},
+        box,
+    )
+    assert secrets.mask(AcmeConfig, stored) == {
+        "secret_key": MASK,
+        "webhook_secret": "env:ACME_WEBHOOK_SECRET",
+        "public_key": "pk",
+    }
+    # A plaintext secret that somehow reached storage is masked too.
+    assert secrets.mask(AcmeConfig, {"secret_key": SECRET})["secret_key"] == MASK
+    # Without the plugin's model (plugin uninstalled), sealed values are still masked.
+    assert secrets.mask(None, stored)["secret_key"] == MASK
+
+
+def test_a_secret_sealed_with_another_key_fails_without_echoing_it(box: SecretBox) -> None:
+    stored = secrets.seal(AcmeConfig, {"secret_key": SECRET}, SecretBox(Fernet.generate_key()))
+    with pytest.raises(ConfigurationError, match="TENDER_SECRETS_KEY") as caught:
+        secrets.resolve(AcmeConfig, stored, box)
+    assert SECRET not in str(caught.value)
+    assert stored["secret_key"][ENCRYPTED] not in str(caught.value)
+
+
+def test_the_box_never_shows_its_key() -> None:
+    key = Fernet.generate_key()
+    assert key.decode() not in repr(SecretBox(key))
+
+
+def test_box_from_settings_uses_tender_secrets_key(
+    tender_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Fernet.generate_key()
+    monkeypatch.setenv("TENDER_SECRETS_KEY", key.decode())
+    sealed = SecretBox.from_settings(load_settings()).encrypt(SECRET)
+    assert SecretBox(key).decrypt(sealed) == SECRET
+    assert not (tender_env / "data" / "secrets.key").exists()
+
+
+def test_development_generates_a_private_key_file_and_reuses_it(tender_env: Path) -> None:
+    settings = load_settings()
+    sealed = SecretBox.from_settings(settings).encrypt(SECRET)
+    key_file = tender_env / "data" / "secrets.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert SecretBox.from_settings(settings).decrypt(sealed) == SECRET
+
+
+def test_production_refuses_to_start_without_a_secrets_key(
+    tender_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENDER_ENV", "production")
+    with pytest.raises(ConfigurationError, match="TENDER_SECRETS_KEY must be set"):
+        SecretBox.from_settings(load_settings())
+    assert not (tender_env / "data" / "secrets.key").exists()
+
+
+def test_a_malformed_secrets_key_is_named_and_not_echoed(tender_env: Path) -> None:
+    bad = "not-a-fernet-key-but-a-secret"
+    with pytest.raises(ConfigurationError, match="TENDER_SECRETS_KEY: expected a Fernet key") as e:
+        SecretBox.from_settings(Settings(secrets_key=SecretStr(bad)))
+    assert bad not in str(e.value)
