@@ -21,7 +21,7 @@ from pypaystack2 import AsyncPaystackClient
 from pypaystack2.base_clients import AbstractAPIClient
 from pypaystack2.enums import Country, Currency
 from pypaystack2.exceptions import ClientNetworkError
-from pypaystack2.models import Bank, InitTransaction, Refund, Transaction
+from pypaystack2.models import Bank, InitTransaction, Refund, Response, Transaction
 
 from providers.base import OutcomeStatus
 from providers.paystack import PaystackProvider
@@ -62,42 +62,42 @@ def test_every_answer_validates_against_the_sdk_models(
     client = sdk(fake_paystack)
 
     async def scenario() -> None:
-        init = await client.transactions.initialize(
+        init: Response[Any] = await client.transactions.initialize(
             amount=10_000, email="a@example.com", currency=Currency.GHS, reference="ref-init"
         )
         assert init.status and isinstance(init.data, InitTransaction)
         assert init.data.reference == "ref-init"
 
-        abandoned = await client.transactions.verify("ref-init")
+        abandoned: Response[Any] = await client.transactions.verify("ref-init")
         assert isinstance(abandoned.data, Transaction)
         assert abandoned.data.status == "abandoned" and abandoned.data.currency == "GHS"
 
-        charge = await client.transactions.charge(
+        charge: Response[Any] = await client.transactions.charge(
             amount=25_000, email="a@example.com", auth_code=GOOD_AUTHORIZATION, reference="ref-c"
         )
         assert charge.message == "Charge attempted"
         assert isinstance(charge.data, Transaction) and charge.data.status == "success"
 
-        declined = await client.transactions.charge(
+        declined: Response[Any] = await client.transactions.charge(
             amount=25_000, email="a@example.com", auth_code=DECLINED_AUTHORIZATION
         )
         assert isinstance(declined.data, Transaction)
         assert declined.data.status == "failed"
         assert declined.data.gateway_response == "Insufficient Funds"
 
-        paid = await client.transactions.verify("ref-c")
+        paid: Response[Any] = await client.transactions.verify("ref-c")
         assert isinstance(paid.data, Transaction) and paid.data.paid_at is not None
 
-        listed = await client.transactions.get_transactions(pagination=2)
+        listed: Response[Any] = await client.transactions.get_transactions(pagination=2)
         assert isinstance(listed.data, list) and len(listed.data) == 2
         assert all(isinstance(tx, Transaction) for tx in listed.data)
         assert listed.meta and listed.meta["perPage"] == 2 and listed.meta["total"] == 3
 
-        refund = await client.refunds.create(transaction="ref-c", amount=5_000)
+        refund: Response[Any] = await client.refunds.create(transaction="ref-c", amount=5_000)
         assert isinstance(refund.data, Refund)
         assert refund.data.status == "pending" and refund.data.amount == 5_000
 
-        banks = await client.miscellaneous.get_banks(country=Country.GHANA)
+        banks: Response[Any] = await client.miscellaneous.get_banks(country=Country.GHANA)
         assert isinstance(banks.data, list) and len(banks.data) == 2
         assert all(isinstance(bank, Bank) and bank.currency == "GHS" for bank in banks.data)
 

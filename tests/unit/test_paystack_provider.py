@@ -541,7 +541,7 @@ def test_secret_key_never_appears_in_reprs_errors_or_logs(
         await provider.refund(reference.reference, 10)
         await provider.health_check()
         for fault in ("5xx", "html", "drop", "slow"):
-            fake_paystack.fault = fault  # type: ignore[assignment]
+            fake_paystack.fault = fault
             try:
                 await provider.process_payment(payment(token=GOOD_AUTHORIZATION))
             except ProviderError as exc:
