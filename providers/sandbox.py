@@ -57,7 +57,8 @@ class SandboxConfig(ProviderConfig):
     """Sandbox behaviour. Every field is safe to change at run time."""
 
     api_key: SecretStr = SecretStr("sk_sandbox_default")  # also the webhook signing key
-    latency_ms: int = Field(default=0, ge=0, le=60_000)
+    latency_ms: int = Field(default=0, ge=0, le=60_000)  # before the charge is made
+    response_delay_ms: int = Field(default=0, ge=0, le=60_000)  # after charging, before answering
     decline_email_prefix: str | None = "decline"  # customer emails starting with it decline
     decline_amounts_minor: list[int] = Field(default_factory=list)
     outage: bool = False  # every call raises ProviderUnavailable
@@ -227,6 +228,8 @@ class SandboxProvider(PaymentProvider):
         charge, _created = self.book.charge(
             request.reference, request.amount_minor, request.currency, status
         )
+        if self.settings.response_delay_ms:
+            await asyncio.sleep(self.settings.response_delay_ms / 1000)
         if self.settings.ambiguous_timeout:
             raise OutcomeUnknown("sandbox timed out after charging", provider=self.name)
         if charge.status is OutcomeStatus.FAILED:

@@ -21,6 +21,18 @@ def create_app() -> Celery:
 app = create_app()
 
 
+def reconfigure() -> None:
+    """Re-read settings into the app after the environment changed (CLI, tests).
+
+    Drops pooled broker connections so the next publish uses the new broker URL.
+    """
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+    app.conf.update(celery_options(get_settings()))
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     """A forked worker child must not share its parent's DB sockets or event loop."""

@@ -132,11 +132,7 @@ class PaymentProcessor:
         if status not in (PaymentState.REQUESTED, PaymentState.PROCESSING):
             return Done(None)  # final, pending or unknown: webhooks and reconcile own it
 
-        route = self.registry.resolve(
-            tenant_id=payment.tenant_id,
-            currency=payment.currency,
-            idempotency_key=payment.idempotency_key,
-        )
+        route = self._route(payment)
         with self.database.transaction() as session:
             claim = claim_payment(
                 session,
@@ -153,6 +149,20 @@ class PaymentProcessor:
         except LeaseLost:
             log.warning("payment %s: lease lost to another worker; leaving it to them", payment.id)
             return Done(None)
+
+    def _route(self, payment: Payment) -> list[InstanceView]:
+        def resolve() -> list[InstanceView]:
+            return self.registry.resolve(
+                tenant_id=payment.tenant_id,
+                currency=payment.currency,
+                idempotency_key=payment.idempotency_key,
+            )
+
+        route = resolve()
+        if not route:  # the cache may be up to registry_poll_s old: look once more, fresh
+            self.registry.refresh(force=True)
+            route = resolve()
+        return route
 
     def _busy_or_done(self, payment_id: uuid.UUID) -> Busy | Done:
         with self.database.sessions() as session:
