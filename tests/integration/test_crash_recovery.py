@@ -1,0 +1,96 @@
+"""A worker process killed with SIGKILL mid-payment never charges twice and never
+loses the payment. Runs a real prefork ``celery worker`` OS process on its own Redis
+database, so the test's embedded worker cannot take the message instead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from providers.sandbox import charge_book
+from registry.db import get_database
+from tests.integration.conftest import WorkerProcess, wait_for
+from workers import runtime
+from workers.client import _validated, get_payment, record_payment
+
+CRASH_REDIS_DB = 4
+
+
+@pytest.fixture
+def crash_env(integration_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    broker = integration_env["TENDER_BROKER_URL"].rsplit("/", 1)[0] + f"/{CRASH_REDIS_DB}"
+    redis.Redis.from_url(broker).flushdb()
+    yield {**integration_env, "TENDER_BROKER_URL": broker, "TENDER_PAYMENT_LEASE_S": "3"}
+
+
+def send_process_payment(broker: str, payment_id: uuid.UUID) -> None:
+    sender = Celery("crash-test-sender", broker=broker, set_as_current=False)
+    sender.send_task("tender.process_payment", args=[str(payment_id)], queue="payments")
+    sender.close()
+
+
+def new_payment(tenant: str, order_id: str) -> Any:
+    fields = _validated(order_id, "25.00", "NGN", "ada@example.com", "card", None, tenant, None)
+    payment, _ = record_payment(get_database(), fields)
+    return payment
+
+
+def kill_child_while(worker: WorkerProcess, payment_id: uuid.UUID, *, phase: str) -> None:
+    wait_for(lambda: get_payment(payment_id).status.value == "processing", timeout_s=30)
+    children = wait_for(worker.children, timeout_s=10)
+    if phase == "after-charge":
+        wait_for(lambda: charge_book_of(payment_id).count() == 1, timeout_s=10, interval_s=0.01)
+    os.kill(children[0], signal.SIGKILL)
+
+
+_books: dict[uuid.UUID, str] = {}
+
+
+def charge_book_of(payment_id: uuid.UUID) -> Any:
+    return charge_book(_books[payment_id])
+
+
+@pytest.mark.parametrize(
+    ("phase", "config"),
+    [
+        # killed while the provider is still deciding: nothing charged yet
+        ("before-charge", {"latency_ms": 1500}),
+        # killed after the provider charged but before it answered
+        ("after-charge", {"response_delay_ms": 1500}),
+    ],
+)
+def test_sigkilled_worker_charges_once_and_completes(
+    crash_env: dict[str, str], tenant: str, book_path: str, phase: str, config: dict[str, Any]
+) -> None:
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": book_path, **config}, tenant_id=tenant, is_active=True
+    )
+    payment = new_payment(tenant, f"crash-{phase}")
+    _books[payment.id] = book_path
+    worker = WorkerProcess(crash_env, concurrency=1)
+    try:
+        send_process_payment(crash_env["TENDER_BROKER_URL"], payment.id)
+        kill_child_while(worker, payment.id, phase=phase)
+        view = wait_for(
+            lambda: (
+                (v := get_payment(payment.id)).status.value in {"succeeded", "failed", "unknown"}
+                and v
+            ),
+            timeout_s=45,
+        )
+    finally:
+        output = worker.stop()
+    assert view.status.value == "succeeded", output[-3000:]
+    book = charge_book(book_path)
+    assert book.count() == 1
+    assert book.refused_repeats() == 0
+    if phase == "after-charge":
+        # the successor verified first and found the charge: no second charge call
+        assert [a.operation for a in view.attempts] == ["verify"]
