@@ -1,0 +1,430 @@
+"""``tender``: the command line for operators, billing engineers and demos."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import SettingsError
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="tender",
+    help="Tender: payment-provider plugins on Celery workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+plugins_app = typer.Typer(
+    help="Provider instances: list, add, configure, activate, deactivate.", no_args_is_help=True
+)
+payments_app = typer.Typer(help="Read payments.", no_args_is_help=True)
+events_app = typer.Typer(help="Result events.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(payments_app, name="payments")
+app.add_typer(events_app, name="events")
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn Tender's bad-input errors into one red line and exit 1 (no traceback)."""
+    from providers.errors import ProviderError
+    from registry.errors import RegistryError
+    from workers.client import PaymentNotFound
+
+    try:
+        yield
+    except (SettingsError, RegistryError, ProviderError, PaymentNotFound, ValueError) as exc:
+        fail(str(exc))
+
+
+def _parse_config(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values that parse as JSON (numbers, true, lists) are typed."""
+    config: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            fail(f"--config expects key=value, got {pair!r}")
+        try:
+            value = json.loads(raw)
+            if isinstance(value, float):
+                value = raw  # keep decimals as text; floats never carry config amounts
+        except json.JSONDecodeError:
+            value = raw
+        config[key.strip()] = value
+    return config
+
+
+def _registry() -> Any:
+    from workers import runtime
+
+    return runtime.registry()
+
+
+def _instance_id(text: str) -> uuid.UUID:
+    """A full instance id, or a unique prefix of one (as shown by `plugins list`)."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        pass
+    matches = [v.id for v in _registry().list_instances() if str(v.id).startswith(text)]
+    if len(matches) != 1:
+        fail(f"{text!r} matches {len(matches)} instances; give more of the id")
+    return matches[0]
+
+
+def _json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+# -- processes -----------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(help="Payments in flight per process (threads).")
+    ] = 32,
+    pool: Annotated[
+        str, typer.Option(help="Celery pool: threads (default) or prefork.")
+    ] = "threads",
+    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "payments,maintenance",
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker (one process; run one per core to scale)."""
+    from workers.app import app as celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            f"--queues={queues}",
+            f"--loglevel={loglevel}",
+        ]
+    )
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Run Celery beat: health checks, reconcile and the outbox sweep. Run exactly one."""
+    from workers.app import app as celery_app
+
+    celery_app.start(["beat", f"--loglevel={loglevel}"])
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the HTTP app: operator API, admin page, billing API and provider webhooks."""
+    import uvicorn
+
+    uvicorn.run("workers.http:app", host=host, port=port, proxy_headers=True)
+
+
+# -- database ------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Create or migrate the schema (SQLite file or PostgreSQL)."""
+    from config.settings import get_settings
+    from registry.migrate import upgrade
+
+    with user_errors():
+        upgrade(revision=revision)
+        url = get_settings().resolved_database_url
+    console.print(f"[green]database at[/] {_safe_url(url)} [green]is at {revision}[/]")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- plugins -------------------------------------------------------------------------
+
+
+@plugins_app.command("list")
+def plugins_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's instances.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Provider instances in routing order (secrets masked)."""
+    from registry.service import ANY
+
+    with user_errors():
+        views = _registry().list_instances(tenant_id=tenant if tenant is not None else ANY)
+    if as_json:
+        _json([v.model_dump(mode="json") for v in views])
+        return
+    table = Table(title="Provider instances")
+    for column in (
+        "id",
+        "plugin",
+        "name",
+        "tenant",
+        "active",
+        "status",
+        "health",
+        "priority",
+        "weight",
+        "currencies",
+    ):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            str(v.id)[:8],
+            v.plugin_name,
+            v.display_name,
+            v.tenant_id or "(global)",
+            "yes" if v.is_active else "no",
+            v.status if v.status != "error" else f"[red]error[/]: {v.status_message}",
+            v.health,
+            str(v.priority),
+            str(v.weight),
+            ",".join(v.currencies) or "all",
+        )
+    console.print(table)
+
+
+@plugins_app.command("add")
+def plugins_add(
+    plugin: Annotated[str, typer.Argument(help="Plugin name, e.g. paystack or sandbox.")],
+    config: Annotated[
+        list[str], typer.Option("--config", "-c", help="key=value; secrets as env:NAME.")
+    ] = [],  # noqa: B006
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant id (default: global).")] = None,
+    priority: Annotated[int, typer.Option(help="Lower routes first.")] = 100,
+    weight: Annotated[int, typer.Option(help="Share among equal priority.")] = 1,
+    currency: Annotated[list[str], typer.Option(help="Restrict to these currencies.")] = [],  # noqa: B006
+    activate: Annotated[bool, typer.Option("--activate", help="Switch it on now.")] = False,
+) -> None:
+    """Add a provider instance. Its config is validated first; nothing is written if it is bad."""
+    with user_errors():
+        view = _registry().create_instance(
+            plugin,
+            _parse_config(config),
+            tenant_id=tenant,
+            display_name=name,
+            priority=priority,
+            weight=weight,
+            currencies=currency,
+            is_active=activate,
+        )
+    console.print(f"[green]added[/] {view.label} active={view.is_active} config={view.config}")
+
+
+@plugins_app.command("configure")
+def plugins_configure(
+    instance: Annotated[str, typer.Argument(help="Instance id or unique prefix.")],
+    config: Annotated[list[str], typer.Option("--config", "-c", help="key=value to change.")] = [],  # noqa: B006
+) -> None:
+    """Change config fields (others, including stored secrets, are kept)."""
+    with user_errors():
+        view = _registry().update_config(_instance_id(instance), _parse_config(config))
+    console.print(f"[green]configured[/] {view.label} config={view.config}")
+
+
+@plugins_app.command("activate")
+def plugins_activate(
+    instance: Annotated[str, typer.Argument(help="Instance id or unique prefix.")],
+    exclusive: Annotated[
+        bool, typer.Option("--exclusive", help="Switch its siblings off in the same change.")
+    ] = False,
+) -> None:
+    """Switch an instance on; workers follow within a second."""
+    with user_errors():
+        view = _registry().activate(_instance_id(instance), exclusive=exclusive)
+    console.print(f"[green]activated[/] {view.label}")
+
+
+@plugins_app.command("deactivate")
+def plugins_deactivate(
+    instance: Annotated[str, typer.Argument(help="Instance id or unique prefix.")],
+) -> None:
+    """Switch an instance off; workers stop routing to it within a second."""
+    with user_errors():
+        view = _registry().deactivate(_instance_id(instance))
+    console.print(f"[yellow]deactivated[/] {view.label}")
+
+
+# -- payments ------------------------------------------------------------------------
+
+
+@app.command()
+def pay(
+    order_id: Annotated[str, typer.Argument()],
+    amount: Annotated[str, typer.Argument(help="Major units, e.g. 1500.50")],
+    currency: Annotated[str, typer.Argument(help="ISO 4217 code, e.g. NGN")],
+    email: Annotated[str, typer.Argument(help="Customer email")],
+    method: Annotated[
+        str, typer.Option(help="card, bank_transfer, ussd, mobile_money, bank")
+    ] = "card",
+    tenant: Annotated[str | None, typer.Option()] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key (default: order:<order_id>).")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for an outcome (0: don't).")] = 0.0,
+) -> None:
+    """Request a payment (enqueue it) and print its receipt."""
+    from workers.client import get_payment, request_payment
+
+    with user_errors():
+        receipt = request_payment(
+            order_id,
+            Decimal(amount) if _decimal(amount) else amount,
+            currency,
+            email,
+            payment_method=method,
+            tenant_id=tenant,
+            idempotency_key=key,
+        )
+    note = "" if receipt.created else " (an earlier request with this key)"
+    console.print(f"payment [bold]{receipt.payment_id}[/] {receipt.status.value}{note}")
+    if wait > 0:
+        view = _wait_for(lambda: get_payment(receipt.payment_id), wait)
+        _print_payment(view)
+        if view.status.value == "failed":
+            raise typer.Exit(2)
+
+
+def _decimal(text: str) -> bool:
+    try:
+        Decimal(text)
+        return True
+    except ArithmeticError:
+        return False
+
+
+def _wait_for(read: Callable[[], Any], timeout_s: float) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    view = read()
+    while view.status.value in {"requested", "processing"} and time.monotonic() < deadline:
+        time.sleep(0.1)
+        view = read()
+    return view
+
+
+def _print_payment(view: Any) -> None:
+    table = Table(show_header=False, title=f"payment {view.id}")
+    for field in (
+        "status",
+        "order_id",
+        "tenant_id",
+        "amount",
+        "currency",
+        "provider",
+        "instance_id",
+        "provider_reference",
+        "authorization_url",
+        "error_code",
+        "error",
+        "refunded_minor",
+        "created_at",
+        "updated_at",
+    ):
+        value = getattr(view, field)
+        if value is not None:
+            table.add_row(field, str(value))
+    console.print(table)
+    if view.attempts:
+        attempts = Table(title="attempts")
+        for column in ("operation", "plugin", "outcome", "latency ms", "message"):
+            attempts.add_column(column)
+        for a in view.attempts:
+            attempts.add_row(
+                a.operation, a.plugin_name, a.outcome, f"{a.latency_ms:.1f}", a.message or ""
+            )
+        console.print(attempts)
+
+
+@payments_app.command("show")
+def payments_show(
+    payment_id: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A payment's state, provider and attempts."""
+    from workers.client import get_payment
+
+    with user_errors():
+        view = get_payment(payment_id)
+    if as_json:
+        _json(view.model_dump(mode="json"))
+    else:
+        _print_payment(view)
+
+
+# -- events --------------------------------------------------------------------------
+
+
+@events_app.command("tail")
+def events_tail(
+    binding: Annotated[str, typer.Option(help="Routing-key pattern, e.g. 'payment.*'.")] = "#",
+    count: Annotated[int, typer.Option(help="Stop after this many events (0: forever).")] = 0,
+    timeout: Annotated[
+        float, typer.Option(help="Stop after this many idle seconds (0: never).")
+    ] = 0.0,
+) -> None:
+    """Print result events as they are published (JSON lines)."""
+    from workers.event_stream import tail
+
+    with user_errors():
+        for n, event in enumerate(tail(binding, idle_timeout_s=timeout or None), start=1):
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+            if count and n >= count:
+                break
+
+
+@app.command()
+def demo(
+    payments: Annotated[int, typer.Option(help="How many payments to submit.")] = 12,
+) -> None:
+    """Run the whole flow on this machine: worker, two sandbox instances, a hot swap, events."""
+    from workers.demo import run_demo
+
+    with user_errors():
+        ok = run_demo(console, payments=payments)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _mount_health() -> None:
+    try:
+        from workers.cli_health import health_app
+    except ImportError:  # pragma: no cover - health CLI not installed
+        return
+    app.add_typer(health_app, name="health")
+
+
+_mount_health()
+
+
+def main() -> None:  # pragma: no cover - console script
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
