@@ -9,6 +9,7 @@ the outbox event in the same transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
@@ -98,7 +100,8 @@ class Refund(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     payment_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("payments.id"), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(20))  # pending | succeeded | failed
+    # requested (reserved, provider not yet answered) | pending | succeeded | failed
+    status: Mapped[str] = mapped_column(String(20))
     provider_refund_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -132,13 +135,15 @@ def apply_transition(
     new: PaymentState,
     *,
     require_lease: uuid.UUID | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
     **fields: Any,
 ) -> bool:
     """Compare-and-set the payment's status. True if this call made the change.
 
     ``expected`` is the status (or statuses) the caller saw; if another process
     moved the payment meanwhile, nothing is written and False is returned. With
-    ``require_lease``, the change also requires that the caller still holds the claim.
+    ``require_lease``, the change also requires that the caller still holds the claim;
+    ``where`` adds further conditions (e.g. the ``refunded_minor`` the caller read).
     """
     olds = expected if isinstance(expected, tuple) else (expected,)
     for old in olds:
@@ -146,7 +151,7 @@ def apply_transition(
             raise InvalidTransition(f"payment cannot go from {old} to {new}")
     statement = (
         update(Payment)
-        .where(Payment.id == payment_id, Payment.status.in_([s.value for s in olds]))
+        .where(Payment.id == payment_id, Payment.status.in_([s.value for s in olds]), *where)
         .values(status=new.value, updated_at=utcnow(), **fields)
     )
     if require_lease is not None:
