@@ -14,7 +14,9 @@ from config.settings import reset_settings
 from registry.db import forget_databases, get_database
 from registry.migrate import upgrade
 
-POSTGRES_URL = os.environ.get("TENDER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "TENDER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("TENDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -56,15 +58,27 @@ def tender_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
             monkeypatch.delenv(name)
     monkeypatch.setenv("TENDER_ENV", "test")
     monkeypatch.setenv("TENDER_DATA_DIR", str(tmp_path / "data"))
-    reset_settings()
-    forget_databases()
+    _reset_process()
     yield tmp_path
-    forget_databases()
+    monkeypatch.undo()
+    _reset_process()
+
+
+def _reset_process() -> None:
+    """Forget settings, engines and the worker runtime, so the environment is re-read."""
+    from workers import runtime
+    from workers.app import reconfigure
+
     reset_settings()
+    forget_databases()
+    runtime.reset()
+    reconfigure()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tender_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """A migrated, empty database: a SQLite file, then the real PostgreSQL."""
     if request.param == "sqlite":
         url = f"sqlite:///{tender_env / 'tender.db'}"
