@@ -1,0 +1,390 @@
+"""The measurements, (a) to (h). Each returns plain numbers for the report.
+
+Throughput (a-d) is a *burst*: the ``payments`` queue is filled while every worker is
+held, then all workers are released at one instant and the clock runs until the last
+task is acknowledged (a, b) or the last payment's event is relayed (c, d). Filling the
+queue first keeps the harness off the two cores while the workers run; the client's
+own rate (``request_payment`` per second) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from bench.cluster import HarnessError, WorkerSet
+from bench.events import EventListener
+
+CURRENCY = "NGN"
+AMOUNT = Decimal("150.00")
+EMAIL = "payer@example.com"
+SLOW_PROVIDER_MS = 300
+SUBMIT_THREADS = 4
+
+
+@dataclass(frozen=True)
+class Sizes:
+    ceiling_tasks: int
+    naive_payments: int
+    tender_payments: int  # each of (c) and (d)
+    latency_s: float  # (e): how long to submit at half of (c)'s rate
+    swaps: int
+    resolve_calls: int
+
+
+FULL = Sizes(
+    ceiling_tasks=20_000,
+    naive_payments=60,
+    tender_payments=3_000,
+    latency_s=10.0,
+    swaps=10,
+    resolve_calls=200_000,
+)
+QUICK = Sizes(
+    ceiling_tasks=2_000,
+    naive_payments=12,
+    tender_payments=300,
+    latency_s=3.0,
+    swaps=4,
+    resolve_calls=20_000,
+)
+
+
+@dataclass
+class Context:
+    app: Any  # Tender's Celery app
+    redis: Any  # client on the bench's Redis database
+    log: Callable[[str], None]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# -- (a), (b): plain Celery tasks, timed by the queue draining -----------------------
+
+
+def backlog(redis: Any, queue: str) -> int:
+    """Messages waiting in ``queue`` (every priority) plus delivered-but-unacked ones."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.llen(queue)
+    for priority in (3, 6, 9):  # kombu's Redis priority steps
+        pipe.llen(f"{queue}\x06\x16{priority}")
+    pipe.hlen("unacked")
+    return int(sum(pipe.execute()))
+
+
+def wait_drained(redis: Any, queue: str, timeout_s: float) -> float:
+    """The instant the backlog reached zero (seen twice in a row, 2 ms apart)."""
+    deadline = time.monotonic() + timeout_s
+    empty_since: float | None = None
+    while time.monotonic() < deadline:
+        now = time.perf_counter()
+        if backlog(redis, queue) == 0:
+            if empty_since is not None:
+                return empty_since
+            empty_since = now
+        else:
+            empty_since = None
+        time.sleep(0.002)
+    raise HarnessError(
+        f"queue {queue} still has {backlog(redis, queue)} messages after {timeout_s} s"
+    )
+
+
+def task_burst(
+    ctx: Context, workers: WorkerSet, send: Callable[[int], None], n: int, timeout_s: float
+) -> dict[str, float]:
+    from config.celery import PAYMENTS_QUEUE
+
+    wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)  # late acks of the previous burst
+    filled = time.perf_counter()
+    for i in range(n):
+        send(i)
+    filled = time.perf_counter() - filled
+    if backlog(ctx.redis, PAYMENTS_QUEUE) != n:
+        raise HarnessError("the held queue does not hold the burst (a worker consumed early?)")
+    started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    ended = wait_drained(ctx.redis, PAYMENTS_QUEUE, timeout_s)
+    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    elapsed = ended - started
+    return {"n": n, "elapsed_s": elapsed, "per_s": n / elapsed, "enqueue_per_s": n / filled}
+
+
+def ceiling(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
+    """(a) no-op tasks per second."""
+    from bench.tasks import noop
+    from config.celery import PAYMENTS_QUEUE
+
+    with ctx.app.producer_or_acquire() as producer:
+
+        def send(_: int) -> None:
+            noop.apply_async(queue=PAYMENTS_QUEUE, producer=producer)
+
+        task_burst(ctx, workers, send, max(n // 10, 200), timeout_s=120)  # warm-up
+        return task_burst(ctx, workers, send, n, timeout_s=max(60, n / 100))
+
+
+def naive(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
+    """(b) sandbox payments per second, called directly with asyncio.run per task."""
+    from bench.tasks import naive_charge
+    from config.celery import PAYMENTS_QUEUE
+    from providers.money import to_minor
+
+    run = uuid.uuid4().hex[:8]
+    amount_minor = to_minor(AMOUNT, CURRENCY)
+
+    def sender(prefix: str) -> Callable[[int], None]:
+        def send(i: int) -> None:
+            naive_charge.apply_async(
+                args=[f"naive-{prefix}-{run}-{i}", amount_minor, CURRENCY, SLOW_PROVIDER_MS],
+                queue=PAYMENTS_QUEUE,
+            )
+
+        return send
+
+    task_burst(ctx, workers, sender("warm"), 4, timeout_s=30)
+    return task_burst(ctx, workers, sender("run"), n, timeout_s=max(60, n))
+
+
+# -- (c)-(f): Tender end to end ----------------------------------------------------------
+
+
+def request(order_id: str) -> None:
+    from workers.client import request_payment
+
+    receipt = request_payment(order_id, AMOUNT, CURRENCY, EMAIL)
+    if not receipt.enqueued:
+        raise HarnessError(f"request_payment could not enqueue {order_id}")
+
+
+def submit_all(phase: str, n: int) -> float:
+    """Request ``n`` payments from a few client threads; returns requests per second."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="bench-client") as pool:
+        list(pool.map(request, (f"{phase}:{i}" for i in range(n))))
+    return n / (time.perf_counter() - started)
+
+
+def payment_burst(
+    ctx: Context, workers: WorkerSet, events: EventListener, phase: str, n: int, timeout_s: float
+) -> dict[str, float]:
+    from config.celery import PAYMENTS_QUEUE
+
+    wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)
+    client_rate = submit_all(phase, n)
+    if backlog(ctx.redis, PAYMENTS_QUEUE) != n:
+        raise HarnessError("the held queue does not hold the burst (a worker consumed early?)")
+    started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    events.wait_count(phase, n, timeout_s)
+    last = max(a.at for o, a in events.arrivals.items() if o.startswith(phase + ":"))
+    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    bad = sum(
+        1
+        for o, a in events.arrivals.items()
+        if o.startswith(phase + ":") and a.status != "succeeded"
+    )
+    elapsed = last - started
+    return {
+        "n": n,
+        "elapsed_s": elapsed,
+        "per_s": n / elapsed,
+        "not_succeeded": bad,
+        "client_request_payment_per_s": client_rate,
+    }
+
+
+def paced(
+    phase: str, rate_per_s: float, n: int | None, stop: threading.Event | None = None
+) -> dict[str, float]:
+    """Submit at a steady ``rate_per_s`` (n payments, or until ``stop``); submit instants."""
+    submitted: dict[str, float] = {}
+    lock = threading.Lock()
+    origin = time.perf_counter() + 0.05
+    behind: list[float] = []
+
+    def client(lane: int) -> None:
+        i = lane
+        while (n is None or i < n) and not (stop is not None and stop.is_set()):
+            due = origin + i / rate_per_s
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                behind.append(-delay)
+            order_id = f"{phase}:{i}"
+            at = time.perf_counter()
+            with lock:
+                submitted[order_id] = at
+            request(order_id)
+            i += SUBMIT_THREADS
+
+    threads = [
+        threading.Thread(target=client, args=(lane,), name=f"bench-paced-{lane}", daemon=True)
+        for lane in range(SUBMIT_THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if behind and max(behind) > 0.05:
+        # The submitter itself fell behind its schedule: say so next to the figures.
+        submitted["__max_behind_s__"] = max(behind)
+    return submitted
+
+
+def provider_ms_by_order(phase: str) -> dict[str, float]:
+    """Provider time per payment, as Tender recorded it on its attempt rows."""
+    from sqlalchemy import func, select
+
+    from registry.db import get_database
+    from workers.ledger import Payment, PaymentAttempt
+
+    with get_database().sessions() as session:
+        rows = session.execute(
+            select(Payment.order_id, func.sum(PaymentAttempt.latency_ms))
+            .join(PaymentAttempt, PaymentAttempt.payment_id == Payment.id)
+            .where(Payment.order_id.like(f"{phase}:%"))
+            .group_by(Payment.order_id)
+        ).all()
+    return {order_id: float(ms) for order_id, ms in rows}
+
+
+def added_latency(
+    ctx: Context, events: EventListener, rate_per_s: float, seconds: float
+) -> dict[str, Any]:
+    """(e) request -> relayed event, minus provider time, at a paced rate."""
+    phase = "e"
+    n = max(int(rate_per_s * seconds), 50)
+    submitted = paced(phase, rate_per_s, n)
+    behind = submitted.pop("__max_behind_s__", 0.0)
+    events.wait_count(phase, n, timeout_s=60)
+    provider = provider_ms_by_order(phase)
+    added = [
+        (events.arrivals[o].at - at) * 1000 - provider.get(o, 0.0) for o, at in submitted.items()
+    ]
+    return {
+        "n": n,
+        "rate_per_s": rate_per_s,
+        "p50_ms": percentile(added, 50),
+        "p95_ms": percentile(added, 95),
+        "p99_ms": percentile(added, 99),
+        "max_ms": max(added),
+        "provider_mean_ms": statistics.fmean(provider.values()) if provider else 0.0,
+        "submitter_max_behind_s": behind,
+    }
+
+
+def hot_swap(
+    ctx: Context,
+    events: EventListener,
+    registry: Any,
+    instances: list[Any],
+    swaps: int,
+    rate_per_s: float,
+) -> dict[str, Any]:
+    """(f) commit of activate(x, exclusive=True) -> first relayed event served by x."""
+    stop = threading.Event()
+    streamed: dict[str, float] = {}
+    stream = threading.Thread(
+        target=lambda: streamed.update(paced("f", rate_per_s, None, stop)), daemon=True
+    )
+    stream.start()
+    times_ms: list[float] = []
+    try:
+        time.sleep(0.5)
+        for swap in range(swaps):
+            target = instances[(swap + 1) % len(instances)]
+            registry.activate(target.id, exclusive=True)
+            committed = time.perf_counter()  # activate() returns right after its commit
+            served = events.wait_for_instance(str(target.id), committed, timeout_s=10)
+            if served is None:
+                raise HarnessError(f"swap {swap}: no payment reached {target.id} within 10 s")
+            times_ms.append((served - committed) * 1000)
+            ctx.log(f"  swap {swap + 1}/{swaps}: {times_ms[-1]:.0f} ms")
+            time.sleep(0.5 + random.random() * 0.5)  # de-phase from the registry poll
+    finally:
+        stop.set()
+        stream.join(timeout=30)
+    streamed.pop("__max_behind_s__", None)
+    events.wait_count("f", len(streamed), timeout_s=60)  # let the stream drain
+    return {
+        "swaps": swaps,
+        "rate_per_s": rate_per_s,
+        "p50_ms": statistics.median(times_ms),
+        "max_ms": max(times_ms),
+        "all_ms": [round(t, 1) for t in times_ms],
+    }
+
+
+def resolution(registry: Any, calls: int) -> dict[str, float]:
+    """(g) registry.resolve(...) per call, cached, after warm-up."""
+    keys = [f"order:{uuid.uuid4().hex}" for _ in range(calls)]
+    for key in keys[:1000]:
+        registry.resolve(tenant_id=None, currency=CURRENCY, idempotency_key=key)
+    each: list[float] = []
+    clock = time.perf_counter
+    started = clock()
+    for key in keys:
+        t = clock()
+        registry.resolve(tenant_id=None, currency=CURRENCY, idempotency_key=key)
+        each.append(clock() - t)
+    total = clock() - started
+    return {
+        "calls": calls,
+        "mean_us": total / calls * 1e6,
+        "p50_us": percentile(each, 50) * 1e6,
+        "p99_us": percentile(each, 99) * 1e6,
+        "max_us": max(each) * 1e6,
+    }
+
+
+def bench_connections() -> int:
+    """Open PostgreSQL connections tagged with the bench's application_name."""
+    from sqlalchemy import text
+
+    from bench.environment import APPLICATION_NAME
+    from registry.db import get_database
+
+    with get_database().engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": APPLICATION_NAME},
+            ).scalar_one()
+        )
+
+
+class ConnectionSampler:
+    """Peak of :func:`bench_connections` while running (sampled every 100 ms)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-pg-sampler", daemon=True)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.peak = max(self.peak, bench_connections())
+            except Exception:  # sampling is best effort; e.g. no connection slot left
+                continue

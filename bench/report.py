@@ -1,0 +1,100 @@
+"""Targets, the printed table and ``bench/results/latest.json``."""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    unit: str
+    goal: float
+    meets: Callable[[float, float], bool]  # (measured, goal) -> passes
+    sign: str
+
+
+TARGETS = (
+    Target("c/a", "(c) Tender e2e 0 ms / (a) ceiling", "", 0.35, operator.ge, ">="),
+    Target("d/a", "(d) Tender 300 ms / (a) ceiling", "", 0.30, operator.ge, ">="),
+    Target("d/b", "(d) Tender 300 ms / (b) naive", "", 20.0, operator.ge, ">="),
+    Target("e.p99", "(e) added latency p99", "ms", 50.0, operator.le, "<="),
+    Target("f.max", "(f) hot-swap max", "ms", 1000.0, operator.le, "<="),
+    Target("g.mean", "(g) route resolution, cached", "us", 50.0, operator.le, "<="),
+    Target("h.max", "(h) peak RSS per Tender worker process", "MB", 150.0, operator.le, "<="),
+)
+
+
+def measured_values(results: dict[str, Any]) -> dict[str, float]:
+    a, b, c, d = (results[k]["per_s"] for k in ("a", "b", "c", "d"))
+    return {
+        "c/a": c / a,
+        "d/a": d / a,
+        "d/b": d / b,
+        "e.p99": results["e"]["p99_ms"],
+        "f.max": results["f"]["max_ms"],
+        "g.mean": results["g"]["mean_us"],
+        "h.max": max(results["h"]["tender"].values()),
+    }
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    values = measured_values(results)
+    return [
+        {
+            "target": t.key,
+            "label": t.label,
+            "measured": round(values[t.key], 3),
+            "goal": f"{t.sign} {t.goal:g}{(' ' + t.unit) if t.unit else ''}",
+            "pass": bool(t.meets(values[t.key], t.goal)),
+        }
+        for t in TARGETS
+    ]
+
+
+def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+    a, b, c, d, e, f, g, h = (results[k] for k in "abcdefgh")
+    lines = [
+        "measurement                                       figure",
+        "-" * 78,
+        f"(a) ceiling: no-op task, threads x{results['setup']['tender_concurrency']}       "
+        f"{a['per_s']:9.0f} tasks/s  ({a['n']} in {a['elapsed_s']:.2f} s)",
+        f"(b) naive: asyncio.run per task, prefork 2, 300 ms {b['per_s']:9.2f} payments/s",
+        f"(c) Tender e2e, sandbox 0 ms                      {c['per_s']:9.1f} payments/s"
+        f"  ({c['n']} in {c['elapsed_s']:.2f} s)",
+        f"(d) Tender e2e, sandbox 300 ms                    {d['per_s']:9.1f} payments/s"
+        f"  ({d['n']} in {d['elapsed_s']:.2f} s)",
+        f"(e) added latency @ {e['rate_per_s']:.0f}/s (n={e['n']})            "
+        f"p50 {e['p50_ms']:.1f} / p95 {e['p95_ms']:.1f} / p99 {e['p99_ms']:.1f} ms",
+        f"(f) hot-swap, {f['swaps']} swaps                             "
+        f"p50 {f['p50_ms']:.0f} / max {f['max_ms']:.0f} ms",
+        f"(g) resolve(), cached                             "
+        f"mean {g['mean_us']:.1f} / p99 {g['p99_us']:.1f} us",
+        "(h) peak RSS, Tender workers                      "
+        + ", ".join(f"{v:.0f}" for v in h["tender"].values())
+        + " MB",
+        "",
+        f"{'target':<44}{'measured':>10}  {'goal':<12}result",
+        "-" * 78,
+    ]
+    for check in checks:
+        lines.append(
+            f"{check['label']:<44}{check['measured']:>10.3g}  {check['goal']:<12}"
+            f"{'PASS' if check['pass'] else 'FAIL'}"
+        )
+    return "\n".join(lines)
+
+
+def write(document: dict[str, Any], name: str = "latest.json") -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,190 @@
+"""``python -m bench [--quick]``: every measurement in one run, then the report."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import measure, report
+from bench.cluster import HarnessError, WorkerSet
+from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv, machine
+
+PROCESSES = 2  # never more worker processes than cores
+TENDER_POOL = "threads"
+TENDER_CONCURRENCY = 64  # threads per process; they wait on the process's provider loop
+
+
+def _log(started: float) -> Any:
+    def log(message: str) -> None:
+        print(
+            f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True
+        )
+
+    return log
+
+
+def run_all(env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet]) -> dict[str, Any]:
+    import redis
+
+    import bench.tasks  # noqa: F401 - registers the baseline tasks on Tender's app
+    import workers.tasks  # noqa: F401 - registers process_payment
+    from registry.service import PluginRegistry
+    from workers.app import app
+
+    ctx = measure.Context(app, redis.Redis.from_url(env.broker_url), log)
+    worker_env = env.worker_environment()
+    logs = env.data_dir / "logs"
+    results: dict[str, Any] = {"h": {}}
+
+    def start_workers(label: str, **kwargs: Any) -> WorkerSet:
+        ws = WorkerSet(label, worker_env, logs, **kwargs)
+        live.append(ws)
+        log(f"starting {ws.describe()}")
+        ws.start(app)
+        return ws
+
+    with start_workers(
+        "ceiling", processes=PROCESSES, pool=TENDER_POOL, concurrency=TENDER_CONCURRENCY
+    ) as w:
+        log(f"(a) ceiling: {sizes.ceiling_tasks} no-op tasks")
+        results["a"] = measure.ceiling(ctx, w, sizes.ceiling_tasks)
+        results["h"]["ceiling"] = w.peak_rss_mb()
+    log(f"(a) {results['a']['per_s']:.0f} tasks/s")
+
+    with start_workers("naive", processes=1, pool="prefork", concurrency=PROCESSES) as w:
+        log(f"(b) naive: {sizes.naive_payments} payments at {measure.SLOW_PROVIDER_MS} ms")
+        results["b"] = measure.naive(ctx, w, sizes.naive_payments)
+        results["h"]["naive"] = w.peak_rss_mb()
+    log(f"(b) {results['b']['per_s']:.2f} payments/s")
+
+    registry = PluginRegistry()
+    sandbox = {"latency_ms": 0, "charge_book": None}
+    instances = [
+        registry.create_instance("sandbox", sandbox, display_name="Sandbox A", is_active=True),
+        registry.create_instance("sandbox", sandbox, display_name="Sandbox B", is_active=False),
+    ]
+    listener = measure.EventListener(env.broker_url)
+    listener.start()
+    from config.celery import PAYMENTS_QUEUE
+
+    try:
+        with (
+            start_workers(
+                "tender", processes=PROCESSES, pool=TENDER_POOL, concurrency=TENDER_CONCURRENCY
+            ) as w,
+            measure.ConnectionSampler() as connections,
+        ):
+            log("warm-up: 256 payments")
+            measure.payment_burst(ctx, w, listener, "warm", 256, timeout_s=120)
+            n = sizes.tender_payments
+            log(f"(c) Tender end to end: {n} payments, sandbox 0 ms")
+            results["c"] = measure.payment_burst(
+                ctx, w, listener, "c", n, timeout_s=max(120, n / 5)
+            )
+            log(f"(c) {results['c']['per_s']:.1f} payments/s")
+
+            w.resume(app, ctx.redis, PAYMENTS_QUEUE)
+            rate = results["c"]["per_s"] / 2
+            log(f"(e) added latency: {sizes.latency_s:g} s at {rate:.0f} payments/s")
+            results["e"] = measure.added_latency(ctx, listener, rate, sizes.latency_s)
+            log(f"(e) p99 {results['e']['p99_ms']:.1f} ms")
+
+            log(f"(f) hot-swap: {sizes.swaps} swaps")
+            results["f"] = measure.hot_swap(
+                ctx, listener, registry, instances, sizes.swaps, rate_per_s=min(rate, 100.0)
+            )
+            w.pause(app, ctx.redis, PAYMENTS_QUEUE)
+
+            for instance in instances:
+                registry.update_config(instance.id, {"latency_ms": measure.SLOW_PROVIDER_MS})
+            time.sleep(1.0)  # > registry_poll_s: every worker sees the new config
+            log(f"(d) Tender end to end: {n} payments, sandbox {measure.SLOW_PROVIDER_MS} ms")
+            results["d"] = measure.payment_burst(
+                ctx, w, listener, "d", n, timeout_s=max(120, n / 5)
+            )
+            log(f"(d) {results['d']['per_s']:.1f} payments/s")
+            results["h"]["tender"] = w.peak_rss_mb()
+        results["pg_peak_connections"] = connections.peak
+    finally:
+        listener.stop()
+
+    log(f"(g) resolve(): {sizes.resolve_calls} calls")
+    results["g"] = measure.resolution(registry, sizes.resolve_calls)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, under a minute (CI)")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES_URL, help="server/database URL")
+    parser.add_argument(
+        "--broker", default=DEFAULT_BROKER_URL, help="a Redis db the bench may flush"
+    )
+    args = parser.parse_args(argv)
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally blocks: workers stop
+
+    signal.signal(signal.SIGTERM, terminate)
+    started = time.perf_counter()
+    log = _log(started)
+    sizes = measure.QUICK if args.quick else measure.FULL
+    live: list[WorkerSet] = []
+    env = BenchEnv.create(args.postgres, args.broker)
+    try:
+        env.apply()
+        env.migrate()
+        info = machine(env)
+        log(f"machine: {info['cores']} cores, Python {info['python']}, {info['versions']}")
+        results = run_all(env, sizes, log, live)
+    except (Exception, KeyboardInterrupt) as exc:
+        for ws in live:
+            ws.stop()
+        print(f"\nbench harness failed: {exc!r}", file=sys.stderr)
+        if not isinstance(exc, HarnessError | KeyboardInterrupt):
+            traceback.print_exc()
+        for ws in live:
+            print(ws.log_tails(), file=sys.stderr)
+        return 2
+    finally:
+        for ws in live:
+            ws.stop()
+        env.close()
+
+    results["setup"] = {
+        "mode": "quick" if args.quick else "full",
+        "sizes": sizes.__dict__,
+        "worker_processes": PROCESSES,
+        "tender_pool": TENDER_POOL,
+        "tender_concurrency": TENDER_CONCURRENCY,
+        "naive_pool": f"prefork x{PROCESSES}",
+        "broker": args.broker,
+        "database": "PostgreSQL, fresh schema",
+        "sandbox": "charge_book None (in memory)",
+        "method": (
+            "throughput: fill the payments queue with workers held, release all at once, "
+            "time to last ack (a, b) or last relayed event (c, d); latency: paced "
+            "submission, request_payment() start to event arrival minus attempt latency"
+        ),
+    }
+    checks = report.verdicts(results)
+    document = {
+        "finished_at": datetime.now(UTC).isoformat(),
+        "duration_s": round(time.perf_counter() - started, 1),
+        "machine": info,
+        "results": results,
+        "targets": checks,
+    }
+    path = report.write(document)
+    print(report.table(results, checks))
+    print(
+        f"\n{info['cores']} cores, Python {info['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        + f"; {document['duration_s']} s; written to {path}"
+    )
+    return 0
