@@ -1,0 +1,52 @@
+"""``tender demo`` runs as the README says: on the embedded defaults with no environment,
+and on the real Redis and PostgreSQL when their URLs are set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TENDER = shutil.which("tender") or str(Path(sys.executable).with_name("tender"))
+
+
+def run_demo(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TENDER, "demo", "--payments", "6"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def clean_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TENDER_")}
+
+
+def test_demo_on_a_fresh_machine_with_no_environment(tmp_path: Path) -> None:
+    result = run_demo(tmp_path, clean_environment())
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "embedded SQLite + filesystem broker" in result.stdout
+    assert "demo complete" in result.stdout
+    assert "sk_demo_primary_secret" not in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_demo_uses_redis_and_postgres_when_configured(
+    tmp_path: Path, integration_env: dict[str, str]
+) -> None:
+    env = {
+        **clean_environment(),
+        **integration_env,
+        "TENDER_BROKER_URL": integration_env["TENDER_BROKER_URL"][:-1] + "6",
+    }
+    result = run_demo(tmp_path, env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "the configured database and broker" in result.stdout
+    assert "demo complete" in result.stdout
