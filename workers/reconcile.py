@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -115,6 +116,8 @@ def _verify_one(
         log.warning("reconcile could not verify payment %s: %s", payment.id, exc)
         return None
     latency_ms = (time.perf_counter() - started) * 1000
+    code: str | None
+    message: str | None
     if outcome.status is OutcomeStatus.NOT_FOUND:
         # Old enough that a request in flight would have landed: it was never charged.
         new, code, message = (
@@ -129,7 +132,7 @@ def _verify_one(
         message = outcome.message if failed else None
     if new is current:
         return None
-    fields = {
+    fields: dict[str, Any] = {
         "error_code": code,
         "error_message": message,
         "provider_transaction_id": outcome.provider_transaction_id
