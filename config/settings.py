@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     alert_email_from: str = "tender@localhost"
     alert_email_to: list[str] = []
     alert_cooldown_s: PositiveSeconds = 3600.0
+    alert_delivery_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # per sink, with backoff
+    alert_delivery_timeout_s: PositiveSeconds = 5.0  # per webhook POST or SMTP session
 
     @field_validator("database_url", "broker_url", "alert_webhook_url", "alert_smtp_host")
     @classmethod

@@ -7,6 +7,7 @@ from sqlalchemy import Connection
 
 import registry.models  # noqa: F401 - register tables
 import workers.events
+import workers.health  # also registers workers.alerts' table
 import workers.ledger
 import workers.locks  # noqa: F401
 from registry.db import Base, get_database
