@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Fernet key for secret fields in provider configs. Without one, development
     # generates a key file in data_dir; production refuses to start.
     secrets_key: SecretStr | None = None
+    # Bearer token for the HTTP API's operator and billing routes. Unset: no auth in
+    # development and test; the API refuses to start in production without one.
+    api_token: SecretStr | None = None
 
     health_interval_s: PositiveSeconds = 30.0
     health_check_timeout_s: PositiveSeconds = 10.0
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
         return (self.data_dir / "broker").resolve()
 
 
-_SECRET_FIELDS = frozenset({"secrets_key"})
+_SECRET_FIELDS = frozenset({"secrets_key", "api_token"})
 
 
 def _describe(error: dict[str, Any]) -> str:
