@@ -146,7 +146,15 @@ class PluginRegistry:
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
             plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
-            raw = {**row.config, **config} if merge else dict(config)
+            given = {
+                field: value
+                for field, value in config.items()
+                # a form echoing the mask back means "unchanged", never "set it to ********"
+                if not (value == secrets.MASK and field in plugin_cls.config_model.secret_fields())
+            }
+            raw = (
+                {**row.config, **given} if merge else {**_kept_secrets(row.config, config), **given}
+            )
             row.config = self._validated_config(plugin_cls, raw)
             if row.status == InstanceStatus.ERROR:
                 row.status = InstanceStatus.ACTIVE if row.is_active else InstanceStatus.INACTIVE
@@ -424,6 +432,11 @@ class PluginRegistry:
         except RegistryError:
             model = None
         return to_view(row, secrets.mask(model, row.config))
+
+
+def _kept_secrets(stored: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored secrets whose field came back masked: keep them on a full replace."""
+    return {f: stored[f] for f, v in given.items() if v == secrets.MASK and f in stored}
 
 
 def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
