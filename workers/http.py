@@ -1,0 +1,184 @@
+"""Tender's HTTP app: operators, billing and provider webhooks. ``uvicorn workers.http:app``
+
+=========  ===========================  =============================================
+who        route                        what
+=========  ===========================  =============================================
+operator   /plugins, /instances, /admin  the registry (:mod:`registry.api`)
+billing    POST /payments               record and enqueue a payment (``request_payment``)
+billing    GET /payments/{id}           its state and provider attempts
+billing    POST /payments/{id}/refunds  refund all (no body) or ``{"amount": "5.00"}``
+billing    GET /payments/{id}/refunds   its refunds
+provider   POST /webhooks/{plugin}      signed events (:mod:`workers.webhooks`)
+anyone     GET /healthz                 the process answers
+=========  ===========================  =============================================
+
+Operator and billing routes need ``TENDER_API_TOKEN`` when it is set (and production
+refuses to start without it); webhooks are authenticated by their signatures instead.
+Amounts are decimal strings in major units (``"1500.50"``); a JSON float is refused.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures.
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from config.settings import get_settings
+from providers.errors import WebhookPayloadError, WebhookSignatureError
+from providers.money import FloatAmount, MoneyError
+from registry.api import (
+    check_api_auth,
+    create_router,
+    request_validation_handler,
+    require_api_token,
+)
+from workers import runtime
+from workers.client import (
+    IdempotencyConflict,
+    InvalidPaymentRequest,
+    PaymentNotFound,
+    PaymentReceipt,
+    PaymentView,
+    get_payment,
+    request_payment,
+)
+from workers.refunds import RefundRefused, RefundView, list_refunds, refund_payment
+from workers.webhooks import WebhookPluginNotFound, receive_webhook
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 1_000_000  # providers send a few KB; anything near this is not them
+
+# JSON numbers arrive as int or float; floats reach providers.money, which refuses them
+# with a message saying to send a string.
+Amount = str | int | float
+
+
+class PaymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: str
+    amount: Amount
+    currency: str
+    customer_email: str
+    payment_method: str = "card"
+    metadata: dict[str, Any] | None = None
+    tenant_id: str | None = None
+    idempotency_key: str | None = None
+    payment_token: SecretStr | None = Field(
+        default=None, description="a saved authorization from the provider"
+    )
+
+
+class RefundCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Amount | None = Field(default=None, description="major units; omitted: all left")
+
+
+def _not_float(amount: Amount) -> str | int:
+    if isinstance(amount, float):
+        raise FloatAmount(f'amount {amount!r} is a JSON number; send a string such as "{amount}"')
+    return amount
+
+
+@contextmanager
+def billing_errors() -> Iterator[None]:
+    """Refusals as HTTP answers: unknown payment 404, reused key 409, bad input 422."""
+    try:
+        yield
+    except PaymentNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except IdempotencyConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except (InvalidPaymentRequest, RefundRefused, MoneyError) as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def billing_router() -> APIRouter:
+    router = APIRouter(dependencies=[Depends(require_api_token)], tags=["billing"])
+
+    @router.post("/payments", status_code=201)
+    def create_payment(body: PaymentCreate, response: Response) -> PaymentReceipt:
+        with billing_errors():
+            receipt = request_payment(
+                body.order_id,
+                _not_float(body.amount),
+                body.currency,
+                body.customer_email,
+                body.payment_method,
+                body.metadata,
+                body.tenant_id,
+                body.idempotency_key,
+                payment_token=body.payment_token.get_secret_value() if body.payment_token else None,
+            )
+        if not receipt.created:
+            response.status_code = 200  # the same request again: the first payment
+        return receipt
+
+    @router.get("/payments/{payment_id}")
+    def read_payment(payment_id: str) -> PaymentView:
+        with billing_errors():
+            return get_payment(payment_id)
+
+    @router.post("/payments/{payment_id}/refunds", status_code=201)
+    def create_refund(payment_id: str, body: RefundCreate | None = None) -> RefundView:
+        with billing_errors():
+            amount = None if body is None or body.amount is None else _not_float(body.amount)
+            return refund_payment(payment_id, amount)
+
+    @router.get("/payments/{payment_id}/refunds")
+    def read_refunds(payment_id: str) -> list[RefundView]:
+        with billing_errors():
+            return list_refunds(payment_id)
+
+    return router
+
+
+def webhook_router() -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+
+    @router.post("/webhooks/{plugin}")
+    async def provider_webhook(plugin: str, request: Request) -> JSONResponse:
+        raw = await request.body()  # the exact bytes the provider signed
+        if len(raw) > MAX_WEBHOOK_BYTES:
+            raise HTTPException(413, "webhook body too large")
+        try:
+            reply = await run_in_threadpool(receive_webhook, plugin, raw, dict(request.headers))
+        except WebhookPluginNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except WebhookSignatureError as exc:
+            raise HTTPException(401, str(exc)) from None
+        except WebhookPayloadError as exc:
+            raise HTTPException(400, str(exc)) from None
+        content = {"result": reply.result.value, "detail": reply.detail}
+        if reply.payment_id is not None:
+            content["payment_id"] = str(reply.payment_id)
+        return JSONResponse(content, status_code=reply.http_status)
+
+    return router
+
+
+def create_app() -> FastAPI:
+    """The app; refuses (SettingsError) in production without TENDER_API_TOKEN."""
+    check_api_auth(get_settings())
+    app = FastAPI(title="Tender", summary="payment-provider plugins: registry, payments, webhooks")
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.include_router(create_router(runtime.registry))
+    app.include_router(billing_router())
+    app.include_router(webhook_router())
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,439 @@
+"""Refunds: billing asks, the payment's own provider instance refunds, the ledger records.
+
+:func:`refund_payment` runs in three steps, so two refunds of one payment can never
+together exceed what was charged, even when they race:
+
+1. **reserve**, in one transaction with the payment row locked: check the payment is
+   refundable and the amount fits in what is left (charged - refunded - refunds still
+   open), then insert the refund as ``requested``;
+2. **call** the instance that took the payment (``plugin.refund(reference, amount_minor)``)
+   on the process's provider loop;
+3. **settle**, in one transaction: the refund's new status and a ``refund`` attempt row;
+   if the provider says the money went back, the payment moves to ``partially_refunded``
+   or ``refunded`` by compare-and-set on its status *and* ``refunded_minor``, with a
+   ``payment.refunded`` outbox event, published right after the commit.
+
+Providers usually queue refunds (Paystack answers ``pending``): the refund stays open,
+still reserving its amount, until the provider's refund webhook settles it through
+:func:`settle_refund` (see :mod:`workers.webhooks`). A refund whose outcome is unknown
+(timeout) stays open the same way: refunding it again could pay the customer twice.
+
+``refunded_minor`` on the payment counts refunds that succeeded, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from config.settings import Settings, get_settings
+from providers.base import RefundStatus, utcnow
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderUnavailable,
+)
+from providers.money import from_minor, to_minor
+from registry.db import Database, get_database
+from registry.instances import InstanceView
+from registry.service import PluginRegistry
+from workers.client import PaymentNotFound
+from workers.events import OutboxEvent, add_event
+from workers.ledger import Payment, PaymentAttempt, Refund, apply_transition, payment_event
+from workers.relay import EventPublisher, publish_now
+from workers.runtime import CallTimeout, ProviderLoop
+from workers.states import PaymentState
+
+log = logging.getLogger(__name__)
+
+
+class RefundState(StrEnum):
+    REQUESTED = "requested"  # reserved; the provider has not answered yet
+    PENDING = "pending"  # accepted by the provider (or outcome unknown): awaiting its webhook
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+OPEN_REFUNDS = (RefundState.REQUESTED.value, RefundState.PENDING.value)
+REFUNDABLE = (PaymentState.SUCCEEDED, PaymentState.PARTIALLY_REFUNDED)
+
+# What a provider's refund answer makes of our refund row.
+REFUND_OUTCOME_STATE: dict[RefundStatus, RefundState] = {
+    RefundStatus.SUCCEEDED: RefundState.SUCCEEDED,
+    RefundStatus.PENDING: RefundState.PENDING,
+    RefundStatus.FAILED: RefundState.FAILED,
+}
+
+
+class RefundRefused(ValueError):
+    """A refund Tender refuses before calling any provider. ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class RefundMismatch(RuntimeError):
+    """A refund that cannot be added to its payment (it would exceed the amount charged,
+    or the payment is not refundable). Never applied; an operator must look."""
+
+
+class RefundView(BaseModel):
+    """A refund as billing sees it, with the payment's refund totals after it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    amount: Decimal
+    amount_minor: int
+    currency: str
+    status: RefundState
+    provider_refund_id: str | None
+    message: str | None
+    payment_status: PaymentState
+    refunded_minor: int
+    created_at: datetime
+    updated_at: datetime
+
+
+def view_of_refund(refund: Refund, payment: Payment) -> RefundView:
+    return RefundView(
+        id=refund.id,
+        payment_id=refund.payment_id,
+        amount=from_minor(refund.amount_minor, payment.currency),
+        amount_minor=refund.amount_minor,
+        currency=payment.currency,
+        status=RefundState(refund.status),
+        provider_refund_id=refund.provider_refund_id,
+        message=refund.message,
+        payment_status=PaymentState(payment.status),
+        refunded_minor=payment.refunded_minor,
+        created_at=refund.created_at,
+        updated_at=refund.updated_at,
+    )
+
+
+# --- ledger helpers shared with the webhook path ----------------------------------------
+
+
+def lock_payment(
+    session: Session, *, payment_id: uuid.UUID | None = None, reference: str | None = None
+) -> Payment | None:
+    """Load a payment with its row locked for this transaction (PostgreSQL ``FOR UPDATE``;
+    SQLite's ``BEGIN IMMEDIATE`` already serializes writers)."""
+    query = select(Payment).with_for_update().execution_options(populate_existing=True)
+    if payment_id is not None:
+        query = query.where(Payment.id == payment_id)
+    elif reference is not None:
+        query = query.where(Payment.reference == reference)
+    else:
+        raise TypeError("lock_payment needs payment_id or reference")
+    return session.execute(query).scalar_one_or_none()
+
+
+def open_refunds_minor(session: Session, payment_id: uuid.UUID) -> int:
+    """What refunds not yet settled hold back (they may still succeed)."""
+    total = session.execute(
+        select(func.coalesce(func.sum(Refund.amount_minor), 0)).where(
+            Refund.payment_id == payment_id, Refund.status.in_(OPEN_REFUNDS)
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def refundable_minor(session: Session, payment: Payment) -> int:
+    """Charged, minus refunded, minus refunds still open."""
+    return payment.amount_minor - payment.refunded_minor - open_refunds_minor(session, payment.id)
+
+
+def settle_refund(session: Session, payment: Payment, refund: Refund) -> OutboxEvent | None:
+    """Mark ``refund`` succeeded and add it to ``payment`` (locked by the caller):
+    ``partially_refunded`` or ``refunded`` by compare-and-set on status and
+    ``refunded_minor``, plus the ``payment.refunded`` outbox event. Raises
+    :class:`RefundMismatch` (nothing written) if it does not fit the payment."""
+    current = PaymentState(payment.status)
+    seen = payment.refunded_minor
+    total = seen + refund.amount_minor
+    if current not in REFUNDABLE or total > payment.amount_minor:
+        raise RefundMismatch(
+            f"refund {refund.id} of {refund.amount_minor} minor units does not fit payment "
+            f"{payment.id} ({current.value}, {seen} of {payment.amount_minor} refunded)"
+        )
+    new = (
+        PaymentState.REFUNDED if total == payment.amount_minor else PaymentState.PARTIALLY_REFUNDED
+    )
+    if not apply_transition(
+        session,
+        payment.id,
+        current,
+        new,
+        where=(Payment.refunded_minor == seen,),
+        refunded_minor=total,
+    ):
+        # Unreachable while the caller holds the row lock; refuse rather than lose an update.
+        raise RefundMismatch(f"payment {payment.id} changed while refund {refund.id} settled")
+    refund.status = RefundState.SUCCEEDED.value
+    refund.updated_at = utcnow()
+    event = add_event(session, payment_event(payment, new, refunded_minor=total))
+    session.flush()
+    session.refresh(payment)
+    return event
+
+
+# --- refund_payment -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    refund_id: uuid.UUID
+    payment_id: uuid.UUID
+    reference: str
+    amount_minor: int
+    instance: InstanceView
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The provider's answer to one refund call, as the ledger records it."""
+
+    state: RefundState
+    attempt_outcome: str  # succeeded | pending | failed | unavailable | unknown | config_error
+    latency_ms: float
+    provider_refund_id: str | None = None
+    error_code: str | None = None
+    message: str | None = None
+
+
+def refund_payment(
+    payment_id: uuid.UUID | str,
+    amount: Decimal | int | str | None = None,
+    *,
+    database: Database | None = None,
+    registry: PluginRegistry | None = None,
+    loop: ProviderLoop | None = None,
+    publisher: EventPublisher | None = None,
+    settings: Settings | None = None,
+) -> RefundView:
+    """Refund ``amount`` (major units, ``Decimal("5.00")``; ``None``: all that is left)
+    of a succeeded or partially refunded payment through the instance that took it.
+
+    Raises :class:`PaymentNotFound`, :class:`RefundRefused` or a
+    :class:`~providers.money.MoneyError` before calling the provider. Otherwise returns
+    the refund: ``succeeded``, ``pending`` (the provider's webhook will settle it) or
+    ``failed`` (nothing was refunded; ``message`` says why).
+    """
+    from workers import runtime
+
+    database = database or get_database()
+    registry = registry or runtime.registry()
+    loop = loop or runtime.provider_loop()
+    settings = settings or get_settings()
+    if publisher is None:
+        from workers.app import app
+
+        publisher = EventPublisher(app)
+
+    reservation = _reserve(database, registry, _payment_key(payment_id), amount)
+    answer = _call_provider(registry, loop, settings, reservation)
+    view, outbox_ids = _settle(database, reservation, answer)
+    publish_now(database, publisher, outbox_ids)
+    log.info(
+        "refund %s of payment %s (%d minor units): %s%s",
+        view.id,
+        view.payment_id,
+        view.amount_minor,
+        view.status.value,
+        f": {view.message}" if view.message else "",
+    )
+    return view
+
+
+def list_refunds(
+    payment_id: uuid.UUID | str, *, database: Database | None = None
+) -> list[RefundView]:
+    """The payment's refunds, oldest first."""
+    database = database or get_database()
+    key = _payment_key(payment_id)
+    with database.sessions() as session:
+        payment = session.get(Payment, key)
+        if payment is None:
+            raise PaymentNotFound(f"no payment {payment_id}")
+        refunds = session.execute(
+            select(Refund).where(Refund.payment_id == key).order_by(Refund.created_at)
+        ).scalars()
+        return [view_of_refund(refund, payment) for refund in refunds]
+
+
+def _payment_key(payment_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(payment_id, uuid.UUID):
+        return payment_id
+    try:
+        return uuid.UUID(str(payment_id))
+    except ValueError:
+        raise PaymentNotFound(f"{payment_id!r} is not a payment id") from None
+
+
+def _instance_of(registry: PluginRegistry, payment: Payment) -> InstanceView:
+    if payment.instance_id is None:
+        raise RefundRefused("payment", "no provider instance is recorded for it")
+    for fresh in (False, True):
+        if fresh:
+            registry.refresh(force=True)
+        found = next((v for v in registry.snapshot() if v.id == payment.instance_id), None)
+        if found is not None:
+            return found
+    raise RefundRefused(
+        "payment",
+        f"the provider instance that took it ({payment.plugin_name}, {payment.instance_id}) "
+        "was retired; refund it in the provider's dashboard",
+    )
+
+
+def _reserve(
+    database: Database,
+    registry: PluginRegistry,
+    payment_id: uuid.UUID,
+    amount: Decimal | int | str | None,
+) -> _Reservation:
+    """Step 1: validate and hold the amount, with the payment row locked."""
+    with database.transaction() as session:
+        payment = lock_payment(session, payment_id=payment_id)
+        if payment is None:
+            raise PaymentNotFound(f"no payment {payment_id}")
+        state = PaymentState(payment.status)
+        if state not in REFUNDABLE:
+            raise RefundRefused(
+                "payment",
+                f"is {state.value}; only succeeded or partially refunded payments can be refunded",
+            )
+        available = refundable_minor(session, payment)
+        amount_minor = available if amount is None else to_minor(amount, payment.currency)
+        if available <= 0:
+            raise RefundRefused(
+                "amount",
+                f"nothing left to refund: {_money(payment.refunded_minor, payment)} of "
+                f"{_money(payment.amount_minor, payment)} refunded, "
+                f"{_money(open_refunds_minor(session, payment.id), payment)} in refunds still open",
+            )
+        if amount_minor > available:
+            raise RefundRefused(
+                "amount",
+                f"{_money(amount_minor, payment)} exceeds the {_money(available, payment)} "
+                f"still refundable (charged {_money(payment.amount_minor, payment)}, refunded "
+                f"{_money(payment.refunded_minor, payment)}, the rest in refunds still open)",
+            )
+        instance = _instance_of(registry, payment)
+        refund = Refund(
+            id=uuid.uuid4(),
+            payment_id=payment.id,
+            amount_minor=amount_minor,
+            status=RefundState.REQUESTED.value,
+        )
+        session.add(refund)
+        return _Reservation(refund.id, payment.id, payment.reference, amount_minor, instance)
+
+
+def _money(amount_minor: int, payment: Payment) -> str:
+    return f"{from_minor(amount_minor, payment.currency)} {payment.currency}"
+
+
+def _call_provider(
+    registry: PluginRegistry, loop: ProviderLoop, settings: Settings, reservation: _Reservation
+) -> _Answer:
+    """Step 2: one refund call, its errors classified by what they prove."""
+    started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return (time.perf_counter() - started) * 1000
+
+    try:
+        plugin = registry.plugin_for(reservation.instance)
+        outcome = loop.run(
+            plugin.refund(reservation.reference, reservation.amount_minor),
+            settings.provider_timeout_s,
+        )
+    except ConfigurationError as exc:
+        return _Answer(RefundState.FAILED, "config_error", elapsed_ms(), None, exc.code, str(exc))
+    except ProviderUnavailable as exc:  # provably not sent: nothing was refunded
+        return _Answer(RefundState.FAILED, "unavailable", elapsed_ms(), None, exc.code, str(exc))
+    except PaymentDeclined as exc:  # the provider refused the refund
+        return _Answer(RefundState.FAILED, "failed", elapsed_ms(), None, exc.code, exc.message)
+    except (OutcomeUnknown, CallTimeout) as exc:  # sent, no answer: maybe refunded
+        return _unknown(exc, elapsed_ms())
+    except Exception as exc:  # a plugin bug after sending is as ambiguous as a timeout
+        log.exception("plugin %s raised unexpectedly on refund", reservation.instance.label)
+        return _unknown(exc, elapsed_ms())
+    if outcome.amount_minor is not None and outcome.amount_minor != reservation.amount_minor:
+        log.warning(
+            "provider reports refund of %s minor units for %s; %s were asked",
+            outcome.amount_minor,
+            reservation.reference,
+            reservation.amount_minor,
+        )
+    return _Answer(
+        REFUND_OUTCOME_STATE[outcome.status],
+        outcome.status.value,
+        elapsed_ms(),
+        outcome.refund_id,
+        None,
+        outcome.message,
+    )
+
+
+def _unknown(exc: Exception, latency_ms: float) -> _Answer:
+    return _Answer(
+        RefundState.PENDING,
+        "unknown",
+        latency_ms,
+        None,
+        getattr(exc, "code", None) or "outcome_unknown",
+        f"outcome unknown ({exc}); the amount stays reserved until the provider's "
+        "refund webhook settles it",
+    )
+
+
+def _settle(
+    database: Database, reservation: _Reservation, answer: _Answer
+) -> tuple[RefundView, list[int]]:
+    """Step 3: record the answer; a refund that succeeded moves the payment."""
+    outbox_ids: list[int] = []
+    with database.transaction() as session:
+        payment = lock_payment(session, payment_id=reservation.payment_id)
+        refund = session.get(Refund, reservation.refund_id, with_for_update=True)
+        assert payment is not None and refund is not None  # reserved above; never deleted
+        session.add(
+            PaymentAttempt(
+                payment_id=payment.id,
+                instance_id=reservation.instance.id,
+                plugin_name=reservation.instance.plugin_name,
+                operation="refund",
+                outcome=answer.attempt_outcome,
+                error_code=answer.error_code,
+                message=answer.message,
+                latency_ms=answer.latency_ms,
+            )
+        )
+        if refund.status in OPEN_REFUNDS:  # else its webhook already settled it
+            if answer.provider_refund_id and refund.provider_refund_id is None:
+                refund.provider_refund_id = answer.provider_refund_id
+            refund.message = answer.message
+            refund.updated_at = utcnow()
+            if answer.state is RefundState.SUCCEEDED:
+                event = settle_refund(session, payment, refund)
+                if event is not None:
+                    outbox_ids.append(event.id)
+            else:
+                refund.status = answer.state.value
+        session.flush()
+        return view_of_refund(refund, payment), outbox_ids
