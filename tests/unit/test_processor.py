@@ -1,0 +1,128 @@
+"""PaymentProcessor rules on the embedded database, without a broker: claims, leases,
+bounded redelivery, fallbacks. (The same rules run through a real worker in
+tests/integration.)"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from config.celery import MAX_REDELIVERIES
+from config.settings import get_settings
+from providers.base import utcnow
+from providers.sandbox import charge_book
+from registry.db import get_database
+from workers import runtime
+from workers.client import _validated, get_payment, record_payment
+from workers.ledger import Payment
+from workers.payments import Busy, Done, PaymentProcessor
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, rows: Any) -> None:
+        self.published.extend(rows)
+
+
+@pytest.fixture
+def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
+    publisher = RecordingPublisher()
+    proc = PaymentProcessor(
+        get_database(),
+        runtime.registry(),
+        runtime.provider_loop(),
+        publisher,
+        get_settings(),  # type: ignore[arg-type]
+    )
+    return proc, publisher
+
+
+def new_payment(order_id: str = "o-1", email: str = "ada@example.com") -> uuid.UUID:
+    fields = _validated(order_id, "10.00", "NGN", email, "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    return payment.id
+
+
+def sandbox(book: str, **config: Any) -> Any:
+    return runtime.registry().create_instance(
+        "sandbox", {"charge_book": book, **config}, is_active=True
+    )
+
+
+def test_processing_twice_charges_once_and_emits_one_event(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc, publisher = processor
+    book = str(tmp_path / "book.db")
+    sandbox(book)
+    payment_id = new_payment()
+    assert proc.process(payment_id) == Done(state=get_payment(payment_id).status)
+    assert proc.process(payment_id) == Done(None)
+    assert charge_book(book).count() == 1
+    assert [t for t, _ in publisher.published] == ["payment.succeeded"]
+
+
+def test_live_claim_makes_a_second_delivery_wait(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc, _ = processor
+    sandbox(str(tmp_path / "book.db"))
+    payment_id = new_payment()
+    with get_database().transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(
+                status="processing",
+                lease_token=uuid.uuid4(),
+                lease_expires_at=utcnow() + timedelta(seconds=30),
+            )
+        )
+    result = proc.process(payment_id)
+    assert isinstance(result, Busy) and 25 < result.retry_in_s <= 31
+    assert get_payment(payment_id).status == "processing"
+
+
+def test_redelivery_is_bounded_then_left_to_reconcile(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc, publisher = processor
+    book = str(tmp_path / "book.db")
+    sandbox(book)
+    payment_id = new_payment()
+    with get_database().transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(
+                status="processing",
+                claims=MAX_REDELIVERIES,
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+    proc.process(payment_id)
+    view = get_payment(payment_id)
+    assert view.status == "unknown" and view.error_code == "worker_lost"
+    assert charge_book(book).count() == 0
+    assert [t for t, _ in publisher.published] == ["payment.unknown"]
+
+
+def test_config_error_marks_instance_and_falls_back(processor, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    proc, _ = processor
+    book = str(tmp_path / "book.db")
+    monkeypatch.setenv("SANDBOX_KEY", "sk_from_env")
+    broken = runtime.registry().create_instance(
+        "sandbox", {"charge_book": book, "api_key": "env:SANDBOX_KEY"}, priority=1, is_active=True
+    )
+    backup = runtime.registry().create_instance(
+        "sandbox", {"charge_book": book}, priority=2, is_active=True
+    )
+    monkeypatch.delenv("SANDBOX_KEY")  # the worker cannot resolve the key any more
+    runtime.registry().refresh(force=True)
+    payment_id = new_payment()
+    proc.process(payment_id)
+    view = get_payment(payment_id)
+    assert view.status == "succeeded" and view.instance_id == backup.id
+    assert [a.outcome for a in view.attempts] == ["config_error", "succeeded"]
+    assert "SANDBOX_KEY" in (view.attempts[0].message or "")
+    assert runtime.registry().get_instance(broken.id).status == "error"
