@@ -231,10 +231,16 @@ class PaymentProcessor:
 
         try:
             plugin = self.registry.plugin_for(instance)
+        except Exception as exc:  # could not even build the plugin: nothing was sent
+            code = exc.code if isinstance(exc, ConfigurationError) else "plugin_load_failed"
+            attempt("config_error", code, str(exc))
+            self.registry.mark_error(instance.id, str(exc))
+            return None
+        try:
             outcome = self.loop.run(
                 plugin.process_payment(request), self.settings.provider_timeout_s
             )
-        except ConfigurationError as exc:
+        except ConfigurationError as exc:  # keys rejected: the provider refused to act
             attempt("config_error", exc.code, str(exc))
             self.registry.mark_error(instance.id, str(exc))
             return None
@@ -258,11 +264,7 @@ class PaymentProcessor:
             log.exception("plugin %s raised unexpectedly", instance.plugin_name)
             attempt("unknown", "plugin_error", f"{type(exc).__name__}: {exc}")
             return self._verify(
-                instance,
-                self.registry.plugin_for(instance),
-                request.reference,
-                attempts,
-                reason="plugin error",
+                instance, plugin, request.reference, attempts, reason="plugin error"
             )
         attempt(outcome.status.value, outcome.code, outcome.message)
         return self._from_outcome(instance, outcome)
