@@ -257,9 +257,6 @@ def compose_alert(
             " routing skips it until a health check passes."
         )
         title = f"Provider unhealthy: {instance.label}"
-    if kind is AlertKind.REMINDER:
-        title = f"Still {condition.value}: {instance.label}"
-        problem = f"Reminder: {problem}"
     severity: Severity = "warning"
     if effect.failing:
         severity = "critical"
@@ -267,6 +264,9 @@ def compose_alert(
             f"CRITICAL: payments in {_codes(effect.failing, effect.currencies)} for"
             f" {_scope(instance.tenant_id)} will fail ({instance.label} is {condition.value})"
         )
+    if kind is AlertKind.REMINDER:
+        title = f"Reminder: {title}"
+        problem = f"Still {condition.value}. {problem}"
     return Alert(
         severity, title, f"{problem} {describe_routing(effect)}", instance.id, instance.tenant_id
     )
