@@ -48,9 +48,9 @@ class EventTail:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.queue(self.connection.default_channel).delete()
-        with contextlib.suppress(Exception):
             self.simple.close()
+        with contextlib.suppress(Exception), self.connection.channel() as channel:
+            self.queue(channel).delete()
         self.connection.release()
 
 

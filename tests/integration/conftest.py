@@ -210,8 +210,9 @@ class EventTap:
         return self.seen
 
     def close(self) -> None:
-        self.queue(self.connection.default_channel).delete()
         self.simple.close()
+        with self.connection.channel() as channel:
+            self.queue(channel).delete()
         self.connection.release()
 
 
