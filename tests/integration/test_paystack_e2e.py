@@ -2,11 +2,11 @@
 pypaystack2 client -> the fake Paystack, and back through signed webhooks into the HTTP
 app, with the ledger on PostgreSQL and events on ``tender.events``."""
 
-# ruff: noqa: F811 - tests take the imported ``fake_paystack`` fixture as an argument
-
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import threading
 import time
@@ -25,7 +25,6 @@ from providers.base import derive_reference
 from registry.db import get_database
 from registry.instances import InstanceView
 from tests.fakes.paystack import DECLINED_AUTHORIZATION, GOOD_AUTHORIZATION, FakePaystack
-from tests.fakes.paystack.fixtures import fake_paystack  # noqa: F401
 from tests.integration.conftest import EventTap, wait_for
 from workers import runtime
 from workers.client import PaymentReceipt, PaymentView, get_payment, request_payment
@@ -34,6 +33,19 @@ from workers.ledger import WebhookReceipt
 from workers.tasks import process_payment_task, reconcile_task
 
 # --- helpers shared by the Paystack integration tests ---------------------------------
+
+
+@pytest.fixture
+def fake_paystack() -> Iterator[FakePaystack]:
+    """A fake Paystack whose transaction and refund ids do not repeat across tests.
+
+    Paystack's ids are global, so webhook receipts (keyed by event id) and refunds (by
+    the provider's refund id) are unique in the ledger; every fake counts from the same
+    first id, and these tests share one ledger.
+    """
+    with FakePaystack() as fake:
+        fake._ids = itertools.count(random.randrange(10**9, 10**12, 10**6))
+        yield fake
 
 
 def paystack_instance(
