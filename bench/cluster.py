@@ -194,8 +194,62 @@ class WorkerSet:
                     peaks[f"{role}:{pid}"] = round(kb / 1024, 1)
         return peaks
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by every worker process."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for proc in self.procs:
+            for pid in self.process_ids_of(proc.pid):
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
     def log_tails(self) -> str:
         return "\n".join(f"--- {log.name}\n{tail(log)}" for log in self.logs)
+
+
+class CpuMeter:
+    """Where the machine's CPU went during a burst, in cores (1.0 = one core busy).
+
+    ``rest_cores`` is everything that is neither a worker nor this harness: PostgreSQL
+    and Redis, and anything else running on the machine (a high value means the
+    figures were taken on a busy machine).
+    """
+
+    def __init__(self, workers: WorkerSet) -> None:
+        self.workers = workers
+        self._start: tuple[float, float, float, float, float] | None = None
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        """(all jiffies, idle jiffies) over every CPU, in seconds."""
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        return sum(fields[:8]) / tick, (fields[3] + fields[4]) / tick
+
+    def _snapshot(self) -> tuple[float, float, float, float, float]:
+        total, idle = self._machine()
+        return time.perf_counter(), total, idle, self.workers.cpu_s(), time.process_time()
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> dict[str, float]:
+        assert self._start is not None
+        end = self._snapshot()
+        wall, total, idle, workers, harness = (b - a for a, b in zip(self._start, end, strict=True))
+        cores = total / wall if wall > 0 else 0.0
+        busy = (total - idle) / wall if wall > 0 else 0.0
+        return {
+            "machine_cores": round(cores, 2),
+            "busy_cores": round(busy, 2),
+            "worker_cores": round(workers / wall, 2),
+            "harness_cores": round(harness / wall, 2),
+            "rest_cores": round(max(busy - (workers + harness) / wall, 0.0), 2),
+        }
 
 
 def unblock_brpop(redis: Any) -> None:

@@ -47,7 +47,7 @@ class BenchEnv:
             )
             .render_as_string(hide_password=False)
         )
-        _redis(broker_url).flushdb()
+        _claim_redis_db(broker_url)
         data_dir = Path(tempfile.mkdtemp(prefix="tender-bench-"))
         variables = {
             "TENDER_ENV": "test",
@@ -98,6 +98,25 @@ class BenchEnv:
         finally:
             _redis(self.broker_url).flushdb()
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _claim_redis_db(url: str) -> None:
+    """Flush the bench's Redis database; refuse one that something else consumes from."""
+    from bench.cluster import HarnessError
+
+    client = _redis(url)
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    others = [
+        c["addr"]
+        for c in client.client_list()
+        if int(c.get("db", -1)) == db and c.get("cmd") in {"brpop", "blpop", "brpoplpush"}
+    ]
+    if others:
+        raise HarnessError(
+            f"Redis db {db} has consumers ({', '.join(others)}): stale bench workers or another "
+            "user; stop them or pass --broker with a free db"
+        )
+    client.flushdb()
 
 
 def _redis(url: str) -> Any:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from bench.cluster import HarnessError, WorkerSet
+from bench.cluster import CpuMeter, HarnessError, WorkerSet
 from bench.events import EventListener
 
 CURRENCY = "NGN"
@@ -113,13 +113,29 @@ def task_burst(
     for i in range(n):
         send(i)
     filled = time.perf_counter() - filled
-    if backlog(ctx.redis, PAYMENTS_QUEUE) != n:
-        raise HarnessError("the held queue does not hold the burst (a worker consumed early?)")
+    held = backlog(ctx.redis, PAYMENTS_QUEUE)
+    if held != n:
+        raise HarnessError(
+            f"the held queue holds {held} of {n} messages (a worker consumed early?)"
+        )
+    cpu = workers.cpu_s(), time.process_time()
+    meter = CpuMeter(workers)
+    meter.start()
     started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
     ended = wait_drained(ctx.redis, PAYMENTS_QUEUE, timeout_s)
+    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
+    cores = meter.stop()
     workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
     elapsed = ended - started
-    return {"n": n, "elapsed_s": elapsed, "per_s": n / elapsed, "enqueue_per_s": n / filled}
+    return {
+        "n": n,
+        "elapsed_s": elapsed,
+        "per_s": n / elapsed,
+        "worker_cpu_ms_each": cpu[0] / n * 1000,
+        "harness_cpu_ms_each": cpu[1] / n * 1000,
+        "enqueue_per_s": n / filled,
+        "cpu": cores,
+    }
 
 
 def ceiling(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
@@ -184,10 +200,18 @@ def payment_burst(
 
     wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)
     client_rate = submit_all(phase, n)
-    if backlog(ctx.redis, PAYMENTS_QUEUE) != n:
-        raise HarnessError("the held queue does not hold the burst (a worker consumed early?)")
+    held = backlog(ctx.redis, PAYMENTS_QUEUE)
+    if held != n:
+        raise HarnessError(
+            f"the held queue holds {held} of {n} messages (a worker consumed early?)"
+        )
+    cpu = workers.cpu_s(), time.process_time()
+    meter = CpuMeter(workers)
+    meter.start()
     started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
     events.wait_count(phase, n, timeout_s)
+    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
+    cores = meter.stop()
     last = max(a.at for o, a in events.arrivals.items() if o.startswith(phase + ":"))
     workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
     bad = sum(
@@ -201,7 +225,11 @@ def payment_burst(
         "elapsed_s": elapsed,
         "per_s": n / elapsed,
         "not_succeeded": bad,
+        # CPU of the worker processes, and of this harness (its event consumer), per payment
+        "worker_cpu_ms_each": cpu[0] / n * 1000,
+        "harness_cpu_ms_each": cpu[1] / n * 1000,
         "client_request_payment_per_s": client_rate,
+        "cpu": cores,
     }
 
 

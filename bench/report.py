@@ -62,29 +62,45 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     a, b, c, d, e, f, g, h = (results[k] for k in "abcdefgh")
+
+    def cpu(r: dict[str, Any]) -> str:
+        cores = r["cpu"]
+        return (
+            f"worker CPU {r['worker_cpu_ms_each']:.2f} ms each; cores busy: workers "
+            f"{cores['worker_cores']:.2f}, rest {cores['rest_cores']:.2f}"
+        )
+
     lines = [
-        "measurement                                       figure",
-        "-" * 78,
-        f"(a) ceiling: no-op task, threads x{results['setup']['tender_concurrency']}       "
-        f"{a['per_s']:9.0f} tasks/s  ({a['n']} in {a['elapsed_s']:.2f} s)",
-        f"(b) naive: asyncio.run per task, prefork 2, 300 ms {b['per_s']:9.2f} payments/s",
-        f"(c) Tender e2e, sandbox 0 ms                      {c['per_s']:9.1f} payments/s"
-        f"  ({c['n']} in {c['elapsed_s']:.2f} s)",
-        f"(d) Tender e2e, sandbox 300 ms                    {d['per_s']:9.1f} payments/s"
-        f"  ({d['n']} in {d['elapsed_s']:.2f} s)",
-        f"(e) added latency @ {e['rate_per_s']:.0f}/s (n={e['n']})            "
+        f"{'measurement':<48}figure",
+        "-" * 96,
+        f"{'(a) ceiling: no-op task, threads x' + str(results['setup']['tender_concurrency']):<48}"
+        f"{a['per_s']:8.0f} tasks/s     ({a['n']} in {a['elapsed_s']:.2f} s; {cpu(a)})",
+        f"{'(b) naive: asyncio.run per task, prefork 2':<48}"
+        f"{b['per_s']:8.2f} payments/s  (300 ms provider; {b['n']} in {b['elapsed_s']:.2f} s)",
+        f"{'(c) Tender end to end, sandbox 0 ms':<48}"
+        f"{c['per_s']:8.1f} payments/s  ({c['n']} in {c['elapsed_s']:.2f} s; {cpu(c)})",
+        f"{'(d) Tender end to end, sandbox 300 ms':<48}"
+        f"{d['per_s']:8.1f} payments/s  ({d['n']} in {d['elapsed_s']:.2f} s; {cpu(d)})",
+        f"{'(e) added latency, paced at ' + format(e['rate_per_s'], '.0f') + '/s, n=' + str(e['n']):<48}"
         f"p50 {e['p50_ms']:.1f} / p95 {e['p95_ms']:.1f} / p99 {e['p99_ms']:.1f} ms",
-        f"(f) hot-swap, {f['swaps']} swaps                             "
+        f"{'(f) hot-swap, ' + str(f['swaps']) + ' swaps':<48}"
         f"p50 {f['p50_ms']:.0f} / max {f['max_ms']:.0f} ms",
-        f"(g) resolve(), cached                             "
-        f"mean {g['mean_us']:.1f} / p99 {g['p99_us']:.1f} us",
-        "(h) peak RSS, Tender workers                      "
+        f"{'(g) registry.resolve(), cached':<48}mean {g['mean_us']:.1f} / p99 {g['p99_us']:.1f} us",
+        f"{'(h) peak RSS (VmHWM), Tender worker processes':<48}"
         + ", ".join(f"{v:.0f}" for v in h["tender"].values())
         + " MB",
         "",
         f"{'target':<44}{'measured':>10}  {'goal':<12}result",
         "-" * 78,
     ]
+    busy = {k: results[k]["cpu"]["rest_cores"] for k in "acd"}
+    if max(busy.values()) > 0.3:
+        lines.insert(
+            -3,
+            "note: other processes (PostgreSQL, Redis, anything else on the machine) kept "
+            + ", ".join(f"{v:.2f}" for v in busy.values())
+            + " cores busy during (a), (c), (d)",
+        )
     for check in checks:
         lines.append(
             f"{check['label']:<44}{check['measured']:>10.3g}  {check['goal']:<12}"

@@ -28,7 +28,9 @@ def _log(started: float) -> Any:
     return log
 
 
-def run_all(env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet]) -> dict[str, Any]:
+def run_all(
+    env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet], concurrency: int
+) -> dict[str, Any]:
     import redis
 
     import bench.tasks  # noqa: F401 - registers the baseline tasks on Tender's app
@@ -49,7 +51,7 @@ def run_all(env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet]
         return ws
 
     with start_workers(
-        "ceiling", processes=PROCESSES, pool=TENDER_POOL, concurrency=TENDER_CONCURRENCY
+        "ceiling", processes=PROCESSES, pool=TENDER_POOL, concurrency=concurrency
     ) as w:
         log(f"(a) ceiling: {sizes.ceiling_tasks} no-op tasks")
         results["a"] = measure.ceiling(ctx, w, sizes.ceiling_tasks)
@@ -75,7 +77,7 @@ def run_all(env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet]
     try:
         with (
             start_workers(
-                "tender", processes=PROCESSES, pool=TENDER_POOL, concurrency=TENDER_CONCURRENCY
+                "tender", processes=PROCESSES, pool=TENDER_POOL, concurrency=concurrency
             ) as w,
             measure.ConnectionSampler() as connections,
         ):
@@ -121,6 +123,12 @@ def run_all(env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, under a minute (CI)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=TENDER_CONCURRENCY,
+        help=f"threads per Tender worker process (default {TENDER_CONCURRENCY})",
+    )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES_URL, help="server/database URL")
     parser.add_argument(
         "--broker", default=DEFAULT_BROKER_URL, help="a Redis db the bench may flush"
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         env.migrate()
         info = machine(env)
         log(f"machine: {info['cores']} cores, Python {info['python']}, {info['versions']}")
-        results = run_all(env, sizes, log, live)
+        results = run_all(env, sizes, log, live, args.concurrency)
     except (Exception, KeyboardInterrupt) as exc:
         for ws in live:
             ws.stop()
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes.__dict__,
         "worker_processes": PROCESSES,
         "tender_pool": TENDER_POOL,
-        "tender_concurrency": TENDER_CONCURRENCY,
+        "tender_concurrency": args.concurrency,
         "naive_pool": f"prefork x{PROCESSES}",
         "broker": args.broker,
         "database": "PostgreSQL, fresh schema",
