@@ -39,6 +39,7 @@ from config.settings import Settings, get_settings
 from providers.base import HealthCheck, HealthStatus, PaymentProvider, utcnow
 from providers.errors import ConfigurationError
 from registry.db import Base, Database, UTCDateTime, get_database
+from registry.errors import InstanceNotFound
 from registry.instances import InstanceStatus, InstanceView
 from registry.models import PluginHealth, PluginInstance
 from registry.service import PluginRegistry
@@ -274,7 +275,10 @@ class HealthMonitor:
         outbox: list[int] = []
         for instance_id, observation in observations.items():
             if observation.configuration_error:
-                self.registry.mark_error(instance_id, observation.message)
+                try:
+                    self.registry.mark_error(instance_id, observation.message)
+                except InstanceNotFound:  # retired while it was being checked
+                    continue
             recorded = self._record(instance_id, observation, now)
             if recorded is not None:
                 transition, outbox_id = recorded

@@ -599,3 +599,21 @@ def wait_until(predicate: Any, timeout_s: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met")
         time.sleep(0.02)
+
+
+def test_an_instance_retired_while_its_key_is_rejected_does_not_break_the_run(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = harness.add("keys", plugin="scripted", config={"behaviour": "reject"})
+    fine = harness.add("fine")
+    mark_error = harness.reg.mark_error
+
+    def retired_first(instance_id: uuid.UUID, message: str) -> Any:
+        harness.reg.retire(instance_id)  # an operator retires it mid-run
+        return mark_error(instance_id, message)
+
+    monkeypatch.setattr(harness.reg, "mark_error", retired_first)
+    report = harness.run()
+    assert report["checked"] == 2
+    assert harness.reg.get_instance(fine).health == "healthy"
+    assert harness.history(broken) == []
