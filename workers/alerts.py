@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Severity = Literal["info", "warning", "critical"]
 RETRY_BACKOFF_S = 0.5  # first pause between attempts at one sink; doubles each time
+MAX_PARALLEL_ALERTS = 8  # alerts delivered at once by one health run
 CURRENCIES_SHOWN = 8  # longer currency lists are cut to this many plus "(+N more)"
 
 
@@ -400,9 +402,13 @@ def deliver(
 
 
 def deliver_all(alerts: Sequence[Alert], sinks: Sequence[AlertSink], settings: Settings) -> None:
-    """Deliver several alerts, each in order, and wait."""
-    for alert in alerts:
-        deliver(alert, sinks, attempts=settings.alert_delivery_attempts)
+    """Deliver several alerts side by side (a dead sink's retries are paid once, not per
+    alert) and wait for them."""
+    if not alerts:
+        return
+    with ThreadPoolExecutor(max_workers=min(len(alerts), MAX_PARALLEL_ALERTS)) as pool:
+        for alert in alerts:
+            pool.submit(deliver, alert, sinks, attempts=settings.alert_delivery_attempts)
 
 
 def deliver_in_background(

@@ -4,8 +4,11 @@
 ``health_check()`` at once on the process's provider loop, each bounded by
 ``health_check_timeout_s``. A check that hangs, raises or answers something other
 than a :class:`~providers.base.HealthCheck` counts as unhealthy, with the reason.
-Runs never overlap (a lease lock), and a run that finds another finished less than
-half an interval ago does nothing, so a second beat cannot double the schedule.
+Runs never overlap (a lease lock), and a run that finds the last completed run
+started less than half an interval ago does nothing, so a second beat cannot double
+the schedule. (Measured from the start, not the end: from the end, a run slower than
+half an interval, e.g. one provider hanging until the timeout, would make every other
+tick skip, halving the check rate exactly when a provider is in trouble.)
 
 The circuit (:func:`next_circuit`, pure): ``circuit_failure_threshold`` failures in a
 row (checks, or live payments that found the provider unavailable) open it: the
@@ -58,7 +61,7 @@ PASSING = frozenset({HealthStatus.HEALTHY, HealthStatus.DEGRADED})
 
 
 class HealthRun(Base):
-    """When the last health run finished (the guard against a doubled schedule)."""
+    """The last completed health run (the guard against a doubled schedule)."""
 
     __tablename__ = "health_runs"
 
@@ -226,23 +229,33 @@ class HealthMonitor:
     # -- the scheduled run -------------------------------------------------------
 
     def run(self, *, force: bool = False) -> dict[str, Any]:
-        """One health run, unless another is running or one finished < interval/2 ago."""
+        """One health run, unless another is running or the last began < interval/2 ago."""
         settings = self.settings
         ttl_s = max(settings.health_interval_s * 2, settings.health_check_timeout_s + 120)
         with hold(self.database, LOCK_NAME, ttl_s=ttl_s) as held:
             if not held:
                 return {"skipped": "another health run is in progress"}
             started = self.clock()
-            last = self._last_finished()
+            last = self._last_started()
             if not force and last is not None:
                 age_s = (started - last).total_seconds()
                 if age_s < settings.health_interval_s / 2:
-                    return {"skipped": f"the last health run finished {age_s:.2f} s ago"}
-            report = self._run_once()
+                    return {"skipped": f"the last health run started {age_s:.2f} s ago"}
+            report, raised = self._run_once()
             self._finished(started, report["checked"])
-            return report
+        # Outside the lock: a slow or dead sink must not hold up the next run.
+        alerts.deliver_all(raised, self.sinks, self.settings)
+        log.info(
+            "health run: %d checked in %.0f ms, %d unhealthy, %d transitions, %d alerts",
+            report["checked"],
+            report["duration_ms"],
+            report["unhealthy"],
+            len(report["transitions"]),
+            len(raised),
+        )
+        return report
 
-    def _run_once(self) -> dict[str, Any]:
+    def _run_once(self) -> tuple[dict[str, Any], list[Alert]]:
         began = time.perf_counter()
         self.registry.refresh(force=True)
         views = [v for v in self.registry.snapshot() if v.status != InstanceStatus.ERROR]
@@ -288,12 +301,11 @@ class HealthMonitor:
                     outbox.append(outbox_id)
         publish_now(self.database, self.publisher, outbox)
         raised = self.raise_alerts(now)
-        alerts.deliver_all(raised, self.sinks, self.settings)
 
         counts = {status.value: 0 for status in HealthStatus}
         for observation in observations.values():
             counts[observation.status.value] += 1
-        return {
+        report = {
             "checked": len(observations),
             **counts,
             "errors": sorted(
@@ -310,6 +322,7 @@ class HealthMonitor:
             "alerts": [a.title for a in raised],
             "duration_ms": round((time.perf_counter() - began) * 1000, 1),
         }
+        return report, raised
 
     # -- live failures ---------------------------------------------------------------
 
@@ -410,10 +423,10 @@ class HealthMonitor:
             )
         return transition, outbox_id
 
-    def _last_finished(self) -> datetime | None:
+    def _last_started(self) -> datetime | None:
         with self.database.sessions() as session:
             return session.execute(
-                select(HealthRun.finished_at).where(HealthRun.name == LOCK_NAME)
+                select(HealthRun.started_at).where(HealthRun.name == LOCK_NAME)
             ).scalar_one_or_none()
 
     def _finished(self, started: datetime, checked: int) -> None:

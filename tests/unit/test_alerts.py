@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from workers.alerts import (
     condition_of,
     decide_alert,
     deliver,
+    deliver_all,
     routing_effect,
     sinks_from_settings,
 )
@@ -424,3 +426,22 @@ def test_sinks_are_chosen_in_settings() -> None:
     assert [s.name for s in sinks_from_settings(configured)] == ["log", "webhook", "email"]
     # an SMTP host but nobody to write to is no email sink
     assert [s.name for s in sinks_from_settings(Settings(alert_smtp_host="x"))] == ["log"]
+
+
+def test_several_alerts_are_delivered_side_by_side() -> None:
+    class SlowSink:
+        name = "slow"
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, alert: Alert) -> None:
+            time.sleep(0.3)
+            self.sent.append(alert.title)
+
+    sink = SlowSink()
+    batch = [Alert("warning", f"a{i}", "x") for i in range(4)]
+    started = time.perf_counter()
+    deliver_all(batch, [sink], Settings())
+    assert time.perf_counter() - started < 0.9  # not 4 x 0.3 s
+    assert sorted(sink.sent) == ["a0", "a1", "a2", "a3"]

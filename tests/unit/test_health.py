@@ -43,6 +43,7 @@ from workers.health import (
     LOCK_NAME,
     Circuit,
     HealthMonitor,
+    HealthRun,
     Observation,
     next_circuit,
     observe,
@@ -545,13 +546,24 @@ def test_a_failing_sink_is_retried_and_never_breaks_the_run(
     assert report["alerts"] and harness.reg.get_instance(primary).health == "unhealthy"
 
 
-def test_a_second_run_soon_after_the_last_one_does_nothing(harness: Harness) -> None:
+def test_a_second_run_soon_after_the_last_one_began_does_nothing(harness: Harness) -> None:
     primary = harness.add("primary")
     harness.run()
-    assert harness.run(advance_s=10)["skipped"].startswith("the last health run finished")
+    assert harness.run(advance_s=10)["skipped"].startswith("the last health run started")
     assert len(harness.history(primary)) == 1
     assert harness.run(advance_s=10)["checked"] == 1  # 20 s >= half of 30 s
     assert harness.monitor.run(force=True)["checked"] == 1  # the CLI's --check
+
+
+def test_a_slow_run_does_not_make_the_next_tick_skip(harness: Harness) -> None:
+    primary = harness.add("primary")
+    harness.run()
+    with harness.reg.database.transaction() as session:  # that run took 20 s of a 30 s interval
+        session.get_one(HealthRun, LOCK_NAME).finished_at = harness.clock.now + timedelta(
+            seconds=20
+        )
+    assert harness.run(advance_s=30)["checked"] == 1  # 30 s after it began: due
+    assert len(harness.history(primary)) == 2
 
 
 def test_runs_never_overlap(harness: Harness) -> None:
