@@ -158,7 +158,9 @@ class FakePaystack:
             GOOD_AUTHORIZATION: None,
             DECLINED_AUTHORIZATION: "Insufficient Funds",
         }
-        self._ids = itertools.count(4_099_260_516)
+        # Paystack ids are global: start each fake at a random point so two fakes
+        # feeding one ledger never hand out the same transaction or refund id.
+        self._ids = itertools.count(4_000_000_000 + secrets.randbelow(10**9))
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
