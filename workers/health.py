@@ -101,7 +101,7 @@ def next_circuit(
     else:
         failures = circuit.consecutive_failures + 1
         health = UNHEALTHY if failures >= threshold else circuit.health
-    since = circuit.since if health == circuit.health and circuit.since else now
+    since = circuit.since if health == circuit.health else now
     return Circuit(health, since, failures)
 
 

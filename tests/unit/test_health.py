@@ -98,6 +98,12 @@ def test_a_pass_resets_the_failure_count_so_failures_must_be_consecutive() -> No
     assert circuit.health == "healthy" and circuit.consecutive_failures == 1
 
 
+def test_a_first_failure_from_unknown_stays_unknown_without_a_since() -> None:
+    assert next_circuit(Circuit("unknown", None, 0), UNHEALTHY, T0, 2) == Circuit(
+        "unknown", None, 1
+    )
+
+
 def test_threshold_one_opens_on_the_first_failure() -> None:
     assert next_circuit(Circuit("unknown", None, 0), UNHEALTHY, T0, 1).health == "unhealthy"
 
