@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from config.settings import reset_settings
 from registry.db import forget_databases, get_database
 from registry.migrate import upgrade
+from registry.service import PluginRegistry
 
 POSTGRES_URL = os.environ.get(
     "TENDER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -103,7 +104,5 @@ def sqlite_url(tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def registry(database_url: str):  # type: ignore[no-untyped-def]
-    from registry.service import PluginRegistry
-
+def registry(database_url: str) -> PluginRegistry:
     return PluginRegistry(get_database(database_url), poll_s=0)

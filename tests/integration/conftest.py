@@ -24,18 +24,22 @@ from registry.db import forget_databases
 from registry.migrate import upgrade
 from tests.conftest import REDIS_URL, drop_postgres_schema, fresh_postgres_schema, service_missing
 
-INTEGRATION_REDIS_DB = 3
+# Redis databases of one integration session: base (the embedded worker), base + 1 (crash
+# tests), base + 2 (the demo). Two sessions at once need TENDER_TEST_REDIS_DB apart by 3.
+INTEGRATION_REDIS_DB = int(os.environ.get("TENDER_TEST_REDIS_DB", "3"))
+
+
+def redis_db_url(offset: int = 0) -> str:
+    return REDIS_URL.rsplit("/", 1)[0] + f"/{INTEGRATION_REDIS_DB + offset}"
+
+
 pytestmark = pytest.mark.integration
-
-
-def _redis_url() -> str:
-    return REDIS_URL.rsplit("/", 1)[0] + f"/{INTEGRATION_REDIS_DB}"
 
 
 @pytest.fixture(scope="session")
 def integration_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment for the whole integration session: PostgreSQL schema + Redis db."""
-    broker = _redis_url()
+    broker = redis_db_url()
     try:
         client = redis.Redis.from_url(broker)
         client.ping()

@@ -16,16 +16,14 @@ from celery import Celery
 
 from providers.sandbox import charge_book
 from registry.db import get_database
-from tests.integration.conftest import WorkerProcess, wait_for
+from tests.integration.conftest import WorkerProcess, redis_db_url, wait_for
 from workers import runtime
 from workers.client import _validated, get_payment, record_payment
-
-CRASH_REDIS_DB = 4
 
 
 @pytest.fixture
 def crash_env(integration_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    broker = integration_env["TENDER_BROKER_URL"].rsplit("/", 1)[0] + f"/{CRASH_REDIS_DB}"
+    broker = redis_db_url(1)
     redis.Redis.from_url(broker).flushdb()
     yield {**integration_env, "TENDER_BROKER_URL": broker, "TENDER_PAYMENT_LEASE_S": "3"}
 

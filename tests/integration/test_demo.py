@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import redis_db_url
+
 TENDER = shutil.which("tender") or str(Path(sys.executable).with_name("tender"))
 
 
@@ -44,7 +46,7 @@ def test_demo_uses_redis_and_postgres_when_configured(
     env = {
         **clean_environment(),
         **integration_env,
-        "TENDER_BROKER_URL": integration_env["TENDER_BROKER_URL"][:-1] + "6",
+        "TENDER_BROKER_URL": redis_db_url(2),
     }
     result = run_demo(tmp_path, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
