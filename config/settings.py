@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # development and test; the API refuses to start in production without one.
     api_token: SecretStr | None = None
 
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 8  # PostgreSQL connections per process
+    db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 8
+
     health_interval_s: PositiveSeconds = 30.0
     health_check_timeout_s: PositiveSeconds = 10.0
     circuit_failure_threshold: Annotated[int, Field(ge=1)] = 2

@@ -84,7 +84,17 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, pool_recycle=1800)
+    settings = get_settings()
+    # Threads hold a connection only around SQL, never across a provider call, so a small
+    # pool per process serves many payments in flight and bounds PostgreSQL's connections.
+    return create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=30,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
 
 
 WRITE_OPTION = "tender_writes"
