@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 from bench.environment import REPO_ROOT
 
 IDLE_QUEUE = "bench.idle"
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Same flags for every phase; gossip, mingle and heartbeats add broker chatter that a
 # payment worker does not need.
 COMMON_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
@@ -209,6 +211,20 @@ class WorkerSet:
 
     def log_tails(self) -> str:
         return "\n".join(f"--- {log.name}\n{tail(log)}" for log in self.logs)
+
+    def errors(self) -> dict[str, int]:
+        """Distinct error lines in the worker logs (exceptions and ERROR records), counted."""
+        found: dict[str, int] = {}
+        for log in self.logs:
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if "ERROR/" in line or line.startswith(("sqlalchemy.exc.", "psycopg.")):
+                    key = _UUID.sub("<id>", line.split("] ", 1)[-1])[:200]
+                    found[key] = found.get(key, 0) + 1
+        return found
 
 
 class CpuMeter:

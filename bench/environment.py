@@ -141,6 +141,7 @@ def machine(env: BenchEnv) -> dict[str, Any]:
     with engine.connect() as connection:
         postgres = connection.execute(text("SHOW server_version")).scalar_one()
         max_connections = int(connection.execute(text("SHOW max_connections")).scalar_one())
+        in_use = int(connection.execute(text("SELECT count(*) FROM pg_stat_activity")).scalar_one())
     engine.dispose()
     try:
         commit = subprocess.run(
@@ -165,5 +166,6 @@ def machine(env: BenchEnv) -> dict[str, Any]:
         "redis_server": _redis(env.broker_url).info("server").get("redis_version"),
         "postgresql_server": postgres,
         "postgresql_max_connections": max_connections,
+        "postgresql_connections_in_use_at_start": in_use,
         "git_commit": commit,
     }

@@ -84,18 +84,24 @@ class EventListener:
         with self._changed:
             return self._counts[phase]
 
-    def wait_count(self, phase: str, n: int, timeout_s: float) -> None:
-        """Until ``n`` events of ``phase`` arrived; HarnessError on timeout."""
+    def wait_count(self, phase: str, n: int, timeout_s: float, stall_s: float = 30.0) -> None:
+        """Until ``n`` events of ``phase`` arrived. HarnessError after ``timeout_s``, or
+        after ``stall_s`` without a new event (payments are being lost, not slow)."""
         deadline = time.monotonic() + timeout_s
+        seen, progressed = -1, time.monotonic()
         with self._changed:
             while self._counts[phase] < n:
                 self._raise_if_broken()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                if self._counts[phase] != seen:
+                    seen, progressed = self._counts[phase], now
+                if now > deadline or now - progressed > stall_s:
+                    waited = f"{timeout_s:g} s" if now > deadline else f"{stall_s:g} s without one"
                     raise HarnessError(
-                        f"phase {phase}: {self._counts[phase]} of {n} events after {timeout_s:g} s"
+                        f"phase {phase}: {self._counts[phase]} of {n} events after {waited}"
+                        " (see the worker logs below)"
                     )
-                self._changed.wait(min(remaining, 0.5))
+                self._changed.wait(min(deadline - now, 0.5))
 
     def wait_for_instance(self, instance_id: str, after: float, timeout_s: float) -> float | None:
         """Arrival time of the first event served by ``instance_id`` after ``after``."""

@@ -101,6 +101,9 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             + ", ".join(f"{v:.2f}" for v in busy.values())
             + " cores busy during (a), (c), (d)",
         )
+    for label, errors in results.get("worker_errors", {}).items():
+        for line, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:
+            lines.insert(-3, f"{label} worker logged x{count}: {line}")
     for check in checks:
         lines.append(
             f"{check['label']:<44}{check['measured']:>10.3g}  {check['goal']:<12}"

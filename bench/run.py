@@ -16,7 +16,11 @@ from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv
 
 PROCESSES = 2  # never more worker processes than cores
 TENDER_POOL = "threads"
-TENDER_CONCURRENCY = 64  # threads per process; they wait on the process's provider loop
+# Threads per worker process; they wait on the process's provider loop, so 2 x 32 payments
+# can wait on a 300 ms provider at once (213/s, above what 2 cores process). 64 threads
+# buys nothing more here and lets each process open up to 50 PostgreSQL connections
+# (Tender's pool: 10 + 40 overflow): 2 x 50 = PostgreSQL's default max_connections.
+TENDER_CONCURRENCY = 32
 
 
 def _log(started: float) -> Any:
@@ -41,7 +45,7 @@ def run_all(
     ctx = measure.Context(app, redis.Redis.from_url(env.broker_url), log)
     worker_env = env.worker_environment()
     logs = env.data_dir / "logs"
-    results: dict[str, Any] = {"h": {}}
+    results: dict[str, Any] = {"h": {}, "worker_errors": {}}
 
     def start_workers(label: str, **kwargs: Any) -> WorkerSet:
         ws = WorkerSet(label, worker_env, logs, **kwargs)
@@ -56,12 +60,14 @@ def run_all(
         log(f"(a) ceiling: {sizes.ceiling_tasks} no-op tasks")
         results["a"] = measure.ceiling(ctx, w, sizes.ceiling_tasks)
         results["h"]["ceiling"] = w.peak_rss_mb()
+        results["worker_errors"]["ceiling"] = w.errors()
     log(f"(a) {results['a']['per_s']:.0f} tasks/s")
 
     with start_workers("naive", processes=1, pool="prefork", concurrency=PROCESSES) as w:
         log(f"(b) naive: {sizes.naive_payments} payments at {measure.SLOW_PROVIDER_MS} ms")
         results["b"] = measure.naive(ctx, w, sizes.naive_payments)
         results["h"]["naive"] = w.peak_rss_mb()
+        results["worker_errors"]["naive"] = w.errors()
     log(f"(b) {results['b']['per_s']:.2f} payments/s")
 
     registry = PluginRegistry()
@@ -111,6 +117,7 @@ def run_all(
             )
             log(f"(d) {results['d']['per_s']:.1f} payments/s")
             results["h"]["tender"] = w.peak_rss_mb()
+            results["worker_errors"]["tender"] = w.errors()
         results["pg_peak_connections"] = connections.peak
     finally:
         listener.stop()
@@ -149,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         env.migrate()
         info = machine(env)
         log(f"machine: {info['cores']} cores, Python {info['python']}, {info['versions']}")
+        # Each Tender worker process may hold a connection per thread (its pool allows 50).
+        needed = PROCESSES * min(50, args.concurrency + 2) + 10
+        free = info["postgresql_max_connections"] - info["postgresql_connections_in_use_at_start"]
+        if free < needed:
+            log(f"warning: PostgreSQL has {free} free connections; the workers may need {needed}")
         results = run_all(env, sizes, log, live, args.concurrency)
     except (Exception, KeyboardInterrupt) as exc:
         for ws in live:
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, HarnessError | KeyboardInterrupt):
             traceback.print_exc()
         for ws in live:
+            for line, count in sorted(ws.errors().items(), key=lambda kv: -kv[1])[:10]:
+                print(f"{ws.label} worker error x{count}: {line}", file=sys.stderr)
             print(ws.log_tails(), file=sys.stderr)
         return 2
     finally:
