@@ -233,14 +233,20 @@ def payment_burst(
     }
 
 
+@dataclass
+class Paced:
+    started: dict[str, float]  # order_id -> perf_counter when request_payment() was called
+    request_ms: dict[str, float]  # order_id -> how long request_payment() took
+    max_behind_s: float  # how far the submitter fell behind its schedule
+
+
 def paced(
     phase: str, rate_per_s: float, n: int | None, stop: threading.Event | None = None
-) -> dict[str, float]:
-    """Submit at a steady ``rate_per_s`` (n payments, or until ``stop``); submit instants."""
-    submitted: dict[str, float] = {}
+) -> Paced:
+    """Submit at a steady ``rate_per_s``: ``n`` payments, or until ``stop`` is set."""
+    result = Paced({}, {}, 0.0)
     lock = threading.Lock()
     origin = time.perf_counter() + 0.05
-    behind: list[float] = []
 
     def client(lane: int) -> None:
         i = lane
@@ -249,13 +255,14 @@ def paced(
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            else:
-                behind.append(-delay)
             order_id = f"{phase}:{i}"
             at = time.perf_counter()
             with lock:
-                submitted[order_id] = at
+                result.started[order_id] = at
+                result.max_behind_s = max(result.max_behind_s, -delay)
             request(order_id)
+            with lock:
+                result.request_ms[order_id] = (time.perf_counter() - at) * 1000
             i += SUBMIT_THREADS
 
     threads = [
@@ -266,10 +273,7 @@ def paced(
         thread.start()
     for thread in threads:
         thread.join()
-    if behind and max(behind) > 0.05:
-        # The submitter itself fell behind its schedule: say so next to the figures.
-        submitted["__max_behind_s__"] = max(behind)
-    return submitted
+    return result
 
 
 def provider_ms_by_order(phase: str) -> dict[str, float]:
@@ -296,21 +300,36 @@ def added_latency(
     phase = "e"
     n = max(int(rate_per_s * seconds), 50)
     submitted = paced(phase, rate_per_s, n)
-    behind = submitted.pop("__max_behind_s__", 0.0)
     events.wait_count(phase, n, timeout_s=60)
     provider = provider_ms_by_order(phase)
-    added = [
-        (events.arrivals[o].at - at) * 1000 - provider.get(o, 0.0) for o, at in submitted.items()
-    ]
+    origin = min(submitted.started.values())
+    added: dict[str, float] = {
+        o: (events.arrivals[o].at - at) * 1000 - provider.get(o, 0.0)
+        for o, at in submitted.started.items()
+    }
+    values = list(added.values())
+    slowest = sorted(added, key=added.__getitem__, reverse=True)[:5]
     return {
         "n": n,
         "rate_per_s": rate_per_s,
-        "p50_ms": percentile(added, 50),
-        "p95_ms": percentile(added, 95),
-        "p99_ms": percentile(added, 99),
-        "max_ms": max(added),
+        "p50_ms": percentile(values, 50),
+        "p95_ms": percentile(values, 95),
+        "p99_ms": percentile(values, 99),
+        "max_ms": max(values),
+        "request_payment_p50_ms": percentile(list(submitted.request_ms.values()), 50),
+        "request_payment_p99_ms": percentile(list(submitted.request_ms.values()), 99),
         "provider_mean_ms": statistics.fmean(provider.values()) if provider else 0.0,
-        "submitter_max_behind_s": behind,
+        "submitter_max_behind_s": submitted.max_behind_s,
+        # The slowest payments: when they were requested (s into the phase), their added
+        # latency and how much of it was request_payment() itself.
+        "slowest": [
+            {
+                "at_s": round(submitted.started[o] - origin, 3),
+                "added_ms": round(added[o], 1),
+                "request_payment_ms": round(submitted.request_ms[o], 1),
+            }
+            for o in slowest
+        ],
     }
 
 
@@ -324,9 +343,9 @@ def hot_swap(
 ) -> dict[str, Any]:
     """(f) commit of activate(x, exclusive=True) -> first relayed event served by x."""
     stop = threading.Event()
-    streamed: dict[str, float] = {}
+    streamed: list[Paced] = []
     stream = threading.Thread(
-        target=lambda: streamed.update(paced("f", rate_per_s, None, stop)), daemon=True
+        target=lambda: streamed.append(paced("f", rate_per_s, None, stop)), daemon=True
     )
     stream.start()
     times_ms: list[float] = []
@@ -345,8 +364,9 @@ def hot_swap(
     finally:
         stop.set()
         stream.join(timeout=30)
-    streamed.pop("__max_behind_s__", None)
-    events.wait_count("f", len(streamed), timeout_s=60)  # let the stream drain
+    if not streamed:
+        raise HarnessError("the hot-swap payment stream failed")
+    events.wait_count("f", len(streamed[0].started), timeout_s=60)  # let the stream drain
     return {
         "swaps": swaps,
         "rate_per_s": rate_per_s,
