@@ -35,6 +35,7 @@ class BenchEnv:
         from cryptography.fernet import Fernet
         from sqlalchemy import create_engine, make_url, text
 
+        _claim_redis_db(broker_url)
         schema = f"bench_{uuid.uuid4().hex[:10]}"
         engine = create_engine(postgres_url)
         with engine.begin() as connection:
@@ -47,7 +48,6 @@ class BenchEnv:
             )
             .render_as_string(hide_password=False)
         )
-        _claim_redis_db(broker_url)
         data_dir = Path(tempfile.mkdtemp(prefix="tender-bench-"))
         variables = {
             "TENDER_ENV": "test",

@@ -150,11 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     log = _log(started)
     sizes = measure.QUICK if args.quick else measure.FULL
     live: list[WorkerSet] = []
-    env = BenchEnv.create(args.postgres, args.broker)
+    try:
+        env = BenchEnv.create(args.postgres, args.broker)
+    except Exception as exc:
+        print(f"bench harness failed: cannot prepare PostgreSQL/Redis: {exc!r}", file=sys.stderr)
+        return 2
     try:
         env.apply()
         env.migrate()
         info = machine(env)
+        log(f"schema {env.schema}, broker {env.broker_url}, data {env.data_dir}")
         log(f"machine: {info['cores']} cores, Python {info['python']}, {info['versions']}")
         # Each Tender worker process may hold a connection per thread (its pool allows 50).
         needed = PROCESSES * min(50, args.concurrency + 2) + 10
