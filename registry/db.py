@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -92,8 +92,11 @@ def make_engine(url: str) -> Engine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=30,
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        # No pre-ping: it costs a round trip per checkout (half the hot path's). A dead
+        # connection fails its statement instead; payment tasks retry on that, and the
+        # ledger's claims make the retry safe.
+        pool_pre_ping=False,
+        pool_recycle=600,
     )
 
 
@@ -107,8 +110,12 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(
-            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        self._write_engine = self.engine.execution_options(**{WRITE_OPTION: True})
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._autocommit_engine = (
+            self._write_engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
 
     @property
@@ -123,6 +130,26 @@ class Database:
         """
         with self._writer.begin() as session:
             yield session
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A Core connection in one write transaction (no ORM): the worker's hot path."""
+        with self._write_engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for self-contained statements, each atomic on its own.
+
+        PostgreSQL: autocommit, so one statement is one round trip (no BEGIN/COMMIT).
+        SQLite: a short write transaction.
+        """
+        if self.is_sqlite:
+            with self._write_engine.begin() as connection:
+                yield connection
+        else:
+            with self._autocommit_engine.connect() as connection:
+                yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()

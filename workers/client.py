@@ -15,14 +15,14 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, EmailStr, TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
-from providers.base import PaymentMethod, derive_reference
+from providers.base import PaymentMethod, derive_reference, utcnow
 from providers.money import from_minor, normalize_currency, to_minor
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
-from workers.ledger import Payment, PaymentAttempt, find_by_reference
+from workers.ledger import Payment, PaymentAttempt, PaymentRecord
 from workers.states import PaymentState
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ def _validated(
     }
 
 
+_payments = Payment.__table__
 _COMPARED = ("order_id", "amount_minor", "currency", "customer_email", "payment_method")
 
 
@@ -166,7 +167,7 @@ def record_payment(
     *,
     payment_token: str | None = None,
     box: SecretBox | None = None,
-) -> tuple[Payment, bool]:
+) -> tuple[PaymentRecord, bool]:
     """Insert the payment, or return the one already recorded under its idempotency key."""
     reference = derive_reference(fields["idempotency_key"], fields["tenant_id"])
     sealed_token = None
@@ -174,26 +175,39 @@ def record_payment(
         if box is None:
             raise InvalidPaymentRequest("payment_token", "cannot be stored without a secrets key")
         sealed_token = box.encrypt(payment_token)["$enc"]
+    now = utcnow()
+    values = {
+        **{k: v for k, v in fields.items() if k != "metadata_"},
+        "metadata": fields["metadata_"],
+        "id": uuid.uuid4(),
+        "reference": reference,
+        "payment_token": sealed_token,
+        "status": PaymentState.REQUESTED.value,
+        "refunded_minor": 0,
+        "claims": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
     try:
-        with database.transaction() as session:
-            payment = Payment(
-                id=uuid.uuid4(), reference=reference, payment_token=sealed_token, **fields
-            )
-            session.add(payment)
-        return payment, True
+        with database.statement() as connection:
+            row = connection.execute(insert(_payments).values(values).returning(*_payments.c)).one()
+        return PaymentRecord.from_row(row), True
     except IntegrityError:
         pass
-    with database.sessions() as session:
-        existing = find_by_reference(session, reference)
+    with database.statement() as connection:
+        existing = connection.execute(
+            select(*_payments.c).where(_payments.c.reference == reference)
+        ).first()
     if existing is None:  # pragma: no cover - the unique violation had another cause
-        raise
+        raise InvalidPaymentRequest("idempotency_key", "could not be recorded; try again")
+    existing_record = PaymentRecord.from_row(existing)
     for name in _COMPARED:
-        if getattr(existing, name) != fields[name]:
+        if getattr(existing_record, name) != fields[name]:
             raise IdempotencyConflict(
                 "idempotency_key",
                 f"{fields['idempotency_key']!r} was already used for a payment with a different {name}",
             )
-    return existing, False
+    return existing_record, False
 
 
 def request_payment(
@@ -235,7 +249,9 @@ def request_payment(
     )
     enqueued = True
     if payment.status == PaymentState.REQUESTED:
-        enqueued = enqueue_payment(payment.id)
+        enqueued = enqueue_payment(
+            payment.id, payment.tenant_id, payment.currency, payment.idempotency_key
+        )
     return PaymentReceipt(
         payment_id=payment.id,
         status=PaymentState(payment.status),
@@ -246,13 +262,25 @@ def request_payment(
     )
 
 
-def enqueue_payment(payment_id: uuid.UUID) -> bool:
-    """Send ``process_payment``; False if the broker refused (reconcile will re-send)."""
+def enqueue_payment(
+    payment_id: uuid.UUID,
+    tenant_id: str | None = None,
+    currency: str | None = None,
+    idempotency_key: str | None = None,
+) -> bool:
+    """Send ``process_payment``; False if the broker refused (reconcile will re-send).
+
+    The routing facts, when given, ride along so the worker claims in one statement.
+    """
     from workers.tasks import process_payment_task
 
+    kwargs = {"tenant_id": tenant_id, "currency": currency, "idempotency_key": idempotency_key}
     try:
         process_payment_task.apply_async(
-            args=[str(payment_id)], retry=True, retry_policy={"max_retries": 2}
+            args=[str(payment_id)],
+            kwargs={k: v for k, v in kwargs.items() if v is not None},
+            retry=True,
+            retry_policy={"max_retries": 2},
         )
         return True
     except Exception:

@@ -96,6 +96,16 @@ class OutboxEvent(Base):
     __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
 
 
+def outbox_row(event: Event) -> dict[str, Any]:
+    """Column values of ``event``'s outbox row (for Core inserts on the hot path)."""
+    return {
+        "event_id": event.event_id,
+        "event_type": event.type.value,
+        "payload": event.model_dump(mode="json"),
+        "created_at": event.occurred_at,
+    }
+
+
 def add_event(session: Session, event: Event) -> OutboxEvent:
     """Write ``event`` to the outbox in the caller's transaction."""
     row = OutboxEvent(

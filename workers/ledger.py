@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
@@ -129,7 +130,7 @@ class InvalidTransition(RuntimeError):
 
 
 def apply_transition(
-    session: Session,
+    session: Session | Connection,
     payment_id: uuid.UUID,
     expected: PaymentState | tuple[PaymentState, ...],
     new: PaymentState,
@@ -156,6 +157,8 @@ def apply_transition(
     )
     if require_lease is not None:
         statement = statement.where(Payment.lease_token == require_lease)
+    # No ORM session synchronisation: callers hold no Payment objects they expect updated.
+    statement = statement.execution_options(synchronize_session=False)
     return session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
 
 
@@ -169,51 +172,96 @@ class Claim:
     recovering: bool  # an earlier claim expired: verify before charging again
 
 
+@dataclass(frozen=True)
+class PaymentRecord:
+    """A payment row as plain data (what the worker's hot path reads; no ORM object)."""
+
+    id: uuid.UUID
+    tenant_id: str | None
+    order_id: str
+    idempotency_key: str
+    reference: str
+    amount_minor: int
+    currency: str
+    customer_email: str
+    payment_method: str
+    payment_token: str | None
+    metadata_: dict[str, Any]
+    status: str
+    instance_id: uuid.UUID | None
+    plugin_name: str | None
+    provider_transaction_id: str | None
+    authorization_url: str | None
+    error_code: str | None
+    error_message: str | None
+    refunded_minor: int
+    lease_token: uuid.UUID | None
+    lease_expires_at: datetime | None
+    claims: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> PaymentRecord:
+        values = dict(row._mapping)
+        values["metadata_"] = values.pop("metadata") or {}
+        return cls(**values)
+
+
+_payments = Payment.__table__
+_RECORD_COLUMNS = tuple(_payments.c)
+
+
 def claim_payment(
-    session: Session,
+    connection: Connection,
     payment_id: uuid.UUID,
     lease_s: float,
     *,
     first_hop: InstanceView | None = None,
-) -> Claim | None:
+) -> tuple[Claim, PaymentRecord] | None:
     """Take the payment for processing: requested -> processing, or an expired lease.
 
-    ``first_hop`` is recorded with the claim (the instance about to be called), so a
-    worker taking over after a crash knows where to verify. Returns None when the
-    payment is final, pending, or claimed by a live worker.
+    One statement in the common case (``UPDATE ... RETURNING``). ``first_hop`` is
+    recorded with the claim (the instance about to be called), so a worker taking over
+    after a crash knows where to verify. Returns None when the payment is final,
+    pending, or claimed by a live worker.
     """
     now = utcnow()
     token = uuid.uuid4()
     expires = now + timedelta(seconds=lease_s)
     hop = {"instance_id": first_hop.id, "plugin_name": first_hop.plugin_name} if first_hop else {}
-    fresh = session.execute(
-        update(Payment)
-        .where(Payment.id == payment_id, Payment.status == PaymentState.REQUESTED.value)
-        .values(
-            status=PaymentState.PROCESSING.value,
-            lease_token=token,
-            lease_expires_at=expires,
-            claims=Payment.claims + 1,
-            updated_at=now,
-            **hop,
-        )
-    )
-    if fresh.rowcount == 1:  # type: ignore[attr-defined]
-        return Claim(payment_id, token, expires, recovering=False)
-    stale = session.execute(
-        update(Payment)
+    lease = {
+        "lease_token": token,
+        "lease_expires_at": expires,
+        "claims": _payments.c.claims + 1,
+        "updated_at": now,
+    }
+    fresh = connection.execute(
+        update(_payments)
+        .where(_payments.c.id == payment_id, _payments.c.status == PaymentState.REQUESTED.value)
+        .values(status=PaymentState.PROCESSING.value, **lease, **hop)
+        .returning(*_RECORD_COLUMNS)
+    ).first()
+    if fresh is not None:
+        return Claim(payment_id, token, expires, recovering=False), PaymentRecord.from_row(fresh)
+    stale = connection.execute(
+        update(_payments)
         .where(
-            Payment.id == payment_id,
-            Payment.status == PaymentState.PROCESSING.value,
-            Payment.lease_expires_at < now,
+            _payments.c.id == payment_id,
+            _payments.c.status == PaymentState.PROCESSING.value,
+            _payments.c.lease_expires_at < now,
         )
-        .values(
-            lease_token=token, lease_expires_at=expires, claims=Payment.claims + 1, updated_at=now
-        )
-    )
-    if stale.rowcount == 1:  # type: ignore[attr-defined]
-        return Claim(payment_id, token, expires, recovering=True)
+        .values(**lease)
+        .returning(*_RECORD_COLUMNS)
+    ).first()
+    if stale is not None:
+        return Claim(payment_id, token, expires, recovering=True), PaymentRecord.from_row(stale)
     return None
+
+
+def read_payment(connection: Connection, payment_id: uuid.UUID) -> PaymentRecord | None:
+    row = connection.execute(select(*_RECORD_COLUMNS).where(_payments.c.id == payment_id)).first()
+    return None if row is None else PaymentRecord.from_row(row)
 
 
 def load_payment(session: Session, payment_id: uuid.UUID) -> Payment | None:
@@ -226,7 +274,9 @@ def find_by_reference(session: Session, reference: str) -> Payment | None:
     ).scalar_one_or_none()
 
 
-def payment_event(payment: Payment, state: PaymentState, **changed: Any) -> PaymentEvent:
+def payment_event(
+    payment: Payment | PaymentRecord, state: PaymentState, **changed: Any
+) -> PaymentEvent:
     """The result event for ``payment`` entering ``state`` (``changed``: fields just written)."""
 
     def value(name: str) -> Any:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from config.celery import MAX_REDELIVERIES
 from config.settings import Settings
@@ -35,17 +35,18 @@ from providers.errors import (
 from registry.db import Database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
-from workers.events import add_event
+from workers.events import OutboxEvent, outbox_row
 from workers.ledger import (
     Claim,
     Payment,
     PaymentAttempt,
+    PaymentRecord,
     apply_transition,
     claim_payment,
-    load_payment,
     payment_event,
+    read_payment,
 )
-from workers.relay import EventPublisher, publish_now
+from workers.relay import EventRelay, InlineRelay
 from workers.runtime import CallTimeout, ProviderLoop
 from workers.states import OUTCOME_STATE, PaymentState
 
@@ -73,17 +74,18 @@ class _Attempt:
     error_code: str | None = None
     message: str | None = None
 
-    def row(self, payment_id: uuid.UUID) -> PaymentAttempt:
-        return PaymentAttempt(
-            payment_id=payment_id,
-            instance_id=self.instance.id,
-            plugin_name=self.instance.plugin_name,
-            operation=self.operation,
-            outcome=self.outcome,
-            error_code=self.error_code,
-            message=self.message,
-            latency_ms=self.latency_ms,
-        )
+    def row(self, payment_id: uuid.UUID) -> dict[str, Any]:
+        return {
+            "payment_id": payment_id,
+            "instance_id": self.instance.id,
+            "plugin_name": self.instance.plugin_name,
+            "operation": self.operation,
+            "outcome": self.outcome,
+            "error_code": self.error_code,
+            "message": self.message,
+            "latency_ms": self.latency_ms,
+            "created_at": utcnow(),
+        }
 
 
 @dataclass
@@ -100,62 +102,79 @@ class LeaseLost(Exception):
     """Our claim expired and another worker took the payment over."""
 
 
+@dataclass(frozen=True)
+class RouteHint:
+    """The routing facts of a payment, carried in its task message so the worker can
+    resolve the route and claim the payment in one statement."""
+
+    tenant_id: str | None
+    currency: str
+    idempotency_key: str
+
+    @classmethod
+    def of(cls, payment: PaymentRecord) -> RouteHint:
+        return cls(payment.tenant_id, payment.currency, payment.idempotency_key)
+
+
 class PaymentProcessor:
-    """Runs the payment flow for one process (its registry, loop and publisher)."""
+    """Runs the payment flow for one process (its registry, loop and event relay)."""
 
     def __init__(
         self,
         database: Database,
         registry: PluginRegistry,
         loop: ProviderLoop,
-        publisher: EventPublisher,
+        relay: InlineRelay | EventRelay,
         settings: Settings,
         on_unavailable: Any = None,
     ) -> None:
         self.database = database
         self.registry = registry
         self.loop = loop
-        self.publisher = publisher
+        self.relay = relay
         self.settings = settings
         # Called as on_unavailable(instance, message) when a live call finds a provider down.
         self.on_unavailable = on_unavailable
 
     # -- entry point -------------------------------------------------------------
 
-    def process(self, payment_id: uuid.UUID) -> Busy | Done:
-        with self.database.sessions() as session:
-            payment = load_payment(session, payment_id)
-        if payment is None:
-            log.error("payment %s not found; dropping its task", payment_id)
-            return Done(None)
-        status = PaymentState(payment.status)
-        if status not in (PaymentState.REQUESTED, PaymentState.PROCESSING):
-            return Done(None)  # final, pending or unknown: webhooks and reconcile own it
-
-        route = self._route(payment)
-        with self.database.transaction() as session:
-            claim = claim_payment(
-                session,
-                payment.id,
+    def process(self, payment_id: uuid.UUID, hint: RouteHint | None = None) -> Busy | Done:
+        route = self._route(hint) if hint is not None else None
+        with self.database.statement() as connection:
+            claimed = claim_payment(
+                connection,
+                payment_id,
                 self.settings.payment_lease_s,
-                first_hop=route[0] if route and status is PaymentState.REQUESTED else None,
+                first_hop=route[0] if route else None,
             )
-        if claim is None:
+        if claimed is None:
             return self._busy_or_done(payment_id)
-
+        claim, payment = claimed
+        # A takeover of a crashed claim verifies where its predecessor was calling; if the
+        # predecessor died before naming an instance, nothing was sent: route as new.
+        charging = not claim.recovering or payment.instance_id is None
+        hop_recorded = not claim.recovering and bool(route) and hint == RouteHint.of(payment)
+        if charging and not hop_recorded:
+            if route is None or not route or hint != RouteHint.of(payment):
+                route = self._route(RouteHint.of(payment))
+            try:
+                if route:
+                    self._mark_hop(claim, route[0])
+            except LeaseLost:
+                return Done(None)
         try:
-            decision = self._decide(payment, claim, route)
+            decision = self._decide(payment, claim, route or [])
             return Done(self._finish(payment, claim, decision))
         except LeaseLost:
             log.warning("payment %s: lease lost to another worker; leaving it to them", payment.id)
             return Done(None)
 
-    def _route(self, payment: Payment) -> list[InstanceView]:
+    def _route(self, hint: RouteHint) -> list[InstanceView]:
         def resolve() -> list[InstanceView]:
             return self.registry.resolve(
-                tenant_id=payment.tenant_id,
-                currency=payment.currency,
-                idempotency_key=payment.idempotency_key,
+                tenant_id=hint.tenant_id,
+                currency=hint.currency,
+                idempotency_key=hint.idempotency_key,
             )
 
         route = resolve()
@@ -165,25 +184,26 @@ class PaymentProcessor:
         return route
 
     def _busy_or_done(self, payment_id: uuid.UUID) -> Busy | Done:
-        with self.database.sessions() as session:
-            payment = load_payment(session, payment_id)
-        if (
-            payment is None
-            or payment.status != PaymentState.PROCESSING
-            or payment.lease_expires_at is None
-        ):
+        with self.database.statement() as connection:
+            payment = read_payment(connection, payment_id)
+        if payment is None:
+            log.error("payment %s not found; dropping its task", payment_id)
             return Done(None)
+        if payment.status != PaymentState.PROCESSING or payment.lease_expires_at is None:
+            return Done(None)  # final, pending or unknown: webhooks and reconcile own it
         remaining = (payment.lease_expires_at - utcnow()).total_seconds()
         return Busy(retry_in_s=max(remaining, 0.0) + 0.5)
 
     # -- deciding ----------------------------------------------------------------
 
-    def _decide(self, payment: Payment, claim: Claim, route: list[InstanceView]) -> _Decision:
-        if payment.claims + 1 > MAX_REDELIVERIES:
+    def _decide(self, payment: PaymentRecord, claim: Claim, route: list[InstanceView]) -> _Decision:
+        if payment.claims > MAX_REDELIVERIES:
             return _Decision(
                 PaymentState.UNKNOWN,
                 error_code="worker_lost",
-                error_message=f"worker lost {payment.claims} times mid-payment; reconcile will verify",
+                error_message=(
+                    f"worker lost {payment.claims - 1} times mid-payment; reconcile will verify"
+                ),
             )
         request = self._request(payment)
         if claim.recovering and payment.instance_id is not None:
@@ -312,7 +332,7 @@ class PaymentProcessor:
             )
         return self._from_outcome(instance, outcome)
 
-    def _recover(self, payment: Payment, claim: Claim, request: PaymentRequest) -> _Decision:
+    def _recover(self, payment: PaymentRecord, claim: Claim, request: PaymentRequest) -> _Decision:
         """A predecessor crashed while calling ``payment.instance_id``: verify there first."""
         instance = next((v for v in self.registry.snapshot() if v.id == payment.instance_id), None)
         if instance is None:
@@ -358,7 +378,7 @@ class PaymentProcessor:
 
     # -- writing -----------------------------------------------------------------
 
-    def _request(self, payment: Payment) -> PaymentRequest:
+    def _request(self, payment: PaymentRecord) -> PaymentRequest:
         token = (
             self.registry.box.decrypt({"$enc": payment.payment_token})
             if payment.payment_token
@@ -379,16 +399,19 @@ class PaymentProcessor:
 
     def _mark_hop(self, claim: Claim, instance: InstanceView) -> None:
         """Record which instance we are about to call, so a successor can verify there."""
-        with self.database.transaction() as session:
-            result = session.execute(
-                update(Payment)
-                .where(Payment.id == claim.payment_id, Payment.lease_token == claim.token)
+        with self.database.statement() as connection:
+            result = connection.execute(
+                update(Payment.__table__)
+                .where(
+                    Payment.__table__.c.id == claim.payment_id,
+                    Payment.__table__.c.lease_token == claim.token,
+                )
                 .values(instance_id=instance.id, plugin_name=instance.plugin_name)
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if result.rowcount != 1:
                 raise LeaseLost()
 
-    def _finish(self, payment: Payment, claim: Claim, decision: _Decision) -> PaymentState:
+    def _finish(self, payment: PaymentRecord, claim: Claim, decision: _Decision) -> PaymentState:
         instance = decision.instance
         outcome = decision.outcome
         fields: dict[str, Any] = {
@@ -404,9 +427,10 @@ class PaymentProcessor:
                 "provider_transaction_id": outcome.provider_transaction_id,
                 "authorization_url": outcome.authorization_url,
             }
-        with self.database.transaction() as session:
+        event = outbox_row(payment_event(payment, decision.state, **fields))
+        with self.database.begin() as connection:
             if not apply_transition(
-                session,
+                connection,
                 payment.id,
                 PaymentState.PROCESSING,
                 decision.state,
@@ -414,11 +438,12 @@ class PaymentProcessor:
                 **fields,
             ):
                 raise LeaseLost()
-            session.add_all(a.row(payment.id) for a in decision.attempts)
-            event = add_event(session, payment_event(payment, decision.state, **fields))
-            session.flush()
-            outbox_id = event.id
-        publish_now(self.database, self.publisher, [outbox_id])
+            if decision.attempts:
+                connection.execute(
+                    insert(PaymentAttempt.__table__), [a.row(payment.id) for a in decision.attempts]
+                )
+            connection.execute(insert(OutboxEvent.__table__).values(**event))
+        self.relay.submit([(event["event_id"], event["event_type"], event["payload"])])
         log.info(
             "payment %s %s via %s%s",
             payment.id,

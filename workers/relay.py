@@ -1,15 +1,18 @@
 """Relay outbox rows to the topic exchange ``tender.events`` (routing key = event type).
 
-Two paths, both at least once: the worker publishes a payment's event right after
-committing it (:func:`publish_now`, low latency), and the beat's ``relay_outbox``
-sweeps anything left unpublished (broker down, worker killed between commit and
-publish). A durable queue ``tender.events.all`` bound to ``#`` is declared with the
+Two paths, both at least once: the worker hands a payment's event to its process's
+:class:`EventRelay` right after committing it (published within milliseconds, marked
+published in batches), and the beat's ``relay_outbox`` sweeps anything left
+unpublished (broker down, worker killed between commit and publish). A durable queue ``tender.events.all`` bound to ``#`` is declared with the
 exchange, so events wait there even before any consumer has bound a queue.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -111,3 +114,72 @@ def relay_outbox(
             published += len(rows)
         if len(rows) < limit:
             return published
+
+
+OutboxItem = tuple[uuid.UUID, str, dict[str, Any]]  # (event_id, event type, payload)
+
+
+class EventRelay:
+    """Publishes just-committed events from a background thread, in batches.
+
+    ``submit`` never blocks the payment: the thread publishes what is queued with one
+    producer, then marks those outbox rows published in one statement. A failure
+    leaves the rows unpublished for the beat's sweep, so delivery stays at least once.
+    """
+
+    BATCH = 200
+
+    def __init__(self, database: Database, publisher: EventPublisher) -> None:
+        self.database = database
+        self.publisher = publisher
+        self._queue: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tender-event-relay", daemon=True)
+        self._thread.start()
+
+    def submit(self, items: Sequence[OutboxItem]) -> None:
+        for item in items:
+            self._queue.put(item)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            deliver(self.database, self.publisher, batch)
+
+
+def deliver(database: Database, publisher: EventPublisher, items: Sequence[OutboxItem]) -> int:
+    """Publish outbox items held in memory, then mark them published. Returns the count."""
+    if not items:
+        return 0
+    try:
+        publisher.publish([(event_type, payload) for _, event_type, payload in items])
+        with database.statement() as connection:
+            connection.execute(
+                update(OutboxEvent.__table__)
+                .where(
+                    OutboxEvent.__table__.c.event_id.in_([event_id for event_id, _, _ in items]),
+                    OutboxEvent.__table__.c.published_at.is_(None),
+                )
+                .values(published_at=utcnow())
+            )
+    except Exception:
+        log.warning(
+            "publishing %d event(s) failed; the outbox sweep will retry", len(items), exc_info=True
+        )
+        return 0
+    return len(items)
+
+
+class InlineRelay:
+    """Publishes in the caller's thread (CLI, tests): same contract as EventRelay."""
+
+    def __init__(self, database: Database, publisher: EventPublisher) -> None:
+        self.database = database
+        self.publisher = publisher
+
+    def submit(self, items: Sequence[OutboxItem]) -> None:
+        deliver(self.database, self.publisher, items)

@@ -81,6 +81,19 @@ def registry() -> PluginRegistry:
         return reg
 
 
+def event_relay() -> Any:
+    """This process's background event relay (see workers.relay.EventRelay)."""
+    from registry.db import get_database
+    from workers.app import app
+    from workers.relay import EventPublisher, EventRelay
+
+    with _lock:
+        state = _current()
+        if "relay" not in state:
+            state["relay"] = EventRelay(get_database(), EventPublisher(app))
+        return state["relay"]
+
+
 def close_retired_plugins() -> None:
     """Close plugin objects replaced by a config change (their pools)."""
     reg = _current().get("registry")

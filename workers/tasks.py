@@ -7,13 +7,14 @@ import uuid
 from typing import Any
 
 from celery import Task
+from sqlalchemy.exc import OperationalError
 
 from config.settings import get_settings
 from registry.db import get_database
 from workers import runtime
 from workers.app import app
 from workers.locks import hold
-from workers.payments import Busy, PaymentProcessor
+from workers.payments import Busy, PaymentProcessor, RouteHint
 from workers.relay import EventPublisher, relay_outbox
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def processor() -> PaymentProcessor:
         get_database(),
         runtime.registry(),
         runtime.provider_loop(),
-        publisher(),
+        runtime.event_relay(),
         get_settings(),
         on_unavailable=record_live_failure,
     )
@@ -43,9 +44,26 @@ def processor() -> PaymentProcessor:
     acks_late=True,
     reject_on_worker_lost=True,
 )
-def process_payment_task(self: Task, payment_id: str) -> str | None:
-    """Charge one payment at most once; see workers.payments."""
-    result = processor().process(uuid.UUID(payment_id))
+def process_payment_task(
+    self: Task,
+    payment_id: str,
+    tenant_id: str | None = None,
+    currency: str | None = None,
+    idempotency_key: str | None = None,
+) -> str | None:
+    """Charge one payment at most once; see workers.payments.
+
+    The routing facts (tenant, currency, key) ride in the message so the worker can claim
+    and record the first hop in one statement; without them it reads the row first.
+    """
+    hint = RouteHint(tenant_id, currency, idempotency_key) if currency and idempotency_key else None
+    try:
+        result = processor().process(uuid.UUID(payment_id), hint)
+    except OperationalError as exc:
+        # The database went away (a dropped connection, a failover). The claim's lease
+        # makes a retry safe: it waits out the lease and verifies before charging.
+        log.warning("payment %s: database unavailable (%s); retrying", payment_id, exc.orig)
+        raise self.retry(countdown=2.0, max_retries=30) from None
     runtime.close_retired_plugins()
     if isinstance(result, Busy):
         raise self.retry(countdown=result.retry_in_s)

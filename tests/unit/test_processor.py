@@ -20,6 +20,7 @@ from workers import runtime
 from workers.client import _validated, get_payment, record_payment
 from workers.ledger import Payment
 from workers.payments import Busy, Done, PaymentProcessor
+from workers.relay import InlineRelay
 
 
 class RecordingPublisher:
@@ -33,12 +34,9 @@ class RecordingPublisher:
 @pytest.fixture
 def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
     publisher = RecordingPublisher()
+    relay = InlineRelay(get_database(), publisher)  # type: ignore[arg-type]
     proc = PaymentProcessor(
-        get_database(),
-        runtime.registry(),
-        runtime.provider_loop(),
-        publisher,
-        get_settings(),  # type: ignore[arg-type]
+        get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
     )
     return proc, publisher
 
@@ -126,3 +124,38 @@ def test_config_error_marks_instance_and_falls_back(processor, tmp_path, monkeyp
     assert [a.outcome for a in view.attempts] == ["config_error", "succeeded"]
     assert "SANDBOX_KEY" in (view.attempts[0].message or "")
     assert runtime.registry().get_instance(broken.id).status == "error"
+
+
+def test_takeover_before_any_instance_was_named_routes_as_new(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc, publisher = processor
+    book = str(tmp_path / "book.db")
+    instance = sandbox(book)
+    payment_id = new_payment()
+    with get_database().transaction() as session:  # a worker died right after claiming
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(status="processing", claims=1, lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    proc.process(payment_id)
+    view = get_payment(payment_id)
+    assert view.status == "succeeded" and view.instance_id == instance.id
+    assert [a.operation for a in view.attempts] == ["charge"]
+    assert charge_book(book).count() == 1
+
+
+def test_routing_hint_in_the_message_gives_the_same_result(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from workers.payments import RouteHint
+
+    proc, _ = processor
+    book = str(tmp_path / "book.db")
+    instance = sandbox(book)
+    payment_id = new_payment()
+    view = get_payment(payment_id)
+    proc.process(payment_id, RouteHint(view.tenant_id, view.currency, view.idempotency_key))
+    view = get_payment(payment_id)
+    assert view.status == "succeeded" and view.instance_id == instance.id
+    # a wrong hint (another currency) is corrected from the row, never trusted blindly
+    other = new_payment("o-2")
+    proc.process(other, RouteHint(None, "XOF", "order:o-2"))
+    assert get_payment(other).status == "succeeded"
