@@ -22,7 +22,7 @@ from providers.base import PaymentMethod, derive_reference, utcnow
 from providers.money import from_minor, normalize_currency, to_minor
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
-from workers.ledger import Payment, PaymentAttempt, PaymentRecord
+from workers.ledger import Payment, PaymentAttempt, PaymentRecord, payments_table
 from workers.states import PaymentState
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _validated(
     }
 
 
-_payments = Payment.__table__
+_payments = payments_table
 _COMPARED = ("order_id", "amount_minor", "currency", "customer_email", "payment_method")
 
 

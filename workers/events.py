@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Uuid
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Table, Uuid
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
@@ -94,6 +94,9 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+
+
+outbox_table = cast(Table, OutboxEvent.__table__)
 
 
 def outbox_row(event: Event) -> dict[str, Any]:

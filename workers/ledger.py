@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -208,7 +209,9 @@ class PaymentRecord:
         return cls(**values)
 
 
-_payments = Payment.__table__
+payments_table = cast(Table, Payment.__table__)
+attempts_table = cast(Table, PaymentAttempt.__table__)
+_payments = payments_table
 _RECORD_COLUMNS = tuple(_payments.c)
 
 

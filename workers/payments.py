@@ -35,15 +35,15 @@ from providers.errors import (
 from registry.db import Database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
-from workers.events import OutboxEvent, outbox_row
+from workers.events import outbox_row, outbox_table
 from workers.ledger import (
     Claim,
-    Payment,
-    PaymentAttempt,
     PaymentRecord,
     apply_transition,
+    attempts_table,
     claim_payment,
     payment_event,
+    payments_table,
     read_payment,
 )
 from workers.relay import EventRelay, InlineRelay
@@ -401,10 +401,10 @@ class PaymentProcessor:
         """Record which instance we are about to call, so a successor can verify there."""
         with self.database.statement() as connection:
             result = connection.execute(
-                update(Payment.__table__)
+                update(payments_table)
                 .where(
-                    Payment.__table__.c.id == claim.payment_id,
-                    Payment.__table__.c.lease_token == claim.token,
+                    payments_table.c.id == claim.payment_id,
+                    payments_table.c.lease_token == claim.token,
                 )
                 .values(instance_id=instance.id, plugin_name=instance.plugin_name)
             )
@@ -440,9 +440,9 @@ class PaymentProcessor:
                 raise LeaseLost()
             if decision.attempts:
                 connection.execute(
-                    insert(PaymentAttempt.__table__), [a.row(payment.id) for a in decision.attempts]
+                    insert(attempts_table), [a.row(payment.id) for a in decision.attempts]
                 )
-            connection.execute(insert(OutboxEvent.__table__).values(**event))
+            connection.execute(insert(outbox_table).values(**event))
         self.relay.submit([(event["event_id"], event["event_type"], event["payload"])])
         log.info(
             "payment %s %s via %s%s",

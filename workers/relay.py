@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 
 from providers.base import utcnow
 from registry.db import Database
-from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
+from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent, outbox_table
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,10 @@ def deliver(database: Database, publisher: EventPublisher, items: Sequence[Outbo
         publisher.publish([(event_type, payload) for _, event_type, payload in items])
         with database.statement() as connection:
             connection.execute(
-                update(OutboxEvent.__table__)
+                update(outbox_table)
                 .where(
-                    OutboxEvent.__table__.c.event_id.in_([event_id for event_id, _, _ in items]),
-                    OutboxEvent.__table__.c.published_at.is_(None),
+                    outbox_table.c.event_id.in_([event_id for event_id, _, _ in items]),
+                    outbox_table.c.published_at.is_(None),
                 )
                 .values(published_at=utcnow())
             )
