@@ -38,23 +38,31 @@ class Sizes:
     latency_s: float  # (e): how long to submit at half of (c)'s rate
     swaps: int
     resolve_calls: int
+    # Bursts per throughput figure (a, c, d); the best one counts, so a burst slowed by
+    # something else on the machine does not set the figure (all are kept in the JSON).
+    repeats: int
+    warmup_payments: int
 
 
 FULL = Sizes(
-    ceiling_tasks=20_000,
+    ceiling_tasks=10_000,
     naive_payments=60,
-    tender_payments=3_000,
+    tender_payments=1_500,
     latency_s=10.0,
     swaps=10,
     resolve_calls=200_000,
+    repeats=3,
+    warmup_payments=256,
 )
 QUICK = Sizes(
     ceiling_tasks=2_000,
     naive_payments=12,
-    tender_payments=300,
-    latency_s=3.0,
-    swaps=4,
+    tender_payments=200,
+    latency_s=2.0,
+    swaps=3,
     resolve_calls=20_000,
+    repeats=1,
+    warmup_payments=64,
 )
 
 
@@ -138,8 +146,15 @@ def task_burst(
     }
 
 
-def ceiling(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
-    """(a) no-op tasks per second."""
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest burst, with every burst's rate beside it."""
+    best = dict(max(runs, key=lambda run: run["per_s"]))
+    best["all_per_s"] = [round(run["per_s"], 1) for run in runs]
+    return best
+
+
+def ceiling(ctx: Context, workers: WorkerSet, n: int, repeats: int = 1) -> dict[str, Any]:
+    """(a) no-op tasks per second (best of ``repeats`` bursts)."""
     from bench.tasks import noop
     from config.celery import PAYMENTS_QUEUE
 
@@ -149,7 +164,8 @@ def ceiling(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
             noop.apply_async(queue=PAYMENTS_QUEUE, producer=producer)
 
         task_burst(ctx, workers, send, max(n // 10, 200), timeout_s=120)  # warm-up
-        return task_burst(ctx, workers, send, n, timeout_s=max(60, n / 100))
+        timeout_s = max(60, n / 100)
+        return best_of([task_burst(ctx, workers, send, n, timeout_s) for _ in range(repeats)])
 
 
 def naive(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:

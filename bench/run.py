@@ -57,8 +57,8 @@ def run_all(
     with start_workers(
         "ceiling", processes=PROCESSES, pool=TENDER_POOL, concurrency=concurrency
     ) as w:
-        log(f"(a) ceiling: {sizes.ceiling_tasks} no-op tasks")
-        results["a"] = measure.ceiling(ctx, w, sizes.ceiling_tasks)
+        log(f"(a) ceiling: {sizes.repeats} x {sizes.ceiling_tasks} no-op tasks")
+        results["a"] = measure.ceiling(ctx, w, sizes.ceiling_tasks, sizes.repeats)
         results["h"]["ceiling"] = w.peak_rss_mb()
         results["worker_errors"]["ceiling"] = w.errors()
     log(f"(a) {results['a']['per_s']:.0f} tasks/s")
@@ -87,12 +87,15 @@ def run_all(
             ) as w,
             measure.ConnectionSampler() as connections,
         ):
-            log("warm-up: 256 payments")
-            measure.payment_burst(ctx, w, listener, "warm", 256, timeout_s=120)
+            log(f"warm-up: {sizes.warmup_payments} payments")
+            measure.payment_burst(ctx, w, listener, "warm", sizes.warmup_payments, timeout_s=120)
             n = sizes.tender_payments
-            log(f"(c) Tender end to end: {n} payments, sandbox 0 ms")
-            results["c"] = measure.payment_burst(
-                ctx, w, listener, "c", n, timeout_s=max(120, n / 5)
+            log(f"(c) Tender end to end: {sizes.repeats} x {n} payments, sandbox 0 ms")
+            results["c"] = measure.best_of(
+                [
+                    measure.payment_burst(ctx, w, listener, f"c{i}", n, timeout_s=max(120, n / 5))
+                    for i in range(sizes.repeats)
+                ]
             )
             log(f"(c) {results['c']['per_s']:.1f} payments/s")
 
@@ -111,9 +114,15 @@ def run_all(
             for instance in instances:
                 registry.update_config(instance.id, {"latency_ms": measure.SLOW_PROVIDER_MS})
             time.sleep(1.0)  # > registry_poll_s: every worker sees the new config
-            log(f"(d) Tender end to end: {n} payments, sandbox {measure.SLOW_PROVIDER_MS} ms")
-            results["d"] = measure.payment_burst(
-                ctx, w, listener, "d", n, timeout_s=max(120, n / 5)
+            log(
+                f"(d) Tender end to end: {sizes.repeats} x {n} payments, "
+                f"sandbox {measure.SLOW_PROVIDER_MS} ms"
+            )
+            results["d"] = measure.best_of(
+                [
+                    measure.payment_burst(ctx, w, listener, f"d{i}", n, timeout_s=max(120, n / 5))
+                    for i in range(sizes.repeats)
+                ]
             )
             log(f"(d) {results['d']['per_s']:.1f} payments/s")
             results["h"]["tender"] = w.peak_rss_mb()
@@ -194,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         "database": "PostgreSQL, fresh schema",
         "sandbox": "charge_book None (in memory)",
         "method": (
-            "throughput: fill the payments queue with workers held, release all at once, "
+            "throughput (best of `repeats` bursts): fill the payments queue with workers "
+            "held, release all at once, "
             "time to last ack (a, b) or last relayed event (c, d); latency: paced "
             "submission, request_payment() start to event arrival minus attempt latency"
         ),
