@@ -8,6 +8,7 @@ on ``event_id``.
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -37,10 +38,15 @@ class EventType(StrEnum):
     ALERT_RAISED = "alert.raised"
 
 
+def _new_event_id() -> uuid.UUID:
+    # Unique, not secret; see workers.ledger.new_token (same generator, fork-safe).
+    return uuid.UUID(int=random.getrandbits(128), version=4)
+
+
 class Event(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = Field(default_factory=_new_event_id)
     type: EventType
     occurred_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION

@@ -8,6 +8,7 @@ the outbox event in the same transaction.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    bindparam,
+    func,
     select,
     update,
 )
@@ -215,6 +218,49 @@ _payments = payments_table
 _RECORD_COLUMNS = tuple(_payments.c)
 
 
+# The hot path's statements are built once: constructing SQLAlchemy statements costs
+# more CPU than executing the cached, server-prepared ones.
+_LEASE = {
+    "lease_token": bindparam("token"),
+    "lease_expires_at": bindparam("expires"),
+    "claims": _payments.c.claims + 1,
+    "updated_at": bindparam("now"),
+}
+_CLAIM_FRESH = (
+    update(_payments)
+    .where(_payments.c.id == bindparam("pid"), _payments.c.status == PaymentState.REQUESTED.value)
+    .values(
+        status=PaymentState.PROCESSING.value,
+        instance_id=func.coalesce(bindparam("instance_id", type_=Uuid()), _payments.c.instance_id),
+        plugin_name=func.coalesce(
+            bindparam("plugin_name", type_=String()), _payments.c.plugin_name
+        ),
+        **_LEASE,
+    )
+    .returning(*_RECORD_COLUMNS)
+)
+_CLAIM_STALE = (
+    update(_payments)
+    .where(
+        _payments.c.id == bindparam("pid"),
+        _payments.c.status == PaymentState.PROCESSING.value,
+        _payments.c.lease_expires_at < bindparam("now"),
+    )
+    .values(**_LEASE)
+    .returning(*_RECORD_COLUMNS)
+)
+
+
+def new_token() -> uuid.UUID:
+    """A random (version 4) UUID for lease tokens and event ids.
+
+    Unique, not secret: os.urandom costs ~0.2 ms a call on some VMs, twice per payment.
+    The random module's shared generator is reseeded in every forked child, so two
+    worker processes never draw the same sequence.
+    """
+    return uuid.UUID(int=random.getrandbits(128), version=4)
+
+
 def claim_payment(
     connection: Connection,
     payment_id: uuid.UUID,
@@ -230,36 +276,83 @@ def claim_payment(
     pending, or claimed by a live worker.
     """
     now = utcnow()
-    token = uuid.uuid4()
+    token = new_token()
     expires = now + timedelta(seconds=lease_s)
-    hop = {"instance_id": first_hop.id, "plugin_name": first_hop.plugin_name} if first_hop else {}
-    lease = {
-        "lease_token": token,
-        "lease_expires_at": expires,
-        "claims": _payments.c.claims + 1,
-        "updated_at": now,
+    params = {"pid": payment_id, "token": token, "expires": expires, "now": now}
+    hop = {
+        "instance_id": first_hop.id if first_hop else None,
+        "plugin_name": first_hop.plugin_name if first_hop else None,
     }
-    fresh = connection.execute(
-        update(_payments)
-        .where(_payments.c.id == payment_id, _payments.c.status == PaymentState.REQUESTED.value)
-        .values(status=PaymentState.PROCESSING.value, **lease, **hop)
-        .returning(*_RECORD_COLUMNS)
-    ).first()
+    fresh = connection.execute(_CLAIM_FRESH, params | hop).first()
     if fresh is not None:
         return Claim(payment_id, token, expires, recovering=False), PaymentRecord.from_row(fresh)
-    stale = connection.execute(
-        update(_payments)
-        .where(
-            _payments.c.id == payment_id,
-            _payments.c.status == PaymentState.PROCESSING.value,
-            _payments.c.lease_expires_at < now,
-        )
-        .values(**lease)
-        .returning(*_RECORD_COLUMNS)
-    ).first()
+    stale = connection.execute(_CLAIM_STALE, params).first()
     if stale is not None:
         return Claim(payment_id, token, expires, recovering=True), PaymentRecord.from_row(stale)
     return None
+
+
+_FINISH = (
+    update(_payments)
+    .where(
+        _payments.c.id == bindparam("pid"),
+        _payments.c.status == PaymentState.PROCESSING.value,
+        _payments.c.lease_token == bindparam("token"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        updated_at=bindparam("now"),
+        lease_token=None,
+        lease_expires_at=None,
+        error_code=bindparam("error_code", type_=String()),
+        error_message=bindparam("error_message", type_=Text()),
+        instance_id=func.coalesce(bindparam("instance_id", type_=Uuid()), _payments.c.instance_id),
+        plugin_name=func.coalesce(
+            bindparam("plugin_name", type_=String()), _payments.c.plugin_name
+        ),
+        provider_transaction_id=func.coalesce(
+            bindparam("provider_transaction_id", type_=String()),
+            _payments.c.provider_transaction_id,
+        ),
+        authorization_url=func.coalesce(
+            bindparam("authorization_url", type_=Text()), _payments.c.authorization_url
+        ),
+    )
+)
+
+
+def finish_claim(
+    connection: Connection,
+    claim: Claim,
+    new: PaymentState,
+    *,
+    instance_id: uuid.UUID | None,
+    plugin_name: str | None,
+    error_code: str | None,
+    error_message: str | None,
+    provider_transaction_id: str | None,
+    authorization_url: str | None,
+) -> bool:
+    """processing -> ``new`` for the holder of ``claim`` (compare-and-set on status and
+    lease). Unset provider fields keep their stored values. True if this call moved it."""
+    if not can_transition(PaymentState.PROCESSING, new):
+        raise InvalidTransition(f"payment cannot go from processing to {new}")
+    result = connection.execute(
+        _FINISH,
+        {
+            "pid": claim.payment_id,
+            "token": claim.token,
+            "new_status": new.value,
+            "now": utcnow(),
+            "error_code": error_code,
+            "error_message": error_message,
+            "instance_id": instance_id,
+            "plugin_name": plugin_name,
+            "provider_transaction_id": provider_transaction_id,
+            "authorization_url": authorization_url,
+        },
+    )
+    return result.rowcount == 1
 
 
 def read_payment(connection: Connection, payment_id: uuid.UUID) -> PaymentRecord | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 
 from config.celery import MAX_REDELIVERIES
 from config.settings import Settings
@@ -39,9 +39,9 @@ from workers.events import outbox_row, outbox_table
 from workers.ledger import (
     Claim,
     PaymentRecord,
-    apply_transition,
     attempts_table,
     claim_payment,
+    finish_claim,
     payment_event,
     payments_table,
     read_payment,
@@ -96,6 +96,17 @@ class _Decision:
     error_code: str | None = None
     error_message: str | None = None
     attempts: list[_Attempt] = field(default_factory=list)
+
+
+_INSERT_ATTEMPTS = insert(attempts_table)
+_INSERT_OUTBOX = insert(outbox_table)
+_MARK_HOP = (
+    update(payments_table)
+    .where(
+        payments_table.c.id == bindparam("pid"), payments_table.c.lease_token == bindparam("token")
+    )
+    .values(instance_id=bindparam("instance_id"), plugin_name=bindparam("plugin_name"))
+)
 
 
 class LeaseLost(Exception):
@@ -401,12 +412,13 @@ class PaymentProcessor:
         """Record which instance we are about to call, so a successor can verify there."""
         with self.database.statement() as connection:
             result = connection.execute(
-                update(payments_table)
-                .where(
-                    payments_table.c.id == claim.payment_id,
-                    payments_table.c.lease_token == claim.token,
-                )
-                .values(instance_id=instance.id, plugin_name=instance.plugin_name)
+                _MARK_HOP,
+                {
+                    "pid": claim.payment_id,
+                    "token": claim.token,
+                    "instance_id": instance.id,
+                    "plugin_name": instance.plugin_name,
+                },
             )
             if result.rowcount != 1:
                 raise LeaseLost()
@@ -429,20 +441,21 @@ class PaymentProcessor:
             }
         event = outbox_row(payment_event(payment, decision.state, **fields))
         with self.database.begin() as connection:
-            if not apply_transition(
+            if not finish_claim(
                 connection,
-                payment.id,
-                PaymentState.PROCESSING,
+                claim,
                 decision.state,
-                require_lease=claim.token,
-                **fields,
+                instance_id=instance.id if instance else None,
+                plugin_name=instance.plugin_name if instance else None,
+                error_code=decision.error_code,
+                error_message=decision.error_message,
+                provider_transaction_id=outcome.provider_transaction_id if outcome else None,
+                authorization_url=outcome.authorization_url if outcome else None,
             ):
                 raise LeaseLost()
             if decision.attempts:
-                connection.execute(
-                    insert(attempts_table), [a.row(payment.id) for a in decision.attempts]
-                )
-            connection.execute(insert(outbox_table).values(**event))
+                connection.execute(_INSERT_ATTEMPTS, [a.row(payment.id) for a in decision.attempts])
+            connection.execute(_INSERT_OUTBOX, event)
         self.relay.submit([(event["event_id"], event["event_type"], event["payload"])])
         log.info(
             "payment %s %s via %s%s",

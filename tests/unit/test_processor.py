@@ -127,7 +127,7 @@ def test_config_error_marks_instance_and_falls_back(processor, tmp_path, monkeyp
 
 
 def test_takeover_before_any_instance_was_named_routes_as_new(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc, publisher = processor
+    proc, _ = processor
     book = str(tmp_path / "book.db")
     instance = sandbox(book)
     payment_id = new_payment()
@@ -159,3 +159,17 @@ def test_routing_hint_in_the_message_gives_the_same_result(processor, tmp_path) 
     other = new_payment("o-2")
     proc.process(other, RouteHint(None, "XOF", "order:o-2"))
     assert get_payment(other).status == "succeeded"
+
+
+def test_tokens_differ_across_forked_processes() -> None:
+    import os
+
+    from workers.ledger import new_token
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, new_token().bytes)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) != new_token().bytes
