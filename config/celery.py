@@ -64,6 +64,7 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "task_routes": {"tender.process_payment": {"queue": PAYMENTS_QUEUE}},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        "worker_disable_rate_limits": True,
         "beat_schedule_filename": str((settings.data_dir / "beat-schedule").resolve()),
         "beat_schedule": {
             "health-check-all": {

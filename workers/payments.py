@@ -395,7 +395,9 @@ class PaymentProcessor:
             if payment.payment_token
             else None
         )
-        return PaymentRequest(
+        # Every field was validated at the boundary (request_payment) before it was
+        # stored; re-validating the email on each charge costs more than the charge.
+        return PaymentRequest.model_construct(
             payment_id=payment.id,
             reference=payment.reference,
             order_id=payment.order_id,

@@ -39,7 +39,9 @@ class EventPublisher:
 
     def publish(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Publish (event_type, payload) pairs; raises if the broker refuses."""
-        with self.app.producer_or_acquire() as producer:
+        with self.app.producer_or_acquire() as producer, producer.batch():
+            # One transport batch (a Redis pipeline) for the lot; transports without
+            # batching publish each message at once.
             for event_type, payload in rows:
                 producer.publish(
                     payload,

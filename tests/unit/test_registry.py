@@ -179,10 +179,31 @@ def test_a_broken_third_party_plugin_does_not_take_the_catalogue_down(
     sandbox = EntryPoint("sandbox", "providers.sandbox:SandboxProvider", ENTRY_POINT_GROUP)
     monkeypatch.setattr(catalogue_module, "entry_points", lambda group: [broken, sandbox])
     catalogue = Catalogue()
-    assert catalogue.names() == ["sandbox"]
-    assert "broken" in caplog.text
+    assert catalogue.names() == ["broken", "sandbox"]  # listed; imported on first use
     with pytest.raises(UnknownPlugin, match="known plugins: sandbox"):
         catalogue.get("broken")
+    assert "broken" in caplog.text
+    assert catalogue.names() == ["sandbox"]
+    assert catalogue.get("sandbox") is SandboxProvider
+
+
+def test_plugins_are_imported_only_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+
+    class Recording(EntryPoint):
+        def load(self):  # type: ignore[no-untyped-def]
+            loaded.append(self.name)
+            return super().load()
+
+    entries = [
+        Recording("paystack", "providers.paystack:PaystackProvider", ENTRY_POINT_GROUP),
+        Recording("sandbox", "providers.sandbox:SandboxProvider", ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(catalogue_module, "entry_points", lambda group: entries)
+    catalogue = Catalogue()
+    assert catalogue.names() == ["paystack", "sandbox"]
+    catalogue.get("sandbox")
+    assert loaded == ["sandbox"]
 
 
 def test_register_plugin_refuses_what_is_not_a_named_provider_class(tender_env: Path) -> None:
