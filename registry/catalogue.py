@@ -68,7 +68,7 @@ class Catalogue:
                     del self._entry_points[name]
                 else:
                     self._classes[name] = loaded
-                    return loaded  # type: ignore[no-any-return]
+                    return loaded
         known = ", ".join(self.names()) or "none"
         raise UnknownPlugin(f"unknown plugin {name!r}; known plugins: {known}")
 

@@ -404,7 +404,7 @@ class PaymentProcessor:
             amount_minor=payment.amount_minor,
             currency=payment.currency,
             customer_email=payment.customer_email,
-            payment_method=payment.payment_method,
+            payment_method=payment.payment_method,  # type: ignore[arg-type]
             payment_token=SecretStr(token) if token else None,
             metadata=payment.metadata_ or {},
             tenant_id=payment.tenant_id,
