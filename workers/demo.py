@@ -233,7 +233,33 @@ def run_demo(console: Console, payments: int = 12) -> bool:
         except subprocess.TimeoutExpired:
             worker.kill()
     console.print()
-    return _summary(console, run, charge_book(book), log_path)
+    ok = _summary(console, run, charge_book(book), log_path)
+    console.print(PAYSTACK_NEXT)
+    return ok
+
+
+PAYSTACK_NEXT = Panel(
+    "\n".join(
+        [
+            "Keys stay out of the database: env references, resolved per process.",
+            "",
+            "  export PAYSTACK_SECRET_KEY=sk_live_...",
+            "  export PAYSTACK_PUBLIC_KEY=pk_live_...",
+            "  tender plugins add paystack --name paystack-ng \\",
+            "    --currency NGN --activate \\",
+            "    -c secret_key=env:PAYSTACK_SECRET_KEY \\",
+            "    -c public_key=env:PAYSTACK_PUBLIC_KEY",
+            "",
+            "Or in code: PluginRegistry().create_instance(",
+            "    'paystack', {'secret_key': 'env:PAYSTACK_SECRET_KEY', ...})",
+            "",
+            "Webhooks: run `tender api`, give Paystack",
+            "  https://<your-host>/webhooks/paystack",
+        ]
+    ),
+    title="Next: Paystack",
+    expand=False,
+)
 
 
 def _wait(run: DemoRun, tail: Any, live: Live, done: Any, timeout_s: float) -> None:
