@@ -78,7 +78,7 @@ class PluginRegistry:
         self._snapshot = _Snapshot(generation=-1, views=[], stored={})
         self._checked_at = float("-inf")
         self._plugins: dict[uuid.UUID, tuple[int, PaymentProvider]] = {}
-        self._retired: list[PaymentProvider] = []
+        self._retired: list[tuple[float, PaymentProvider]] = []  # (retired at, plugin)
 
     def __repr__(self) -> str:
         return f"<PluginRegistry {self.database.engine.url.render_as_string(hide_password=True)}>"
@@ -279,7 +279,7 @@ class PluginRegistry:
         for instance_id, (version, plugin) in list(self._plugins.items()):
             if versions.get(instance_id) != version:
                 del self._plugins[instance_id]
-                self._retired.append(plugin)
+                self._retired.append((time.monotonic(), plugin))
         self._snapshot = _Snapshot(generation, views, {row.id: dict(row.config) for row in rows})
 
     def snapshot(self) -> list[InstanceView]:
@@ -356,11 +356,14 @@ class PluginRegistry:
             )
         return self.plugin_for(route[0])
 
-    def drain_retired(self) -> list[PaymentProvider]:
-        """Plugin objects replaced by a newer version, for the owner to aclose()."""
+    def drain_retired(self, grace_s: float = 0.0) -> list[PaymentProvider]:
+        """Plugin objects replaced by a newer version at least ``grace_s`` ago, for the
+        owner to aclose() (a thread may still be mid-call on a just-replaced one)."""
+        cutoff = time.monotonic() - grace_s
         with self._lock:
-            retired, self._retired = self._retired, []
-        return retired
+            ready = [plugin for at, plugin in self._retired if at <= cutoff]
+            self._retired = [(at, plugin) for at, plugin in self._retired if at > cutoff]
+        return ready
 
     # -- internals -------------------------------------------------------------------
 

@@ -103,10 +103,24 @@ _INSERT_OUTBOX = insert(outbox_table)
 _MARK_HOP = (
     update(payments_table)
     .where(
-        payments_table.c.id == bindparam("pid"), payments_table.c.lease_token == bindparam("token")
+        payments_table.c.id == bindparam("pid"),
+        payments_table.c.lease_token == bindparam("token"),
+        # a worker past its lease must not name an instance: a successor may own it now
+        payments_table.c.lease_expires_at > bindparam("now"),
     )
     .values(instance_id=bindparam("instance_id"), plugin_name=bindparam("plugin_name"))
 )
+
+
+def outcome_mismatch(outcome: PaymentOutcome, amount_minor: int, currency: str) -> str | None:
+    """Why a successful outcome disagrees with the ledger's amount or currency, if it does."""
+    if outcome.status is not OutcomeStatus.SUCCEEDED:
+        return None
+    if outcome.amount_minor is not None and outcome.amount_minor != amount_minor:
+        return f"provider reports {outcome.amount_minor} minor units paid, ledger expects {amount_minor}"
+    if outcome.currency is not None and outcome.currency != currency:
+        return f"provider reports currency {outcome.currency}, ledger expects {currency}"
+    return None
 
 
 class LeaseLost(Exception):
@@ -166,11 +180,12 @@ class PaymentProcessor:
         charging = not claim.recovering or payment.instance_id is None
         hop_recorded = not claim.recovering and bool(route) and hint == RouteHint.of(payment)
         if charging and not hop_recorded:
-            if route is None or not route or hint != RouteHint.of(payment):
+            stale_hop = route is not None and bool(route) and hint != RouteHint.of(payment)
+            if route is None or not route or stale_hop:
                 route = self._route(RouteHint.of(payment))
             try:
-                if route:
-                    self._mark_hop(claim, route[0])
+                if route or stale_hop:
+                    self._mark_hop(claim, route[0] if route else None)
             except LeaseLost:
                 return Done(None)
         try:
@@ -263,9 +278,11 @@ class PaymentProcessor:
         try:
             plugin = self.registry.plugin_for(instance)
         except Exception as exc:  # could not even build the plugin: nothing was sent
+            # Local to this process (a missing env reference, a broken install): fall
+            # through, but do not switch the instance off for every other worker.
             code = exc.code if isinstance(exc, ConfigurationError) else "plugin_load_failed"
+            log.error("cannot build plugin for %s in this process: %s", instance.label, exc)
             attempt("config_error", code, str(exc))
-            self.registry.mark_error(instance.id, str(exc))
             return None
         try:
             outcome = self.loop.run(
@@ -290,21 +307,19 @@ class PaymentProcessor:
             )
         except (OutcomeUnknown, CallTimeout) as exc:
             attempt("unknown", getattr(exc, "code", None), str(exc))
-            return self._verify(instance, plugin, request.reference, attempts, reason=str(exc))
+            return self._verify(instance, plugin, request, attempts, reason=str(exc))
         except Exception as exc:  # a plugin bug after sending is as ambiguous as a timeout
             log.exception("plugin %s raised unexpectedly", instance.plugin_name)
             attempt("unknown", "plugin_error", f"{type(exc).__name__}: {exc}")
-            return self._verify(
-                instance, plugin, request.reference, attempts, reason="plugin error"
-            )
+            return self._verify(instance, plugin, request, attempts, reason="plugin error")
         attempt(outcome.status.value, outcome.code, outcome.message)
-        return self._from_outcome(instance, outcome)
+        return self._from_outcome(instance, outcome, request)
 
     def _verify(
         self,
         instance: InstanceView,
         plugin: PaymentProvider,
-        reference: str,
+        request: PaymentRequest,
         attempts: list[_Attempt],
         *,
         reason: str,
@@ -313,7 +328,7 @@ class PaymentProcessor:
         started = time.perf_counter()
         try:
             outcome = self.loop.run(
-                plugin.verify_payment(reference), self.settings.provider_timeout_s
+                plugin.verify_payment(request.reference), self.settings.provider_timeout_s
             )
         except Exception as exc:
             latency = (time.perf_counter() - started) * 1000
@@ -341,7 +356,7 @@ class PaymentProcessor:
                 error_code="outcome_unknown",
                 error_message=f"{reason}; the provider has no record yet; reconcile will verify",
             )
-        return self._from_outcome(instance, outcome)
+        return self._from_outcome(instance, outcome, request)
 
     def _recover(self, payment: PaymentRecord, claim: Claim, request: PaymentRequest) -> _Decision:
         """A predecessor crashed while calling ``payment.instance_id``: verify there first."""
@@ -360,7 +375,7 @@ class PaymentProcessor:
                 PaymentState.UNKNOWN, instance, error_code="config_error", error_message=str(exc)
             )
         decision = self._verify(
-            instance, plugin, request.reference, attempts, reason="worker crashed mid-payment"
+            instance, plugin, request, attempts, reason="worker crashed mid-payment"
         )
         never_charged = attempts[-1].outcome == OutcomeStatus.NOT_FOUND.value
         if decision.state is PaymentState.UNKNOWN and never_charged and instance.routable:
@@ -376,7 +391,20 @@ class PaymentProcessor:
         return decision
 
     @staticmethod
-    def _from_outcome(instance: InstanceView, outcome: PaymentOutcome) -> _Decision:
+    def _from_outcome(
+        instance: InstanceView, outcome: PaymentOutcome, request: PaymentRequest
+    ) -> _Decision:
+        mismatch = outcome_mismatch(outcome, request.amount_minor, request.currency)
+        if mismatch is not None:
+            # Never report a payment as paid for an amount the customer did not pay.
+            log.error("payment %s: %s", request.payment_id, mismatch)
+            return _Decision(
+                PaymentState.UNKNOWN,
+                instance,
+                outcome=outcome,
+                error_code="amount_mismatch",
+                error_message=mismatch,
+            )
         state = OUTCOME_STATE[outcome.status]
         failed = state is PaymentState.FAILED
         return _Decision(
@@ -410,16 +438,18 @@ class PaymentProcessor:
             tenant_id=payment.tenant_id,
         )
 
-    def _mark_hop(self, claim: Claim, instance: InstanceView) -> None:
-        """Record which instance we are about to call, so a successor can verify there."""
+    def _mark_hop(self, claim: Claim, instance: InstanceView | None) -> None:
+        """Record which instance we are about to call, so a successor can verify there
+        (None: clear a hop recorded from a message whose routing facts were wrong)."""
         with self.database.statement() as connection:
             result = connection.execute(
                 _MARK_HOP,
                 {
                     "pid": claim.payment_id,
                     "token": claim.token,
-                    "instance_id": instance.id,
-                    "plugin_name": instance.plugin_name,
+                    "now": utcnow(),
+                    "instance_id": instance.id if instance else None,
+                    "plugin_name": instance.plugin_name if instance else None,
                 },
             )
             if result.rowcount != 1:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from config.settings import Settings
 from providers.base import OutcomeStatus, utcnow
@@ -29,6 +29,7 @@ from registry.db import Database
 from registry.service import PluginRegistry
 from workers.events import add_event
 from workers.ledger import Payment, PaymentAttempt, apply_transition, payment_event
+from workers.payments import outcome_mismatch
 from workers.relay import EventPublisher, publish_now
 from workers.runtime import ProviderLoop
 from workers.states import OUTCOME_STATE, PaymentState
@@ -79,10 +80,14 @@ def reconcile(
                 .limit(BATCH)
             ).scalars()
         )
+    deadline = time.monotonic() + verify_budget_s(settings)
     for payment in open_payments:
+        if time.monotonic() > deadline:
+            break  # the rest wait for the next run; the lock must not outlive us
         state = _verify_one(database, registry, loop, publisher, settings, payment)
         if state is None:
             report.still_open.append(payment.id)
+            _touch(database, payment)
         else:
             report.resolved[payment.id] = state.value
     if report.reenqueued or report.resolved:
@@ -93,6 +98,23 @@ def reconcile(
             len(report.still_open),
         )
     return report
+
+
+def verify_budget_s(settings: Settings) -> float:
+    """How long one run may spend verifying: most of an interval, never past the lock."""
+    return max(settings.reconcile_interval_s * 0.8, settings.provider_timeout_s)
+
+
+def _touch(database: Database, payment: Payment) -> None:
+    """Still open: move it to the back of the queue (checked again after reconcile_age_s),
+    so payments that stay pending cannot starve newer ones."""
+    with database.transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment.id, Payment.status == payment.status)
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _verify_one(
@@ -126,6 +148,10 @@ def _verify_one(
             "the provider has no record of this payment",
         )
     else:
+        mismatch = outcome_mismatch(outcome, payment.amount_minor, payment.currency)
+        if mismatch is not None:
+            log.error("reconcile: payment %s left %s: %s", payment.id, current.value, mismatch)
+            return None
         new = OUTCOME_STATE[outcome.status]
         failed = new is PaymentState.FAILED
         code = (outcome.code or "declined") if failed else None

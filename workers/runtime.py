@@ -99,7 +99,11 @@ def close_retired_plugins() -> None:
     reg = _current().get("registry")
     if reg is None:
         return
-    for plugin in reg.drain_retired():
+    # Wait out any call still running on a replaced plugin (calls are bounded by the
+    # provider timeout; verify after a timeout doubles it).
+    from config.settings import get_settings
+
+    for plugin in reg.drain_retired(grace_s=2 * get_settings().provider_timeout_s + 5):
         with contextlib.suppress(Exception):  # closing is best effort
             provider_loop().run(plugin.aclose(), timeout_s=5)
 

@@ -83,11 +83,13 @@ def relay_outbox_task() -> int:
 @app.task(name="tender.reconcile")
 def reconcile_task() -> dict[str, Any]:
     from workers.client import enqueue_payment
-    from workers.reconcile import reconcile
+    from workers.reconcile import reconcile, verify_budget_s
 
     settings = get_settings()
     database = get_database()
-    with hold(database, "reconcile", ttl_s=max(settings.reconcile_interval_s * 2, 60)) as held:
+    # The lock outlives the run's verify budget plus one slow call and the re-enqueue pass.
+    ttl_s = verify_budget_s(settings) + settings.provider_timeout_s + 60
+    with hold(database, "reconcile", ttl_s=ttl_s) as held:
         if not held:
             return {"skipped": "another reconcile is running"}
         report = reconcile(

@@ -126,12 +126,31 @@ def receive_webhook(
             reply, outbox_ids = _apply(session, event, instance, verifier)
     except _NotYet as not_yet:  # rolled back, receipt included: the redelivery will apply
         return not_yet.reply
-    except IntegrityError:
+    except IntegrityError as exc:
+        if "uq_webhook_receipts_event" not in str(exc.orig) and not _receipt_exists(
+            database, plugin_name, event.event_id
+        ):
+            # Another constraint (e.g. a refund id already recorded elsewhere): not a
+            # redelivery. Answer 500 so the provider retries, and leave a loud trace.
+            log.error(
+                "webhook %s %s could not be recorded: %s", plugin_name, event.event_id, exc.orig
+            )
+            return WebhookReply(WebhookResult.CONFLICT, 500, detail="could not be recorded")
         # The receipt's unique (provider, event_id): this event was already handled.
         log.info("webhook %s %s redelivered; already handled", plugin_name, event.event_id)
         return WebhookReply(WebhookResult.DUPLICATE, 200, detail="already received")
     publish_now(database, publisher, outbox_ids)
     return reply
+
+
+def _receipt_exists(database: Database, provider: str, event_id: str) -> bool:
+    with database.sessions() as session:
+        found = session.execute(
+            select(WebhookReceipt.id).where(
+                WebhookReceipt.provider == provider, WebhookReceipt.event_id == event_id
+            )
+        ).first()
+    return found is not None
 
 
 # --- authentication -------------------------------------------------------------------
