@@ -36,6 +36,7 @@ from registry.db import Database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
 from workers.events import outbox_row, outbox_table
+from workers.health import redact, secret_values
 from workers.ledger import (
     Claim,
     PaymentRecord,
@@ -455,7 +456,23 @@ class PaymentProcessor:
             if result.rowcount != 1:
                 raise LeaseLost()
 
+    def _scrub(self, decision: _Decision) -> None:
+        """Provider and SDK error texts go into events billing reads: strip secrets first."""
+        secrets: list[str] = []
+        for instance in {a.instance.id: a.instance for a in decision.attempts}.values():
+            try:
+                secrets += secret_values(self.registry.plugin_for(instance))
+            except Exception:  # cannot be built here: nothing of its config to leak
+                continue
+        for attempt in decision.attempts:
+            if attempt.message:
+                attempt.message = redact(attempt.message, secrets)
+        if decision.error_message:
+            decision.error_message = redact(decision.error_message, secrets)
+
     def _finish(self, payment: PaymentRecord, claim: Claim, decision: _Decision) -> PaymentState:
+        if decision.error_message or any(a.message for a in decision.attempts):
+            self._scrub(decision)
         instance = decision.instance
         outcome = decision.outcome
         fields: dict[str, Any] = {

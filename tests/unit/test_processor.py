@@ -205,3 +205,31 @@ def test_success_for_another_amount_is_never_reported_as_paid(processor, tmp_pat
     view = get_payment(payment_id)
     assert view.status == "unknown" and view.error_code == "amount_mismatch"
     assert [t for t, _ in publisher.published] == ["payment.unknown"]
+
+
+def test_provider_error_text_is_scrubbed_of_secrets(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typing import ClassVar
+
+    from providers.base import PaymentOutcome, PaymentRequest
+    from providers.errors import ProviderUnavailable
+    from providers.sandbox import SandboxProvider
+
+    class Leaky(SandboxProvider):
+        """An SDK that quotes the request headers in its error (it happens)."""
+
+        name: ClassVar[str] = "leaky"
+
+        async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+            key = self.settings.api_key.get_secret_value()
+            raise ProviderUnavailable(f"connect failed; Authorization: Bearer {key}")
+
+    proc, publisher = processor
+    runtime.registry().register_plugin("leaky", Leaky)
+    runtime.registry().create_instance("leaky", {"api_key": "sk_leaky_secret_1234"}, is_active=True)
+    payment_id = new_payment()
+    proc.process(payment_id)
+    view = get_payment(payment_id)
+    assert view.status == "failed" and view.error_code == "providers_unavailable"
+    everything = view.model_dump_json() + repr(publisher.published)
+    assert "sk_leaky_secret_1234" not in everything
+    assert "***" in (view.error or "")
