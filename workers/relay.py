@@ -39,21 +39,29 @@ class EventPublisher:
 
     def publish(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Publish (event_type, payload) pairs; raises if the broker refuses."""
-        with self.app.producer_or_acquire() as producer, producer.batch():
+        with self.app.producer_or_acquire() as producer:
+            if len(rows) == 1:  # a transport batch costs more than it saves for one message
+                self._publish_one(producer, *rows[0])
+                return
             # One transport batch (a Redis pipeline) for the lot; transports without
             # batching publish each message at once.
-            for event_type, payload in rows:
-                producer.publish(
-                    payload,
-                    exchange=events_exchange,
-                    routing_key=event_type,
-                    declare=[events_exchange, default_events_queue],
-                    serializer="json",
-                    delivery_mode=2,
-                    headers={"event_id": payload.get("event_id"), "event_type": event_type},
-                    retry=True,
-                    retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
-                )
+            with producer.batch():
+                for event_type, payload in rows:
+                    self._publish_one(producer, event_type, payload)
+
+    @staticmethod
+    def _publish_one(producer: Any, event_type: str, payload: dict[str, Any]) -> None:
+        producer.publish(
+            payload,
+            exchange=events_exchange,
+            routing_key=event_type,
+            declare=[events_exchange, default_events_queue],
+            serializer="json",
+            delivery_mode=2,
+            headers={"event_id": payload.get("event_id"), "event_type": event_type},
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2},
+        )
 
 
 def _mark_published(database: Database, ids: Iterable[int]) -> None:
