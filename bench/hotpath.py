@@ -6,14 +6,8 @@ database, sandbox at 0 ms. Reports per payment: CPU and wall time, PostgreSQL ro
 trips (every libpq exchange: BEGIN, statements, COMMIT/ROLLBACK, pool pings), SQL
 statements, pool checkouts, Redis commands, and the time of each stage.
 
-Then it re-runs the worker path with candidate changes applied *in this process only*
-(monkeypatches; Tender's files are not touched), cumulatively, to estimate what each
-would save:
-
-1. ``no pre-ping``: the engine without ``pool_pre_ping`` (one ping per checkout);
-2. ``no ORM sync``: ORM-enabled UPDATEs with ``synchronize_session=False``;
-3. ``lean publish``: publish the event from the row just written instead of selecting
-   it again, and mark published rows in batches of 50 rather than a transaction each.
+(An earlier version also tried candidate hot-path changes by monkeypatching; all three,
+no pool pre-ping, Core UPDATEs and publishing from memory in batches, are now in Tender.)
 
 ``--profile`` adds a pyinstrument profile of the baseline worker path.
 """
@@ -22,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -106,78 +99,6 @@ def _timed(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
-# -- candidate changes (this process only) ------------------------------------------------
-
-
-def no_pre_ping() -> bool:
-    from registry.db import get_database
-
-    pool = get_database().engine.pool
-    if not pool._pre_ping:
-        return False
-    pool._pre_ping = False
-    return True
-
-
-def no_orm_sync() -> bool:
-    from sqlalchemy.orm import Session
-    from sqlalchemy.sql.dml import Update
-
-    execute = Session.execute
-
-    def unsynchronized(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(statement, Update):
-            options = dict(kwargs.get("execution_options") or {})
-            options.setdefault("synchronize_session", False)
-            kwargs["execution_options"] = options
-        return execute(self, statement, *args, **kwargs)
-
-    Session.execute = unsynchronized  # type: ignore[method-assign]
-    return True
-
-
-def lean_publish() -> bool:
-    import workers.payments as payments
-    from workers.relay import _mark_published
-
-    if not (hasattr(payments, "add_event") and hasattr(payments, "publish_now")):
-        return False  # the worker no longer publishes inline
-
-    written: dict[int, list[Any]] = defaultdict(list)  # by thread: rows added, ids not yet read
-    unmarked: list[int] = []
-    lock = threading.Lock()
-    add_event = payments.add_event
-
-    def remembering_add_event(session: Any, event: Any) -> Any:
-        row = add_event(session, event)
-        written[threading.get_ident()].append(row)  # its id is set by the caller's flush
-        return row
-
-    def publish_from_memory(database: Any, publisher: Any, outbox_ids: Any) -> int:
-        mine = written.pop(threading.get_ident(), [])
-        rows = [row for row in mine if row.id in set(outbox_ids)]
-        publisher.publish([(row.event_type, row.payload) for row in rows])
-        with lock:
-            unmarked.extend(row.id for row in rows)
-            batch = unmarked[:] if len(unmarked) >= 50 else []
-            del unmarked[: len(batch)]
-        if batch:
-            _mark_published(database, batch)
-        return len(rows)
-
-    payments.add_event = remembering_add_event
-    payments.publish_now = publish_from_memory
-    return True
-
-
-VARIANTS: list[tuple[str, Callable[[], bool] | None]] = [
-    ("baseline (as committed)", None),
-    ("+ no pool pre-ping", no_pre_ping),
-    ("+ ORM UPDATEs without session sync", no_orm_sync),
-    ("+ publish from memory, mark in batches", lean_publish),
-]
-
-
 # -- running -------------------------------------------------------------------------------
 
 
@@ -220,7 +141,6 @@ def _run(n: int, profile: bool) -> int:
     memory["registry + catalogue"] = rss_mb()
     _count_postgres(get_database().engine)
     _count_redis()
-    _timed(payments, "load_payment", "1 load payment")
     _timed(payments.PluginRegistry, "resolve", "2 resolve route")
     _timed(payments, "claim_payment", "3 claim (CAS)")
     _timed(payments.ProviderLoop, "run", "4 provider call via the loop")
@@ -284,20 +204,6 @@ def _run(n: int, profile: bool) -> int:
         print(f"    {label:<36}{seconds / n * 1000:8.3f}")
     print("\nresident memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
 
-    print(f"\ncandidate changes, applied cumulatively in this process ({n} payments each):")
-    print(f"    {'variant':<42}{'CPU ms':>8}{'wall ms':>9}{'PG trips':>10}{'checkouts':>11}")
-    for label, apply in VARIANTS:
-        if apply is not None and not apply():
-            print(f"    {label:<42}  n/a: the code already does without it")
-            continue
-        batch(10)
-        result = base if apply is None else batch(n)
-        worker = result.counts["worker"]
-        print(
-            f"    {label:<42}{result.cpu['worker'] / n * 1000:8.2f}"
-            f"{result.wall['worker'] / n * 1000:9.2f}"
-            f"{worker['pg round trips'] / n:10.2f}{worker['pool checkouts'] / n:11.2f}"
-        )
     if profiler is not None:
         print(profiler.output_text(unicode=False, color=False, show_all=False))
     return 0

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from config.settings import get_settings
 from providers.base import PaymentProvider, ProviderConfig, utcnow
-from providers.errors import ConfigurationError
 from providers.money import MoneyError, normalize_currency
 from registry import secrets
 from registry.catalogue import Catalogue, catalogue
@@ -41,14 +40,6 @@ class _Any:
 
 
 ANY: Final = _Any()  # list_instances(tenant_id=ANY): every tenant and the global ones
-
-
-@dataclass(frozen=True)
-class RoutedPlugin:
-    """One hop of a route: the instance and its configured plugin object."""
-
-    instance: InstanceView
-    plugin: PaymentProvider
 
 
 @dataclass
@@ -449,6 +440,3 @@ def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise InstanceNotFound(f"{value!r} is not an instance id") from None
-
-
-__all__ = ["ANY", "ConfigurationError", "PluginRegistry", "RoutedPlugin"]

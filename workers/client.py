@@ -288,13 +288,20 @@ def enqueue_payment(
         return False
 
 
+def payment_key(payment_id: uuid.UUID | str) -> uuid.UUID:
+    """A payment id from a UUID or its text; PaymentNotFound if it cannot be one."""
+    if isinstance(payment_id, uuid.UUID):
+        return payment_id
+    try:
+        return uuid.UUID(str(payment_id))
+    except ValueError:
+        raise PaymentNotFound(f"{payment_id!r} is not a payment id") from None
+
+
 def get_payment(payment_id: uuid.UUID | str, *, database: Database | None = None) -> PaymentView:
     """The payment's current view, with its provider attempts."""
     database = database or get_database()
-    try:
-        key = payment_id if isinstance(payment_id, uuid.UUID) else uuid.UUID(str(payment_id))
-    except ValueError:
-        raise PaymentNotFound(f"{payment_id!r} is not a payment id") from None
+    key = payment_key(payment_id)
     with database.sessions() as session:
         payment = session.get(Payment, key)
         if payment is None:

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import SecretStr
 from sqlalchemy import Integer, String, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -45,6 +43,7 @@ from registry.db import Base, Database, UTCDateTime, get_database
 from registry.errors import InstanceNotFound
 from registry.instances import InstanceStatus, InstanceView
 from registry.models import PluginHealth, PluginInstance
+from registry.secrets import redact, secret_values
 from registry.service import PluginRegistry
 from workers import alerts
 from workers.alerts import Alert, AlertMemory, AlertSink, AlertState
@@ -118,28 +117,6 @@ class Observation:
     message: str
     latency_ms: float | None  # None: not measured (a live failure)
     configuration_error: bool = False
-
-
-_KEY_SHAPES = re.compile(r"\b(?:sk|pk|rk|whsec|FLWSECK|FLWPUBK)[_-][A-Za-z0-9_\-]{6,}")
-
-
-def redact(message: str, secrets: Iterable[str] = ()) -> str:
-    """``message`` without the instance's secret values or anything shaped like an API key."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return _KEY_SHAPES.sub("***", message)
-
-
-def secret_values(plugin: PaymentProvider | None) -> list[str]:
-    config = getattr(plugin, "_config", None)
-    if config is None:
-        return []
-    values = []
-    for name in type(config).secret_fields():
-        value = getattr(config, name, None)
-        if isinstance(value, SecretStr):
-            values.append(value.get_secret_value())
-    return values
 
 
 async def observe(plugin: PaymentProvider) -> Observation:

@@ -360,16 +360,6 @@ def read_payment(connection: Connection, payment_id: uuid.UUID) -> PaymentRecord
     return None if row is None else PaymentRecord.from_row(row)
 
 
-def load_payment(session: Session, payment_id: uuid.UUID) -> Payment | None:
-    return session.get(Payment, payment_id)
-
-
-def find_by_reference(session: Session, reference: str) -> Payment | None:
-    return session.execute(
-        select(Payment).where(Payment.reference == reference)
-    ).scalar_one_or_none()
-
-
 def payment_event(
     payment: Payment | PaymentRecord, state: PaymentState, **changed: Any
 ) -> PaymentEvent:

@@ -34,9 +34,9 @@ from providers.errors import (
 )
 from registry.db import Database
 from registry.instances import InstanceView
+from registry.secrets import redact, secret_values
 from registry.service import PluginRegistry
 from workers.events import outbox_row, outbox_table
-from workers.health import redact, secret_values
 from workers.ledger import (
     Claim,
     PaymentRecord,

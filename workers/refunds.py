@@ -47,7 +47,7 @@ from providers.money import from_minor, to_minor
 from registry.db import Database, get_database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
-from workers.client import PaymentNotFound
+from workers.client import PaymentNotFound, payment_key
 from workers.events import OutboxEvent, add_event
 from workers.ledger import Payment, PaymentAttempt, Refund, apply_transition, payment_event
 from workers.relay import EventPublisher, publish_now
@@ -244,7 +244,7 @@ def refund_payment(
 
         publisher = EventPublisher(app)
 
-    reservation = _reserve(database, registry, _payment_key(payment_id), amount)
+    reservation = _reserve(database, registry, payment_key(payment_id), amount)
     answer = _call_provider(registry, loop, settings, reservation)
     view, outbox_ids = _settle(database, reservation, answer)
     publish_now(database, publisher, outbox_ids)
@@ -264,7 +264,7 @@ def list_refunds(
 ) -> list[RefundView]:
     """The payment's refunds, oldest first."""
     database = database or get_database()
-    key = _payment_key(payment_id)
+    key = payment_key(payment_id)
     with database.sessions() as session:
         payment = session.get(Payment, key)
         if payment is None:
@@ -273,15 +273,6 @@ def list_refunds(
             select(Refund).where(Refund.payment_id == key).order_by(Refund.created_at)
         ).scalars()
         return [view_of_refund(refund, payment) for refund in refunds]
-
-
-def _payment_key(payment_id: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(payment_id, uuid.UUID):
-        return payment_id
-    try:
-        return uuid.UUID(str(payment_id))
-    except ValueError:
-        raise PaymentNotFound(f"{payment_id!r} is not a payment id") from None
 
 
 def _instance_of(registry: PluginRegistry, payment: Payment) -> InstanceView:

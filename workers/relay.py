@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -64,35 +64,20 @@ class EventPublisher:
         )
 
 
-def _mark_published(database: Database, ids: Iterable[int]) -> None:
-    ids = list(ids)
-    if not ids:
-        return
-    with database.transaction() as session:
-        session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_(ids), OutboxEvent.published_at.is_(None))
-            .values(published_at=utcnow())
-        )
-
-
 def publish_now(database: Database, publisher: EventPublisher, outbox_ids: Sequence[int]) -> int:
-    """Publish just-committed events; on failure leave them for the sweep."""
+    """Publish just-committed events by outbox id (webhooks, refunds, reconcile, health);
+    on failure they stay for the sweep."""
     if not outbox_ids:
         return 0
     with database.sessions() as session:
         rows = session.execute(
-            select(OutboxEvent.id, OutboxEvent.event_type, OutboxEvent.payload).where(
+            select(OutboxEvent.event_id, OutboxEvent.event_type, OutboxEvent.payload).where(
                 OutboxEvent.id.in_(outbox_ids), OutboxEvent.published_at.is_(None)
             )
         ).all()
-    try:
-        publisher.publish([(row.event_type, row.payload) for row in rows])
-    except Exception:
-        log.warning("event publish failed; the outbox sweep will retry", exc_info=True)
-        return 0
-    _mark_published(database, [row.id for row in rows])
-    return len(rows)
+    return deliver(
+        database, publisher, [(row.event_id, row.event_type, row.payload) for row in rows]
+    )
 
 
 def relay_outbox(
@@ -185,7 +170,7 @@ def deliver(database: Database, publisher: EventPublisher, items: Sequence[Outbo
 
 
 class InlineRelay:
-    """Publishes in the caller's thread (CLI, tests): same contract as EventRelay."""
+    """Publishes in the caller's thread (tests, single-threaded tools): EventRelay's contract."""
 
     def __init__(self, database: Database, publisher: EventPublisher) -> None:
         self.database = database

@@ -14,9 +14,12 @@ import contextlib
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry.service import PluginRegistry
+
+if TYPE_CHECKING:
+    from workers.relay import EventRelay
 
 T = TypeVar("T")
 
@@ -81,7 +84,7 @@ def registry() -> PluginRegistry:
         return reg
 
 
-def event_relay() -> Any:
+def event_relay() -> EventRelay:
     """This process's background event relay (see workers.relay.EventRelay)."""
     from registry.db import get_database
     from workers.app import app
@@ -91,7 +94,8 @@ def event_relay() -> Any:
         state = _current()
         if "relay" not in state:
             state["relay"] = EventRelay(get_database(), EventPublisher(app))
-        return state["relay"]
+        relay: EventRelay = state["relay"]
+        return relay
 
 
 def close_retired_plugins() -> None:

@@ -158,10 +158,15 @@ def test_routing_hint_in_the_message_gives_the_same_result(processor, tmp_path) 
     proc.process(payment_id, RouteHint(view.tenant_id, view.currency, view.idempotency_key))
     view = get_payment(payment_id)
     assert view.status == "succeeded" and view.instance_id == instance.id
-    # a wrong hint (another currency) is corrected from the row, never trusted blindly
+    # a wrong hint (another tenant, whose own instance it would route to) is corrected
+    # from the row: the global payment is charged and recorded at the global instance
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": book}, tenant_id="someone-else", is_active=True
+    )
     other = new_payment("o-2")
-    proc.process(other, RouteHint(None, "XOF", "order:o-2"))
-    assert get_payment(other).status == "succeeded"
+    proc.process(other, RouteHint("someone-else", "NGN", "order:o-2"))
+    view = get_payment(other)
+    assert view.status == "succeeded" and view.instance_id == instance.id
 
 
 def test_tokens_differ_across_forked_processes() -> None:
