@@ -142,9 +142,10 @@ def _run(n: int, profile: bool) -> int:
     _count_postgres(get_database().engine)
     _count_redis()
     _timed(payments.PluginRegistry, "resolve", "2 resolve route")
-    _timed(payments, "claim_payment", "3 claim (CAS)")
+    _timed(payments.LedgerWriter, "claim", "3 claim (CAS)")
     _timed(payments.ProviderLoop, "run", "4 provider call via the loop")
-    _timed(payments.PaymentProcessor, "_finish", "5 _finish() (ledger txn, event out)")
+    _timed(payments.PaymentProcessor, "_finish", "5 _finish() (ledger write, event out)")
+    _timed(payments.LedgerWriter, "finish", "5a finish write (group commit)")
     _timed(relay.EventPublisher, "publish", "6 broker publish (any thread)")
     _timed(payments.PaymentProcessor, "process", "0 process() total")
 

@@ -151,6 +151,11 @@ class Database:
             with self._autocommit_engine.connect() as connection:
                 yield connection
 
+    def autocommit_connection(self) -> Connection:
+        """A connection of one's own for self-contained statements (PostgreSQL: autocommit);
+        the caller keeps it open across many and closes it."""
+        return self._autocommit_engine.connect()
+
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -38,7 +38,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
 from registry.db import Base, UTCDateTime
-from registry.instances import InstanceView
 from workers.events import EventType, PaymentEvent
 from workers.states import STATE_EVENT, PaymentState, can_transition
 
@@ -215,7 +214,7 @@ class PaymentRecord:
 payments_table = cast(Table, Payment.__table__)
 attempts_table = cast(Table, PaymentAttempt.__table__)
 _payments = payments_table
-_RECORD_COLUMNS = tuple(_payments.c)
+RECORD_COLUMNS = tuple(_payments.c)
 
 
 # The hot path's statements are built once: constructing SQLAlchemy statements costs
@@ -237,7 +236,7 @@ _CLAIM_FRESH = (
         ),
         **_LEASE,
     )
-    .returning(*_RECORD_COLUMNS)
+    .returning(*RECORD_COLUMNS)
 )
 _CLAIM_STALE = (
     update(_payments)
@@ -247,7 +246,7 @@ _CLAIM_STALE = (
         _payments.c.lease_expires_at < bindparam("now"),
     )
     .values(**_LEASE)
-    .returning(*_RECORD_COLUMNS)
+    .returning(*RECORD_COLUMNS)
 )
 
 
@@ -266,23 +265,22 @@ def claim_payment(
     payment_id: uuid.UUID,
     lease_s: float,
     *,
-    first_hop: InstanceView | None = None,
+    instance_id: uuid.UUID | None = None,
+    plugin_name: str | None = None,
+    token: uuid.UUID | None = None,
 ) -> tuple[Claim, PaymentRecord] | None:
     """Take the payment for processing: requested -> processing, or an expired lease.
 
-    One statement in the common case (``UPDATE ... RETURNING``). ``first_hop`` is
-    recorded with the claim (the instance about to be called), so a worker taking over
-    after a crash knows where to verify. Returns None when the payment is final,
-    pending, or claimed by a live worker.
+    One statement in the common case (``UPDATE ... RETURNING``). The first hop
+    (``instance_id``, ``plugin_name``: the instance about to be called) is recorded with
+    a fresh claim, so a worker taking over after a crash knows where to verify. Returns
+    None when the payment is final, pending, or claimed by a live worker.
     """
     now = utcnow()
-    token = new_token()
+    token = token or new_token()
     expires = now + timedelta(seconds=lease_s)
     params = {"pid": payment_id, "token": token, "expires": expires, "now": now}
-    hop = {
-        "instance_id": first_hop.id if first_hop else None,
-        "plugin_name": first_hop.plugin_name if first_hop else None,
-    }
+    hop = {"instance_id": instance_id, "plugin_name": plugin_name}
     fresh = connection.execute(_CLAIM_FRESH, params | hop).first()
     if fresh is not None:
         return Claim(payment_id, token, expires, recovering=False), PaymentRecord.from_row(fresh)
@@ -356,7 +354,7 @@ def finish_claim(
 
 
 def read_payment(connection: Connection, payment_id: uuid.UUID) -> PaymentRecord | None:
-    row = connection.execute(select(*_RECORD_COLUMNS).where(_payments.c.id == payment_id)).first()
+    row = connection.execute(select(*RECORD_COLUMNS).where(_payments.c.id == payment_id)).first()
     return None if row is None else PaymentRecord.from_row(row)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, update
 
 from config.celery import MAX_REDELIVERIES
 from config.settings import Settings
@@ -36,17 +36,9 @@ from registry.db import Database
 from registry.instances import InstanceView
 from registry.secrets import redact, secret_values
 from registry.service import PluginRegistry
-from workers.events import outbox_row, outbox_table
-from workers.ledger import (
-    Claim,
-    PaymentRecord,
-    attempts_table,
-    claim_payment,
-    finish_claim,
-    payment_event,
-    payments_table,
-    read_payment,
-)
+from workers.events import outbox_row
+from workers.group_commit import ClaimWrite, FinishWrite, LedgerWriter
+from workers.ledger import Claim, PaymentRecord, payment_event, payments_table, read_payment
 from workers.relay import EventRelay, InlineRelay
 from workers.runtime import CallTimeout, ProviderLoop
 from workers.states import OUTCOME_STATE, PaymentState
@@ -99,8 +91,6 @@ class _Decision:
     attempts: list[_Attempt] = field(default_factory=list)
 
 
-_INSERT_ATTEMPTS = insert(attempts_table)
-_INSERT_OUTBOX = insert(outbox_table)
 _MARK_HOP = (
     update(payments_table)
     .where(
@@ -153,8 +143,11 @@ class PaymentProcessor:
         relay: InlineRelay | EventRelay,
         settings: Settings,
         on_unavailable: Any = None,
+        writer: LedgerWriter | None = None,
     ) -> None:
         self.database = database
+        # Claims and finishes; the worker's is shared by its threads (group commit).
+        self.writer = writer or LedgerWriter(database, batched=False)
         self.registry = registry
         self.loop = loop
         self.relay = relay
@@ -166,13 +159,15 @@ class PaymentProcessor:
 
     def process(self, payment_id: uuid.UUID, hint: RouteHint | None = None) -> Busy | Done:
         route = self._route(hint) if hint is not None else None
-        with self.database.statement() as connection:
-            claimed = claim_payment(
-                connection,
+        first_hop = route[0] if route else None
+        claimed = self.writer.claim(
+            ClaimWrite(
                 payment_id,
                 self.settings.payment_lease_s,
-                first_hop=route[0] if route else None,
+                instance_id=first_hop.id if first_hop else None,
+                plugin_name=first_hop.plugin_name if first_hop else None,
             )
+        )
         if claimed is None:
             return self._busy_or_done(payment_id)
         claim, payment = claimed
@@ -489,22 +484,22 @@ class PaymentProcessor:
                 "authorization_url": outcome.authorization_url,
             }
         event = outbox_row(payment_event(payment, decision.state, **fields))
-        with self.database.begin() as connection:
-            if not finish_claim(
-                connection,
+        finished = self.writer.finish(
+            FinishWrite(
                 claim,
                 decision.state,
+                event,
+                attempts=[a.row(payment.id) for a in decision.attempts],
                 instance_id=instance.id if instance else None,
                 plugin_name=instance.plugin_name if instance else None,
                 error_code=decision.error_code,
                 error_message=decision.error_message,
                 provider_transaction_id=outcome.provider_transaction_id if outcome else None,
                 authorization_url=outcome.authorization_url if outcome else None,
-            ):
-                raise LeaseLost()
-            if decision.attempts:
-                connection.execute(_INSERT_ATTEMPTS, [a.row(payment.id) for a in decision.attempts])
-            connection.execute(_INSERT_OUTBOX, event)
+            )
+        )
+        if not finished:
+            raise LeaseLost()
         self.relay.submit([(event["event_id"], event["event_type"], event["payload"])])
         log.info(
             "payment %s %s via %s%s",

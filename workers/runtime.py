@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from registry.service import PluginRegistry
 
 if TYPE_CHECKING:
+    from workers.group_commit import LedgerWriter
     from workers.relay import EventRelay
 
 T = TypeVar("T")
@@ -96,6 +97,19 @@ def event_relay() -> EventRelay:
             state["relay"] = EventRelay(get_database(), EventPublisher(app))
         relay: EventRelay = state["relay"]
         return relay
+
+
+def ledger_writer() -> LedgerWriter:
+    """This process's group-committing ledger writer (see workers.group_commit)."""
+    from registry.db import get_database
+    from workers.group_commit import LedgerWriter
+
+    with _lock:
+        state = _current()
+        if "writer" not in state:
+            state["writer"] = LedgerWriter(get_database(), batched=True)
+        writer: LedgerWriter = state["writer"]
+        return writer
 
 
 def close_retired_plugins() -> None:

@@ -34,6 +34,7 @@ def processor() -> PaymentProcessor:
         runtime.event_relay(),
         get_settings(),
         on_unavailable=record_live_failure,
+        writer=runtime.ledger_writer(),
     )
 
 

@@ -1,0 +1,393 @@
+"""Group commit: the ledger writes of many task threads, committed together.
+
+A worker process runs dozens of payments at once, one per task thread. Each claims
+its payment and, after the provider answers, finishes it (new state, attempt rows,
+outbox event). Done one by one, that is a transaction per write: a commit, a WAL
+flush and a few round trips each, which cost more CPU than the rest of the payment.
+
+:class:`LedgerWriter` keeps the rules of :mod:`workers.ledger` exactly (a claim is a
+compare-and-set on ``requested`` or an expired lease; a finish is a compare-and-set
+on ``processing`` and the claim's lease token; a finish writes its attempts and event
+only if its compare-and-set won) and changes only how they reach the database:
+
+* ``batched``: one thread per process takes every write waiting, runs the claims as
+  one statement and the finishes as another, and wakes each caller with its own
+  answer. Under load a round trip serves many payments; alone it serves one.
+* On PostgreSQL each kind is a single statement over ``unnest``-ed arrays (the
+  finish's update and inserts are one data-modifying ``WITH``), so it commits on its
+  own: a batch is all or nothing. Elsewhere (SQLite) the batch runs the ledger's
+  per-payment statements in one transaction.
+* A batch that fails is run again one write at a time, so an error reaches only the
+  caller whose write caused it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert
+from sqlalchemy.exc import DBAPIError
+
+from providers.base import utcnow
+from registry.db import Database
+from workers.events import outbox_table
+from workers.ledger import (
+    RECORD_COLUMNS,
+    Claim,
+    InvalidTransition,
+    PaymentRecord,
+    attempts_table,
+    claim_payment,
+    finish_claim,
+    new_token,
+)
+from workers.states import PaymentState, can_transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimWrite:
+    """Take ``payment_id`` (see :func:`workers.ledger.claim_payment`)."""
+
+    payment_id: uuid.UUID
+    lease_s: float
+    instance_id: uuid.UUID | None = None  # the first hop, recorded with a fresh claim
+    plugin_name: str | None = None
+    token: uuid.UUID = field(default_factory=new_token)
+
+
+@dataclass(frozen=True)
+class FinishWrite:
+    """Move a claimed payment out of ``processing``, with its attempt rows and event.
+
+    Unset provider fields keep their stored values (as :func:`workers.ledger.finish_claim`).
+    """
+
+    claim: Claim
+    state: PaymentState
+    event: dict[str, Any]  # the outbox row (workers.events.outbox_row)
+    attempts: Sequence[dict[str, Any]] = ()  # payment_attempts rows
+    instance_id: uuid.UUID | None = None
+    plugin_name: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    provider_transaction_id: str | None = None
+    authorization_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not can_transition(PaymentState.PROCESSING, self.state):
+            raise InvalidTransition(f"payment cannot go from processing to {self.state}")
+
+
+Write = ClaimWrite | FinishWrite
+ClaimResult = tuple[Claim, PaymentRecord] | None
+
+
+@dataclass
+class _Pending:
+    write: Write
+    future: Future[Any] = field(default_factory=Future)
+
+
+class LedgerWriter:
+    """Claims and finishes payments; with ``batched``, many threads' writes at once."""
+
+    MAX_BATCH = 128
+
+    def __init__(self, database: Database, *, batched: bool = True) -> None:
+        self.database = database
+        self.batched = batched
+        self._run: Callable[[Connection, Sequence[Write]], list[Any]] = (
+            _run_core if database.is_sqlite else _run_postgres
+        )
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._connection: Connection | None = None  # the batch thread's own
+        self._thread: threading.Thread | None = None
+        if batched:
+            self._thread = threading.Thread(
+                target=self._loop, name="tender-group-commit", daemon=True
+            )
+            self._thread.start()
+
+    # -- the callers' side -----------------------------------------------------------
+
+    def claim(self, write: ClaimWrite) -> ClaimResult:
+        """The claim and the payment as claimed, or None (final, pending, or held by a
+        live worker)."""
+        result: ClaimResult = self._submit(write)
+        return result
+
+    def finish(self, write: FinishWrite) -> bool:
+        """True if this write moved the payment (False: the lease was lost)."""
+        return bool(self._submit(write))
+
+    def _submit(self, write: Write) -> Any:
+        if not self.batched:
+            with self._connect() as connection:
+                return self._run(connection, [write])[0]
+        pending = _Pending(write)
+        self._queue.put(pending)
+        return pending.future.result()
+
+    # -- the batch thread --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._settle(batch)
+
+    def _settle(self, batch: list[_Pending]) -> None:
+        try:
+            results = self._run_held([p.write for p in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # All or nothing: nothing of it was written. Find whose write failed.
+            log.warning("a batch of %d ledger writes failed (%s); one by one", len(batch), exc)
+            for pending in batch:
+                self._settle([pending])
+            return
+        for pending, result in zip(batch, results, strict=True):
+            pending.future.set_result(result)
+
+    def _run_held(self, writes: Sequence[Write]) -> list[Any]:
+        if self.database.is_sqlite:  # a transaction per batch: the pool serves it
+            with self._connect() as connection:
+                return self._run(connection, writes)
+        if self._connection is None:
+            self._connection = self.database.autocommit_connection()
+        try:
+            return self._run(self._connection, writes)
+        except DBAPIError:
+            # The statement failed whole; start the next batch on a fresh connection.
+            connection, self._connection = self._connection, None
+            connection.close()
+            raise
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        if self.database.is_sqlite:
+            with self.database.begin() as connection:
+                yield connection
+        else:
+            with self.database.statement() as connection:
+                yield connection
+
+
+# -- PostgreSQL: a statement per kind of write, over arrays ---------------------------
+
+_RETURNED = ", ".join(f'p."{column.name}"' for column in RECORD_COLUMNS)
+
+_CLAIM_FRESH_SQL = f"""
+UPDATE payments AS p
+SET status = 'processing',
+    instance_id = COALESCE(v.instance_id, p.instance_id),
+    plugin_name = COALESCE(v.plugin_name, p.plugin_name),
+    lease_token = v.token, lease_expires_at = %(expires)s,
+    claims = p.claims + 1, updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(instance_ids)s::uuid[],
+            %(plugin_names)s::text[]) AS v(id, token, instance_id, plugin_name)
+WHERE p.id = v.id AND p.status = 'requested'
+RETURNING v.token AS claim_token, {_RETURNED}
+"""
+
+_CLAIM_STALE_SQL = f"""
+UPDATE payments AS p
+SET lease_token = v.token, lease_expires_at = %(expires)s,
+    claims = p.claims + 1, updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS v(id, token)
+WHERE p.id = v.id AND p.status = 'processing' AND p.lease_expires_at < %(now)s
+RETURNING v.token AS claim_token, {_RETURNED}
+"""
+
+_FINISH_SQL = """
+WITH v AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(tokens)s::uuid[], %(statuses)s::text[],
+        %(error_codes)s::text[], %(error_messages)s::text[], %(instance_ids)s::uuid[],
+        %(plugin_names)s::text[], %(transaction_ids)s::text[], %(authorization_urls)s::text[]
+    ) AS v(id, token, status, error_code, error_message, instance_id, plugin_name,
+           provider_transaction_id, authorization_url)
+), done AS (
+    UPDATE payments AS p
+    SET status = v.status, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL,
+        error_code = v.error_code, error_message = v.error_message,
+        instance_id = COALESCE(v.instance_id, p.instance_id),
+        plugin_name = COALESCE(v.plugin_name, p.plugin_name),
+        provider_transaction_id = COALESCE(v.provider_transaction_id, p.provider_transaction_id),
+        authorization_url = COALESCE(v.authorization_url, p.authorization_url)
+    FROM v
+    WHERE p.id = v.id AND p.status = 'processing' AND p.lease_token = v.token
+    RETURNING p.id
+), attempts AS (
+    INSERT INTO payment_attempts (payment_id, instance_id, plugin_name, operation, outcome,
+                                  error_code, message, latency_ms, created_at)
+    SELECT a.* FROM unnest(
+        %(a_payment_ids)s::uuid[], %(a_instance_ids)s::uuid[], %(a_plugin_names)s::text[],
+        %(a_operations)s::text[], %(a_outcomes)s::text[], %(a_error_codes)s::text[],
+        %(a_messages)s::text[], %(a_latencies)s::float8[], %(a_created)s::timestamptz[]
+    ) AS a(payment_id, instance_id, plugin_name, operation, outcome, error_code, message,
+           latency_ms, created_at)
+    WHERE a.payment_id IN (SELECT id FROM done)
+), events AS (
+    INSERT INTO outbox (event_id, event_type, payload, created_at)
+    SELECT e.event_id, e.event_type, e.payload::json, e.created_at FROM unnest(
+        %(e_payment_ids)s::uuid[], %(e_ids)s::uuid[], %(e_types)s::text[],
+        %(e_payloads)s::text[], %(e_created)s::timestamptz[]
+    ) AS e(payment_id, event_id, event_type, payload, created_at)
+    WHERE e.payment_id IN (SELECT id FROM done)
+)
+SELECT id FROM done
+"""
+
+
+def _run_postgres(connection: Connection, writes: Sequence[Write]) -> list[Any]:
+    results: dict[int, Any] = {}
+    claims = [(i, w) for i, w in enumerate(writes) if isinstance(w, ClaimWrite)]
+    finishes = [(i, w) for i, w in enumerate(writes) if isinstance(w, FinishWrite)]
+    if claims:
+        results.update(_claim_postgres(connection, claims))
+    if finishes:
+        results.update(_finish_postgres(connection, finishes))
+    return [results[i] for i in range(len(writes))]
+
+
+def _claim_postgres(
+    connection: Connection, claims: list[tuple[int, ClaimWrite]]
+) -> dict[int, ClaimResult]:
+    now = utcnow()
+    # One lease length for the batch: every claim asks for the configured one.
+    expires = now + timedelta(seconds=max(w.lease_s for _, w in claims))
+    by_token = {w.token: (i, w) for i, w in claims}
+    won: dict[int, ClaimResult] = {}
+
+    def take(sql: str, params: dict[str, Any], recovering: bool) -> None:
+        for row in connection.exec_driver_sql(sql, params | {"now": now, "expires": expires}):
+            i, write = by_token[row.claim_token]
+            claim = Claim(write.payment_id, write.token, expires, recovering=recovering)
+            won[i] = (claim, _record(row))
+
+    take(
+        _CLAIM_FRESH_SQL,
+        {
+            "ids": [w.payment_id for _, w in claims],
+            "tokens": [w.token for _, w in claims],
+            "instance_ids": [w.instance_id for _, w in claims],
+            "plugin_names": [w.plugin_name for _, w in claims],
+        },
+        recovering=False,
+    )
+    # Rare: a redelivered task, or a takeover of a crashed worker's expired lease.
+    missed = [w for i, w in claims if i not in won]
+    if missed:
+        take(
+            _CLAIM_STALE_SQL,
+            {"ids": [w.payment_id for w in missed], "tokens": [w.token for w in missed]},
+            recovering=True,
+        )
+    return {i: won.get(i) for i, _ in claims}
+
+
+def _record(row: Any) -> PaymentRecord:
+    values = dict(row._mapping)
+    del values["claim_token"]
+    values["metadata_"] = values.pop("metadata") or {}
+    return PaymentRecord(**values)
+
+
+def _finish_postgres(
+    connection: Connection, finishes: list[tuple[int, FinishWrite]]
+) -> dict[int, bool]:
+    writes = [w for _, w in finishes]
+    attempts = [a for w in writes for a in w.attempts]
+    params = {
+        "now": utcnow(),
+        "ids": [w.claim.payment_id for w in writes],
+        "tokens": [w.claim.token for w in writes],
+        "statuses": [w.state.value for w in writes],
+        "error_codes": [w.error_code for w in writes],
+        "error_messages": [w.error_message for w in writes],
+        "instance_ids": [w.instance_id for w in writes],
+        "plugin_names": [w.plugin_name for w in writes],
+        "transaction_ids": [w.provider_transaction_id for w in writes],
+        "authorization_urls": [w.authorization_url for w in writes],
+        "a_payment_ids": [a["payment_id"] for a in attempts],
+        "a_instance_ids": [a["instance_id"] for a in attempts],
+        "a_plugin_names": [a["plugin_name"] for a in attempts],
+        "a_operations": [a["operation"] for a in attempts],
+        "a_outcomes": [a["outcome"] for a in attempts],
+        "a_error_codes": [a["error_code"] for a in attempts],
+        "a_messages": [a["message"] for a in attempts],
+        "a_latencies": [float(a["latency_ms"]) for a in attempts],
+        "a_created": [a["created_at"] for a in attempts],
+        "e_payment_ids": [w.claim.payment_id for w in writes],
+        "e_ids": [w.event["event_id"] for w in writes],
+        "e_types": [w.event["event_type"] for w in writes],
+        "e_payloads": [json.dumps(w.event["payload"]) for w in writes],
+        "e_created": [w.event["created_at"] for w in writes],
+    }
+    done = {row.id for row in connection.exec_driver_sql(_FINISH_SQL, params)}
+    return {i: w.claim.payment_id in done for i, w in finishes}
+
+
+# -- elsewhere (SQLite): the ledger's own statements, one transaction per batch ---------
+
+_INSERT_ATTEMPTS = insert(attempts_table)
+_INSERT_OUTBOX = insert(outbox_table)
+
+
+def _run_core(connection: Connection, writes: Sequence[Write]) -> list[Any]:
+    results: list[Any] = []
+    for write in writes:
+        if isinstance(write, ClaimWrite):
+            results.append(_claim_core(connection, write))
+        else:
+            results.append(_finish_core(connection, write))
+    return results
+
+
+def _claim_core(connection: Connection, write: ClaimWrite) -> ClaimResult:
+    return claim_payment(
+        connection,
+        write.payment_id,
+        write.lease_s,
+        instance_id=write.instance_id,
+        plugin_name=write.plugin_name,
+        token=write.token,
+    )
+
+
+def _finish_core(connection: Connection, write: FinishWrite) -> bool:
+    if not finish_claim(
+        connection,
+        write.claim,
+        write.state,
+        instance_id=write.instance_id,
+        plugin_name=write.plugin_name,
+        error_code=write.error_code,
+        error_message=write.error_message,
+        provider_transaction_id=write.provider_transaction_id,
+        authorization_url=write.authorization_url,
+    ):
+        return False
+    if write.attempts:
+        connection.execute(_INSERT_ATTEMPTS, list(write.attempts))
+    connection.execute(_INSERT_OUTBOX, write.event)
+    return True
