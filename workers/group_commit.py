@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError
 
 from providers.base import utcnow
@@ -90,7 +90,14 @@ class FinishWrite:
             raise InvalidTransition(f"payment cannot go from processing to {self.state}")
 
 
-Write = ClaimWrite | FinishWrite
+@dataclass(frozen=True)
+class PublishedMark:
+    """Outbox rows the relay has published: set ``published_at`` (nobody waits on it)."""
+
+    event_ids: Sequence[uuid.UUID]
+
+
+Write = ClaimWrite | FinishWrite | PublishedMark
 ClaimResult = tuple[Claim, PaymentRecord] | None
 
 
@@ -132,6 +139,17 @@ class LedgerWriter:
         """True if this write moved the payment (False: the lease was lost)."""
         return bool(self._submit(write))
 
+    def mark_published(self, event_ids: Sequence[uuid.UUID]) -> None:
+        """Record that these outbox events were published. Batched: returns at once, and
+        the mark rides along with the next finishes; if it is lost, the outbox sweep
+        publishes those events again (delivery is at least once)."""
+        if not event_ids:
+            return
+        if self.batched:
+            self._queue.put(_Pending(PublishedMark(event_ids)))
+        else:
+            self._submit(PublishedMark(event_ids))
+
     def _submit(self, write: Write) -> Any:
         if not self.batched:
             with self._connect() as connection:
@@ -157,6 +175,8 @@ class LedgerWriter:
             results = self._run_held([p.write for p in batch])
         except Exception as exc:
             if len(batch) == 1:
+                if isinstance(batch[0].write, PublishedMark):
+                    log.warning("marking events published failed; the sweep will resend them")
                 batch[0].future.set_exception(exc)
                 return
             # All or nothing: nothing of it was written. Find whose write failed.
@@ -253,8 +273,16 @@ WITH v AS (
         %(e_payloads)s::text[], %(e_created)s::timestamptz[]
     ) AS e(payment_id, event_id, event_type, payload, created_at)
     WHERE e.payment_id IN (SELECT id FROM done)
+), published AS (
+    UPDATE outbox SET published_at = %(now)s
+    WHERE event_id = ANY(%(published)s::uuid[]) AND published_at IS NULL
 )
 SELECT id FROM done
+"""
+
+_PUBLISHED_SQL = """
+UPDATE outbox SET published_at = %(now)s
+WHERE event_id = ANY(%(published)s::uuid[]) AND published_at IS NULL
 """
 
 
@@ -262,11 +290,14 @@ def _run_postgres(connection: Connection, writes: Sequence[Write]) -> list[Any]:
     results: dict[int, Any] = {}
     claims = [(i, w) for i, w in enumerate(writes) if isinstance(w, ClaimWrite)]
     finishes = [(i, w) for i, w in enumerate(writes) if isinstance(w, FinishWrite)]
+    published = [e for w in writes if isinstance(w, PublishedMark) for e in w.event_ids]
     if claims:
         results.update(_claim_postgres(connection, claims))
     if finishes:
-        results.update(_finish_postgres(connection, finishes))
-    return [results[i] for i in range(len(writes))]
+        results.update(_finish_postgres(connection, finishes, published))
+    elif published:
+        connection.exec_driver_sql(_PUBLISHED_SQL, {"now": utcnow(), "published": published})
+    return [results.get(i) for i in range(len(writes))]
 
 
 def _claim_postgres(
@@ -313,12 +344,15 @@ def _record(row: Any) -> PaymentRecord:
 
 
 def _finish_postgres(
-    connection: Connection, finishes: list[tuple[int, FinishWrite]]
+    connection: Connection,
+    finishes: list[tuple[int, FinishWrite]],
+    published: Sequence[uuid.UUID] = (),
 ) -> dict[int, bool]:
     writes = [w for _, w in finishes]
     attempts = [a for w in writes for a in w.attempts]
     params = {
         "now": utcnow(),
+        "published": list(published),
         "ids": [w.claim.payment_id for w in writes],
         "tokens": [w.claim.token for w in writes],
         "statuses": [w.state.value for w in writes],
@@ -351,6 +385,14 @@ def _finish_postgres(
 
 _INSERT_ATTEMPTS = insert(attempts_table)
 _INSERT_OUTBOX = insert(outbox_table)
+_MARK_PUBLISHED = (
+    update(outbox_table)
+    .where(
+        outbox_table.c.event_id.in_(bindparam("ids", expanding=True)),
+        outbox_table.c.published_at.is_(None),
+    )
+    .values(published_at=bindparam("now"))
+)
 
 
 def _run_core(connection: Connection, writes: Sequence[Write]) -> list[Any]:
@@ -358,8 +400,11 @@ def _run_core(connection: Connection, writes: Sequence[Write]) -> list[Any]:
     for write in writes:
         if isinstance(write, ClaimWrite):
             results.append(_claim_core(connection, write))
-        else:
+        elif isinstance(write, FinishWrite):
             results.append(_finish_core(connection, write))
+        else:
+            connection.execute(_MARK_PUBLISHED, {"ids": list(write.event_ids), "now": utcnow()})
+            results.append(None)
     return results
 
 

@@ -55,7 +55,7 @@ class ProviderLoop:
         self._thread.join(timeout=5)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # event_relay() builds ledger_writer() under it
 _state: dict[str, Any] = {}
 
 
@@ -94,7 +94,7 @@ def event_relay() -> EventRelay:
     with _lock:
         state = _current()
         if "relay" not in state:
-            state["relay"] = EventRelay(get_database(), EventPublisher(app))
+            state["relay"] = EventRelay(get_database(), EventPublisher(app), ledger_writer())
         relay: EventRelay = state["relay"]
         return relay
 
