@@ -1,0 +1,115 @@
+"""EventPublisher and EventRelay on kombu's in-memory transport: routing by event type,
+one binding lookup per batch, and "published" marks through the ledger writer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu import Connection, Queue
+from kombu.transport import memory
+from sqlalchemy import select
+
+from providers.base import utcnow
+from registry.db import get_database
+from workers.events import OutboxEvent, outbox_table
+from workers.group_commit import LedgerWriter
+from workers.relay import EventPublisher, EventRelay, events_exchange
+
+
+def payload(event_type: str) -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "type": event_type}
+
+
+@pytest.fixture
+def app() -> Celery:
+    broker = f"memory://{uuid.uuid4().hex}"
+    return Celery("relay-test", broker=broker)
+
+
+def drain(app: Celery, queue: Queue) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    with Connection(app.conf.broker_url) as connection, connection.SimpleQueue(queue) as simple:
+        while True:
+            try:
+                message = simple.get(timeout=0.05)
+            except simple.Empty:
+                return got
+            message.ack()
+            got.append(message.payload)
+
+
+def test_a_batch_reads_the_exchange_bindings_once_and_routes_every_event(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed_only = Queue("failed-only", events_exchange, routing_key="payment.failed")
+    with Connection(app.conf.broker_url) as connection:
+        failed_only.declare(channel=connection.default_channel)
+    lookups: list[str] = []
+    original = memory.Channel.get_table
+
+    def counting(self: Any, exchange: str) -> Any:
+        lookups.append(exchange)
+        return original(self, exchange)
+
+    monkeypatch.setattr(memory.Channel, "get_table", counting)
+    rows = [
+        ("payment.succeeded", payload("payment.succeeded")),
+        ("payment.failed", payload("payment.failed")),
+        ("payment.succeeded", payload("payment.succeeded")),
+    ]
+    EventPublisher(app).publish(rows)
+
+    assert lookups == ["tender.events"]  # kombu alone would look once per message
+    assert [p["type"] for p in drain(app, failed_only)] == ["payment.failed"]
+    everything = Queue("tender.events.all", events_exchange, routing_key="#", durable=True)
+    assert [p["event_id"] for p in drain(app, everything)] == [p["event_id"] for _, p in rows]
+    # The lookup is cached for that batch only: the next one reads the bindings again.
+    EventPublisher(app).publish(rows[:2])
+    assert lookups == ["tender.events", "tender.events"]
+
+
+def test_a_queue_bound_between_batches_receives_the_next_batch(app: Celery) -> None:
+    publisher = EventPublisher(app)
+    publisher.publish([("payment.failed", payload("payment.failed"))] * 2)
+    late = Queue("late", events_exchange, routing_key="payment.*")
+    with Connection(app.conf.broker_url) as connection:
+        late.declare(channel=connection.default_channel)
+    second = [("payment.failed", payload("payment.failed")) for _ in range(2)]
+    publisher.publish(second)
+    assert [p["event_id"] for p in drain(app, late)] == [p["event_id"] for _, p in second]
+
+
+def test_relay_marks_published_through_the_group_commit_writer(
+    app: Celery, sqlite_url: str
+) -> None:
+    database = get_database()
+    writer = LedgerWriter(database, batched=True)
+    event_id = uuid.uuid4()
+    with database.begin() as connection:
+        connection.execute(
+            outbox_table.insert(),
+            {
+                "event_id": event_id,
+                "event_type": "payment.succeeded",
+                "payload": payload("payment.succeeded"),
+                "created_at": utcnow(),
+            },
+        )
+    relay = EventRelay(database, EventPublisher(app), writer)
+    relay.submit([(event_id, "payment.succeeded", payload("payment.succeeded"))])
+
+    def published() -> bool:
+        with database.sessions() as session:
+            row = session.execute(
+                select(OutboxEvent.published_at).where(OutboxEvent.event_id == event_id)
+            ).scalar_one()
+        return row is not None
+
+    deadline = time.monotonic() + 5
+    while not published() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert published()
