@@ -171,6 +171,13 @@ class LedgerWriter:
             self._settle(batch)
 
     def _settle(self, batch: list[_Pending]) -> None:
+        claims = [p for p in batch if isinstance(p.write, ClaimWrite)]
+        if claims and len(claims) < len(batch):
+            # Claims and finishes commit separately (on PostgreSQL a statement each), so
+            # each kind is settled, and re-run on failure, on its own.
+            self._settle(claims)
+            self._settle([p for p in batch if not isinstance(p.write, ClaimWrite)])
+            return
         try:
             results = self._run_held([p.write for p in batch])
         except Exception as exc:
@@ -255,29 +262,33 @@ WITH v AS (
         authorization_url = COALESCE(v.authorization_url, p.authorization_url)
     FROM v
     WHERE p.id = v.id AND p.status = 'processing' AND p.lease_token = v.token
-    RETURNING p.id
+    RETURNING p.id, v.token
 ), attempts AS (
+    -- keyed by (payment, token): a stale finish of the same payment writes nothing
     INSERT INTO payment_attempts (payment_id, instance_id, plugin_name, operation, outcome,
                                   error_code, message, latency_ms, created_at)
-    SELECT a.* FROM unnest(
-        %(a_payment_ids)s::uuid[], %(a_instance_ids)s::uuid[], %(a_plugin_names)s::text[],
-        %(a_operations)s::text[], %(a_outcomes)s::text[], %(a_error_codes)s::text[],
-        %(a_messages)s::text[], %(a_latencies)s::float8[], %(a_created)s::timestamptz[]
-    ) AS a(payment_id, instance_id, plugin_name, operation, outcome, error_code, message,
-           latency_ms, created_at)
-    WHERE a.payment_id IN (SELECT id FROM done)
+    SELECT a.payment_id, a.instance_id, a.plugin_name, a.operation, a.outcome, a.error_code,
+           a.message, a.latency_ms, a.created_at
+    FROM unnest(
+        %(a_payment_ids)s::uuid[], %(a_tokens)s::uuid[], %(a_instance_ids)s::uuid[],
+        %(a_plugin_names)s::text[], %(a_operations)s::text[], %(a_outcomes)s::text[],
+        %(a_error_codes)s::text[], %(a_messages)s::text[], %(a_latencies)s::float8[],
+        %(a_created)s::timestamptz[]
+    ) AS a(payment_id, token, instance_id, plugin_name, operation, outcome, error_code,
+           message, latency_ms, created_at)
+    WHERE (a.payment_id, a.token) IN (SELECT id, token FROM done)
 ), events AS (
     INSERT INTO outbox (event_id, event_type, payload, created_at)
     SELECT e.event_id, e.event_type, e.payload::json, e.created_at FROM unnest(
-        %(e_payment_ids)s::uuid[], %(e_ids)s::uuid[], %(e_types)s::text[],
-        %(e_payloads)s::text[], %(e_created)s::timestamptz[]
-    ) AS e(payment_id, event_id, event_type, payload, created_at)
-    WHERE e.payment_id IN (SELECT id FROM done)
+        %(e_payment_ids)s::uuid[], %(e_tokens)s::uuid[], %(e_ids)s::uuid[],
+        %(e_types)s::text[], %(e_payloads)s::text[], %(e_created)s::timestamptz[]
+    ) AS e(payment_id, token, event_id, event_type, payload, created_at)
+    WHERE (e.payment_id, e.token) IN (SELECT id, token FROM done)
 ), published AS (
     UPDATE outbox SET published_at = %(now)s
     WHERE event_id = ANY(%(published)s::uuid[]) AND published_at IS NULL
 )
-SELECT id FROM done
+SELECT id, token FROM done
 """
 
 _PUBLISHED_SQL = """
@@ -349,7 +360,7 @@ def _finish_postgres(
     published: Sequence[uuid.UUID] = (),
 ) -> dict[int, bool]:
     writes = [w for _, w in finishes]
-    attempts = [a for w in writes for a in w.attempts]
+    attempts = [(w.claim.token, a) for w in writes for a in w.attempts]
     params = {
         "now": utcnow(),
         "published": list(published),
@@ -362,23 +373,25 @@ def _finish_postgres(
         "plugin_names": [w.plugin_name for w in writes],
         "transaction_ids": [w.provider_transaction_id for w in writes],
         "authorization_urls": [w.authorization_url for w in writes],
-        "a_payment_ids": [a["payment_id"] for a in attempts],
-        "a_instance_ids": [a["instance_id"] for a in attempts],
-        "a_plugin_names": [a["plugin_name"] for a in attempts],
-        "a_operations": [a["operation"] for a in attempts],
-        "a_outcomes": [a["outcome"] for a in attempts],
-        "a_error_codes": [a["error_code"] for a in attempts],
-        "a_messages": [a["message"] for a in attempts],
-        "a_latencies": [float(a["latency_ms"]) for a in attempts],
-        "a_created": [a["created_at"] for a in attempts],
+        "a_payment_ids": [a["payment_id"] for _, a in attempts],
+        "a_tokens": [token for token, _ in attempts],
+        "a_instance_ids": [a["instance_id"] for _, a in attempts],
+        "a_plugin_names": [a["plugin_name"] for _, a in attempts],
+        "a_operations": [a["operation"] for _, a in attempts],
+        "a_outcomes": [a["outcome"] for _, a in attempts],
+        "a_error_codes": [a["error_code"] for _, a in attempts],
+        "a_messages": [a["message"] for _, a in attempts],
+        "a_latencies": [float(a["latency_ms"]) for _, a in attempts],
+        "a_created": [a["created_at"] for _, a in attempts],
         "e_payment_ids": [w.claim.payment_id for w in writes],
+        "e_tokens": [w.claim.token for w in writes],
         "e_ids": [w.event["event_id"] for w in writes],
         "e_types": [w.event["event_type"] for w in writes],
         "e_payloads": [json.dumps(w.event["payload"]) for w in writes],
         "e_created": [w.event["created_at"] for w in writes],
     }
-    done = {row.id for row in connection.exec_driver_sql(_FINISH_SQL, params)}
-    return {i: w.claim.payment_id in done for i, w in finishes}
+    done = {(row.id, row.token) for row in connection.exec_driver_sql(_FINISH_SQL, params)}
+    return {i: (w.claim.payment_id, w.claim.token) in done for i, w in finishes}
 
 
 # -- elsewhere (SQLite): the ledger's own statements, one transaction per batch ---------

@@ -1,0 +1,266 @@
+"""Group commit on the real PostgreSQL: the ``unnest`` statements of
+workers.group_commit (a claim statement per batch, the finish as one data-modifying
+``WITH``) and the batch thread's held autocommit connection.
+
+The backend-independent scenarios live in tests/unit/test_group_commit.py (they run
+there on SQLite); here they run on a PostgreSQL schema of this module's own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from providers.base import utcnow
+from registry.db import Database
+from registry.migrate import upgrade
+from tests.conftest import drop_postgres_schema, fresh_postgres_schema
+from tests.unit.test_group_commit import (
+    LEASE_S,
+    _duplicate_event_setup,
+    assert_claimed,
+    attempts_of,
+    check_claim_beside_failing_finish,
+    check_claims_by_state,
+    check_concurrent_claims,
+    check_concurrent_claims_in_one_batch,
+    check_double_claim_in_one_batch,
+    check_failed_batch_isolates_the_culprit,
+    check_failed_batch_isolates_the_culprit_threads,
+    check_finishes_with_lost_leases,
+    check_processor_with_batched_writer,
+    check_stale_finish_beside_winner_of_same_payment,
+    check_unset_provider_fields_keep_stored_values,
+    expire_lease,
+    finish_of,
+    ledger_claim,
+    new_payment,
+    outbox_with,
+    quiet_writer,
+    read,
+    record_batches,
+    settle,
+)
+from workers.group_commit import ClaimWrite, LedgerWriter, _run_postgres
+from workers.states import PaymentState
+
+
+@pytest.fixture(scope="module")
+def database(integration_env: dict[str, str]) -> Iterator[Database]:
+    """A PostgreSQL schema of this module's own: the payments left here in every state
+    must not meet the session's worker or another test's reconcile run."""
+    url = fresh_postgres_schema()
+    upgrade(url)
+    database = Database(url)
+    assert not database.is_sqlite
+    yield database
+    database.dispose()
+    drop_postgres_schema(url)
+
+
+@pytest.fixture(params=[True, False], ids=["batched", "unbatched"])
+def writer(request: pytest.FixtureRequest, database: Database) -> Iterator[LedgerWriter]:
+    writer = LedgerWriter(database, batched=request.param)
+    yield writer
+    if writer._connection is not None:  # the batch thread is idle by now
+        writer._connection.close()
+
+
+# -- claims -------------------------------------------------------------------------------
+
+
+def test_concurrent_claims_each_get_their_own(database: Database, writer: LedgerWriter) -> None:
+    check_concurrent_claims(database, writer)
+
+
+def test_concurrent_claims_in_one_batch(database: Database) -> None:
+    check_concurrent_claims_in_one_batch(database)
+
+
+def test_double_claim_in_one_batch_has_one_winner(database: Database) -> None:
+    check_double_claim_in_one_batch(database)
+
+
+def test_double_claim_in_one_statement(database: Database) -> None:
+    """_run_postgres given two claims of one payment: the unnest join holds the payment
+    twice, the UPDATE takes one of them; the other write gets None."""
+    payment = new_payment(database)
+    w1, w2 = ClaimWrite(payment.id, LEASE_S), ClaimWrite(payment.id, LEASE_S)
+    connection = database.autocommit_connection()
+    try:
+        results = _run_postgres(connection, [w1, w2])
+    finally:
+        connection.close()
+    assert results.count(None) == 1, results
+    winner = w1 if results[0] is not None else w2
+    assert_claimed(database, results[0] or results[1], winner, recovering=False, claims=1)
+
+
+def test_claims_by_payment_state_in_one_batch(database: Database) -> None:
+    check_claims_by_state(database, quiet_writer(database))
+
+
+def test_claims_by_payment_state_one_at_a_time(database: Database, writer: LedgerWriter) -> None:
+    check_claims_by_state(database, writer)
+
+
+def test_claim_batch_takes_the_longest_lease(database: Database) -> None:
+    """One lease length per batch (the statement has one expiry): never shorter than asked."""
+    short, long = new_payment(database), new_payment(database)
+    writes = [ClaimWrite(short.id, 5.0), ClaimWrite(long.id, LEASE_S)]
+    before = utcnow()
+    results = [f.result(timeout=10) for f in settle(quiet_writer(database), writes)]
+    assert all(r is not None for r in results)
+    expiries = {r[0].expires_at for r in results if r is not None}
+    assert len(expiries) == 1
+    expires = expiries.pop()
+    assert expires >= before + timedelta(seconds=LEASE_S)
+    assert read(database, short.id).lease_expires_at == expires
+
+
+# -- finishes -----------------------------------------------------------------------------
+
+
+def test_finishes_with_lost_leases_write_nothing(database: Database) -> None:
+    check_finishes_with_lost_leases(database)
+
+
+def test_a_stale_finish_beside_the_winner_of_the_same_payment_writes_nothing(
+    database: Database,
+) -> None:
+    check_stale_finish_beside_winner_of_same_payment(database)
+
+
+def test_unset_provider_fields_keep_stored_values(database: Database) -> None:
+    check_unset_provider_fields_keep_stored_values(database)
+
+
+def test_finish_writes_outbox_payload_as_json(database: Database) -> None:
+    """The payload travels as text and is cast to json: nested values survive intact."""
+    claim, record = ledger_claim(database, new_payment(database).id)
+    write = finish_of(claim, record, PaymentState.FAILED, error_message='quote " and ü')
+    assert [f.result(timeout=10) for f in settle(quiet_writer(database), [write])] == [True]
+    [row] = outbox_with(database, write.event["event_id"])
+    assert row["payload"] == write.event["payload"]
+    assert row["payload"]["error"] == 'quote " and ü'
+    assert row["created_at"] == write.event["created_at"]
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+def test_failed_batch_isolates_the_culprit(database: Database) -> None:
+    check_failed_batch_isolates_the_culprit(database)
+
+
+def test_failed_batch_isolates_the_culprit_threads(database: Database) -> None:
+    check_failed_batch_isolates_the_culprit_threads(database)
+
+
+def test_a_claim_beside_a_failing_finish_is_reported_won(
+    database: Database,
+) -> None:
+    check_claim_beside_failing_finish(database)
+
+
+def test_integrity_error_replaces_the_held_connection(database: Database) -> None:
+    duplicate, claimed = _duplicate_event_setup(database, 2)
+    writer = quiet_writer(database)
+    good = finish_of(*claimed[0])
+    assert [f.result(timeout=10) for f in settle(writer, [good])] == [True]
+    held = writer._connection
+    assert held is not None
+
+    [failed] = settle(writer, [finish_of(*claimed[1], event_id=duplicate)])
+    assert isinstance(failed.exception(timeout=10), IntegrityError)
+    assert held.closed and writer._connection is None
+
+    retry = finish_of(*claimed[1])
+    assert [f.result(timeout=10) for f in settle(writer, [retry])] == [True]
+    assert writer._connection is not None and writer._connection is not held
+    assert read(database, claimed[1][0].payment_id).status == "succeeded"
+
+
+def test_dead_connection_is_replaced_and_the_batch_rerun(database: Database) -> None:
+    """The backend behind the held connection dies between batches: the next batch fails
+    on it, is re-run on a fresh connection, and its callers never see the error."""
+    writer = quiet_writer(database)
+    sizes = record_batches(writer)
+    first = new_payment(database)
+    assert settle(writer, [ClaimWrite(first.id, LEASE_S)])[0].result(timeout=10) is not None
+    held = writer._connection
+    assert held is not None
+    pid = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with database.statement() as connection:
+        assert connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        deadline = time.monotonic() + 10
+        while connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+        ).scalar():
+            assert time.monotonic() < deadline, "backend not terminated"
+            time.sleep(0.02)
+
+    payments = [new_payment(database) for _ in range(3)]
+    writes = [ClaimWrite(p.id, LEASE_S) for p in payments]
+    results = [f.result(timeout=10) for f in settle(writer, writes)]
+
+    assert sizes == [1, 3, 1, 1, 1]  # failed whole on the dead connection, then re-run
+    for write, result in zip(writes, results, strict=True):
+        assert_claimed(database, result, write, recovering=False, claims=1)
+    assert held.closed or held.invalidated
+    assert writer._connection is not None and writer._connection is not held
+    assert writer._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+
+
+def test_dead_connection_error_reaches_a_lone_caller_once(database: Database) -> None:
+    """A batch of one on a dead connection: its caller gets the DBAPI error; the next batch
+    runs on a fresh connection."""
+    writer = quiet_writer(database)
+    payment = new_payment(database)
+    assert settle(writer, [ClaimWrite(payment.id, LEASE_S)])[0].result(timeout=10)
+    held = writer._connection
+    assert held is not None
+    pid = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with database.statement() as connection:
+        connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        deadline = time.monotonic() + 10
+        while connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+        ).scalar():
+            assert time.monotonic() < deadline, "backend not terminated"
+            time.sleep(0.02)
+    other = new_payment(database)
+    [lone] = settle(writer, [ClaimWrite(other.id, LEASE_S)])
+    assert isinstance(lone.exception(timeout=10), DBAPIError)
+    assert writer._connection is None
+    again = ClaimWrite(other.id, LEASE_S)
+    assert_claimed(
+        database, settle(writer, [again])[0].result(timeout=10), again, recovering=False, claims=1
+    )
+    assert attempts_of(database, other.id) == []
+
+
+def test_expired_lease_takeover_then_finish(database: Database, writer: LedgerWriter) -> None:
+    """A successor's recovering claim through the writer, then its finish: the predecessor's
+    late finish afterwards is refused."""
+    payment = new_payment(database)
+    old_claim, old_record = ledger_claim(database, payment.id, plugin_name="sandbox")
+    expire_lease(database, payment.id)
+    taken = writer.claim(ClaimWrite(payment.id, LEASE_S))
+    assert taken is not None and taken[0].recovering
+    claim, record = taken
+    assert writer.finish(finish_of(claim, record, PaymentState.UNKNOWN)) is True
+    late = finish_of(old_claim, old_record)
+    assert writer.finish(late) is False
+    assert outbox_with(database, late.event["event_id"]) == []
+    assert read(database, payment.id).status == "unknown"
+
+
+def test_processor_with_batched_writer(database: Database, tmp_path: Path) -> None:
+    check_processor_with_batched_writer(database, str(tmp_path / "book.db"))
