@@ -219,6 +219,10 @@ class LedgerWriter:
 
 
 # -- PostgreSQL: a statement per kind of write, over arrays ---------------------------
+#
+# Rows are found by key (payment id, event id) and the other conditions are written
+# "(...) IS TRUE", which no index serves: otherwise the planner, with stale statistics,
+# may pick the status or "unpublished" index and scan every queued payment per batch.
 
 _RETURNED = ", ".join(f'p."{column.name}"' for column in RECORD_COLUMNS)
 
@@ -231,7 +235,7 @@ SET status = 'processing',
     claims = p.claims + 1, updated_at = %(now)s
 FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(instance_ids)s::uuid[],
             %(plugin_names)s::text[]) AS v(id, token, instance_id, plugin_name)
-WHERE p.id = v.id AND p.status = 'requested'
+WHERE p.id = v.id AND (p.status = 'requested') IS TRUE
 RETURNING v.token AS claim_token, {_RETURNED}
 """
 
@@ -240,7 +244,7 @@ UPDATE payments AS p
 SET lease_token = v.token, lease_expires_at = %(expires)s,
     claims = p.claims + 1, updated_at = %(now)s
 FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS v(id, token)
-WHERE p.id = v.id AND p.status = 'processing' AND p.lease_expires_at < %(now)s
+WHERE p.id = v.id AND (p.status = 'processing' AND p.lease_expires_at < %(now)s) IS TRUE
 RETURNING v.token AS claim_token, {_RETURNED}
 """
 
@@ -261,7 +265,7 @@ WITH v AS (
         provider_transaction_id = COALESCE(v.provider_transaction_id, p.provider_transaction_id),
         authorization_url = COALESCE(v.authorization_url, p.authorization_url)
     FROM v
-    WHERE p.id = v.id AND p.status = 'processing' AND p.lease_token = v.token
+    WHERE p.id = v.id AND (p.status = 'processing' AND p.lease_token = v.token) IS TRUE
     RETURNING p.id, v.token
 ), attempts AS (
     -- keyed by (payment, token): a stale finish of the same payment writes nothing
@@ -286,14 +290,14 @@ WITH v AS (
     WHERE (e.payment_id, e.token) IN (SELECT id, token FROM done)
 ), published AS (
     UPDATE outbox SET published_at = %(now)s
-    WHERE event_id = ANY(%(published)s::uuid[]) AND published_at IS NULL
+    WHERE event_id = ANY(%(published)s::uuid[]) AND (published_at IS NULL) IS TRUE
 )
 SELECT id, token FROM done
 """
 
 _PUBLISHED_SQL = """
 UPDATE outbox SET published_at = %(now)s
-WHERE event_id = ANY(%(published)s::uuid[]) AND published_at IS NULL
+WHERE event_id = ANY(%(published)s::uuid[]) AND (published_at IS NULL) IS TRUE
 """
 
 

@@ -8,6 +8,7 @@ there on SQLite); here they run on a PostgreSQL schema of this module's own.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -47,7 +48,15 @@ from tests.unit.test_group_commit import (
     record_batches,
     settle,
 )
-from workers.group_commit import ClaimWrite, LedgerWriter, _run_postgres
+from workers.group_commit import (
+    _CLAIM_FRESH_SQL,
+    _CLAIM_STALE_SQL,
+    _FINISH_SQL,
+    _PUBLISHED_SQL,
+    ClaimWrite,
+    LedgerWriter,
+    _run_postgres,
+)
 from workers.states import PaymentState
 
 
@@ -264,3 +273,48 @@ def test_expired_lease_takeover_then_finish(database: Database, writer: LedgerWr
 
 def test_processor_with_batched_writer(database: Database, tmp_path: Path) -> None:
     check_processor_with_batched_writer(database, str(tmp_path / "book.db"))
+
+
+# -- plans ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "sql", "avoid"),
+    [
+        ("claim_fresh", _CLAIM_FRESH_SQL, "ix_payments_status_updated"),
+        ("claim_stale", _CLAIM_STALE_SQL, "ix_payments_status_updated"),
+        ("finish", _FINISH_SQL, "ix_payments_status_updated"),
+        ("published", _PUBLISHED_SQL, "ix_outbox_unpublished"),
+    ],
+)
+def test_statements_find_rows_by_key_whatever_the_statistics(
+    database: Database, name: str, sql: str, avoid: str
+) -> None:
+    """A backlog of queued payments the planner has no statistics for (as right after a
+    burst) must not turn each batch into a scan of the status index: every statement
+    looks its rows up by primary or unique key, in the generic plan a prepared
+    statement settles on."""
+    with database.engine.connect() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO payments (id, order_id, idempotency_key, reference, amount_minor,"
+                " currency, customer_email, payment_method, metadata, status, claims,"
+                " created_at, updated_at, refunded_minor)"
+                " SELECT gen_random_uuid(), 'plan-' || i, 'plan-' || i, 'plan-' || i, 100,"
+                " 'NGN', 'a@example.com', 'card', '{}', 'requested', 0, now(), now(), 0"
+                " FROM generate_series(1, 20000) AS i"
+            )
+        )
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+        prepared = sql
+        for i, param in enumerate(names, start=1):
+            prepared = prepared.replace(f"%({param})s", f"${i}")
+        cursor.execute(f"PREPARE plan_{name} AS {prepared}")
+        arguments = ", ".join("now()" if p in ("now", "expires") else "NULL" for p in names)
+        cursor.execute(f"EXPLAIN EXECUTE plan_{name}({arguments})")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        connection.rollback()
+    assert avoid not in plan, plan
+    assert ("pk_payments" in plan) or ("uq_outbox_event_id" in plan), plan
