@@ -27,6 +27,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -107,10 +108,16 @@ class _Pending:
     future: Future[Any] = field(default_factory=Future)
 
 
+def _is_finish(pending: _Pending) -> bool:
+    return isinstance(pending.write, FinishWrite)
+
+
 class LedgerWriter:
     """Claims and finishes payments; with ``batched``, many threads' writes at once."""
 
     MAX_BATCH = 128
+    # A published mark waits this long at most for a finish statement to ride along with.
+    MARKS_WAIT_S = 0.25
 
     def __init__(self, database: Database, *, batched: bool = True) -> None:
         self.database = database
@@ -161,14 +168,27 @@ class LedgerWriter:
     # -- the batch thread --------------------------------------------------------------
 
     def _loop(self) -> None:
+        held: list[_Pending] = []  # published marks waiting for a finish to ride along with
+        due = 0.0
         while True:
-            batch = [self._queue.get()]
+            try:
+                timeout = max(due - time.monotonic(), 0.0) if held else None
+                batch = [self._queue.get(timeout=timeout)]
+            except queue.Empty:  # no finish came along in time: the marks go alone
+                batch = []
             while len(batch) < self.MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._settle(batch)
+            if not held:
+                due = time.monotonic() + self.MARKS_WAIT_S
+            held += [p for p in batch if isinstance(p.write, PublishedMark)]
+            batch = [p for p in batch if not isinstance(p.write, PublishedMark)]
+            if held and (time.monotonic() >= due or any(_is_finish(p) for p in batch)):
+                batch, held = batch + held, []
+            if batch:
+                self._settle(batch)
 
     def _settle(self, batch: list[_Pending]) -> None:
         claims = [p for p in batch if isinstance(p.write, ClaimWrite)]

@@ -305,6 +305,13 @@ def test_statements_find_rows_by_key_whatever_the_statistics(
                 " FROM generate_series(1, 20000) AS i"
             )
         )
+        connection.execute(
+            text(
+                "INSERT INTO outbox (event_id, event_type, payload, created_at)"
+                " SELECT gen_random_uuid(), 'payment.succeeded', '{}', now()"
+                " FROM generate_series(1, 20000)"
+            )
+        )
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("SET plan_cache_mode = force_generic_plan")
         names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))

@@ -714,3 +714,64 @@ def test_claim_expiry_uses_the_lease(database: Database, writer: LedgerWriter) -
     assert result is not None
     expires: datetime = result[0].expires_at
     assert before + timedelta(seconds=7) <= expires <= utcnow() + timedelta(seconds=7)
+
+
+# -- published marks ---------------------------------------------------------------------
+
+
+def _spy_kinds(writer: LedgerWriter) -> list[list[str]]:
+    """The kinds of write in every batch the writer runs, in order."""
+    kinds: list[list[str]] = []
+    run = writer._run
+
+    def spy(connection: Any, writes: Sequence[Write]) -> list[Any]:
+        kinds.append(sorted(type(w).__name__ for w in writes))
+        return run(connection, writes)
+
+    writer._run = spy
+    return kinds
+
+
+def _outbox_event(database: Database) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    with database.begin() as connection:
+        connection.execute(
+            outbox_table.insert(),
+            {"event_id": event_id, "event_type": "payment.succeeded", "payload": {}},
+        )
+    return event_id
+
+
+def _published(database: Database, event_id: uuid.UUID) -> bool:
+    return outbox_with(database, event_id)[0]["published_at"] is not None
+
+
+def test_a_published_mark_rides_along_with_the_next_finish(database: Database) -> None:
+    writer = LedgerWriter(database, batched=True)
+    writer.MARKS_WAIT_S = 30.0  # type: ignore[misc]  # only a finish can take it along
+    kinds = _spy_kinds(writer)
+    event_id = _outbox_event(database)
+    claim, record = ledger_claim(database, new_payment(database).id)
+
+    writer.mark_published([event_id])
+    threading.Event().wait(0.05)
+    assert kinds == [] and not _published(database, event_id)  # held, not run alone
+
+    assert writer.finish(finish_of(claim, record))
+    assert kinds == [["FinishWrite", "PublishedMark"]]  # one batch, one statement on PG
+    assert _published(database, event_id)
+
+
+def test_a_published_mark_goes_alone_when_no_finish_comes(database: Database) -> None:
+    writer = LedgerWriter(database, batched=True)
+    writer.MARKS_WAIT_S = 0.05  # type: ignore[misc]
+    kinds = _spy_kinds(writer)
+    event_id = _outbox_event(database)
+
+    writer.mark_published([event_id])
+    for _ in range(200):
+        if _published(database, event_id):
+            break
+        threading.Event().wait(0.01)
+    assert _published(database, event_id)
+    assert kinds == [["PublishedMark"]]
