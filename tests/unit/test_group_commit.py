@@ -748,7 +748,7 @@ def _published(database: Database, event_id: uuid.UUID) -> bool:
 
 def test_a_published_mark_rides_along_with_the_next_finish(database: Database) -> None:
     writer = LedgerWriter(database, batched=True)
-    writer.MARKS_WAIT_S = 30.0  # type: ignore[misc]  # only a finish can take it along
+    writer.MARKS_WAIT_S = 30.0  # only a finish can take it along
     kinds = _spy_kinds(writer)
     event_id = _outbox_event(database)
     claim, record = ledger_claim(database, new_payment(database).id)
@@ -764,7 +764,7 @@ def test_a_published_mark_rides_along_with_the_next_finish(database: Database) -
 
 def test_a_published_mark_goes_alone_when_no_finish_comes(database: Database) -> None:
     writer = LedgerWriter(database, batched=True)
-    writer.MARKS_WAIT_S = 0.05  # type: ignore[misc]
+    writer.MARKS_WAIT_S = 0.05
     kinds = _spy_kinds(writer)
     event_id = _outbox_event(database)
 
