@@ -219,7 +219,7 @@ class LedgerWriter:
             with self._connect() as connection:
                 return self._run(connection, writes)
         if self._connection is None:
-            self._connection = self.database.autocommit_connection()
+            self._connection = writer_connection(self.database)
         try:
             return self._run(self._connection, writes)
         except DBAPIError:
@@ -240,9 +240,20 @@ class LedgerWriter:
 
 # -- PostgreSQL: a statement per kind of write, over arrays ---------------------------
 #
-# Rows are found by key (payment id, event id) and the other conditions are written
-# "(...) IS TRUE", which no index serves: otherwise the planner, with stale statistics,
-# may pick the status or "unpublished" index and scan every queued payment per batch.
+# Every statement finds its rows by key (payment id, event id), a handful per batch.
+# The planner must not be talked out of that by statistics taken before a backlog
+# arrived: the other conditions are written "(...) IS TRUE", which no index serves
+# (else it may scan the status or "unpublished" index: every queued payment, per
+# batch), and the batch thread's connection has sequential scans off (else, with a
+# table it believes small, it scans the whole table per batch).
+
+
+def writer_connection(database: Database) -> Connection:
+    """The batch thread's own autocommit connection, planned for key lookups."""
+    connection = database.autocommit_connection()
+    connection.exec_driver_sql("SET enable_seqscan = off")
+    return connection
+
 
 _RETURNED = ", ".join(f'p."{column.name}"' for column in RECORD_COLUMNS)
 

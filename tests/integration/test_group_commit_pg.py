@@ -56,6 +56,7 @@ from workers.group_commit import (
     ClaimWrite,
     LedgerWriter,
     _run_postgres,
+    writer_connection,
 )
 from workers.states import PaymentState
 
@@ -278,6 +279,7 @@ def test_processor_with_batched_writer(database: Database, tmp_path: Path) -> No
 # -- plans ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rows", [2_000, 20_000])
 @pytest.mark.parametrize(
     ("name", "sql", "avoid"),
     [
@@ -288,29 +290,26 @@ def test_processor_with_batched_writer(database: Database, tmp_path: Path) -> No
     ],
 )
 def test_statements_find_rows_by_key_whatever_the_statistics(
-    database: Database, name: str, sql: str, avoid: str
+    database: Database, name: str, sql: str, avoid: str, rows: int
 ) -> None:
     """A backlog of queued payments the planner has no statistics for (as right after a
-    burst) must not turn each batch into a scan of the status index: every statement
-    looks its rows up by primary or unique key, in the generic plan a prepared
-    statement settles on."""
-    with database.engine.connect() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO payments (id, order_id, idempotency_key, reference, amount_minor,"
-                " currency, customer_email, payment_method, metadata, status, claims,"
-                " created_at, updated_at, refunded_minor)"
-                " SELECT gen_random_uuid(), 'plan-' || i, 'plan-' || i, 'plan-' || i, 100,"
-                " 'NGN', 'a@example.com', 'card', '{}', 'requested', 0, now(), now(), 0"
-                " FROM generate_series(1, 20000) AS i"
-            )
+    burst) must not turn each batch into a scan of the status index or of the whole
+    table: on the batch thread's connection, every statement looks its rows up by
+    primary or unique key, in the generic plan a prepared statement settles on."""
+    connection = writer_connection(database)
+    try:
+        connection.exec_driver_sql(
+            "INSERT INTO payments (id, order_id, idempotency_key, reference, amount_minor,"
+            " currency, customer_email, payment_method, metadata, status, claims,"
+            " created_at, updated_at, refunded_minor)"
+            " SELECT gen_random_uuid(), 'plan-' || i, 'plan-' || i, 'plan-' || i, 100,"
+            " 'NGN', 'a@example.com', 'card', '{}', 'requested', 0, now(), now(), 0"
+            f" FROM generate_series(1, {rows}) AS i"
         )
-        connection.execute(
-            text(
-                "INSERT INTO outbox (event_id, event_type, payload, created_at)"
-                " SELECT gen_random_uuid(), 'payment.succeeded', '{}', now()"
-                " FROM generate_series(1, 20000)"
-            )
+        connection.exec_driver_sql(
+            "INSERT INTO outbox (event_id, event_type, payload, created_at)"
+            " SELECT gen_random_uuid(), 'payment.succeeded', '{}', now()"
+            f" FROM generate_series(1, {rows})"
         )
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("SET plan_cache_mode = force_generic_plan")
@@ -322,6 +321,12 @@ def test_statements_find_rows_by_key_whatever_the_statistics(
         arguments = ", ".join("now()" if p in ("now", "expires") else "NULL" for p in names)
         cursor.execute(f"EXPLAIN EXECUTE plan_{name}({arguments})")
         plan = "\n".join(row[0] for row in cursor.fetchall())
-        connection.rollback()
+        cursor.execute(f"DEALLOCATE plan_{name}")
+        cursor.execute("RESET plan_cache_mode")
+        connection.exec_driver_sql("DELETE FROM payments WHERE order_id LIKE 'plan-%%'")
+        connection.exec_driver_sql("DELETE FROM outbox WHERE payload::text = '{}'")
+    finally:
+        connection.close()
     assert avoid not in plan, plan
+    assert "Seq Scan on payments" not in plan and "Seq Scan on outbox" not in plan, plan
     assert ("pk_payments" in plan) or ("uq_outbox_event_id" in plan), plan
