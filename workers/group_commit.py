@@ -13,7 +13,7 @@ only if its compare-and-set won) and changes only how they reach the database:
 * ``batched``: one thread per process takes every write waiting, runs the claims as
   one statement and the finishes as another, and wakes each caller with its own
   answer. Under load a round trip serves many payments; alone it serves one.
-* On PostgreSQL each kind is a single statement over ``unnest``-ed arrays (the
+* On PostgreSQL each kind is a single statement over the batch's rows sent as JSON (the
   finish's update and inserts are one data-modifying ``WITH``), so it commits on its
   own: a batch is all or nothing. Elsewhere (SQLite) the batch runs the ledger's
   per-payment statements in one transaction.
@@ -240,7 +240,7 @@ class LedgerWriter:
                 yield connection
 
 
-# -- PostgreSQL: a statement per kind of write, over arrays ---------------------------
+# -- PostgreSQL: a statement per kind of write, over JSON rows ---------------------------
 #
 # Every statement finds its rows by key (payment id, event id), a handful per batch.
 # The planner must not be talked out of that by statistics taken before a backlog
@@ -266,8 +266,8 @@ SET status = 'processing',
     plugin_name = COALESCE(v.plugin_name, p.plugin_name),
     lease_token = v.token, lease_expires_at = %(expires)s,
     claims = p.claims + 1, updated_at = %(now)s
-FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(instance_ids)s::uuid[],
-            %(plugin_names)s::text[]) AS v(id, token, instance_id, plugin_name)
+FROM json_to_recordset(%(claims)s::json)
+    AS v(id uuid, token uuid, instance_id uuid, plugin_name text)
 WHERE p.id = v.id AND (p.status = 'requested') IS TRUE
 RETURNING v.token AS claim_token, {_RETURNED}
 """
@@ -276,19 +276,17 @@ _CLAIM_STALE_SQL = f"""
 UPDATE payments AS p
 SET lease_token = v.token, lease_expires_at = %(expires)s,
     claims = p.claims + 1, updated_at = %(now)s
-FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS v(id, token)
+FROM json_to_recordset(%(claims)s::json) AS v(id uuid, token uuid)
 WHERE p.id = v.id AND (p.status = 'processing' AND p.lease_expires_at < %(now)s) IS TRUE
 RETURNING v.token AS claim_token, {_RETURNED}
 """
 
 _FINISH_SQL = """
 WITH v AS (
-    SELECT * FROM unnest(
-        %(ids)s::uuid[], %(tokens)s::uuid[], %(statuses)s::text[],
-        %(error_codes)s::text[], %(error_messages)s::text[], %(instance_ids)s::uuid[],
-        %(plugin_names)s::text[], %(transaction_ids)s::text[], %(authorization_urls)s::text[]
-    ) AS v(id, token, status, error_code, error_message, instance_id, plugin_name,
-           provider_transaction_id, authorization_url)
+    SELECT * FROM json_to_recordset(%(finishes)s::json) AS v(
+        id uuid, token uuid, status text, error_code text, error_message text,
+        instance_id uuid, plugin_name text, provider_transaction_id text,
+        authorization_url text)
 ), done AS (
     UPDATE payments AS p
     SET status = v.status, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL,
@@ -306,20 +304,17 @@ WITH v AS (
                                   error_code, message, latency_ms, created_at)
     SELECT a.payment_id, a.instance_id, a.plugin_name, a.operation, a.outcome, a.error_code,
            a.message, a.latency_ms, a.created_at
-    FROM unnest(
-        %(a_payment_ids)s::uuid[], %(a_tokens)s::uuid[], %(a_instance_ids)s::uuid[],
-        %(a_plugin_names)s::text[], %(a_operations)s::text[], %(a_outcomes)s::text[],
-        %(a_error_codes)s::text[], %(a_messages)s::text[], %(a_latencies)s::float8[],
-        %(a_created)s::timestamptz[]
-    ) AS a(payment_id, token, instance_id, plugin_name, operation, outcome, error_code,
-           message, latency_ms, created_at)
+    FROM json_to_recordset(%(attempts)s::json) AS a(
+        payment_id uuid, token uuid, instance_id uuid, plugin_name text, operation text,
+        outcome text, error_code text, message text, latency_ms float8,
+        created_at timestamptz)
     WHERE (a.payment_id, a.token) IN (SELECT id, token FROM done)
 ), events AS (
     INSERT INTO outbox (event_id, event_type, payload, created_at)
-    SELECT e.event_id, e.event_type, e.payload::json, e.created_at FROM unnest(
-        %(e_payment_ids)s::uuid[], %(e_tokens)s::uuid[], %(e_ids)s::uuid[],
-        %(e_types)s::text[], %(e_payloads)s::text[], %(e_created)s::timestamptz[]
-    ) AS e(payment_id, token, event_id, event_type, payload, created_at)
+    SELECT e.event_id, e.event_type, e.payload, e.created_at
+    FROM json_to_recordset(%(events)s::json) AS e(
+        payment_id uuid, token uuid, event_id uuid, event_type text, payload json,
+        created_at timestamptz)
     WHERE (e.payment_id, e.token) IN (SELECT id, token FROM done)
 ), published AS (
     UPDATE outbox SET published_at = %(now)s
@@ -351,6 +346,12 @@ def _execute(connection: Connection, sql: str, params: dict[str, Any]) -> list[d
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     except psycopg.Error as exc:
         raise DBAPIError.instance(sql, None, exc, psycopg.Error, hide_parameters=True) from exc
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    """Rows for ``json_to_recordset``: one text parameter instead of an array a column
+    (psycopg dumps arrays element by element in Python); ids and times as text."""
+    return json.dumps(rows, default=str, separators=(",", ":"))
 
 
 def _run_postgres(connection: Connection, writes: Sequence[Write]) -> list[Any]:
@@ -386,10 +387,17 @@ def _claim_postgres(
     take(
         _CLAIM_FRESH_SQL,
         {
-            "ids": [w.payment_id for _, w in claims],
-            "tokens": [w.token for _, w in claims],
-            "instance_ids": [w.instance_id for _, w in claims],
-            "plugin_names": [w.plugin_name for _, w in claims],
+            "claims": _json(
+                [
+                    {
+                        "id": w.payment_id,
+                        "token": w.token,
+                        "instance_id": w.instance_id,
+                        "plugin_name": w.plugin_name,
+                    }
+                    for _, w in claims
+                ]
+            )
         },
         recovering=False,
     )
@@ -398,7 +406,7 @@ def _claim_postgres(
     if missed:
         take(
             _CLAIM_STALE_SQL,
-            {"ids": [w.payment_id for w in missed], "tokens": [w.token for w in missed]},
+            {"claims": _json([{"id": w.payment_id, "token": w.token} for w in missed])},
             recovering=True,
         )
     return {i: won.get(i) for i, _ in claims}
@@ -410,35 +418,30 @@ def _finish_postgres(
     published: Sequence[uuid.UUID] = (),
 ) -> dict[int, bool]:
     writes = [w for _, w in finishes]
-    attempts = [(w.claim.token, a) for w in writes for a in w.attempts]
+    finish_rows = [
+        {
+            "id": w.claim.payment_id,
+            "token": w.claim.token,
+            "status": w.state.value,
+            "error_code": w.error_code,
+            "error_message": w.error_message,
+            "instance_id": w.instance_id,
+            "plugin_name": w.plugin_name,
+            "provider_transaction_id": w.provider_transaction_id,
+            "authorization_url": w.authorization_url,
+        }
+        for w in writes
+    ]
+    attempt_rows = [a | {"token": w.claim.token} for w in writes for a in w.attempts]
+    event_rows = [
+        w.event | {"payment_id": w.claim.payment_id, "token": w.claim.token} for w in writes
+    ]
     params = {
         "now": utcnow(),
         "published": list(published),
-        "ids": [w.claim.payment_id for w in writes],
-        "tokens": [w.claim.token for w in writes],
-        "statuses": [w.state.value for w in writes],
-        "error_codes": [w.error_code for w in writes],
-        "error_messages": [w.error_message for w in writes],
-        "instance_ids": [w.instance_id for w in writes],
-        "plugin_names": [w.plugin_name for w in writes],
-        "transaction_ids": [w.provider_transaction_id for w in writes],
-        "authorization_urls": [w.authorization_url for w in writes],
-        "a_payment_ids": [a["payment_id"] for _, a in attempts],
-        "a_tokens": [token for token, _ in attempts],
-        "a_instance_ids": [a["instance_id"] for _, a in attempts],
-        "a_plugin_names": [a["plugin_name"] for _, a in attempts],
-        "a_operations": [a["operation"] for _, a in attempts],
-        "a_outcomes": [a["outcome"] for _, a in attempts],
-        "a_error_codes": [a["error_code"] for _, a in attempts],
-        "a_messages": [a["message"] for _, a in attempts],
-        "a_latencies": [float(a["latency_ms"]) for _, a in attempts],
-        "a_created": [a["created_at"] for _, a in attempts],
-        "e_payment_ids": [w.claim.payment_id for w in writes],
-        "e_tokens": [w.claim.token for w in writes],
-        "e_ids": [w.event["event_id"] for w in writes],
-        "e_types": [w.event["event_type"] for w in writes],
-        "e_payloads": [json.dumps(w.event["payload"]) for w in writes],
-        "e_created": [w.event["created_at"] for w in writes],
+        "finishes": _json(finish_rows),
+        "attempts": _json(attempt_rows),
+        "events": _json(event_rows),
     }
     done = {(row["id"], row["token"]) for row in _execute(connection, _FINISH_SQL, params)}
     return {i: (w.claim.payment_id, w.claim.token) in done for i, w in finishes}

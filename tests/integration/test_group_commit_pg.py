@@ -1,4 +1,4 @@
-"""Group commit on the real PostgreSQL: the ``unnest`` statements of
+"""Group commit on the real PostgreSQL: the JSON-row statements of
 workers.group_commit (a claim statement per batch, the finish as one data-modifying
 ``WITH``) and the batch thread's held autocommit connection.
 
