@@ -189,7 +189,18 @@ class LedgerWriter:
             if held and (time.monotonic() >= due or any(_is_finish(p) for p in batch)):
                 batch, held = batch + held, []
             if batch:
-                self._settle(batch)
+                self._settle_or_fail(batch)
+
+    def _settle_or_fail(self, batch: list[_Pending]) -> None:
+        """Settle ``batch``; if that itself breaks (a bug), fail its callers rather than
+        leave them waiting and this thread dead."""
+        try:
+            self._settle(batch)
+        except Exception as exc:
+            log.exception("group commit failed to settle a batch of %d", len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
 
     def _settle(self, batch: list[_Pending]) -> None:
         claims = [p for p in batch if isinstance(p.write, ClaimWrite)]

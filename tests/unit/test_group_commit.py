@@ -775,3 +775,22 @@ def test_a_published_mark_goes_alone_when_no_finish_comes(database: Database) ->
         threading.Event().wait(0.01)
     assert _published(database, event_id)
     assert kinds == [["PublishedMark"]]
+
+
+def test_a_broken_batch_fails_its_callers_and_the_writer_goes_on(database: Database) -> None:
+    writer = LedgerWriter(database, batched=True)
+    run = writer._run
+    broken = [True]
+
+    def once_broken(connection: Any, writes: Sequence[Write]) -> list[Any]:
+        if broken.pop() if broken else False:
+            return []  # a bug: fewer results than writes
+        return run(connection, writes)
+
+    writer._run = once_broken
+    first = new_payment(database)
+    with pytest.raises(ValueError):
+        writer.claim(ClaimWrite(first.id, LEASE_S))
+    second = new_payment(database)
+    claimed = writer.claim(ClaimWrite(second.id, LEASE_S))
+    assert claimed is not None and claimed[1].id == second.id
