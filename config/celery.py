@@ -50,10 +50,9 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "task_time_limit": time_limit_s,
         "task_soft_time_limit": max(time_limit_s - 10, time_limit_s * 0.9),
         "task_queues": (
-            # Payment tasks go through the broker's default exchange straight to their
-            # queue: on Redis, kombu routes a named exchange in the client, reading its
-            # bindings from the broker (a round trip and a client object) per message.
-            Queue(PAYMENTS_QUEUE, Exchange(""), routing_key=PAYMENTS_QUEUE, durable=True),
+            Queue(
+                PAYMENTS_QUEUE, Exchange(PAYMENTS_QUEUE), routing_key=PAYMENTS_QUEUE, durable=True
+            ),
             Queue(
                 MAINTENANCE_QUEUE,
                 Exchange(MAINTENANCE_QUEUE),

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, bindparam, insert, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from providers.base import utcnow
 from registry.db import Database
@@ -111,6 +111,13 @@ class _Pending:
 
 def _is_finish(pending: _Pending) -> bool:
     return isinstance(pending.write, FinishWrite)
+
+
+def _operational(exc: BaseException) -> bool:
+    """The database, not the data: a lost connection, a failed connect, a deadlock."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 class LedgerWriter:
@@ -200,7 +207,9 @@ class LedgerWriter:
             log.exception("group commit failed to settle a batch of %d", len(batch))
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(exc)
+                    failure = RuntimeError(f"group commit failed: {exc!r}")
+                    failure.__cause__ = exc
+                    pending.future.set_exception(failure)
 
     def _settle(self, batch: list[_Pending]) -> None:
         claims = [p for p in batch if isinstance(p.write, ClaimWrite)]
@@ -210,13 +219,23 @@ class LedgerWriter:
             self._settle(claims)
             self._settle([p for p in batch if not isinstance(p.write, ClaimWrite)])
             return
+        writes = [p.write for p in batch]
         try:
-            results = self._run_held([p.write for p in batch])
+            try:
+                results = self._run_held(writes)
+            except DBAPIError as exc:
+                if not _operational(exc):
+                    raise
+                # The connection died (an idle timeout, a failover) or the statement met a
+                # deadlock: once more, whole, on a fresh connection. Safe: every write is
+                # a compare-and-set.
+                results = self._run_held(writes)
         except Exception as exc:
-            if len(batch) == 1:
-                if isinstance(batch[0].write, PublishedMark):
-                    log.warning("marking events published failed; the sweep will resend them")
-                batch[0].future.set_exception(exc)
+            if len(batch) == 1 or _operational(exc):
+                for pending in batch:  # the database is away: everyone hears so, at once
+                    if isinstance(pending.write, PublishedMark):
+                        log.warning("marking events published failed; the sweep will resend")
+                    pending.future.set_exception(exc)
                 return
             # All or nothing: nothing of it was written. Find whose write failed.
             log.warning("a batch of %d ledger writes failed (%s); one by one", len(batch), exc)
@@ -224,7 +243,10 @@ class LedgerWriter:
                 self._settle([pending])
             return
         for pending, result in zip(batch, results, strict=True):
-            pending.future.set_result(result)
+            if isinstance(result, BaseException):  # this write alone failed
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
 
     def _run_held(self, writes: Sequence[Write]) -> list[Any]:
         if self.database.is_sqlite:  # a transaction per batch: the pool serves it
@@ -233,13 +255,20 @@ class LedgerWriter:
         if self._connection is None:
             self._connection = writer_connection(self.database)
         try:
-            return self._run(self._connection, writes)
+            results = self._run(self._connection, writes)
         except DBAPIError:
-            # The statement failed whole; start the next batch on a fresh connection.
-            connection, self._connection = self._connection, None
+            self._drop_connection()
+            raise
+        if any(isinstance(result, DBAPIError) for result in results):
+            self._drop_connection()
+        return results
+
+    def _drop_connection(self) -> None:
+        """After a failed statement: the next batch starts on a fresh connection."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
             connection.invalidate()
             connection.close()
-            raise
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -329,14 +358,22 @@ WITH v AS (
     WHERE (e.payment_id, e.token) IN (SELECT id, token FROM done)
 ), published AS (
     UPDATE outbox SET published_at = %(now)s
-    WHERE event_id = ANY(%(published)s::uuid[]) AND (published_at IS NULL) IS TRUE
+    WHERE id IN (
+        -- rows the outbox sweep holds are skipped, never waited for: it is publishing
+        -- them itself, and a skipped mark costs at most a duplicate publish
+        SELECT id FROM outbox
+        WHERE event_id = ANY(%(published)s::uuid[]) AND (published_at IS NULL) IS TRUE
+        FOR UPDATE SKIP LOCKED)
 )
 SELECT id, token FROM done
 """
 
 _PUBLISHED_SQL = """
 UPDATE outbox SET published_at = %(now)s
-WHERE event_id = ANY(%(published)s::uuid[]) AND (published_at IS NULL) IS TRUE
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE event_id = ANY(%(published)s::uuid[]) AND (published_at IS NULL) IS TRUE
+    FOR UPDATE SKIP LOCKED)
 """
 
 
@@ -356,7 +393,14 @@ def _execute(connection: Connection, sql: str, params: dict[str, Any]) -> list[d
             names = [column.name for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     except psycopg.Error as exc:
-        raise DBAPIError.instance(sql, None, exc, psycopg.Error, hide_parameters=True) from exc
+        raise DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=driver.broken or driver.closed,  # type: ignore[union-attr]
+        ) from exc
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
@@ -381,7 +425,7 @@ def _run_postgres(connection: Connection, writes: Sequence[Write]) -> list[Any]:
 
 def _claim_postgres(
     connection: Connection, claims: list[tuple[int, ClaimWrite]]
-) -> dict[int, ClaimResult]:
+) -> dict[int, ClaimResult | DBAPIError]:
     now = utcnow()
     # One lease length for the batch: every claim asks for the configured one.
     expires = now + timedelta(seconds=max(w.lease_s for _, w in claims))
@@ -413,13 +457,17 @@ def _claim_postgres(
         recovering=False,
     )
     # Rare: a redelivered task, or a takeover of a crashed worker's expired lease.
-    missed = [w for i, w in claims if i not in won]
+    missed = [(i, w) for i, w in claims if i not in won]
     if missed:
-        take(
-            _CLAIM_STALE_SQL,
-            {"claims": _json([{"id": w.payment_id, "token": w.token} for w in missed])},
-            recovering=True,
-        )
+        try:
+            take(
+                _CLAIM_STALE_SQL,
+                {"claims": _json([{"id": w.payment_id, "token": w.token} for _, w in missed])},
+                recovering=True,
+            )
+        except DBAPIError as exc:
+            # The fresh claims above are committed: they stand. Only these fail.
+            return {i: won.get(i) for i, _ in claims} | {i: exc for i, _ in missed}
     return {i: won.get(i) for i, _ in claims}
 
 

@@ -9,14 +9,16 @@ there on SQLite); here they run on a PostgreSQL schema of this module's own.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from providers.base import utcnow
 from registry.db import Database
@@ -26,7 +28,6 @@ from tests.unit.test_group_commit import (
     LEASE_S,
     _duplicate_event_setup,
     assert_claimed,
-    attempts_of,
     check_claim_beside_failing_finish,
     check_claims_by_state,
     check_concurrent_claims,
@@ -55,6 +56,8 @@ from workers.group_commit import (
     _PUBLISHED_SQL,
     ClaimWrite,
     LedgerWriter,
+    PublishedMark,
+    _Pending,
     _run_postgres,
     writer_connection,
 )
@@ -220,7 +223,7 @@ def test_dead_connection_is_replaced_and_the_batch_rerun(database: Database) -> 
     writes = [ClaimWrite(p.id, LEASE_S) for p in payments]
     results = [f.result(timeout=10) for f in settle(writer, writes)]
 
-    assert sizes == [1, 3, 1, 1, 1]  # failed whole on the dead connection, then re-run
+    assert sizes == [1, 3, 3]  # failed whole on the dead connection, re-run whole on a new one
     for write, result in zip(writes, results, strict=True):
         assert_claimed(database, result, write, recovering=False, claims=1)
     assert held.closed or held.invalidated
@@ -228,9 +231,11 @@ def test_dead_connection_is_replaced_and_the_batch_rerun(database: Database) -> 
     assert writer._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
 
 
-def test_dead_connection_error_reaches_a_lone_caller_once(database: Database) -> None:
-    """A batch of one on a dead connection: its caller gets the DBAPI error; the next batch
-    runs on a fresh connection."""
+def test_a_lone_write_on_a_dead_connection_is_run_again_on_a_fresh_one(
+    database: Database,
+) -> None:
+    """A batch of one on a dead connection (an idle timeout, a failover): it is run once
+    more on a fresh connection, and its caller never sees the error."""
     writer = quiet_writer(database)
     payment = new_payment(database)
     assert settle(writer, [ClaimWrite(payment.id, LEASE_S)])[0].result(timeout=10)
@@ -246,14 +251,29 @@ def test_dead_connection_error_reaches_a_lone_caller_once(database: Database) ->
             assert time.monotonic() < deadline, "backend not terminated"
             time.sleep(0.02)
     other = new_payment(database)
-    [lone] = settle(writer, [ClaimWrite(other.id, LEASE_S)])
-    assert isinstance(lone.exception(timeout=10), DBAPIError)
-    assert writer._connection is None
-    again = ClaimWrite(other.id, LEASE_S)
+    write = ClaimWrite(other.id, LEASE_S)
     assert_claimed(
-        database, settle(writer, [again])[0].result(timeout=10), again, recovering=False, claims=1
+        database, settle(writer, [write])[0].result(timeout=10), write, recovering=False, claims=1
     )
-    assert attempts_of(database, other.id) == []
+    assert writer._connection is not None and writer._connection is not held
+
+
+def test_a_database_away_fails_the_batch_at_once_not_write_by_write(
+    database: Database,
+) -> None:
+    """A database that stays away: the batch is tried whole twice, then every caller gets
+    the error together (not one connection attempt per write, each timing out)."""
+    writer = quiet_writer(database)
+    sizes: list[int] = []
+
+    def away(connection: Any, writes: Any) -> list[Any]:
+        sizes.append(len(writes))
+        raise OperationalError("UPDATE payments", None, Exception("server closed the connection"))
+
+    writer._run = away
+    futures = settle(writer, [ClaimWrite(new_payment(database).id, LEASE_S) for _ in range(3)])
+    assert all(isinstance(f.exception(timeout=10), OperationalError) for f in futures)
+    assert sizes == [3, 3]
 
 
 def test_expired_lease_takeover_then_finish(database: Database, writer: LedgerWriter) -> None:
@@ -330,3 +350,54 @@ def test_statements_find_rows_by_key_whatever_the_statistics(
     assert avoid not in plan, plan
     assert "Seq Scan on payments" not in plan and "Seq Scan on outbox" not in plan, plan
     assert ("pk_payments" in plan) or ("uq_outbox_event_id" in plan), plan
+
+
+# -- partial failures and locks -------------------------------------------------------------
+
+
+def test_fresh_claims_stand_when_the_stale_claim_statement_fails(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fresh-claim statement commits before the stale one runs: if the stale one
+    fails, the fresh winners keep their claims and only the others hear of it."""
+    from workers import group_commit
+
+    fresh = new_payment(database)
+    held = new_payment(database)
+    ledger_claim(database, held.id)  # live lease: its claim falls to the stale statement
+    real = group_commit._execute
+
+    def stale_fails(connection: Any, sql: str, params: dict[str, Any]) -> Any:
+        if sql is _CLAIM_STALE_SQL:
+            raise IntegrityError(sql, None, Exception("boom"))
+        return real(connection, sql, params)
+
+    monkeypatch.setattr(group_commit, "_execute", stale_fails)
+    writer = quiet_writer(database)
+    writes = [ClaimWrite(fresh.id, LEASE_S), ClaimWrite(held.id, LEASE_S)]
+    won, lost = settle(writer, writes)
+    assert_claimed(database, won.result(timeout=10), writes[0], recovering=False, claims=1)
+    assert isinstance(lost.exception(timeout=10), IntegrityError)
+
+
+def test_a_published_mark_skips_outbox_rows_the_sweep_holds(database: Database) -> None:
+    """The outbox sweep locks the rows it is publishing; a finish carrying a mark for one
+    of them must not wait for it (every claim and finish of the process would)."""
+    duplicate, claimed = _duplicate_event_setup(database, 1)
+    finish = finish_of(*claimed[0])
+    sweep = database.engine.connect()
+    try:
+        sweep.execute(
+            text("SELECT id FROM outbox WHERE event_id = :e FOR UPDATE"), {"e": duplicate}
+        )
+        writer = quiet_writer(database)
+        pending = [_Pending(finish), _Pending(PublishedMark([duplicate]))]
+        worker = threading.Thread(target=writer._settle, args=(pending,), daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "the finish waited for the sweep's lock"
+        assert pending[0].future.result(timeout=1) is True
+    finally:
+        sweep.rollback()
+        sweep.close()
+    assert outbox_with(database, duplicate)[0]["published_at"] is None  # skipped, not waited

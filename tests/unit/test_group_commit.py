@@ -789,7 +789,7 @@ def test_a_broken_batch_fails_its_callers_and_the_writer_goes_on(database: Datab
 
     writer._run = once_broken
     first = new_payment(database)
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError, match="group commit failed"):
         writer.claim(ClaimWrite(first.id, LEASE_S))
     second = new_payment(database)
     claimed = writer.claim(ClaimWrite(second.id, LEASE_S))

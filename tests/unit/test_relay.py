@@ -113,3 +113,29 @@ def test_relay_marks_published_through_the_group_commit_writer(
     while not published() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert published()
+
+
+def test_declarations_are_made_again_after_a_reconnect(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu forgets declarations when it reconnects (the broker may have lost them);
+    so must the publisher, or events would be routed to no queue."""
+    from kombu import Producer
+
+    declared: list[str] = []
+    original = Producer.maybe_declare
+
+    def counting(self: Any, entity: Any, *args: Any, **kwargs: Any) -> Any:
+        declared.append(entity.name)
+        return original(self, entity, *args, **kwargs)
+
+    monkeypatch.setattr(Producer, "maybe_declare", counting)
+    publisher = EventPublisher(app)
+    publisher.publish([("payment.failed", payload("payment.failed"))])
+    publisher.publish([("payment.failed", payload("payment.failed"))])
+    assert declared == ["tender.events", "tender.events.all"]  # once per connection
+
+    with app.pool.acquire() as connection:
+        connection.declared_entities.clear()  # what kombu does on reconnect
+    publisher.publish([("payment.failed", payload("payment.failed"))])
+    assert declared == ["tender.events", "tender.events.all"] * 2
