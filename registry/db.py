@@ -97,6 +97,9 @@ def make_engine(url: str) -> Engine:
         # ledger's claims make the retry safe.
         pool_pre_ping=False,
         pool_recycle=600,
+        # A database that does not answer fails the statement in seconds, not after the
+        # operating system's TCP timeout (minutes), so tasks retry instead of hanging.
+        connect_args={"connect_timeout": 10},
     )
 
 
