@@ -53,7 +53,7 @@ def _count_postgres(engine: Any) -> None:
 
     # Every libpq exchange (BEGIN, statements, COMMIT, ROLLBACK, pings) goes through it.
     generators.execute = counted(generators.execute)
-    cursor_base.execute = counted(cursor_base.execute)  # type: ignore[attr-defined]
+    cursor_base.execute = counted(cursor_base.execute)
 
     @event.listens_for(engine, "before_cursor_execute")
     def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:

@@ -113,7 +113,7 @@ def wait_drained(redis: Any, queue: str, timeout_s: float) -> float:
 
 def task_burst(
     ctx: Context, workers: WorkerSet, send: Callable[[int], None], n: int, timeout_s: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     from config.celery import PAYMENTS_QUEUE
 
     wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)  # late acks of the previous burst
@@ -211,7 +211,7 @@ def submit_all(phase: str, n: int) -> float:
 
 def payment_burst(
     ctx: Context, workers: WorkerSet, events: EventListener, phase: str, n: int, timeout_s: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     from config.celery import PAYMENTS_QUEUE
 
     wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)

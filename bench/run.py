@@ -34,7 +34,12 @@ def _log(started: float) -> Any:
 
 
 def run_all(
-    env: BenchEnv, sizes: measure.Sizes, log: Any, live: list[WorkerSet], concurrency: int
+    env: BenchEnv,
+    sizes: measure.Sizes,
+    log: Any,
+    live: list[WorkerSet],
+    concurrency: int,
+    latency_rate: float | None = None,
 ) -> dict[str, Any]:
     import redis
 
@@ -101,9 +106,10 @@ def run_all(
             log(f"(c) {results['c']['per_s']:.1f} payments/s")
 
             w.resume(app, ctx.redis, PAYMENTS_QUEUE)
-            rate = results["c"]["per_s"] / 2
+            rate = latency_rate or results["c"]["per_s"] / 2
             log(f"(e) added latency: {sizes.latency_s:g} s at {rate:.0f} payments/s")
             results["e"] = measure.added_latency(ctx, listener, rate, sizes.latency_s)
+            results["e"]["rate_overridden"] = latency_rate is not None
             log(f"(e) p99 {results['e']['p99_ms']:.1f} ms")
 
             log(f"(f) hot-swap: {sizes.swaps} swaps")
@@ -146,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         default=TENDER_CONCURRENCY,
         help=f"threads per Tender worker process (default {TENDER_CONCURRENCY})",
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="payments/s for (e) instead of half of (c)'s rate (the target is judged at half)",
+    )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES_URL, help="server/database URL")
     parser.add_argument(
         "--broker", default=DEFAULT_BROKER_URL, help="a Redis db the bench may flush"
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         free = info["postgresql_max_connections"] - info["postgresql_connections_in_use_at_start"]
         if free < needed:
             log(f"warning: PostgreSQL has {free} free connections; the workers may need {needed}")
-        results = run_all(env, sizes, log, live, args.concurrency)
+        results = run_all(env, sizes, log, live, args.concurrency, args.latency_rate)
     except (Exception, KeyboardInterrupt) as exc:
         for ws in live:
             ws.stop()
