@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -284,10 +284,14 @@ class LedgerWriter:
 #
 # Every statement finds its rows by key (payment id, event id), a handful per batch.
 # The planner must not be talked out of that by statistics taken before a backlog
-# arrived: the other conditions are written "(...) IS TRUE", which no index serves
-# (else it may scan the status or "unpublished" index: every queued payment, per
-# batch), and the batch thread's connection has sequential scans off (else, with a
-# table it believes small, it scans the whole table per batch).
+# arrived, nor by a plan cached when the tables were empty (a prepared statement keeps
+# its generic plan until the next ANALYZE):
+# * the keys are also given as an array, "p.id = ANY(...)", so every plan scans payments
+#   by key (joining the JSON rows alone, a plan made on an empty table hashes the whole
+#   primary key index per batch);
+# * the other conditions are written "(...) IS TRUE", which no index serves (else it may
+#   scan the status or "unpublished" index: every queued payment, per batch);
+# * the batch thread's connection has sequential scans off.
 
 
 def writer_connection(database: Database) -> Connection:
@@ -308,7 +312,7 @@ SET status = 'processing',
     claims = p.claims + 1, updated_at = %(now)s
 FROM json_to_recordset(%(claims)s::json)
     AS v(id uuid, token uuid, instance_id uuid, plugin_name text)
-WHERE p.id = v.id AND (p.status = 'requested') IS TRUE
+WHERE p.id = ANY(%(ids)s::uuid[]) AND p.id = v.id AND (p.status = 'requested') IS TRUE
 RETURNING v.token AS claim_token, {_RETURNED}
 """
 
@@ -317,7 +321,8 @@ UPDATE payments AS p
 SET lease_token = v.token, lease_expires_at = %(expires)s,
     claims = p.claims + 1, updated_at = %(now)s
 FROM json_to_recordset(%(claims)s::json) AS v(id uuid, token uuid)
-WHERE p.id = v.id AND (p.status = 'processing' AND p.lease_expires_at < %(now)s) IS TRUE
+WHERE p.id = ANY(%(ids)s::uuid[]) AND p.id = v.id
+  AND (p.status = 'processing' AND p.lease_expires_at < %(now)s) IS TRUE
 RETURNING v.token AS claim_token, {_RETURNED}
 """
 
@@ -336,7 +341,8 @@ WITH v AS (
         provider_transaction_id = COALESCE(v.provider_transaction_id, p.provider_transaction_id),
         authorization_url = COALESCE(v.authorization_url, p.authorization_url)
     FROM v
-    WHERE p.id = v.id AND (p.status = 'processing' AND p.lease_token = v.token) IS TRUE
+    WHERE p.id = ANY(%(ids)s::uuid[]) AND p.id = v.id
+      AND (p.status = 'processing' AND p.lease_token = v.token) IS TRUE
     RETURNING p.id, v.token
 ), attempts AS (
     -- keyed by (payment, token): a stale finish of the same payment writes nothing
@@ -409,6 +415,12 @@ def _json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, default=str, separators=(",", ":"))
 
 
+def _uuid_array(ids: Iterable[uuid.UUID]) -> str:
+    """A ``uuid[]`` literal: UUIDs need no quoting, and one text costs less to send than
+    a list psycopg would dump element by element."""
+    return "{" + ",".join(str(i) for i in ids) + "}"
+
+
 def _run_postgres(connection: Connection, writes: Sequence[Write]) -> list[Any]:
     results: dict[int, Any] = {}
     claims = [(i, w) for i, w in enumerate(writes) if isinstance(w, ClaimWrite)]
@@ -442,6 +454,7 @@ def _claim_postgres(
     take(
         _CLAIM_FRESH_SQL,
         {
+            "ids": _uuid_array(w.payment_id for _, w in claims),
             "claims": _json(
                 [
                     {
@@ -452,7 +465,7 @@ def _claim_postgres(
                     }
                     for _, w in claims
                 ]
-            )
+            ),
         },
         recovering=False,
     )
@@ -462,7 +475,10 @@ def _claim_postgres(
         try:
             take(
                 _CLAIM_STALE_SQL,
-                {"claims": _json([{"id": w.payment_id, "token": w.token} for _, w in missed])},
+                {
+                    "ids": _uuid_array(w.payment_id for _, w in missed),
+                    "claims": _json([{"id": w.payment_id, "token": w.token} for _, w in missed]),
+                },
                 recovering=True,
             )
         except DBAPIError as exc:
@@ -498,6 +514,7 @@ def _finish_postgres(
     params = {
         "now": utcnow(),
         "published": list(published),
+        "ids": _uuid_array(w.claim.payment_id for w in writes),
         "finishes": _json(finish_rows),
         "attempts": _json(attempt_rows),
         "events": _json(event_rows),

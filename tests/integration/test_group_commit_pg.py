@@ -299,7 +299,7 @@ def test_processor_with_batched_writer(database: Database, tmp_path: Path) -> No
 # -- plans ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rows", [2_000, 20_000])
+@pytest.mark.parametrize("rows", [0, 2_000, 20_000])
 @pytest.mark.parametrize(
     ("name", "sql", "avoid"),
     [
@@ -350,6 +350,11 @@ def test_statements_find_rows_by_key_whatever_the_statistics(
     assert avoid not in plan, plan
     assert "Seq Scan on payments" not in plan and "Seq Scan on outbox" not in plan, plan
     assert ("pk_payments" in plan) or ("uq_outbox_event_id" in plan), plan
+    # Every scan of a ledger table is bounded by a key condition (a plan cached on empty
+    # tables once hashed the whole primary key index per batch).
+    for node in re.split(r"\n\s*->", plan):
+        if re.search(r"Scan (using \w+ )?on (payments|outbox|pk_payments|pk_outbox)\b", node):
+            assert "Cond:" in node, plan
 
 
 # -- partial failures and locks -------------------------------------------------------------
