@@ -111,6 +111,38 @@ def wait_drained(redis: Any, queue: str, timeout_s: float) -> float:
     )
 
 
+def released(
+    ctx: Context, workers: WorkerSet, n: int, finished: Callable[[], float]
+) -> dict[str, Any]:
+    """Check the held queue holds the ``n`` messages, release every worker at one instant,
+    and wait for ``finished()`` (the instant the burst ended): its rate and CPU."""
+    from config.celery import PAYMENTS_QUEUE
+
+    held = backlog(ctx.redis, PAYMENTS_QUEUE)
+    if held != n:
+        raise HarnessError(
+            f"the held queue holds {held} of {n} messages (a worker consumed early?)"
+        )
+    cpu = workers.cpu_s(), time.process_time()
+    meter = CpuMeter(workers)
+    meter.start()
+    started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    ended = finished()
+    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
+    cores = meter.stop()
+    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    elapsed = ended - started
+    return {
+        "n": n,
+        "elapsed_s": elapsed,
+        "per_s": n / elapsed,
+        # CPU of the worker processes, and of this harness (its event consumer), per item
+        "worker_cpu_ms_each": cpu[0] / n * 1000,
+        "harness_cpu_ms_each": cpu[1] / n * 1000,
+        "cpu": cores,
+    }
+
+
 def task_burst(
     ctx: Context, workers: WorkerSet, send: Callable[[int], None], n: int, timeout_s: float
 ) -> dict[str, Any]:
@@ -121,29 +153,8 @@ def task_burst(
     for i in range(n):
         send(i)
     filled = time.perf_counter() - filled
-    held = backlog(ctx.redis, PAYMENTS_QUEUE)
-    if held != n:
-        raise HarnessError(
-            f"the held queue holds {held} of {n} messages (a worker consumed early?)"
-        )
-    cpu = workers.cpu_s(), time.process_time()
-    meter = CpuMeter(workers)
-    meter.start()
-    started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    ended = wait_drained(ctx.redis, PAYMENTS_QUEUE, timeout_s)
-    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
-    cores = meter.stop()
-    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    elapsed = ended - started
-    return {
-        "n": n,
-        "elapsed_s": elapsed,
-        "per_s": n / elapsed,
-        "worker_cpu_ms_each": cpu[0] / n * 1000,
-        "harness_cpu_ms_each": cpu[1] / n * 1000,
-        "enqueue_per_s": n / filled,
-        "cpu": cores,
-    }
+    burst = released(ctx, workers, n, lambda: wait_drained(ctx.redis, PAYMENTS_QUEUE, timeout_s))
+    return burst | {"enqueue_per_s": n / filled}
 
 
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,37 +227,17 @@ def payment_burst(
 
     wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)
     client_rate = submit_all(phase, n)
-    held = backlog(ctx.redis, PAYMENTS_QUEUE)
-    if held != n:
-        raise HarnessError(
-            f"the held queue holds {held} of {n} messages (a worker consumed early?)"
-        )
-    cpu = workers.cpu_s(), time.process_time()
-    meter = CpuMeter(workers)
-    meter.start()
-    started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    events.wait_count(phase, n, timeout_s)
-    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
-    cores = meter.stop()
-    last = max(a.at for o, a in events.arrivals.items() if o.startswith(phase + ":"))
-    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    mine = phase + ":"
+
+    def last_event() -> float:
+        events.wait_count(phase, n, timeout_s)
+        return max(a.at for o, a in events.arrivals.items() if o.startswith(mine))
+
+    burst = released(ctx, workers, n, last_event)
     bad = sum(
-        1
-        for o, a in events.arrivals.items()
-        if o.startswith(phase + ":") and a.status != "succeeded"
+        1 for o, a in events.arrivals.items() if o.startswith(mine) and a.status != "succeeded"
     )
-    elapsed = last - started
-    return {
-        "n": n,
-        "elapsed_s": elapsed,
-        "per_s": n / elapsed,
-        "not_succeeded": bad,
-        # CPU of the worker processes, and of this harness (its event consumer), per payment
-        "worker_cpu_ms_each": cpu[0] / n * 1000,
-        "harness_cpu_ms_each": cpu[1] / n * 1000,
-        "client_request_payment_per_s": client_rate,
-        "cpu": cores,
-    }
+    return burst | {"not_succeeded": bad, "client_request_payment_per_s": client_rate}
 
 
 @dataclass

@@ -14,11 +14,14 @@ only if its compare-and-set won) and changes only how they reach the database:
   one statement and the finishes as another, and wakes each caller with its own
   answer. Under load a round trip serves many payments; alone it serves one.
 * On PostgreSQL each kind is a single statement over the batch's rows sent as JSON (the
-  finish's update and inserts are one data-modifying ``WITH``), so it commits on its
-  own: a batch is all or nothing. Elsewhere (SQLite) the batch runs the ledger's
-  per-payment statements in one transaction.
-* A batch that fails is run again one write at a time, so an error reaches only the
-  caller whose write caused it.
+  finish's update and inserts, and the relay's "published" marks, are one
+  data-modifying ``WITH``), so it commits on its own: a batch is all or nothing.
+  Elsewhere (SQLite) the batch runs the ledger's per-payment statements in one
+  transaction.
+* A batch that fails on its data is run again one write at a time, so an error reaches
+  only the caller whose write caused it. One that loses its connection (or meets a
+  deadlock) is run again once, whole, on a fresh connection; if that fails too, every
+  caller hears so at once.
 """
 
 from __future__ import annotations
@@ -109,10 +112,6 @@ class _Pending:
     future: Future[Any] = field(default_factory=Future)
 
 
-def _is_finish(pending: _Pending) -> bool:
-    return isinstance(pending.write, FinishWrite)
-
-
 def _operational(exc: BaseException) -> bool:
     """The database, not the data: a lost connection, a failed connect, a deadlock."""
     return isinstance(exc, OperationalError) or (
@@ -193,7 +192,9 @@ class LedgerWriter:
                 due = time.monotonic() + self.MARKS_WAIT_S
             held += [p for p in batch if isinstance(p.write, PublishedMark)]
             batch = [p for p in batch if not isinstance(p.write, PublishedMark)]
-            if held and (time.monotonic() >= due or any(_is_finish(p) for p in batch)):
+            if held and (
+                time.monotonic() >= due or any(isinstance(p.write, FinishWrite) for p in batch)
+            ):
                 batch, held = batch + held, []
             if batch:
                 self._settle_or_fail(batch)
@@ -431,7 +432,7 @@ def _run_postgres(connection: Connection, writes: Sequence[Write]) -> list[Any]:
     if finishes:
         results.update(_finish_postgres(connection, finishes, published))
     elif published:
-        _execute(connection, _PUBLISHED_SQL, {"now": utcnow(), "published": published})
+        _execute(connection, _PUBLISHED_SQL, {"now": utcnow(), "published": _uuid_array(published)})
     return [results.get(i) for i in range(len(writes))]
 
 
@@ -513,7 +514,7 @@ def _finish_postgres(
     ]
     params = {
         "now": utcnow(),
-        "published": list(published),
+        "published": _uuid_array(published),
         "ids": _uuid_array(w.claim.payment_id for w in writes),
         "finishes": _json(finish_rows),
         "attempts": _json(attempt_rows),

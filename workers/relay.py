@@ -16,18 +16,16 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from providers.base import utcnow
 from registry.db import Database
-from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent, outbox_table
-
-if TYPE_CHECKING:
-    from workers.group_commit import LedgerWriter
+from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
+from workers.group_commit import LedgerWriter
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +117,9 @@ def publish_now(database: Database, publisher: EventPublisher, outbox_ids: Seque
             )
         ).all()
     return deliver(
-        database, publisher, [(row.event_id, row.event_type, row.payload) for row in rows]
+        publisher,
+        [(row.event_id, row.event_type, row.payload) for row in rows],
+        LedgerWriter(database, batched=False),
     )
 
 
@@ -170,10 +170,9 @@ class EventRelay:
     def __init__(
         self, database: Database, publisher: EventPublisher, writer: LedgerWriter | None = None
     ) -> None:
-        self.database = database
         self.publisher = publisher
-        # With a group-commit writer, the "published" marks ride along with its next batch.
-        self.writer = writer
+        # The process's group-commit writer: "published" marks ride along with its next batch.
+        self.writer = writer or LedgerWriter(database, batched=False)
         self._queue: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="tender-event-relay", daemon=True)
         self._thread.start()
@@ -190,32 +189,16 @@ class EventRelay:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            deliver(self.database, self.publisher, batch, self.writer)
+            deliver(self.publisher, batch, self.writer)
 
 
-def deliver(
-    database: Database,
-    publisher: EventPublisher,
-    items: Sequence[OutboxItem],
-    writer: LedgerWriter | None = None,
-) -> int:
+def deliver(publisher: EventPublisher, items: Sequence[OutboxItem], writer: LedgerWriter) -> int:
     """Publish outbox items held in memory, then mark them published. Returns the count."""
     if not items:
         return 0
     try:
         publisher.publish([(event_type, payload) for _, event_type, payload in items])
-        if writer is not None:
-            writer.mark_published([event_id for event_id, _, _ in items])
-            return len(items)
-        with database.statement() as connection:
-            connection.execute(
-                update(outbox_table)
-                .where(
-                    outbox_table.c.event_id.in_([event_id for event_id, _, _ in items]),
-                    outbox_table.c.published_at.is_(None),
-                )
-                .values(published_at=utcnow())
-            )
+        writer.mark_published([event_id for event_id, _, _ in items])
     except Exception:
         log.warning(
             "publishing %d event(s) failed; the outbox sweep will retry", len(items), exc_info=True
@@ -228,8 +211,8 @@ class InlineRelay:
     """Publishes in the caller's thread (tests, single-threaded tools): EventRelay's contract."""
 
     def __init__(self, database: Database, publisher: EventPublisher) -> None:
-        self.database = database
         self.publisher = publisher
+        self.writer = LedgerWriter(database, batched=False)
 
     def submit(self, items: Sequence[OutboxItem]) -> None:
-        deliver(self.database, self.publisher, items)
+        deliver(self.publisher, items, self.writer)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry.service import PluginRegistry
@@ -66,23 +66,23 @@ def _current() -> dict[str, Any]:
     return _state
 
 
-def provider_loop() -> ProviderLoop:
+def _per_process(key: str, build: Callable[[], T]) -> T:
+    """This process's one ``key`` object, built on first use (again after a fork)."""
     with _lock:
         state = _current()
-        if "loop" not in state:
-            state["loop"] = ProviderLoop()
-        loop: ProviderLoop = state["loop"]
-        return loop
+        if key not in state:
+            state[key] = build()
+        built: T = state[key]
+        return built
+
+
+def provider_loop() -> ProviderLoop:
+    return _per_process("loop", ProviderLoop)
 
 
 def registry() -> PluginRegistry:
     """This process's registry (cached plugins, hot-swap polling)."""
-    with _lock:
-        state = _current()
-        if "registry" not in state:
-            state["registry"] = PluginRegistry()
-        reg: PluginRegistry = state["registry"]
-        return reg
+    return _per_process("registry", PluginRegistry)
 
 
 def event_relay() -> EventRelay:
@@ -91,12 +91,9 @@ def event_relay() -> EventRelay:
     from workers.app import app
     from workers.relay import EventPublisher, EventRelay
 
-    with _lock:
-        state = _current()
-        if "relay" not in state:
-            state["relay"] = EventRelay(get_database(), EventPublisher(app), ledger_writer())
-        relay: EventRelay = state["relay"]
-        return relay
+    return _per_process(
+        "relay", lambda: EventRelay(get_database(), EventPublisher(app), ledger_writer())
+    )
 
 
 def ledger_writer() -> LedgerWriter:
@@ -104,12 +101,7 @@ def ledger_writer() -> LedgerWriter:
     from registry.db import get_database
     from workers.group_commit import LedgerWriter
 
-    with _lock:
-        state = _current()
-        if "writer" not in state:
-            state["writer"] = LedgerWriter(get_database(), batched=True)
-        writer: LedgerWriter = state["writer"]
-        return writer
+    return _per_process("writer", lambda: LedgerWriter(get_database(), batched=True))
 
 
 def close_retired_plugins() -> None:

@@ -200,16 +200,11 @@ def test_integrity_error_replaces_the_held_connection(database: Database) -> Non
     assert read(database, claimed[1][0].payment_id).status == "succeeded"
 
 
-def test_dead_connection_is_replaced_and_the_batch_rerun(database: Database) -> None:
-    """The backend behind the held connection dies between batches: the next batch fails
-    on it, is re-run on a fresh connection, and its callers never see the error."""
-    writer = quiet_writer(database)
-    sizes = record_batches(writer)
-    first = new_payment(database)
-    assert settle(writer, [ClaimWrite(first.id, LEASE_S)])[0].result(timeout=10) is not None
+def kill_held_connection(database: Database, writer: LedgerWriter) -> tuple[Any, int]:
+    """Terminate the backend behind the writer's held connection; (connection, its pid)."""
     held = writer._connection
     assert held is not None
-    pid = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    pid = int(held.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
     with database.statement() as connection:
         assert connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
         deadline = time.monotonic() + 10
@@ -218,6 +213,17 @@ def test_dead_connection_is_replaced_and_the_batch_rerun(database: Database) -> 
         ).scalar():
             assert time.monotonic() < deadline, "backend not terminated"
             time.sleep(0.02)
+    return held, pid
+
+
+def test_dead_connection_is_replaced_and_the_batch_rerun(database: Database) -> None:
+    """The backend behind the held connection dies between batches: the next batch fails
+    on it, is re-run on a fresh connection, and its callers never see the error."""
+    writer = quiet_writer(database)
+    sizes = record_batches(writer)
+    first = new_payment(database)
+    assert settle(writer, [ClaimWrite(first.id, LEASE_S)])[0].result(timeout=10) is not None
+    held, pid = kill_held_connection(database, writer)
 
     payments = [new_payment(database) for _ in range(3)]
     writes = [ClaimWrite(p.id, LEASE_S) for p in payments]
@@ -239,17 +245,7 @@ def test_a_lone_write_on_a_dead_connection_is_run_again_on_a_fresh_one(
     writer = quiet_writer(database)
     payment = new_payment(database)
     assert settle(writer, [ClaimWrite(payment.id, LEASE_S)])[0].result(timeout=10)
-    held = writer._connection
-    assert held is not None
-    pid = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-    with database.statement() as connection:
-        connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-        deadline = time.monotonic() + 10
-        while connection.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
-        ).scalar():
-            assert time.monotonic() < deadline, "backend not terminated"
-            time.sleep(0.02)
+    held, _ = kill_held_connection(database, writer)
     other = new_payment(database)
     write = ClaimWrite(other.id, LEASE_S)
     assert_claimed(

@@ -788,9 +788,25 @@ def test_a_broken_batch_fails_its_callers_and_the_writer_goes_on(database: Datab
         return run(connection, writes)
 
     writer._run = once_broken
-    first = new_payment(database)
-    with pytest.raises(RuntimeError, match="group commit failed"):
-        writer.claim(ClaimWrite(first.id, LEASE_S))
+
+    def claim_within(payment_id: uuid.UUID, timeout_s: float = 10.0) -> Any:
+        """writer.claim, failing the test (not hanging it) if no answer ever comes."""
+        answer: list[Any] = []
+
+        def call() -> None:
+            try:
+                answer.append(writer.claim(ClaimWrite(payment_id, LEASE_S)))
+            except Exception as exc:
+                answer.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(timeout_s)
+        assert answer, "the caller was left waiting"
+        return answer[0]
+
+    failed = claim_within(new_payment(database).id)
+    assert isinstance(failed, RuntimeError) and "group commit failed" in str(failed)
     second = new_payment(database)
-    claimed = writer.claim(ClaimWrite(second.id, LEASE_S))
+    claimed = claim_within(second.id)
     assert claimed is not None and claimed[1].id == second.id
