@@ -89,6 +89,10 @@ class FinishWrite:
     error_message: str | None = None
     provider_transaction_id: str | None = None
     authorization_url: str | None = None
+    # Called with the event, as (event_id, event_type, payload), once this finish has
+    # committed: in one call with every other finish of its batch that names the same
+    # callable (an event relay's ``submit``), so the relay publishes them as one batch.
+    publish: Callable[[Sequence[OutboxItem]], None] | None = None
 
     def __post_init__(self) -> None:
         if not can_transition(PaymentState.PROCESSING, self.state):
@@ -103,6 +107,7 @@ class PublishedMark:
 
 
 Write = ClaimWrite | FinishWrite | PublishedMark
+OutboxItem = tuple[uuid.UUID, str, dict[str, Any]]  # (event_id, event type, payload)
 ClaimResult = tuple[Claim, PaymentRecord] | None
 
 
@@ -167,7 +172,9 @@ class LedgerWriter:
     def _submit(self, write: Write) -> Any:
         if not self.batched:
             with self._connect() as connection:
-                return self._run(connection, [write])[0]
+                result = self._run(connection, [write])[0]
+            _publish_committed([_Pending(write)], [result])
+            return result
         pending = _Pending(write)
         self._queue.put(pending)
         return pending.future.result()
@@ -243,6 +250,7 @@ class LedgerWriter:
             for pending in batch:
                 self._settle([pending])
             return
+        _publish_committed(batch, results)
         for pending, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):  # this write alone failed
                 pending.future.set_exception(result)
@@ -279,6 +287,24 @@ class LedgerWriter:
         else:
             with self.database.statement() as connection:
                 yield connection
+
+
+def _publish_committed(batch: Sequence[_Pending], results: Sequence[Any]) -> None:
+    """Hand the events of the batch's committed finishes to their relays, one call per
+    relay, before their callers wake."""
+    events: dict[Callable[[Sequence[OutboxItem]], None], list[OutboxItem]] = {}
+    for pending, result in zip(batch, results, strict=True):
+        write = pending.write
+        if isinstance(write, FinishWrite) and write.publish is not None and result is True:
+            event = write.event
+            events.setdefault(write.publish, []).append(
+                (event["event_id"], event["event_type"], event["payload"])
+            )
+    for publish, items in events.items():
+        try:
+            publish(items)
+        except Exception:  # committed: the outbox sweep publishes what this could not
+            log.warning("handing %d event(s) to the relay failed", len(items), exc_info=True)
 
 
 # -- PostgreSQL: a statement per kind of write, over JSON rows ---------------------------

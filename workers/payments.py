@@ -496,11 +496,11 @@ class PaymentProcessor:
                 error_message=decision.error_message,
                 provider_transaction_id=outcome.provider_transaction_id if outcome else None,
                 authorization_url=outcome.authorization_url if outcome else None,
+                publish=self.relay.submit,  # with the rest of its batch, once committed
             )
         )
         if not finished:
             raise LeaseLost()
-        self.relay.submit([(event["event_id"], event["event_type"], event["payload"])])
         log.info(
             "payment %s %s via %s%s",
             payment.id,

@@ -152,12 +152,20 @@ def finish_of(
     **fields: Any,
 ) -> FinishWrite:
     """The FinishWrite PaymentProcessor._finish would build (event from payment_event)."""
+    publish = fields.pop("publish", None)
     changed = {k: v for k, v in fields.items() if v is not None}
     event = outbox_row(payment_event(payment, state, **changed))
     if event_id is not None:
         event["event_id"] = event_id
         event["payload"] = {**event["payload"], "event_id": str(event_id)}
-    return FinishWrite(claim, state, event, attempts=attempt_rows(payment.id, attempts), **fields)
+    return FinishWrite(
+        claim, state, event, attempts=attempt_rows(payment.id, attempts), publish=publish, **fields
+    )
+
+
+def relayed(*writes: FinishWrite) -> list[tuple[uuid.UUID, str, dict[str, Any]]]:
+    """The items a finish hands its relay: (event_id, event_type, payload)."""
+    return [(w.event["event_id"], w.event["event_type"], w.event["payload"]) for w in writes]
 
 
 def quiet_writer(database: Database) -> LedgerWriter:
@@ -355,16 +363,31 @@ def check_finishes_with_lost_leases(database: Database) -> None:
     ledger_claim(database, stale.id)  # a successor took the expired lease over
     before = {p.id: read(database, p.id) for p in (wrong, stale)}
     wrong_claim = Claim(wrong.id, new_token(), utcnow() + timedelta(seconds=30), False)
+    handed: list[list[Any]] = []  # what the batch hands its event relay
+    relay = handed.append
 
     writes = [
-        finish_of(claim1, record1, attempts=2, instance_id=uuid.uuid4(), plugin_name="sandbox"),
-        finish_of(wrong_claim, record_wrong, PaymentState.FAILED, error_code="declined"),
-        finish_of(claim2, record2, PaymentState.PENDING, attempts=0),
-        finish_of(old_claim, record_stale, attempts=3, provider_transaction_id="tx-stale"),
+        finish_of(
+            claim1,
+            record1,
+            attempts=2,
+            instance_id=uuid.uuid4(),
+            plugin_name="sandbox",
+            publish=relay,
+        ),
+        finish_of(
+            wrong_claim, record_wrong, PaymentState.FAILED, error_code="declined", publish=relay
+        ),
+        finish_of(claim2, record2, PaymentState.PENDING, attempts=0, publish=relay),
+        finish_of(
+            old_claim, record_stale, attempts=3, provider_transaction_id="tx-stale", publish=relay
+        ),
     ]
     results = [f.result(timeout=10) for f in settle(writer, writes)]
     assert results == [True, False, True, False]
     assert sizes == [4]  # nothing failed: one batch, not re-run
+    # The winners' events, and only theirs, reach the relay in one hand-over.
+    assert [list(items) for items in handed] == [relayed(writes[0], writes[2])]
 
     for write, state in [(writes[0], "succeeded"), (writes[2], "pending")]:
         payment_id = write.claim.payment_id
@@ -647,11 +670,36 @@ def test_unset_provider_fields_keep_stored_values(database: Database) -> None:
 def test_unbatched_finish_returns_false_without_the_lease(database: Database) -> None:
     writer = LedgerWriter(database, batched=False)
     claim, record = ledger_claim(database, new_payment(database).id)
-    lost = finish_of(Claim(claim.payment_id, new_token(), claim.expires_at, False), record)
+    handed: list[Sequence[Any]] = []
+    lost = finish_of(
+        Claim(claim.payment_id, new_token(), claim.expires_at, False), record, publish=handed.append
+    )
     assert writer.finish(lost) is False
     assert outbox_about(database, claim.payment_id) == []
-    assert writer.finish(finish_of(claim, record)) is True
-    assert writer.finish(finish_of(claim, record)) is False  # already final
+    assert handed == []
+    won = finish_of(claim, record, publish=handed.append)
+    assert writer.finish(won) is True
+    assert [list(items) for items in handed] == [relayed(won)]
+    assert writer.finish(finish_of(claim, record, publish=handed.append)) is False  # final
+    assert len(handed) == 1
+
+
+def test_a_failing_relay_hand_over_leaves_the_finish_committed(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event is committed in the outbox: the sweep publishes it; the caller is told
+    the finish won."""
+    writer = LedgerWriter(database, batched=False)
+    claim, record = ledger_claim(database, new_payment(database).id)
+
+    def broken(items: Sequence[Any]) -> None:
+        raise RuntimeError("relay gone")
+
+    write = finish_of(claim, record, publish=broken)
+    assert writer.finish(write) is True
+    assert read(database, claim.payment_id).status == PaymentState.SUCCEEDED
+    assert [e["published_at"] for e in outbox_with(database, write.event["event_id"])] == [None]
+    assert "handing 1 event(s) to the relay failed" in caplog.text
 
 
 @pytest.mark.parametrize(
