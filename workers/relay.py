@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from providers.base import utcnow
 from registry.db import Database
+from workers.broker import reuse_one_client
 from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
 from workers.group_commit import LedgerWriter, OutboxItem
 
@@ -49,7 +50,7 @@ class EventPublisher:
                 for entity in (events_exchange, default_events_queue):
                     producer.maybe_declare(entity, retry=True, **_RETRY)
                 declared.add(_DECLARED)
-            _one_client(producer.channel)
+            reuse_one_client(producer.channel)
             if len(rows) == 1:  # a transport batch costs more than it saves for one message
                 self._publish_one(producer, *rows[0])
                 return
@@ -75,30 +76,6 @@ class EventPublisher:
 
 _RETRY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
 _DECLARED = "tender.events: exchange and default queue declared"
-
-
-def _one_client(channel: Any) -> None:
-    """Give a Redis channel one client object for all its commands.
-
-    kombu's Redis channel builds a new ``redis.Redis`` for every command it sends, and
-    redis-py (5 and later) fills a table of about 170 response callbacks in each one:
-    two thirds of a lone publish's CPU (0.75 ms). A client holds no connection of its own
-    (each command borrows one from the channel's pool), so one per channel serves every
-    thread. AMQP channels have no such factory and are left alone.
-    """
-    create = getattr(channel, "_create_client", None)
-    if create is None or getattr(create, "one_client", False):
-        return
-    clients: dict[bool, Any] = {}
-
-    def one_client(asynchronous: bool = False) -> Any:
-        client = clients.get(asynchronous)
-        if client is None:
-            client = clients.setdefault(asynchronous, create(asynchronous=asynchronous))
-        return client
-
-    one_client.one_client = True  # type: ignore[attr-defined]
-    channel._create_client = one_client  # shadows the method on this channel only
 
 
 @contextmanager

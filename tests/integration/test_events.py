@@ -8,8 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,26 @@ def test_events_tail_prints_json_lines(worker, tenant, book_path, integration_en
     ), errors
 
 
+@contextmanager
+def clients_built_here(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Count the ``redis.Redis`` objects this thread builds inside the block (an
+    in-process worker of the session may be building its own meanwhile)."""
+    built: list[int] = []
+    original = redis.Redis.__init__
+    me = threading.get_ident()
+
+    def counting(self: redis.Redis, *args: Any, **kwargs: Any) -> None:
+        if threading.get_ident() == me:
+            built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting)
+    try:
+        yield built
+    finally:
+        monkeypatch.undo()
+
+
 def test_lone_publishes_reuse_one_redis_client(
     integration_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,17 +110,9 @@ def test_lone_publishes_reuse_one_redis_client(
         )
 
     publish(ids[0])  # declares, and builds the channel's one client
-    built: list[int] = []
-    original = redis.Redis.__init__
-
-    def counting(self: redis.Redis, *args: Any, **kwargs: Any) -> None:
-        built.append(1)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(redis.Redis, "__init__", counting)
-    for event_id in ids[1:]:
-        publish(event_id)
-    monkeypatch.undo()
+    with clients_built_here(monkeypatch) as built:
+        for event_id in ids[1:]:
+            publish(event_id)
     assert built == []
 
     seen: set[str] = set()  # and every event reached the default queue
@@ -114,3 +129,58 @@ def test_lone_publishes_reuse_one_redis_client(
             message.ack()
             seen.add(message.payload.get("event_id"))
     assert set(ids) <= seen
+
+
+_CLIENT_SCRIPT = """
+import json, threading, uuid
+import redis
+from celery.signals import before_task_publish
+from workers.client import request_payment
+
+sent = []
+before_task_publish.connect(lambda **s: sent.append(dict(s.get("headers") or {})), weak=False)
+request_payment(f"rc-{uuid.uuid4()}", "2", "NGN", "ada@example.com")  # warm
+built = []
+original = redis.Redis.__init__
+def counting(self, *args, **kwargs):
+    built.append(1)
+    original(self, *args, **kwargs)
+redis.Redis.__init__ = counting
+receipts = [
+    request_payment(f"rc-{uuid.uuid4()}", "2", "NGN", "ada@example.com", tenant_id="t-rc")
+    for _ in range(3)
+]
+last = receipts[-1]
+print(json.dumps({
+    "built": len(built),
+    "enqueued": all(r.enqueued for r in receipts),
+    "argsrepr": sent[-1]["argsrepr"],
+    "kwargsrepr": sent[-1]["kwargsrepr"],
+    "expected_args": repr([str(last.payment_id)]),
+    "expected_kwargs": repr(
+        {"tenant_id": "t-rc", "currency": "NGN", "idempotency_key": last.idempotency_key}
+    ),
+}))
+"""
+
+
+def test_request_payment_reuses_one_redis_client_and_names_its_arguments(
+    integration_env: dict[str, str],
+) -> None:
+    """A client process builds no Redis client per request (kombu would build one per
+    publish), and the task message still shows its arguments as Celery would. In a
+    process of its own: in this one the worker's relay shares the producer pool."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["built"] == 0
+    assert report["enqueued"]
+    assert report["argsrepr"] == report["expected_args"]
+    assert report["kwargsrepr"] == report["expected_kwargs"]
