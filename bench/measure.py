@@ -164,8 +164,8 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def ceiling(ctx: Context, workers: WorkerSet, n: int, repeats: int = 1) -> dict[str, Any]:
-    """(a) no-op tasks per second (best of ``repeats`` bursts)."""
+def ceiling(ctx: Context, workers: WorkerSet, n: int, *, warm_up: bool = False) -> dict[str, Any]:
+    """(a) no-op tasks per second, one burst (after a tenth as many to warm up)."""
     from bench.tasks import noop
     from config.celery import PAYMENTS_QUEUE
 
@@ -174,9 +174,9 @@ def ceiling(ctx: Context, workers: WorkerSet, n: int, repeats: int = 1) -> dict[
         def send(_: int) -> None:
             noop.apply_async(queue=PAYMENTS_QUEUE, producer=producer)
 
-        task_burst(ctx, workers, send, max(n // 10, 200), timeout_s=120)  # warm-up
-        timeout_s = max(60, n / 100)
-        return best_of([task_burst(ctx, workers, send, n, timeout_s) for _ in range(repeats)])
+        if warm_up:
+            task_burst(ctx, workers, send, max(n // 10, 200), timeout_s=120)
+        return task_burst(ctx, workers, send, n, timeout_s=max(60, n / 100))
 
 
 def naive(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
