@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from config.celery import celery_options
 from config.settings import get_settings
@@ -41,3 +42,12 @@ def _after_fork(**_: Any) -> None:
 
     forget_databases(close=False)
     runtime.reset()
+
+
+@worker_ready.connect
+def _freeze_startup_objects(**_: Any) -> None:
+    """Move everything built while starting (modules, Celery's and the SDKs' objects)
+    out of the garbage collector's sight: a full collection otherwise walks all of it
+    and stalled the worker for 60-90 ms at a time, every payment in flight with it."""
+    gc.collect()
+    gc.freeze()
