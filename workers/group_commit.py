@@ -18,6 +18,8 @@ only if its compare-and-set won) and changes only how they reach the database:
   data-modifying ``WITH``), so it commits on its own: a batch is all or nothing.
   Elsewhere (SQLite) the batch runs the ledger's per-payment statements in one
   transaction.
+* The events of a batch's committed finishes go to their event relay in one hand-over,
+  before their callers wake, so the relay publishes them as one transport batch.
 * A batch that fails on its data is run again one write at a time, so an error reaches
   only the caller whose write caused it. One that loses its connection (or meets a
   deadlock) is run again once, whole, on a fresh connection; if that fails too, every
