@@ -24,6 +24,7 @@ from providers.base import utcnow
 from registry.db import Database
 from registry.migrate import upgrade
 from tests.conftest import drop_postgres_schema, fresh_postgres_schema
+from tests.unit.test_client_record import check_recorded_payment_is_what_is_stored
 from tests.unit.test_group_commit import (
     LEASE_S,
     _duplicate_event_setup,
@@ -402,3 +403,8 @@ def test_a_published_mark_skips_outbox_rows_the_sweep_holds(database: Database) 
         sweep.rollback()
         sweep.close()
     assert outbox_with(database, duplicate)[0]["published_at"] is None  # skipped, not waited
+
+
+def test_recorded_payment_is_what_is_stored(database: Database) -> None:
+    """The client's insert (no RETURNING) on PostgreSQL."""
+    check_recorded_payment_is_what_is_stored(database)
