@@ -132,6 +132,10 @@ class LedgerWriter:
     MAX_BATCH = 128
     # A published mark waits this long at most for a finish statement to ride along with.
     MARKS_WAIT_S = 0.25
+    # How long a busy batch waits for more writes (see _gather). In the bench, 0.5 ms cut
+    # this thread's CPU per payment by a tenth and raised (c) by 8% (runs normalised by
+    # Celery's own thread, whose CPU drifts with the machine); 1 ms gained no more.
+    LINGER_S = 0.0005
 
     def __init__(self, database: Database, *, batched: bool = True) -> None:
         self.database = database
@@ -192,11 +196,7 @@ class LedgerWriter:
                 batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:  # no finish came along in time: the marks go alone
                 batch = []
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            self._gather(batch)
             if not held:
                 due = time.monotonic() + self.MARKS_WAIT_S
             held += [p for p in batch if isinstance(p.write, PublishedMark)]
@@ -207,6 +207,28 @@ class LedgerWriter:
                 batch, held = batch + held, []
             if batch:
                 self._settle_or_fail(batch)
+
+    def _gather(self, batch: list[_Pending]) -> None:
+        """Add what else is waiting to ``batch``. Busy (more than one write already),
+        wait up to ``LINGER_S`` for more: a statement serves more payments, and each costs
+        PostgreSQL and this thread about the same whatever its size. Alone, go at once."""
+        deadline: float | None = None
+        while len(batch) < self.MAX_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                if len(batch) < 2:
+                    return
+            if deadline is None:
+                deadline = time.monotonic() + self.LINGER_S
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                return
 
     def _settle_or_fail(self, batch: list[_Pending]) -> None:
         """Settle ``batch``; if that itself breaks (a bug), fail its callers rather than

@@ -37,6 +37,7 @@ from workers.group_commit import (
     ClaimWrite,
     FinishWrite,
     LedgerWriter,
+    PublishedMark,
     Write,
     _Pending,
 )
@@ -858,3 +859,44 @@ def test_a_broken_batch_fails_its_callers_and_the_writer_goes_on(database: Datab
     second = new_payment(database)
     claimed = claim_within(second.id)
     assert claimed is not None and claimed[1].id == second.id
+
+
+def _later(delay_s: float, action: Callable[[], Any]) -> threading.Timer:
+    timer = threading.Timer(delay_s, action)
+    timer.start()
+    return timer
+
+
+def test_a_lone_write_goes_without_waiting(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = quiet_writer(database)
+    monkeypatch.setattr(LedgerWriter, "LINGER_S", 0.5)
+    batch = [_Pending(PublishedMark([uuid.uuid4()]))]
+    late = _Pending(PublishedMark([uuid.uuid4()]))
+    timer = _later(0.05, lambda: writer._queue.put(late))
+    writer._gather(batch)
+    timer.join()
+    assert batch == batch[:1]  # did not wait for the late write
+    assert writer._queue.get_nowait() is late
+
+
+def test_a_busy_batch_waits_briefly_for_more(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = quiet_writer(database)
+    first, second, soon, late = (_Pending(PublishedMark([uuid.uuid4()])) for _ in range(4))
+    writer._queue.put(second)
+    monkeypatch.setattr(LedgerWriter, "LINGER_S", 0.4)
+    timers = [_later(0.05, lambda: writer._queue.put(soon))]
+    batch = [first]
+    writer._gather(batch)
+    assert batch == [first, second, soon]  # joined within the linger
+    monkeypatch.setattr(LedgerWriter, "LINGER_S", 0.05)
+    timers.append(_later(0.4, lambda: writer._queue.put(late)))
+    batch = [first, second]
+    writer._gather(batch)
+    assert batch == [first, second]  # the linger is bounded: late waits for the next batch
+    for timer in timers:
+        timer.join()
+    assert writer._queue.get_nowait() is late
