@@ -501,11 +501,12 @@ class PaymentProcessor:
         )
         if not finished:
             raise LeaseLost()
-        log.info(
-            "payment %s %s via %s%s",
-            payment.id,
-            decision.state.value,
-            instance.label if instance else "no provider",
-            f": {decision.error_message}" if decision.error_message else "",
-        )
+        if log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
+            log.info(
+                "payment %s %s via %s%s",
+                payment.id,
+                decision.state.value,
+                instance.label if instance else "no provider",
+                f": {decision.error_message}" if decision.error_message else "",
+            )
         return decision.state
