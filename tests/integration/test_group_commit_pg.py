@@ -354,6 +354,17 @@ def test_statements_find_rows_by_key_whatever_the_statistics(
             assert "Cond:" in node, plan
 
 
+def test_the_writer_connection_keeps_generic_plans(database: Database) -> None:
+    """The batch statements are planned once per connection, in the generic plan the test
+    above checks, not re-planned on every execution."""
+    connection = writer_connection(database)
+    try:
+        assert connection.exec_driver_sql("SHOW plan_cache_mode").scalar() == ("force_generic_plan")
+        assert connection.exec_driver_sql("SHOW enable_seqscan").scalar() == "off"
+    finally:
+        connection.close()
+
+
 # -- partial failures and locks -------------------------------------------------------------
 
 
