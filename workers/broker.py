@@ -2,8 +2,8 @@
 
 kombu's Redis channel builds a new ``redis.Redis`` for every command it sends, and
 redis-py (5 and later) fills a table of about 170 response callbacks in each: most of the
-CPU of a lone publish (a relayed event: 752 -> 265 us here) and a sixth of
-``request_payment``'s. A client holds no connection of its own (each command borrows one
+CPU of a lone publish (a relayed event: 752 -> 265 us here), and part of every
+``request_payment``. A client holds no connection of its own (each command borrows one
 from the channel's pool), so one per channel serves every thread.
 
 Only channels Tender publishes on get it (the event relay's, the client's enqueue);

@@ -443,7 +443,7 @@ WHERE id IN (
 
 
 # A statement's result columns, by its text: psycopg builds a Column object per column
-# each time ``description`` is read (a claim returns 26: a third of its CPU).
+# each time ``description`` is read (a claim returns 26: a quarter of its CPU).
 _result_names: dict[str, list[str]] = {}
 
 
