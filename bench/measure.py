@@ -165,7 +165,7 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ceiling(ctx: Context, workers: WorkerSet, n: int, *, warm_up: bool = False) -> dict[str, Any]:
-    """(a) no-op tasks per second, one burst (after a tenth as many to warm up)."""
+    """(a) no-op tasks per second, one burst (with ``warm_up``, after a tenth as many)."""
     from bench.tasks import noop
     from config.celery import PAYMENTS_QUEUE
 

@@ -55,10 +55,11 @@ class EventPublisher:
                 self._publish_one(producer, *rows[0])
                 return
             # One transport batch (a Redis pipeline) for the lot; transports without
-            # batching publish each message at once. A batched publish only buffers (the
-            # network is touched by the flush, whose failure fails the whole batch), so
-            # kombu's per-message reconnect-and-retry wrapper would guard nothing there:
-            # without it a batched event costs 40% less CPU.
+            # batching publish each message at once. A batched publish only buffers: the
+            # network is touched by the batch's one routing lookup and by the flush, and
+            # a failure of either fails the whole batch (the sweep publishes it again), so
+            # kombu's per-message reconnect-and-retry wrapper is dropped there: a batched
+            # event costs 40% less CPU without it.
             retry = not producer.supports_batch_publish
             with producer.batch(), _one_routing_lookup(producer.channel):
                 for event_type, payload in rows:
