@@ -18,10 +18,11 @@ from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv
 PROCESSES = 2  # never more worker processes than cores
 TENDER_POOL = "threads"
 # Threads per worker process. They wait on the process's provider loop and its group
-# commit, so 2 x 128 payments can wait on a 300 ms provider at once (853/s, above what 2
-# cores process). With group commit, 64 threads capped (d) at 340/s (latency-bound: 128
-# in flight / 0.3 s) while 128 gave 504/s, with (c) unchanged. PostgreSQL connections
-# stay bounded by the pool (8 + 8 per process), not by the thread count.
+# commit, so 2 x 128 payments can wait on a 300 ms provider at once, and each thread has
+# its next message reserved (prefetch multiplier 2, config.celery). Probe runs of (d) on
+# one machine: 128 threads gave 693/s; 192 gave 594/s and 256 gave 551/s, as worker CPU per
+# payment rose from 1.5 to 2.1 ms; with prefetch 1, 128 gave 565/s and 256 gave 593/s.
+# PostgreSQL connections stay bounded by the pool (8 + 8 per process), not by threads.
 TENDER_CONCURRENCY = 128
 
 

@@ -14,14 +14,22 @@ MAINTENANCE_QUEUE = "maintenance"
 MAX_REDELIVERIES = 5  # a payment whose worker dies this often goes to `unknown` for reconcile
 
 
+def visibility_timeout_s(settings: Settings) -> int:
+    """How long Redis waits before it re-delivers an unacknowledged message.
+
+    It must exceed the longest a reserved message can stay unacked while its worker is
+    alive, or a slow payment would be handed to a second worker as well. A pool of N
+    threads reserves N x multiplier messages and runs them in order, N at a time, each
+    within the task time limit: the last waits (multiplier - 1) limits, then runs one.
+    Two more limits are the margin (4 x the limit at the default multiplier of 2).
+    """
+    return int(settings.task_time_limit_s * (settings.worker_prefetch_multiplier + 2))
+
+
 def celery_options(settings: Settings) -> dict[str, Any]:
     """Celery configuration for Tender's workers and beat."""
     time_limit_s = settings.task_time_limit_s
-    transport: dict[str, Any] = {
-        # Redis re-delivers an unacknowledged message after this; it must exceed the
-        # longest task, or a slow payment would be handed to a second worker.
-        "visibility_timeout": int(time_limit_s * 4),
-    }
+    transport: dict[str, Any] = {"visibility_timeout": visibility_timeout_s(settings)}
     if settings.embedded_broker:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
@@ -46,7 +54,9 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         # options make sure a crashed worker's message is delivered again, not lost.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        # A thread pool of N reserves N x multiplier messages. Every one stays unacked
+        # until its task ends, so a crash or a warm shutdown gives them back.
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "task_time_limit": time_limit_s,
         "task_soft_time_limit": max(time_limit_s - 10, time_limit_s * 0.9),
         "task_queues": (

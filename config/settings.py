@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     provider_timeout_s: PositiveSeconds = 15.0  # per provider call
     payment_lease_s: PositiveSeconds = 120.0  # a claimed payment's lease before recovery
     task_time_limit_s: PositiveSeconds = 300.0
+    # Payment messages a worker process reserves per pool thread: 2 keeps the next one
+    # ready for each thread, so a freed thread starts it at once instead of waiting for
+    # the consumer's ack and fetch round trips (see config.celery).
+    worker_prefetch_multiplier: Annotated[int, Field(ge=1, le=4)] = 2
 
     alert_webhook_url: str | None = None
     alert_smtp_host: str | None = None

@@ -133,9 +133,9 @@ def wait_for(predicate: Any, timeout_s: float = 20.0, interval_s: float = 0.05) 
 
 
 class WorkerProcess:
-    """A real ``celery worker`` OS process (prefork), for crash tests."""
+    """A real ``celery worker`` OS process (prefork unless told), for crash tests."""
 
-    def __init__(self, env: dict[str, str], *, concurrency: int = 1) -> None:
+    def __init__(self, env: dict[str, str], *, concurrency: int = 1, pool: str = "prefork") -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -145,7 +145,7 @@ class WorkerProcess:
                 "workers.app",
                 "worker",
                 "--pool",
-                "prefork",
+                pool,
                 "--concurrency",
                 str(concurrency),
                 "--queues",

@@ -92,3 +92,40 @@ def test_sigkilled_worker_charges_once_and_completes(
     if phase == "after-charge":
         # the successor verified first and found the charge: no second charge call
         assert [a.operation for a in view.attempts] == ["verify"]
+
+
+def test_warm_shutdown_gives_back_the_payments_a_worker_reserved(
+    crash_env: dict[str, str], tenant: str, book_path: str
+) -> None:
+    """A pool of one thread reserves two payment messages (two per thread): one runs, one
+    waits. A warm shutdown lets the running payment finish and returns the waiting one
+    to the queue, unclaimed, and the next worker charges it once."""
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": book_path, "latency_ms": 1500}, tenant_id=tenant, is_active=True
+    )
+    payments = [new_payment(tenant, f"warm-{i}") for i in range(2)]
+    broker = crash_env["TENDER_BROKER_URL"]
+    queue = redis.Redis.from_url(broker)
+    worker = WorkerProcess(crash_env, concurrency=1, pool="threads")
+    try:
+        for payment in payments:
+            send_process_payment(broker, payment.id)
+        # both messages are with the worker (unacked), none left in the queue
+        wait_for(lambda: queue.hlen("unacked") == 2 and queue.llen("payments") == 0)
+        wait_for(lambda: any(get_payment(p.id).status.value == "processing" for p in payments))
+    finally:
+        output = worker.stop()  # SIGTERM: warm shutdown
+    states = sorted(get_payment(p.id).status.value for p in payments)
+    assert states == ["requested", "succeeded"], output[-3000:]
+    assert queue.llen("payments") == 1  # the reserved message is back, not lost
+    successor = WorkerProcess(crash_env, concurrency=1, pool="threads")
+    try:
+        wait_for(
+            lambda: all(get_payment(p.id).status.value == "succeeded" for p in payments),
+            timeout_s=30,
+        )
+    finally:
+        output = successor.stop()
+    book = charge_book(book_path)
+    assert book.count() == 2, output[-3000:]
+    assert book.refused_repeats() == 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from config.celery import celery_options
 from config.settings import (
     Environment,
     SettingsError,
@@ -80,6 +81,8 @@ def test_blank_service_urls_mean_the_embedded_default(
         ("TENDER_ALERT_SMTP_PORT", "70000", "less than 65536"),
         ("TENDER_CIRCUIT_FAILURE_THRESHOLD", "0", "greater than or equal to 1"),
         ("TENDER_ALERT_EMAIL_TO", "ops@example.com", "JSON list"),
+        ("TENDER_WORKER_PREFETCH_MULTIPLIER", "0", "greater than or equal to 1"),
+        ("TENDER_WORKER_PREFETCH_MULTIPLIER", "5", "less than or equal to 4"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable_and_what_it_expects(
@@ -143,3 +146,23 @@ def test_the_secrets_key_is_never_echoed(tender_env: Path, monkeypatch: pytest.M
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2, 3, 4])
+def test_redis_redelivers_only_after_every_reserved_message_could_have_run(
+    tender_env: Path, monkeypatch: pytest.MonkeyPatch, multiplier: int
+) -> None:
+    """A thread reserves ``multiplier`` messages and runs them one after another, each
+    within the time limit: Redis must not hand the last one to a second worker first."""
+    monkeypatch.setenv("TENDER_WORKER_PREFETCH_MULTIPLIER", str(multiplier))
+    monkeypatch.setenv("TENDER_TASK_TIME_LIMIT_S", "60")
+    options = celery_options(load_settings())
+    assert options["worker_prefetch_multiplier"] == multiplier
+    assert options["broker_transport_options"]["visibility_timeout"] > multiplier * 60
+    assert options["task_acks_late"] and options["task_reject_on_worker_lost"]
+
+
+def test_workers_reserve_two_messages_per_thread_by_default(tender_env: Path) -> None:
+    options = celery_options(load_settings())
+    assert options["worker_prefetch_multiplier"] == 2
+    assert options["broker_transport_options"]["visibility_timeout"] == 4 * 300
