@@ -17,12 +17,13 @@ from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv
 
 PROCESSES = 2  # never more worker processes than cores
 TENDER_POOL = "threads"
-# Threads per worker process. They wait on the process's provider loop and its group
-# commit, so 2 x 128 payments can wait on a 300 ms provider at once, and each thread has
-# its next message reserved (prefetch multiplier 2, config.celery). Probe runs of (d) on
-# one machine: 128 threads gave 693/s; 192 gave 594/s and 256 gave 551/s, as worker CPU per
-# payment rose from 1.5 to 2.1 ms; with prefetch 1, 128 gave 565/s and 256 gave 593/s.
-# PostgreSQL connections stay bounded by the pool (8 + 8 per process), not by threads.
+# Threads per worker process (the `tender worker` default). They wait on the process's
+# provider loop and its group commit, so 2 x 128 payments can wait on a 300 ms provider at
+# once, and each thread has its next message reserved (prefetch multiplier 2, see
+# config.celery). With prefetch 2, an alternating A/B against 160 threads (6 bursts each)
+# gave (d) 667 vs 664/s and (c) 709 vs 664/s; single runs of 192 and 256 were slower. With
+# prefetch 1, 128 threads gave (d) 565/s and 256 gave 593/s. PostgreSQL connections stay
+# bounded by the pool (8 + 8 per process), not by the thread count.
 TENDER_CONCURRENCY = 128
 
 
