@@ -10,8 +10,10 @@ exchange, so events wait there even before any consumer has bound a queue.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -168,16 +170,31 @@ class EventRelay:
     ``submit`` never blocks the payment: the thread publishes what is queued with one
     producer, then marks those outbox rows published in one statement. A failure
     leaves the rows unpublished for the beat's sweep, so delivery stays at least once.
+
+    It flushes at most once per ``flush_interval_s``: after a quiet spell an event goes
+    at once, while events keep coming each flush takes everything that arrived since the
+    last one, so an event waits at most that long. In a burst, group commit hands over
+    about two events every 6 ms or so; flushing at most every 10 ms lifted (c) by 13% in
+    paired runs (``python -m bench.compare``, 3 ms: no change, as it rarely waits): fewer
+    flushes mean fewer wake-ups and round trips here, which leave Celery's consumer
+    thread more of the process's GIL.
     """
 
     BATCH = 200
+    FLUSH_INTERVAL_S = 0.01
 
     def __init__(
-        self, database: Database, publisher: EventPublisher, writer: LedgerWriter | None = None
+        self,
+        database: Database,
+        publisher: EventPublisher,
+        writer: LedgerWriter | None = None,
+        *,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
     ) -> None:
         self.publisher = publisher
         # The process's group-commit writer: "published" marks ride along with its next batch.
         self.writer = writer or LedgerWriter(database, batched=False)
+        self.flush_interval_s = flush_interval_s
         self._queue: queue.SimpleQueue[Sequence[OutboxItem]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="tender-event-relay", daemon=True)
         self._thread.start()
@@ -188,13 +205,18 @@ class EventRelay:
             self._queue.put(items)
 
     def _run(self) -> None:
+        flushed_at = -math.inf
         while True:
             batch = list(self._queue.get())
+            pause = flushed_at + self.flush_interval_s - time.monotonic()
+            if pause > 0:  # events keep coming: let this flush take what comes meanwhile
+                time.sleep(pause)
             while len(batch) < self.BATCH:
                 try:
                     batch += self._queue.get_nowait()
                 except queue.Empty:
                     break
+            flushed_at = time.monotonic()
             deliver(self.publisher, batch, self.writer)
 
 

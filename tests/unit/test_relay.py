@@ -139,3 +139,41 @@ def test_declarations_are_made_again_after_a_reconnect(
         connection.declared_entities.clear()  # what kombu does on reconnect
     publisher.publish([("payment.failed", payload("payment.failed"))])
     assert declared == ["tender.events", "tender.events.all"] * 2
+
+
+class RecordingPublisher(EventPublisher):
+    """Records each publish call's events instead of sending them."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def publish(self, rows: Any) -> None:
+        self.calls.append([event_type for event_type, _ in rows])
+
+
+class NoMarks:
+    def mark_published(self, event_ids: Any) -> None:
+        pass
+
+
+def wait_calls(publisher: RecordingPublisher, n: int, timeout_s: float = 5.0) -> float:
+    started = time.monotonic()
+    while len(publisher.calls) < n:
+        assert time.monotonic() - started < timeout_s, publisher.calls
+        time.sleep(0.002)
+    return time.monotonic() - started
+
+
+def test_the_relay_publishes_a_lone_event_at_once_and_a_stream_in_one_flush_per_interval() -> None:
+    publisher = RecordingPublisher()
+    relay = EventRelay(None, publisher, NoMarks(), flush_interval_s=0.5)  # type: ignore[arg-type]
+    # after a quiet spell, an event goes at once (well within the interval)
+    relay.submit([(uuid.uuid4(), "first", {})])
+    assert wait_calls(publisher, 1) < 0.4
+    # events that keep coming wait out the interval and go together
+    relay.submit([(uuid.uuid4(), "second", {})])
+    time.sleep(0.1)  # long enough for a relay without an interval to publish it alone
+    relay.submit([(uuid.uuid4(), "third", {})])
+    wait_calls(publisher, 2)
+    time.sleep(0.1)
+    assert publisher.calls == [["first"], ["second", "third"]]
