@@ -174,10 +174,10 @@ class EventRelay:
     It flushes at most once per ``flush_interval_s``: after a quiet spell an event goes
     at once, while events keep coming each flush takes everything that arrived since the
     last one, so an event waits at most that long. In a burst, group commit hands over
-    about two events every 6 ms or so; flushing at most every 10 ms lifted (c) by 13% in
-    paired runs (``python -m bench.compare``, 3 ms: no change, as it rarely waits): fewer
-    flushes mean fewer wake-ups and round trips here, which leave Celery's consumer
-    thread more of the process's GIL.
+    about two events every 6 ms or so; flushing at most every 10 ms lifted (c) by 13% and
+    6% in two paired comparisons (``python -m bench.compare``; 3 ms changed nothing, as
+    it rarely waits). Fewer flushes mean fewer wake-ups and round trips in this thread,
+    which leaves Celery's consumer thread more of the process's GIL.
     """
 
     BATCH = 200
