@@ -164,6 +164,22 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
+def paired_ratios(
+    ceilings: list[float], c_rates: list[float], d_rates: list[float]
+) -> dict[str, list[float]]:
+    """Each payment burst's rate over the no-op burst's just before it, on the same workers.
+
+    The no-op bursts run in that order: one before each (c) burst, then one before each (d)
+    burst. A pair is minutes closer in time than the best (c) and the best of all (a), so
+    the machine's drift moves it less (reported beside the targets, not judged).
+    """
+    c_ceilings, d_ceilings = ceilings[: len(c_rates)], ceilings[len(c_rates) :]
+    return {
+        "c/a": [c / a for c, a in zip(c_rates, c_ceilings, strict=True)],
+        "d/a": [d / a for d, a in zip(d_rates, d_ceilings, strict=True)],
+    }
+
+
 def ceiling(ctx: Context, workers: WorkerSet, n: int, *, warm_up: bool = False) -> dict[str, Any]:
     """(a) no-op tasks per second, one burst (with ``warm_up``, after a tenth as many)."""
     from bench.tasks import noop

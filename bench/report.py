@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,16 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             f"{check['label']:<44}{check['measured']:>10.3g}  {check['goal']:<12}"
             f"{'n/a' if check['pass'] is None else 'PASS' if check['pass'] else 'FAIL'}"
         )
+    if paired := results.get("paired"):
+        lines += [
+            "",
+            "each payment burst over the no-op burst just before it (not judged): "
+            + "; ".join(
+                f"{name} median {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+                for name, v in paired.items()
+                if v
+            ),
+        ]
     return "\n".join(lines)
 
 

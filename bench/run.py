@@ -143,6 +143,11 @@ def run_all(
             results["d"] = tender_bursts("d")
             log(f"(d) {results['d']['per_s']:.1f} payments/s")
             results["a"] = measure.best_of(ceiling_runs)
+            results["paired"] = measure.paired_ratios(
+                [run["per_s"] for run in ceiling_runs],
+                results["c"]["all_per_s"],
+                results["d"]["all_per_s"],
+            )
             log(f"(a) {results['a']['per_s']:.0f} tasks/s (best of {len(ceiling_runs)})")
             results["h"]["tender"] = w.peak_rss_mb()
             results["worker_errors"]["tender"] = w.errors()
