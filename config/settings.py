@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # ready for each thread, so a freed thread starts it at once instead of waiting for
     # the consumer's ack and fetch round trips (see config.celery).
     worker_prefetch_multiplier: Annotated[int, Field(ge=1, le=4)] = 2
+    # Niceness of Tender's helper threads in a process (provider loop, group commit, event
+    # relay; Linux, 0 leaves them alone). Celery's consumer thread, which fetches, records
+    # and acks every message, and the task threads keep their priority, so on a busy
+    # machine the helpers wait for a core rather than keep the consumer off it.
+    worker_thread_nice: Annotated[int, Field(ge=0, le=19)] = 10
 
     alert_webhook_url: str | None = None
     alert_smtp_host: str | None = None

@@ -58,6 +58,7 @@ from workers.ledger import (
     finish_claim,
     new_token,
 )
+from workers.runtime import niced
 from workers.states import PaymentState, can_transition
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         if batched:
             self._thread = threading.Thread(
-                target=self._loop, name="tender-group-commit", daemon=True
+                target=niced(self._loop), name="tender-group-commit", daemon=True
             )
             self._thread.start()
 

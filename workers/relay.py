@@ -28,6 +28,7 @@ from registry.db import Database
 from workers.broker import reuse_one_client
 from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
 from workers.group_commit import LedgerWriter, OutboxItem
+from workers.runtime import niced
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,9 @@ class EventRelay:
         self.writer = writer or LedgerWriter(database, batched=False)
         self.flush_interval_s = flush_interval_s
         self._queue: queue.SimpleQueue[Sequence[OutboxItem]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="tender-event-relay", daemon=True)
+        self._thread = threading.Thread(
+            target=niced(self._run), name="tender-event-relay", daemon=True
+        )
         self._thread.start()
 
     def submit(self, items: Sequence[OutboxItem]) -> None:

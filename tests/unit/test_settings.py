@@ -83,6 +83,8 @@ def test_blank_service_urls_mean_the_embedded_default(
         ("TENDER_ALERT_EMAIL_TO", "ops@example.com", "JSON list"),
         ("TENDER_WORKER_PREFETCH_MULTIPLIER", "0", "greater than or equal to 1"),
         ("TENDER_WORKER_PREFETCH_MULTIPLIER", "5", "less than or equal to 4"),
+        ("TENDER_WORKER_THREAD_NICE", "-1", "greater than or equal to 0"),
+        ("TENDER_WORKER_THREAD_NICE", "20", "less than or equal to 19"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable_and_what_it_expects(
