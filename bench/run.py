@@ -14,17 +14,14 @@ from typing import Any
 from bench import measure, report
 from bench.cluster import HarnessError, WorkerSet
 from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv, machine
+from config.settings import WORKER_CONCURRENCY
 
 PROCESSES = 2  # never more worker processes than cores
 TENDER_POOL = "threads"
-# Threads per worker process (the `tender worker` default). They wait on the process's
-# provider loop and its group commit, so 2 x 128 payments can wait on a 300 ms provider at
-# once, and each thread has its next message reserved (prefetch multiplier 2, see
-# config.celery). With prefetch 2, an alternating A/B against 160 threads (6 bursts each)
-# gave (d) 667 vs 664/s and (c) 709 vs 664/s; single runs of 192 and 256 were slower. With
-# prefetch 1, 128 threads gave (d) 565/s and 256 gave 593/s. PostgreSQL connections stay
-# bounded by the pool (8 + 8 per process), not by the thread count.
-TENDER_CONCURRENCY = 128
+# Threads per worker process: the `tender worker` default (see config.settings). Earlier
+# figures: with prefetch 1, 128 threads gave (d) 565/s and 256 gave 593/s; with prefetch 2
+# and no niced helpers, 160 gave (d) 664 vs 667/s and (c) 664 vs 709/s against 128.
+TENDER_CONCURRENCY = WORKER_CONCURRENCY
 
 
 def _log(started: float) -> Any:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import SettingsError
+from config.settings import WORKER_CONCURRENCY, SettingsError
 
 console = Console()
 err = Console(stderr=True)
@@ -103,7 +103,7 @@ def _json(data: Any) -> None:
 def worker(
     concurrency: Annotated[
         int, typer.Option(help="Payments in flight per process (threads).")
-    ] = 128,
+    ] = WORKER_CONCURRENCY,
     pool: Annotated[
         str, typer.Option(help="Celery pool: threads (default) or prefork.")
     ] = "threads",
