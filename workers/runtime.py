@@ -26,11 +26,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-_thread_state = threading.local()
-
-
-def yield_cpu_to_consumer() -> None:
-    """Lower the calling thread's CPU priority to ``worker_thread_nice``, once per thread.
+def niced(target: Callable[[], object]) -> Callable[[], None]:
+    """``target`` as a helper thread's body that first lowers the thread's CPU priority
+    to ``worker_thread_nice``.
 
     A worker process is one consumer thread (Celery's: it fetches each message, records
     it as unacked and acks it, a Redis round trip each) feeding task threads, which hand
@@ -41,14 +39,19 @@ def yield_cpu_to_consumer() -> None:
     niceness, so the consumer (and the task threads, and the database and broker on the
     same host) run first when they are ready. Paired bench runs: (c) +7%, the no-op
     ceiling unchanged (niced task threads as well cost the ceiling 7%, so they are not).
-
-    Linux only (a thread's niceness is its own there; elsewhere the call would name a
-    process). A process's main thread is never touched.
     """
-    if getattr(_thread_state, "niced", False):
-        return
-    _thread_state.niced = True
-    if sys.platform != "linux" or threading.current_thread() is threading.main_thread():
+
+    def run() -> None:
+        _lower_own_priority()
+        target()
+
+    return run
+
+
+def _lower_own_priority() -> None:
+    """Linux only: a thread's niceness is its own there (elsewhere the call would name a
+    process)."""
+    if sys.platform != "linux":
         return
     from config.settings import get_settings
 
@@ -57,16 +60,6 @@ def yield_cpu_to_consumer() -> None:
     with contextlib.suppress(OSError):  # not permitted, or gone: run at the priority it has
         if os.getpriority(os.PRIO_PROCESS, thread) < nice:
             os.setpriority(os.PRIO_PROCESS, thread, nice)
-
-
-def niced(target: Callable[[], object]) -> Callable[[], None]:
-    """``target``, as a helper thread's body that first yields the CPU to the consumer."""
-
-    def run() -> None:
-        yield_cpu_to_consumer()
-        target()
-
-    return run
 
 
 class CallTimeout(Exception):

@@ -16,7 +16,7 @@ from config.settings import reset_settings
 from registry.db import get_database
 from workers.group_commit import LedgerWriter
 from workers.relay import EventRelay
-from workers.runtime import ProviderLoop, yield_cpu_to_consumer
+from workers.runtime import ProviderLoop
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
 
@@ -71,13 +71,6 @@ def test_zero_leaves_helper_threads_at_the_process_priority(
         assert niceness(loop._thread) == niceness()
     finally:
         loop.close()
-
-
-def test_a_main_thread_is_never_niced(tender_env: Path) -> None:
-    assert threading.current_thread() is threading.main_thread()
-    before = niceness()
-    yield_cpu_to_consumer()
-    assert niceness() == before
 
 
 def _wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
