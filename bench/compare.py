@@ -4,7 +4,9 @@ This machine's speed drifts by tens of per cent within minutes, so two ``python 
 runs cannot tell a 5% change from the drift. This tool starts the workers once per variant
 and round, alternating variants round by round, and pairs every payment burst with a no-op
 burst on the same workers just before it. It reports each variant's payment rate and its
-paired ratio to the no-op rate (c/a, or d/a with ``--provider-ms 300``).
+paired ratio to the no-op rate (c/a, or d/a with ``--provider-ms 300``). With
+``--paced RATE`` it runs (e) instead: payments at a steady RATE for ``--seconds`` per
+burst, and reports each variant's added latency (p50, p95, p99 of every burst).
 
 A variant is a comma-separated list of ``NAME=VALUE`` worker settings (environment
 variables, such as ``TENDER_WORKER_PREFETCH_MULTIPLIER=1``) and ``concurrency=N``;
@@ -45,12 +47,21 @@ def parse_variant(text: str) -> tuple[int, dict[str, str]]:
 
 
 def compare(
-    env: BenchEnv, variants: list[str], rounds: int, bursts: int, n: int, provider_ms: int
-) -> dict[str, list[tuple[float, float]]]:
+    env: BenchEnv,
+    variants: list[str],
+    rounds: int,
+    bursts: int,
+    n: int,
+    provider_ms: int,
+    paced_rate: float | None = None,
+    paced_s: float = 10.0,
+) -> dict[str, list[Any]]:
+    """Each variant's bursts: (no-op/s, payments/s) pairs, or (e) results when paced."""
     import redis
 
     import bench.tasks  # noqa: F401 - registers the no-op task on Tender's app
     import workers.tasks  # noqa: F401 - registers process_payment
+    from config.celery import PAYMENTS_QUEUE
     from registry.service import PluginRegistry
     from workers.app import app
 
@@ -65,7 +76,7 @@ def compare(
     )
     listener = measure.EventListener(env.broker_url)
     listener.start()
-    pairs: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    pairs: dict[str, list[Any]] = {v: [] for v in variants}
     phase = 0
     try:
         for round_ in range(rounds):
@@ -85,6 +96,18 @@ def compare(
                     measure.payment_burst(ctx, worker_set, listener, f"w{phase}", 256, 120)
                     for burst in range(bursts):
                         phase += 1
+                        if paced_rate is not None:
+                            worker_set.resume(app, ctx.redis, PAYMENTS_QUEUE)
+                            e = measure.added_latency(
+                                ctx, listener, paced_rate, paced_s, phase=f"e{phase}"
+                            )
+                            worker_set.pause(app, ctx.redis, PAYMENTS_QUEUE)
+                            pairs[variant].append(e)
+                            _log(
+                                f"round {round_ + 1}, {variant}: p50 {e['p50_ms']:.1f} / "
+                                f"p95 {e['p95_ms']:.1f} / p99 {e['p99_ms']:.1f} ms"
+                            )
+                            continue
                         a = measure.ceiling(ctx, worker_set, 10_000, warm_up=burst == 0)["per_s"]
                         c = measure.payment_burst(
                             ctx, worker_set, listener, f"p{phase}", n, timeout_s=max(120, n / 5)
@@ -100,6 +123,21 @@ def compare(
 
 def _log(message: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def report_paced(runs_by_variant: dict[str, list[dict[str, Any]]], rate: float) -> str:
+    lines = [f"added latency at {rate:g}/s: median of the bursts' p50 / p95 / p99, worst p99"]
+    for variant, runs in runs_by_variant.items():
+
+        def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return statistics.median(run[key] for run in runs)
+
+        lines.append(
+            f"{variant[:44]:44} {median('p50_ms'):6.1f} {median('p95_ms'):6.1f} "
+            f"{median('p99_ms'):6.1f}  worst {max(run['p99_ms'] for run in runs):6.1f} ms, "
+            f"{len(runs)} bursts"
+        )
+    return "\n".join(lines)
 
 
 def report(pairs: dict[str, list[tuple[float, float]]], provider_ms: int) -> str:
@@ -122,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bursts", type=int, default=2, help="payment bursts per start")
     parser.add_argument("--payments", type=int, default=1500, help="payments per burst")
     parser.add_argument("--provider-ms", type=int, default=0, help="sandbox latency (0 or 300)")
+    parser.add_argument(
+        "--paced", type=float, metavar="RATE", help="measure (e) at RATE payments/s instead"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of a paced burst")
     args = parser.parse_args(argv)
     for variant in args.variants:
         parse_variant(variant)  # a typo fails before anything starts
@@ -130,11 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         env.apply()
         env.migrate()
         pairs: dict[str, Any] = compare(
-            env, args.variants, args.rounds, args.bursts, args.payments, args.provider_ms
+            env,
+            args.variants,
+            args.rounds,
+            args.bursts,
+            args.payments,
+            args.provider_ms,
+            args.paced,
+            args.seconds,
         )
     finally:
         env.close()
-    print(report(pairs, args.provider_ms))
+    print(report_paced(pairs, args.paced) if args.paced else report(pairs, args.provider_ms))
     return 0
 
 

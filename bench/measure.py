@@ -317,10 +317,9 @@ def provider_ms_by_order(phase: str) -> dict[str, float]:
 
 
 def added_latency(
-    ctx: Context, events: EventListener, rate_per_s: float, seconds: float
+    ctx: Context, events: EventListener, rate_per_s: float, seconds: float, phase: str = "e"
 ) -> dict[str, Any]:
     """(e) request -> relayed event, minus provider time, at a paced rate."""
-    phase = "e"
     n = max(int(rate_per_s * seconds), 50)
     submitted = paced(phase, rate_per_s, n)
     events.wait_count(phase, n, timeout_s=60)
