@@ -182,6 +182,14 @@ class EventRelay:
     most of an event's latency under steady load: at 440 payments/s, event creation to
     arrival took 10-13 ms (p50) at 10 ms and 6.5-7.4 ms at 5 ms, and (c) moved by -2%
     (807 vs 791/s, 12 bursts each, within noise), so the interval is 5 ms.
+
+    A caller that finds the relay idle (not publishing, nothing queued, the interval
+    past) publishes its events itself, on its own thread: under steady load that is
+    most events, and each then costs no hand-off and no wait for this thread to get a
+    core. One caller at a time, under the lock the thread takes to publish, so a broker
+    outage holds up at most one task thread (for kombu's publish retries) while the rest
+    queue. Paired runs at 450 payments/s, 6 bursts each: (e)'s p50 12.0 against 13.7 ms,
+    p99 32.8 against 33.6 ms, worst p99 48.5 against 58.5 ms.
     """
 
     BATCH = 200
@@ -200,30 +208,43 @@ class EventRelay:
         self.writer = writer or LedgerWriter(database, batched=False)
         self.flush_interval_s = flush_interval_s
         self._queue: queue.SimpleQueue[Sequence[OutboxItem]] = queue.SimpleQueue()
+        self._flushing = threading.Lock()  # held by whoever publishes: thread or caller
+        self._flushed_at = -math.inf
         self._thread = threading.Thread(
             target=niced(self._run), name="tender-event-relay", daemon=True
         )
         self._thread.start()
 
     def submit(self, items: Sequence[OutboxItem]) -> None:
-        """Queue committed events (a group commit hands over a whole batch at once)."""
-        if items:
-            self._queue.put(items)
+        """Publish committed events now if the relay is idle, else queue them for its
+        thread (a group commit hands over a whole batch at once)."""
+        if not items:
+            return
+        if self._flushing.acquire(blocking=False):
+            try:
+                now = time.monotonic()
+                if self._queue.empty() and now - self._flushed_at >= self.flush_interval_s:
+                    self._flushed_at = now
+                    deliver(self.publisher, items, self.writer)
+                    return
+            finally:
+                self._flushing.release()
+        self._queue.put(items)
 
     def _run(self) -> None:
-        flushed_at = -math.inf
         while True:
             batch = list(self._queue.get())
-            pause = flushed_at + self.flush_interval_s - time.monotonic()
+            pause = self._flushed_at + self.flush_interval_s - time.monotonic()
             if pause > 0:  # events keep coming: let this flush take what comes meanwhile
                 time.sleep(pause)
-            while len(batch) < self.BATCH:
-                try:
-                    batch += self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            flushed_at = time.monotonic()
-            deliver(self.publisher, batch, self.writer)
+            with self._flushing:
+                while len(batch) < self.BATCH:
+                    try:
+                        batch += self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                self._flushed_at = time.monotonic()
+                deliver(self.publisher, batch, self.writer)
 
 
 def deliver(publisher: EventPublisher, items: Sequence[OutboxItem], writer: LedgerWriter) -> int:

@@ -900,3 +900,86 @@ def test_a_busy_batch_waits_briefly_for_more(
     for timer in timers:
         timer.join()
     assert writer._queue.get_nowait() is late
+
+
+def _spy_threads(writer: LedgerWriter) -> list[int]:
+    """The thread that runs each batch, in order."""
+    threads: list[int] = []
+    run = writer._run
+
+    def spy(connection: Any, writes: Sequence[Write]) -> list[Any]:
+        threads.append(threading.get_ident())
+        return run(connection, writes)
+
+    writer._run = spy
+    return threads
+
+
+def test_an_idle_writer_runs_a_lone_write_on_the_callers_thread(database: Database) -> None:
+    writer = LedgerWriter(database, batched=True)
+    threads = _spy_threads(writer)
+    payment = new_payment(database)
+
+    claimed = writer.claim(ClaimWrite(payment.id, LEASE_S))
+
+    assert claimed is not None and read(database, payment.id).status == "processing"
+    assert threads == [threading.get_ident()]  # no hand-off to the batch thread
+
+
+def test_a_write_arriving_while_a_batch_runs_goes_to_the_batch_thread(
+    database: Database,
+) -> None:
+    writer = LedgerWriter(database, batched=True)
+    threads = _spy_threads(writer)
+    payment = new_payment(database)
+    answer: list[Any] = []
+    with writer._batch_lock:  # as if the batch thread (or another caller) were running one
+        caller = threading.Thread(
+            target=lambda: answer.append(writer.claim(ClaimWrite(payment.id, LEASE_S)))
+        )
+        caller.start()
+        caller.join(0.2)
+        assert caller.is_alive() and answer == []  # queued: waiting for the batch thread
+    caller.join(10)
+    assert answer and answer[0] is not None
+    assert writer._thread is not None and threads == [writer._thread.ident]
+
+
+def test_a_finish_run_on_the_callers_thread_takes_the_held_marks_along(
+    database: Database,
+) -> None:
+    writer = LedgerWriter(database, batched=True)
+    writer.MARKS_WAIT_S = 30.0
+    kinds = _spy_kinds(writer)
+    threads = _spy_threads(writer)
+    event_id = _outbox_event(database)
+    claim, record = ledger_claim(database, new_payment(database).id)
+    writer.mark_published([event_id])
+    for _ in range(200):  # until the batch thread holds it
+        if writer._held:
+            break
+        threading.Event().wait(0.01)
+
+    assert writer.finish(finish_of(claim, record))
+
+    assert kinds == [["FinishWrite", "PublishedMark"]]
+    assert threads == [threading.get_ident()]
+    assert _published(database, event_id) and writer._held == []
+
+
+def test_events_of_a_write_run_on_the_callers_thread_go_out_after_the_lock_is_released(
+    database: Database,
+) -> None:
+    """The relay may publish in the hand-over: never while other writes wait on the lock."""
+    writer = LedgerWriter(database, batched=True)
+    handed: list[tuple[int, bool, list[Any]]] = []
+
+    def publish(items: Sequence[Any]) -> None:
+        handed.append((threading.get_ident(), writer._batch_lock.locked(), list(items)))
+
+    claim, record = ledger_claim(database, new_payment(database).id)
+    finish = finish_of(claim, record, publish=publish)
+
+    assert writer.finish(finish)
+
+    assert handed == [(threading.get_ident(), False, relayed(finish))]

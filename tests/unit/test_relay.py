@@ -3,6 +3,7 @@ one binding lookup per batch, and "published" marks through the ledger writer.""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -142,12 +143,14 @@ def test_declarations_are_made_again_after_a_reconnect(
 
 
 class RecordingPublisher(EventPublisher):
-    """Records each publish call's events instead of sending them."""
+    """Records each publish call's events (and its thread) instead of sending them."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.threads: list[int] = []
 
     def publish(self, rows: Any) -> None:
+        self.threads.append(threading.get_ident())
         self.calls.append([event_type for event_type, _ in rows])
 
 
@@ -177,3 +180,17 @@ def test_the_relay_publishes_a_lone_event_at_once_and_a_stream_in_one_flush_per_
     wait_calls(publisher, 2)
     time.sleep(0.1)
     assert publisher.calls == [["first"], ["second", "third"]]
+
+
+def test_an_idle_relay_publishes_on_the_submitting_thread_and_a_busy_one_on_its_own() -> None:
+    publisher = RecordingPublisher()
+    relay = EventRelay(None, publisher, NoMarks(), flush_interval_s=0.3)  # type: ignore[arg-type]
+    relay.submit([(uuid.uuid4(), "first", {})])
+    # published before submit returned, by the caller: no hand-off to the relay thread
+    assert publisher.calls == [["first"]]
+    assert publisher.threads == [threading.get_ident()]
+    relay.submit([(uuid.uuid4(), "second", {})])  # within the interval: the thread's job
+    assert publisher.calls == [["first"]]
+    wait_calls(publisher, 2)
+    assert publisher.calls == [["first"], ["second"]]
+    assert publisher.threads[1] == relay._thread.ident
