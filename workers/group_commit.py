@@ -29,7 +29,8 @@ only if its compare-and-set won) and changes only how they reach the database:
   Elsewhere (SQLite) the batch runs the ledger's per-payment statements in one
   transaction.
 * The events of a batch's committed finishes go to their event relay in one hand-over,
-  before their callers wake, so the relay publishes them as one transport batch.
+  so the relay publishes them as one transport batch; it happens after the batch's lock
+  is released, as an idle relay publishes on the handing thread.
 * A batch that fails on its data is run again one write at a time, so an error reaches
   only the caller whose write caused it. One that loses its connection (or meets a
   deadlock) is run again once, whole, on a fresh connection; if that fails too, every
@@ -165,6 +166,7 @@ class LedgerWriter:
         # Published marks waiting for a finish to ride along with, and since when at most.
         self._held: list[_Pending] = []
         self._held_due = 0.0
+        self._batch_due = False  # the batch thread holds a write and waits for the lock
         self._thread: threading.Thread | None = None
         if batched:
             self._thread = threading.Thread(
@@ -212,7 +214,7 @@ class LedgerWriter:
         if self._thread is None or not self._batch_lock.acquire(blocking=False):
             return False
         try:
-            if not self._queue.empty():  # a batch is forming: join it
+            if self._batch_due or not self._queue.empty():  # a batch is forming: join it
                 return False
             batch = [pending]
             if isinstance(pending.write, FinishWrite):
@@ -234,7 +236,10 @@ class LedgerWriter:
                 batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:  # no finish came along in time: the marks go alone
                 batch = []
+            committed: list[Settled] = []
+            self._batch_due = True  # callers queue behind this batch, not overtake it
             with self._batch_lock:
+                self._batch_due = False
                 self._gather(batch)
                 if not self._held:
                     self._held_due = time.monotonic() + self.MARKS_WAIT_S
@@ -246,7 +251,9 @@ class LedgerWriter:
                 ):
                     batch, self._held = batch + self._held, []
                 if batch:
-                    self._settle_or_fail(batch)
+                    self._settle_or_fail(batch, committed)
+            for settled, results in committed:  # the relay may publish: not under the lock
+                _publish_committed(settled, results)
 
     def _gather(self, batch: list[_Pending]) -> None:
         """Add what else is waiting to ``batch``. Busy (more than one write already),
@@ -362,7 +369,7 @@ class LedgerWriter:
 
 def _publish_committed(batch: Sequence[_Pending], results: Sequence[Any]) -> None:
     """Hand the events of the batch's committed finishes to their relays, one call per
-    relay, before their callers wake."""
+    relay."""
     events: dict[Callable[[Sequence[OutboxItem]], None], list[OutboxItem]] = {}
     for pending, result in zip(batch, results, strict=True):
         write = pending.write

@@ -42,10 +42,19 @@ def niced(target: Callable[[], object]) -> Callable[[], None]:
     """
 
     def run() -> None:
+        _helper.active = True
         _lower_own_priority()
         target()
 
     return run
+
+
+_helper = threading.local()
+
+
+def in_helper_thread() -> bool:
+    """Whether this thread is one of Tender's helpers (its body was wrapped by niced)."""
+    return getattr(_helper, "active", False)
 
 
 def _lower_own_priority() -> None:

@@ -28,6 +28,7 @@ from tests.unit.test_client_record import check_recorded_payment_is_what_is_stor
 from tests.unit.test_group_commit import (
     LEASE_S,
     _duplicate_event_setup,
+    _spy_threads,
     assert_claimed,
     check_claim_beside_failing_finish,
     check_claims_by_state,
@@ -419,3 +420,32 @@ def test_a_published_mark_skips_outbox_rows_the_sweep_holds(database: Database) 
 def test_recorded_payment_is_what_is_stored(database: Database) -> None:
     """The client's insert (no RETURNING) on PostgreSQL."""
     check_recorded_payment_is_what_is_stored(database)
+
+
+def test_callers_and_the_batch_thread_share_the_writer_connection_in_turn(
+    database: Database,
+) -> None:
+    """A lone write runs on its caller's thread, on the writer's held connection; the
+    batch thread then runs the next batch on that same connection."""
+    writer = LedgerWriter(database, batched=True)
+    threads = _spy_threads(writer)
+    payment = new_payment(database)
+    claimed = writer.claim(ClaimWrite(payment.id, LEASE_S))  # idle: on this thread
+    assert claimed is not None and threads == [threading.get_ident()]
+    connection = writer._connection
+    assert connection is not None
+
+    claim, record = claimed
+    answer: list[bool] = []
+    with writer._batch_lock:  # busy: the finish goes to the batch thread
+        caller = threading.Thread(
+            target=lambda: answer.append(writer.finish(finish_of(claim, record)))
+        )
+        caller.start()
+        caller.join(0.2)
+    caller.join(10)
+
+    assert answer == [True] and read(database, payment.id).status == "succeeded"
+    assert writer._thread is not None and threads[1:] == [writer._thread.ident]
+    assert writer._connection is connection  # one held connection, used in turn
+    connection.close()

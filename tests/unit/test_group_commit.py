@@ -955,8 +955,8 @@ def test_a_finish_run_on_the_callers_thread_takes_the_held_marks_along(
     event_id = _outbox_event(database)
     claim, record = ledger_claim(database, new_payment(database).id)
     writer.mark_published([event_id])
-    for _ in range(200):  # until the batch thread holds it
-        if writer._held:
+    for _ in range(200):  # until the batch thread holds it, and is done with its batch
+        if writer._held and not writer._batch_lock.locked():
             break
         threading.Event().wait(0.01)
 
@@ -983,3 +983,38 @@ def test_events_of_a_write_run_on_the_callers_thread_go_out_after_the_lock_is_re
     assert writer.finish(finish)
 
     assert handed == [(threading.get_ident(), False, relayed(finish))]
+
+
+def test_a_caller_does_not_overtake_a_write_the_batch_thread_holds(database: Database) -> None:
+    """While the batch thread holds a write and waits for the lock, the queue looks empty
+    and the lock may be free: a caller must queue behind it, not run its own first."""
+    writer = LedgerWriter(database, batched=True)
+    threads = _spy_threads(writer)
+    payment = new_payment(database)
+    writer._batch_due = True  # as the batch thread sets it before it takes the lock
+
+    assert writer.claim(ClaimWrite(payment.id, LEASE_S)) is not None
+
+    assert writer._thread is not None and threads == [writer._thread.ident]
+
+
+def test_the_batch_thread_hands_events_over_after_the_lock_is_released(
+    database: Database,
+) -> None:
+    """An idle relay publishes on the handing thread: never under the writer's lock."""
+    writer = LedgerWriter(database, batched=True)
+    handed: list[tuple[int | None, bool]] = []
+
+    def publish(items: Sequence[Any]) -> None:
+        handed.append((threading.get_ident(), writer._batch_lock.locked()))
+
+    claim, record = ledger_claim(database, new_payment(database).id)
+    with writer._batch_lock:  # busy: the finish goes to the batch thread
+        caller = threading.Thread(
+            target=lambda: writer.finish(finish_of(claim, record, publish=publish))
+        )
+        caller.start()
+        threading.Event().wait(0.1)
+    caller.join(10)
+    assert writer._thread is not None
+    assert handed == [(writer._thread.ident, False)]

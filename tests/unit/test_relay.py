@@ -19,6 +19,7 @@ from registry.db import get_database
 from workers.events import OutboxEvent, outbox_table
 from workers.group_commit import LedgerWriter
 from workers.relay import EventPublisher, EventRelay, events_exchange
+from workers.runtime import niced
 
 
 def payload(event_type: str) -> dict[str, Any]:
@@ -184,7 +185,7 @@ def test_the_relay_publishes_a_lone_event_at_once_and_a_stream_in_one_flush_per_
 
 def test_an_idle_relay_publishes_on_the_submitting_thread_and_a_busy_one_on_its_own() -> None:
     publisher = RecordingPublisher()
-    relay = EventRelay(None, publisher, NoMarks(), flush_interval_s=0.3)  # type: ignore[arg-type]
+    relay = EventRelay(None, publisher, NoMarks(), flush_interval_s=1.0)  # type: ignore[arg-type]
     relay.submit([(uuid.uuid4(), "first", {})])
     # published before submit returned, by the caller: no hand-off to the relay thread
     assert publisher.calls == [["first"]]
@@ -194,3 +195,14 @@ def test_an_idle_relay_publishes_on_the_submitting_thread_and_a_busy_one_on_its_
     wait_calls(publisher, 2)
     assert publisher.calls == [["first"], ["second"]]
     assert publisher.threads[1] == relay._thread.ident
+
+
+def test_a_helper_thread_always_hands_its_events_to_the_relay_thread() -> None:
+    """The group-commit thread must never wait on the broker, even when the relay is idle."""
+    publisher = RecordingPublisher()
+    relay = EventRelay(None, publisher, NoMarks(), flush_interval_s=0.0)  # type: ignore[arg-type]
+    helper = threading.Thread(target=niced(lambda: relay.submit([(uuid.uuid4(), "e", {})])))
+    helper.start()
+    helper.join(5)
+    wait_calls(publisher, 1)
+    assert publisher.threads == [relay._thread.ident]
