@@ -128,15 +128,12 @@ def _log(message: str) -> None:
 def report_paced(runs_by_variant: dict[str, list[dict[str, Any]]], rate: float) -> str:
     lines = [f"added latency at {rate:g}/s: median of the bursts' p50 / p95 / p99, worst p99"]
     for variant, runs in runs_by_variant.items():
-
-        def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
-            return statistics.median(run[key] for run in runs)
-
-        lines.append(
-            f"{variant[:44]:44} {median('p50_ms'):6.1f} {median('p95_ms'):6.1f} "
-            f"{median('p99_ms'):6.1f}  worst {max(run['p99_ms'] for run in runs):6.1f} ms, "
-            f"{len(runs)} bursts"
+        medians = " ".join(
+            f"{statistics.median(run[key] for run in runs):6.1f}"
+            for key in ("p50_ms", "p95_ms", "p99_ms")
         )
+        worst = max(run["p99_ms"] for run in runs)
+        lines.append(f"{variant[:44]:44} {medians}  worst {worst:6.1f} ms, {len(runs)} bursts")
     return "\n".join(lines)
 
 

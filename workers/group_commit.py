@@ -29,8 +29,8 @@ only if its compare-and-set won) and changes only how they reach the database:
   Elsewhere (SQLite) the batch runs the ledger's per-payment statements in one
   transaction.
 * The events of a batch's committed finishes go to their event relay in one hand-over,
-  so the relay publishes them as one transport batch; it happens after the batch's lock
-  is released, as an idle relay publishes on the handing thread.
+  so the relay publishes them as one transport batch. It happens after the batch's lock
+  is released: an idle relay lets a caller's thread publish right there.
 * A batch that fails on its data is run again one write at a time, so an error reaches
   only the caller whose write caused it. One that loses its connection (or meets a
   deadlock) is run again once, whole, on a fresh connection; if that fails too, every

@@ -27,8 +27,8 @@ T = TypeVar("T")
 
 
 def niced(target: Callable[[], object]) -> Callable[[], None]:
-    """``target`` as a helper thread's body that first lowers the thread's CPU priority
-    to ``worker_thread_nice``.
+    """``target`` as a helper thread's body that first marks the thread as a helper (see
+    :func:`in_helper_thread`) and lowers its CPU priority to ``worker_thread_nice``.
 
     A worker process is one consumer thread (Celery's: it fetches each message, records
     it as unacked and acks it, a Redis round trip each) feeding task threads, which hand
