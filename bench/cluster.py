@@ -26,6 +26,10 @@ from bench.environment import REPO_ROOT
 
 IDLE_QUEUE = "bench.idle"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# -P: the working directory (the repository) does not go first on sys.path, so the
+# workers import Tender from PYTHONPATH, which a bench.compare variant may point at
+# another checkout. Without it every variant ran this checkout's code.
+PYTHON = (sys.executable, "-P")
 # Same flags for every phase; gossip, mingle and heartbeats add broker chatter that a
 # payment worker does not need.
 COMMON_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
@@ -60,7 +64,7 @@ class WorkerSet:
 
     def command(self, hostname: str) -> list[str]:
         return [
-            sys.executable,
+            *PYTHON,
             "-m",
             "celery",
             "-A",
