@@ -811,6 +811,18 @@ def test_a_published_mark_rides_along_with_the_next_finish(database: Database) -
     assert _published(database, event_id)
 
 
+def test_a_published_mark_wakes_no_thread(database: Database) -> None:
+    writer = LedgerWriter(database, batched=True)
+    writer.MARKS_WAIT_S = 30.0
+    event_id = _outbox_event(database)
+    with writer._batch_lock:  # a batch thread woken for the mark would now wait for this
+        writer.mark_published([event_id])
+        threading.Event().wait(0.1)
+        assert not writer._batch_due and writer._queue.empty()
+        assert [p.write for p in writer._held] == [PublishedMark([event_id])]
+    assert not _published(database, event_id)
+
+
 def test_a_published_mark_goes_alone_when_no_finish_comes(database: Database) -> None:
     writer = LedgerWriter(database, batched=True)
     writer.MARKS_WAIT_S = 0.05
