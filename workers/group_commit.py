@@ -18,11 +18,10 @@ only if its compare-and-set won) and changes only how they reach the database:
   the batch thread takes. A lone write then costs no hand-off to the batch thread and
   back, and no wait for a core for it (the bench's paced (e), at 450 payments/s, saw
   each process's batch thread wait 1.3 ms per payment in the run queue). With the
-  relay's like change, in four paired ``bench.compare --paced 440-450`` runs against
-  always handing over, (e)'s median p50 was 13.6/18.8, 12.0/23.5, 15.0/16.3 and
-  13.8/17.8 ms and its median p99 36.5/51.6, 32.8/133.9, 56.6/55.6 and 45.8/52.7 ms
-  (6-10 bursts each); at 100/s there was no difference (5.4/4.4 ms p50), nor in (c)
-  (863 against 862/s, 9 bursts).
+  relay's like change, paired ``bench.compare --paced 120`` on a slower machine (6 and
+  10 bursts, against the code before both): (e)'s median p50 15.3 and 18.8 ms against
+  17.2 and 20.9, median p99 66.8 and 92.2 ms against 86.0 and 109.7; (c) 256 against
+  256/s (6 bursts). A small gain, smaller than the spread between bursts.
 * On PostgreSQL each kind is a single statement over the batch's rows sent as JSON (the
   finish's update and inserts, and the relay's "published" marks, are one
   data-modifying ``WITH``), so it commits on its own: a batch is all or nothing.
