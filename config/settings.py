@@ -80,8 +80,12 @@ class Settings(BaseSettings):
     # Niceness of Tender's helper threads in a process (provider loop, group commit, event
     # relay; Linux, 0 leaves them alone). Celery's consumer thread, which fetches, records
     # and acks every message, and the task threads keep their priority, so on a busy
-    # machine the helpers wait for a core rather than keep the consumer off it.
-    worker_thread_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    # machine the helpers wait for a core rather than keep the consumer off it. 19 against
+    # 10, paired bench.compare runs (2026-11-26, 6-8 bursts each): c/a 0.386 vs 0.356, d/a
+    # 0.376 vs 0.354, (e) at 120/s median p99 92.0 vs 121.4 and 75.3 vs 80.0 ms (the fifth
+    # session also saw c/a 0.383 vs 0.357). Lower it where the worker shares its cores with
+    # other busy processes: at 19 a helper gets little CPU beside them.
+    worker_thread_nice: Annotated[int, Field(ge=0, le=19)] = 19
 
     alert_webhook_url: str | None = None
     alert_smtp_host: str | None = None
