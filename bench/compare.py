@@ -99,7 +99,12 @@ def compare(
                         if paced_rate is not None:
                             worker_set.resume(app, ctx.redis, PAYMENTS_QUEUE)
                             e = measure.added_latency(
-                                ctx, listener, paced_rate, paced_s, phase=f"e{phase}"
+                                ctx,
+                                listener,
+                                paced_rate,
+                                paced_s,
+                                phase=f"e{phase}",
+                                provider_ms=provider_ms,
                             )
                             worker_set.pause(app, ctx.redis, PAYMENTS_QUEUE)
                             pairs[variant].append(e)

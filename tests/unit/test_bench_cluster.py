@@ -1,10 +1,12 @@
-"""The bench starts workers from the repository; a variant's PYTHONPATH must still win."""
+"""The bench harness: how it starts workers, and how it computes (e)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from bench.cluster import PYTHON
 from bench.environment import REPO_ROOT
@@ -28,3 +30,13 @@ def test_workers_import_tender_from_pythonpath_not_from_the_working_directory(
     ).stdout.strip()
 
     assert Path(imported) == other / "workers" / "__init__.py"
+
+
+def test_added_latency_subtracts_the_providers_own_time_only() -> None:
+    from bench.measure import added_ms
+
+    started = {"o1": 10.000, "o2": 10.010}
+    arrived = {"o1": 10.025, "o2": 10.340}  # 25 ms and 330 ms after their requests
+
+    assert added_ms(started, arrived, provider_ms=0) == pytest.approx({"o1": 25.0, "o2": 330.0})
+    assert added_ms(started, arrived, provider_ms=300) == pytest.approx({"o1": -275.0, "o2": 30.0})
