@@ -338,7 +338,7 @@ def added_latency(
 
     Provider time is the sandbox's own: its configured latency (``provider_ms``). The
     call time Tender records on its attempt rows also holds Tender's hand-off to its
-    provider loop and back (1.8-7.6 ms on average in the seventh session's runs, at
+    provider loop and back (1.2-8.6 ms on average in the seventh session's runs, at
     sandbox 0 ms), which is Tender's added latency, so it is reported, not subtracted.
     """
     n = max(int(rate_per_s * seconds), 50)

@@ -90,7 +90,7 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         f"{'(e) added latency, paced at ' + format(e['rate_per_s'], '.0f') + '/s, n=' + str(e['n']):<48}"
         f"p50 {e['p50_ms']:.1f} / p95 {e['p95_ms']:.1f} / p99 {e['p99_ms']:.1f} ms"
         f"  (of which request_payment() p99 {e['request_payment_p99_ms']:.1f} ms; provider"
-        f" calls with Tender's loop hand-off {e.get('recorded_call_mean_ms', 0.0):.1f} ms mean)",
+        f" calls with Tender's loop hand-off {e['recorded_call_mean_ms']:.1f} ms mean)",
         f"{'(f) hot-swap, ' + str(f['swaps']) + ' swaps':<48}"
         f"p50 {f['p50_ms']:.0f} / max {f['max_ms']:.0f} ms",
         f"{'(g) registry.resolve(), cached':<48}mean {g['mean_us']:.1f} / p99 {g['p99_us']:.1f} us",

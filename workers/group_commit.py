@@ -244,8 +244,8 @@ class LedgerWriter:
             try:
                 batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:  # no write came: are held marks due to go alone?
-                if not self._held or time.monotonic() < self._held_due:
-                    continue
+                if due is None or time.monotonic() < due:
+                    continue  # none held when this wait began, or not yet due
                 batch = []
             committed: list[Settled] = []
             self._batch_due = True  # callers queue behind this batch, not overtake it
