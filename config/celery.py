@@ -26,6 +26,21 @@ def visibility_timeout_s(settings: Settings) -> int:
     return int(settings.task_time_limit_s * (settings.worker_prefetch_multiplier + 2))
 
 
+def worker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for a worker's own broker connections, over the app's.
+
+    Only ``worker_redis_ack_emulation`` so far, and only on Redis: other processes (an
+    ``events tail``, a billing consumer built on this app) keep kombu's ack emulation,
+    since nothing else would bring back an event their queue lost.
+    """
+    redis = settings.resolved_broker_url.startswith(
+        ("redis://", "rediss://", "redis+socket://", "sentinel://")
+    )
+    if redis and not settings.worker_redis_ack_emulation:
+        return {"ack_emulation": False}
+    return {}
+
+
 def celery_options(settings: Settings) -> dict[str, Any]:
     """Celery configuration for Tender's workers and beat."""
     time_limit_s = settings.task_time_limit_s

@@ -6,9 +6,9 @@ import gc
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
-from config.celery import celery_options
+from config.celery import celery_options, worker_transport_options
 from config.settings import get_settings
 
 
@@ -32,6 +32,16 @@ def reconfigure() -> None:
         app._pool = None
     app.amqp._producer_pool = None
     app.conf.update(celery_options(get_settings()))
+
+
+@worker_init.connect
+def _worker_transport(sender: Any = None, **_: Any) -> None:
+    """A worker's consumer gets the worker-only transport options (config.celery), set
+    before it connects; clients and other consumers of this app keep the app's."""
+    options = worker_transport_options(get_settings())
+    if options and sender is not None:
+        conf = sender.app.conf
+        conf.broker_transport_options = {**conf.broker_transport_options, **options}
 
 
 @worker_process_init.connect

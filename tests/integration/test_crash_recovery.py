@@ -14,11 +14,15 @@ import pytest
 import redis
 from celery import Celery
 
+from config.settings import get_settings, reset_settings
 from providers.sandbox import charge_book
 from registry.db import get_database
 from tests.integration.conftest import WorkerProcess, redis_db_url, wait_for
 from workers import runtime
+from workers.app import app
 from workers.client import _validated, get_payment, record_payment
+from workers.reconcile import reconcile
+from workers.relay import EventPublisher
 
 
 @pytest.fixture
@@ -94,30 +98,110 @@ def test_sigkilled_worker_charges_once_and_completes(
         assert [a.operation for a in view.attempts] == ["verify"]
 
 
+@pytest.mark.parametrize("ack_emulation", [True, False])
 def test_warm_shutdown_gives_back_the_payments_a_worker_reserved(
-    crash_env: dict[str, str], tenant: str, book_path: str
+    crash_env: dict[str, str], tenant: str, book_path: str, ack_emulation: bool
 ) -> None:
     """A pool of one thread reserves two payment messages (two per thread): one runs, one
     waits. A warm shutdown lets the running payment finish and returns the waiting one
-    to the queue, unclaimed, and the next worker charges it once."""
+    to the queue, unclaimed, and the next worker charges it once. With Redis's ack
+    emulation off the worker holds its reserved messages only in memory, and still gives
+    them back."""
     runtime.registry().create_instance(
         "sandbox", {"charge_book": book_path, "latency_ms": 1500}, tenant_id=tenant, is_active=True
     )
     payments = [new_payment(tenant, f"warm-{i}") for i in range(2)]
     broker = crash_env["TENDER_BROKER_URL"]
     queue = redis.Redis.from_url(broker)
-    worker = WorkerProcess(crash_env, concurrency=1, pool="threads")
+    env = crash_env | {"TENDER_WORKER_REDIS_ACK_EMULATION": str(ack_emulation).lower()}
+    worker = WorkerProcess(env, concurrency=1, pool="threads")
     try:
         for payment in payments:
             send_process_payment(broker, payment.id)
-        # both messages are with the worker (unacked), none left in the queue
-        wait_for(lambda: queue.hlen("unacked") == 2 and queue.llen("payments") == 0)
+        # both messages are with the worker, none left in the queue; Redis keeps unacked
+        # copies of them only under ack emulation
+        unacked = 2 if ack_emulation else 0
+        wait_for(lambda: queue.llen("payments") == 0 and queue.hlen("unacked") == unacked)
         wait_for(lambda: any(get_payment(p.id).status.value == "processing" for p in payments))
     finally:
         output = worker.stop()  # SIGTERM: warm shutdown
     states = sorted(get_payment(p.id).status.value for p in payments)
     assert states == ["requested", "succeeded"], output[-3000:]
     assert queue.llen("payments") == 1  # the reserved message is back, not lost
+    successor = WorkerProcess(crash_env, concurrency=1, pool="threads")
+    try:
+        wait_for(
+            lambda: all(get_payment(p.id).status.value == "succeeded" for p in payments),
+            timeout_s=30,
+        )
+    finally:
+        output = successor.stop()
+    book = charge_book(book_path)
+    assert book.count() == 2, output[-3000:]
+    assert book.refused_repeats() == 0
+
+
+class _NoEvents(EventPublisher):
+    def __init__(self) -> None:
+        super().__init__(app)
+
+    def publish(self, rows: Any) -> None:  # reconcile only publishes what it resolves
+        raise AssertionError(f"nothing to resolve here, yet it published {rows!r}")
+
+
+def test_a_killed_worker_without_ack_emulation_loses_messages_not_payments(
+    crash_env: dict[str, str],
+    tenant: str,
+    book_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis's ack emulation off: the worker takes its two messages off the queue and
+    keeps no copy in Redis, so when the whole worker process is killed (SIGKILL, no
+    warm shutdown) the messages are gone. The payments are not: the ledger still has one
+    ``processing`` under an expiring lease and one ``requested``, reconcile enqueues both
+    again, and the next worker charges each exactly once."""
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": book_path, "latency_ms": 1500}, tenant_id=tenant, is_active=True
+    )
+    payments = [new_payment(tenant, f"lost-{i}") for i in range(2)]
+    broker = crash_env["TENDER_BROKER_URL"]
+    queue = redis.Redis.from_url(broker)
+    env = crash_env | {"TENDER_WORKER_REDIS_ACK_EMULATION": "false"}
+    worker = WorkerProcess(env, concurrency=1, pool="threads")
+    try:
+        for payment in payments:
+            send_process_payment(broker, payment.id)
+        wait_for(lambda: queue.llen("payments") == 0)
+        wait_for(lambda: any(get_payment(p.id).status.value == "processing" for p in payments))
+        worker.process.kill()
+        worker.process.wait(timeout=10)
+    finally:
+        output = worker.stop()
+    assert queue.llen("payments") == 0 and queue.hlen("unacked") == 0  # both messages lost
+    states = sorted(get_payment(p.id).status.value for p in payments)
+    assert states == ["processing", "requested"], output[-3000:]
+
+    monkeypatch.setenv("TENDER_RECONCILE_AGE_S", "0.5")
+    reset_settings()
+    found: set[uuid.UUID] = set()
+
+    def reenqueue(payment_id: uuid.UUID) -> bool:
+        send_process_payment(broker, payment_id)
+        return True
+
+    def reconciled_both() -> bool:  # the processing one waits for its 3 s lease to expire
+        report = reconcile(
+            get_database(),
+            runtime.registry(),
+            runtime.provider_loop(),
+            _NoEvents(),
+            get_settings(),
+            reenqueue,
+        )
+        found.update(report.reenqueued)
+        return found == {p.id for p in payments}
+
+    wait_for(reconciled_both, timeout_s=15, interval_s=0.5)
     successor = WorkerProcess(crash_env, concurrency=1, pool="threads")
     try:
         wait_for(
