@@ -41,6 +41,7 @@ def run_all(
     live: list[WorkerSet],
     concurrency: int,
     latency_rate: float | None = None,
+    worker_settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     import redis
 
@@ -58,8 +59,10 @@ def run_all(
     logs = env.data_dir / "logs"
     results: dict[str, Any] = {"h": {}, "worker_errors": {}}
 
-    def start_workers(label: str, **kwargs: Any) -> WorkerSet:
-        ws = WorkerSet(label, worker_env, logs, **kwargs)
+    def start_workers(
+        label: str, settings: dict[str, str] | None = None, **kwargs: Any
+    ) -> WorkerSet:
+        ws = WorkerSet(label, worker_env | (settings or {}), logs, **kwargs)
         live.append(ws)
         log(f"starting {ws.describe()}")
         ws.start(app)
@@ -85,7 +88,11 @@ def run_all(
     try:
         with (
             start_workers(
-                "tender", processes=PROCESSES, pool=TENDER_POOL, concurrency=concurrency
+                "tender",
+                worker_settings,
+                processes=PROCESSES,
+                pool=TENDER_POOL,
+                concurrency=concurrency,
             ) as w,
             measure.ConnectionSampler() as connections,
         ):
@@ -160,6 +167,17 @@ def run_all(
     return results
 
 
+def parse_worker_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``TENDER_NAME=VALUE`` items as a dict; anything else is a usage error."""
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("TENDER_") or name == "TENDER_":
+            parser.error(f"--worker-setting {item!r} is not TENDER_NAME=VALUE")
+        settings[name] = value
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, under a minute (CI)")
@@ -175,11 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="payments/s for (e) instead of half of (c)'s rate (the target is judged at half)",
     )
+    parser.add_argument(
+        "--worker-setting",
+        action="append",
+        default=[],
+        metavar="TENDER_NAME=VALUE",
+        help="a setting for Tender's workers only, as (a), (c)-(f) and (h) then run (repeatable); "
+        "the report names it",
+    )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES_URL, help="server/database URL")
     parser.add_argument(
         "--broker", default=DEFAULT_BROKER_URL, help="a Redis db the bench may flush"
     )
     args = parser.parse_args(argv)
+    worker_settings = parse_worker_settings(parser, args.worker_setting)
 
     def terminate(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)  # unwinds through the finally blocks: workers stop
@@ -209,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         free = info["postgresql_max_connections"] - info["postgresql_connections_in_use_at_start"]
         if free < needed:
             log(f"warning: PostgreSQL has {free} free connections; the workers may need {needed}")
-        results = run_all(env, sizes, log, live, args.concurrency, args.latency_rate)
+        results = run_all(
+            env, sizes, log, live, args.concurrency, args.latency_rate, worker_settings
+        )
     except (Exception, KeyboardInterrupt) as exc:
         for ws in live:
             ws.stop()
@@ -232,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker_processes": PROCESSES,
         "tender_pool": TENDER_POOL,
         "tender_concurrency": args.concurrency,
+        "tender_worker_settings": worker_settings,
         "naive_pool": f"prefork x{PROCESSES}",
         "broker": args.broker,
         "database": "PostgreSQL, fresh schema",
@@ -241,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             "held, release all at once, "
             "time to last ack (a, b) or last relayed event (c, d); (a) runs on Tender's "
             "workers, a burst just before each (c) and (d) burst; latency: paced "
-            "submission, request_payment() start to event arrival minus attempt latency"
+            "submission, request_payment() start to event arrival minus the sandbox's configured "
+            "latency"
         ),
     }
     checks = report.verdicts(results)
@@ -254,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = report.write(document)
     print(report.table(results, checks))
+    if worker_settings:
+        shown = ", ".join(f"{k}={v}" for k, v in worker_settings.items())
+        print(f"\nTender's workers ran with {shown} (not the defaults)")
     print(
         f"\n{info['cores']} cores, Python {info['python']}, "
         + ", ".join(f"{k} {v}" for k, v in info["versions"].items())

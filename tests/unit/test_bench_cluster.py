@@ -40,3 +40,17 @@ def test_added_latency_subtracts_the_providers_own_time_only() -> None:
 
     assert added_ms(started, arrived, provider_ms=0) == pytest.approx({"o1": 25.0, "o2": 330.0})
     assert added_ms(started, arrived, provider_ms=300) == pytest.approx({"o1": -275.0, "o2": 30.0})
+
+
+def test_worker_settings_are_tender_settings_only() -> None:
+    import argparse
+
+    from bench.run import parse_worker_settings
+
+    parser = argparse.ArgumentParser()
+    assert parse_worker_settings(
+        parser, ["TENDER_WORKER_REDIS_ACK_EMULATION=false", "TENDER_WORKER_THREAD_NICE=19"]
+    ) == {"TENDER_WORKER_REDIS_ACK_EMULATION": "false", "TENDER_WORKER_THREAD_NICE": "19"}
+    for bad in ("PYTHONPATH=/elsewhere", "TENDER_X", "TENDER_=1"):
+        with pytest.raises(SystemExit):
+            parse_worker_settings(parser, [bad])
