@@ -68,15 +68,24 @@ def charge_book_of(payment_id: uuid.UUID) -> Any:
         ("after-charge", {"response_delay_ms": 1500}),
     ],
 )
+@pytest.mark.parametrize("ack_emulation", [True, False])
 def test_sigkilled_worker_charges_once_and_completes(
-    crash_env: dict[str, str], tenant: str, book_path: str, phase: str, config: dict[str, Any]
+    crash_env: dict[str, str],
+    tenant: str,
+    book_path: str,
+    phase: str,
+    config: dict[str, Any],
+    ack_emulation: bool,
 ) -> None:
+    """The pool's child dies; its parent gives the message back (reject_on_worker_lost),
+    with or without Redis's ack emulation, and the next child finishes the payment."""
     runtime.registry().create_instance(
         "sandbox", {"charge_book": book_path, **config}, tenant_id=tenant, is_active=True
     )
     payment = new_payment(tenant, f"crash-{phase}")
     _books[payment.id] = book_path
-    worker = WorkerProcess(crash_env, concurrency=1)
+    env = crash_env | {"TENDER_WORKER_REDIS_ACK_EMULATION": str(ack_emulation).lower()}
+    worker = WorkerProcess(env, concurrency=1)
     try:
         send_process_payment(crash_env["TENDER_BROKER_URL"], payment.id)
         kill_child_while(worker, payment.id, phase=phase)
