@@ -190,8 +190,6 @@ def test_a_killed_worker_without_ack_emulation_loses_messages_not_payments(
     states = sorted(get_payment(p.id).status.value for p in payments)
     assert states == ["processing", "requested"], output[-3000:]
 
-    monkeypatch.setenv("TENDER_RECONCILE_AGE_S", "0.5")
-    reset_settings()
     found: set[uuid.UUID] = set()
 
     def reenqueue(payment_id: uuid.UUID) -> bool:
@@ -210,7 +208,13 @@ def test_a_killed_worker_without_ack_emulation_loses_messages_not_payments(
         found.update(report.reenqueued)
         return found == {p.id for p in payments}
 
-    wait_for(reconciled_both, timeout_s=15, interval_s=0.5)
+    monkeypatch.setenv("TENDER_RECONCILE_AGE_S", "0.5")
+    reset_settings()
+    try:
+        wait_for(reconciled_both, timeout_s=15, interval_s=0.5)
+    finally:  # later tests read the settings again, with the default age
+        monkeypatch.delenv("TENDER_RECONCILE_AGE_S")
+        reset_settings()
     successor = WorkerProcess(crash_env, concurrency=1, pool="threads")
     try:
         wait_for(
