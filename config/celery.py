@@ -26,16 +26,15 @@ def visibility_timeout_s(settings: Settings) -> int:
     return int(settings.task_time_limit_s * (settings.worker_prefetch_multiplier + 2))
 
 
-def worker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Transport options for a worker's own broker connections, over the app's.
+def worker_transport_options(settings: Settings, broker_url: str) -> dict[str, Any]:
+    """Transport options for a worker's broker connections, over the app's.
 
-    Only ``worker_redis_ack_emulation`` so far, and only on Redis: other processes (an
-    ``events tail``, a billing consumer built on this app) keep kombu's ack emulation,
-    since nothing else would bring back an event their queue lost.
+    Only ``worker_redis_ack_emulation`` so far, and only when ``broker_url`` (the app's,
+    which ``celery -b`` may have overridden) is Redis: other processes (an ``events
+    tail``, a billing consumer built on this app) keep kombu's ack emulation, since
+    nothing else would bring back an event their queue lost.
     """
-    redis = settings.resolved_broker_url.startswith(
-        ("redis://", "rediss://", "redis+socket://", "sentinel://")
-    )
+    redis = broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
     if redis and not settings.worker_redis_ack_emulation:
         return {"ack_emulation": False}
     return {}
@@ -66,11 +65,14 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         # At most once per payment comes from SQL (claims and compare-and-set); these
-        # options make sure a crashed worker's message is delivered again, not lost.
+        # options make sure a crashed worker's message is delivered again, not lost (on
+        # RabbitMQ, and on Redis with its ack emulation, the default; without it,
+        # reconcile enqueues the payment again).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A thread pool of N reserves N x multiplier messages. Every one stays unacked
-        # until its task ends, so a crash or a warm shutdown gives them back.
+        # until its task ends, so a warm shutdown gives them back, and so does a crash
+        # under Redis's ack emulation (see worker_transport_options).
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "task_time_limit": time_limit_s,
         "task_soft_time_limit": max(time_limit_s - 10, time_limit_s * 0.9),

@@ -87,15 +87,16 @@ class Settings(BaseSettings):
     # gracefully under overload, and the bench's (e) runs near the knee by design.
     worker_thread_nice: Annotated[int, Field(ge=0, le=19)] = 10
     # Redis only: whether a worker keeps each payment message it reserves in Redis's
-    # "unacked" set until the task is done (kombu's ack emulation), so that Redis hands it
-    # to another worker after the visibility timeout if this one dies. It costs Celery's
-    # consumer thread two more Redis round trips a message (record, then acknowledge),
-    # and that thread is a worker's serial link. False takes each message off the queue
-    # as it is reserved: about twice the throughput (see the README's Performance), and a
-    # worker killed outright loses the messages it held. Their payments stay in the
-    # ledger, and reconcile enqueues them again (requested: after reconcile_age_s;
-    # processing: when the lease expires), so nothing is lost or charged twice, but
-    # recovery then needs beat. A warm shutdown gives reserved messages back either way.
+    # "unacked" set until the task is done (kombu's ack emulation), so that a live
+    # consumer puts it back after the visibility timeout if this worker dies. It costs
+    # Celery's consumer thread two more Redis round trips a message (record, then
+    # acknowledge), and that thread is a worker's serial link. False keeps reserved
+    # messages in the worker's memory only: about twice the throughput (see the README's
+    # Performance), and they are lost if the worker is killed before its warm shutdown
+    # hands them back, or if its Redis connection drops or Redis restarts meanwhile.
+    # Their payments stay in the ledger, and beat's reconcile enqueues them again
+    # (requested: after reconcile_age_s; processing: when the lease expires), so none is
+    # charged twice, but recovery then needs beat.
     worker_redis_ack_emulation: bool = True
 
     alert_webhook_url: str | None = None

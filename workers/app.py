@@ -32,16 +32,28 @@ def reconfigure() -> None:
         app._pool = None
     app.amqp._producer_pool = None
     app.conf.update(celery_options(get_settings()))
+    if _worker_options:  # in a worker process: keep what its start gave it
+        _apply_worker_options(app)
+
+
+# Set when this process starts a worker (see _worker_transport); empty elsewhere.
+_worker_options: dict[str, Any] = {}
 
 
 @worker_init.connect
 def _worker_transport(sender: Any = None, **_: Any) -> None:
-    """A worker's consumer gets the worker-only transport options (config.celery), set
-    before it connects; clients and other consumers of this app keep the app's."""
-    options = worker_transport_options(get_settings())
-    if options and sender is not None:
-        conf = sender.app.conf
-        conf.broker_transport_options = {**conf.broker_transport_options, **options}
+    """A worker process's connections get the worker-only transport options
+    (config.celery), set before its consumer connects; other processes keep the app's."""
+    if sender is None:
+        return
+    conf = sender.app.conf
+    _worker_options.update(worker_transport_options(get_settings(), str(conf.broker_url)))
+    _apply_worker_options(sender.app)
+
+
+def _apply_worker_options(celery_app: Celery) -> None:
+    conf = celery_app.conf
+    conf.broker_transport_options = {**conf.broker_transport_options, **_worker_options}
 
 
 @worker_process_init.connect

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
+from celery import Celery
 from celery.signals import worker_init, worker_ready
 
 import workers.app  # connects the app's signal handlers
@@ -25,11 +27,16 @@ def test_a_ready_worker_freezes_its_start_up_objects() -> None:
 class _Sender:
     """What ``worker_init`` hands its handlers: the WorkController, with its app."""
 
-    def __init__(self, broker_url: str) -> None:
-        from celery import Celery
+    def __init__(self, app: Celery) -> None:
+        self.app = app
 
-        self.app = Celery("probe", broker=broker_url, set_as_current=False)
-        self.app.conf.broker_transport_options = {"visibility_timeout": 1200}
+
+@pytest.fixture
+def worker_options(tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process's worker-only options, fresh, and put back afterwards."""
+    fresh: dict[str, str] = {}
+    monkeypatch.setattr(workers.app, "_worker_options", fresh)
+    return fresh
 
 
 @pytest.mark.parametrize(
@@ -42,21 +49,35 @@ class _Sender:
     ],
 )
 def test_a_worker_drops_redis_ack_emulation_only_when_told(
-    monkeypatch: pytest.MonkeyPatch, broker: str, setting: str | None, expected: bool | None
+    worker_options: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    broker: str,
+    setting: str | None,
+    expected: bool | None,
 ) -> None:
-    monkeypatch.setenv("TENDER_BROKER_URL", broker)
-    if setting is None:
-        monkeypatch.delenv("TENDER_WORKER_REDIS_ACK_EMULATION", raising=False)
-    else:
+    if setting is not None:
         monkeypatch.setenv("TENDER_WORKER_REDIS_ACK_EMULATION", setting)
     reset_settings()
-    sender = _Sender(broker)
-    try:
-        worker_init.send(sender=sender)
-        options = sender.app.conf.broker_transport_options
-        assert options.get("ack_emulation") is expected
-        assert options["visibility_timeout"] == 1200  # the app's own options stay
-        # the options of the app's other users are untouched: only the worker's changed
-        assert "ack_emulation" not in workers.app.app.conf.broker_transport_options
-    finally:
-        reset_settings()
+    # the worker's own app and broker (``celery -b`` may differ from TENDER_BROKER_URL)
+    probe = Celery("probe", broker=broker, set_as_current=False)
+    probe.conf.broker_transport_options = {"visibility_timeout": 1200}
+    worker_init.send(sender=_Sender(probe))
+    options = probe.conf.broker_transport_options
+    assert options.get("ack_emulation") is expected
+    assert options["visibility_timeout"] == 1200  # the app's own options stay
+    # only the worker's app changed, not Tender's app in this (non-worker) process
+    assert "ack_emulation" not in workers.app.app.conf.broker_transport_options
+
+
+def test_reconfiguring_a_worker_keeps_its_worker_options(
+    worker_options: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENDER_BROKER_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("TENDER_WORKER_REDIS_ACK_EMULATION", "false")
+    reset_settings()
+    workers.app.reconfigure()
+    app = workers.app.app
+    worker_init.send(sender=_Sender(app))
+    assert app.conf.broker_transport_options["ack_emulation"] is False
+    workers.app.reconfigure()  # re-reads settings into the app: the worker keeps its options
+    assert app.conf.broker_transport_options["ack_emulation"] is False
