@@ -6,6 +6,8 @@ Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
   (broker dropped it, enqueue failed) -> enqueue again (the claim makes it once);
 * ``processing`` payments whose lease expired: their worker died -> enqueue again
   (the task verifies with the instance that was being called before anything else);
+  both oldest first, up to ``LOST_BATCHES`` x ``BATCH`` a run, a ``requested`` one
+  moving to the back once enqueued so that a backlog cannot starve the rest;
 * ``pending`` and ``unknown`` payments older than ``reconcile_age_s``: verify with
   their provider and move them to what the provider says. Each compare-and-set
   succeeds once, so each payment resolves (and emits its event) exactly once.
@@ -18,10 +20,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 
 from config.settings import Settings
 from providers.base import OutcomeStatus, utcnow
@@ -36,6 +38,7 @@ from workers.states import OUTCOME_STATE, PaymentState
 
 log = logging.getLogger(__name__)
 BATCH = 200
+LOST_BATCHES = 25  # at most BATCH x this lost payments enqueued again per run
 
 
 @dataclass
@@ -56,19 +59,9 @@ def reconcile(
     report = ReconcileReport()
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.reconcile_age_s)
+    deadline = time.monotonic() + verify_budget_s(settings)
+    _reenqueue_lost(database, now, cutoff, deadline, enqueue, report)
     with database.sessions() as session:
-        lost = session.execute(
-            select(Payment.id)
-            .where(
-                (Payment.status == PaymentState.REQUESTED.value) & (Payment.updated_at < cutoff)
-                | (Payment.status == PaymentState.PROCESSING.value)
-                & (Payment.lease_expires_at < now)
-            )
-            .limit(BATCH)
-        ).scalars()
-        for payment_id in lost:
-            if enqueue(payment_id):
-                report.reenqueued.append(payment_id)
         open_payments = list(
             session.execute(
                 select(Payment)
@@ -80,7 +73,6 @@ def reconcile(
                 .limit(BATCH)
             ).scalars()
         )
-    deadline = time.monotonic() + verify_budget_s(settings)
     for payment in open_payments:
         if time.monotonic() > deadline:
             break  # the rest wait for the next run; the lock must not outlive us
@@ -98,6 +90,82 @@ def reconcile(
             len(report.still_open),
         )
     return report
+
+
+def _reenqueue_lost(
+    database: Database,
+    now: datetime,
+    cutoff: datetime,
+    deadline: float,
+    enqueue: Callable[[uuid.UUID], bool],
+    report: ReconcileReport,
+) -> None:
+    """Enqueue again every payment whose message was lost, up to ``LOST_BATCHES`` batches
+    a run (a restarted Redis can lose thousands at once), oldest first:
+
+    * ``requested`` ones older than the cutoff. Each one enqueued moves to the back of
+      the queue (``updated_at`` now, if it is still ``requested``), so the next batch,
+      and the next run, reach the others even while these wait in a backlog;
+    * ``processing`` ones whose lease expired (their worker died), by lease expiry; the
+      task that takes them over renews the lease.
+
+    Stops at the first refused enqueue (the broker is down: the next run tries again).
+    """
+    requested = PaymentState.REQUESTED.value
+    after: tuple[datetime | None, uuid.UUID] | None = None  # keyset over expired leases
+    for _ in range(LOST_BATCHES):
+        if time.monotonic() > deadline:
+            return
+        with database.sessions() as session:
+            batch = session.execute(
+                select(Payment.id)
+                .where(Payment.status == requested, Payment.updated_at < cutoff)
+                .order_by(Payment.updated_at, Payment.id)
+                .limit(BATCH)
+            ).all()
+        if not batch:
+            break
+        ids = [payment_id for (payment_id,) in batch]
+        if not _enqueue_all(ids, enqueue, report):
+            return
+        with database.transaction() as session:
+            session.execute(
+                update(Payment)
+                .where(Payment.id.in_(ids), Payment.status == requested)
+                .values(updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+        if len(batch) < BATCH:
+            break
+    expired = Payment.status == PaymentState.PROCESSING.value, Payment.lease_expires_at < now
+    for _ in range(LOST_BATCHES):
+        if time.monotonic() > deadline:
+            return
+        query = select(Payment.id, Payment.lease_expires_at).where(*expired)
+        if after is not None:
+            query = query.where(tuple_(Payment.lease_expires_at, Payment.id) > after)
+        with database.sessions() as session:
+            rows = session.execute(
+                query.order_by(Payment.lease_expires_at, Payment.id).limit(BATCH)
+            ).all()
+        if not rows:
+            return
+        if not _enqueue_all([payment_id for payment_id, _ in rows], enqueue, report):
+            return
+        after = (rows[-1][1], rows[-1][0])
+        if len(rows) < BATCH:
+            return
+
+
+def _enqueue_all(
+    ids: list[uuid.UUID], enqueue: Callable[[uuid.UUID], bool], report: ReconcileReport
+) -> bool:
+    for payment_id in ids:
+        if not enqueue(payment_id):
+            log.warning("reconcile: could not enqueue payment %s; trying next run", payment_id)
+            return False
+        report.reenqueued.append(payment_id)
+    return True
 
 
 def verify_budget_s(settings: Settings) -> float:

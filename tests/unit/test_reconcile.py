@@ -4,12 +4,13 @@ pending cannot starve the rest."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from config.settings import get_settings, reset_settings
-from providers.base import OutcomeStatus
+from providers.base import OutcomeStatus, utcnow
 from registry.db import get_database
 from workers import reconcile as reconcile_module
 from workers import runtime
@@ -79,3 +80,83 @@ def test_pending_payment_resolves_once_with_one_event(fast_reconcile, tmp_path) 
     assert run(publisher).resolved == {}
     assert [t for t, _ in publisher.published] == ["payment.succeeded"]
     assert get_payment(payment_id).status == "succeeded"
+
+
+def lost_payments(n: int, prefix: str) -> list[Any]:
+    ids = []
+    for i in range(n):
+        fields = _validated(
+            f"{prefix}-{i}", "10.00", "NGN", "ada@example.com", "card", None, None, None
+        )
+        payment, _ = record_payment(get_database(), fields)
+        ids.append(payment.id)
+    return ids
+
+
+def reenqueued(enqueue: Any) -> list[Any]:
+    time.sleep(0.1)  # older than the reconcile age
+    return reconcile_module.reconcile(
+        get_database(),
+        runtime.registry(),
+        runtime.provider_loop(),
+        Recording(),
+        get_settings(),
+        enqueue,
+    ).reenqueued
+
+
+def test_one_run_enqueues_every_lost_payment_again_in_batches(fast_reconcile, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A restarted Redis can lose thousands of messages: one run takes them all (batch
+    after batch, up to LOST_BATCHES), not one batch a run."""
+    monkeypatch.setattr(reconcile_module, "BATCH", 2)
+    ids = lost_payments(5, "lost")
+    sent: list[Any] = []
+    assert sorted(reenqueued(lambda p: sent.append(p) or True)) == sorted(ids)
+    assert sorted(sent) == sorted(ids)  # each once
+
+
+def test_a_payment_enqueued_again_waits_its_turn_behind_the_others(
+    fast_reconcile, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Each payment enqueued again moves to the back: while its message waits in a
+    backlog, the next run enqueues the rest, not the same ones again."""
+    monkeypatch.setattr(reconcile_module, "BATCH", 2)
+    monkeypatch.setattr(reconcile_module, "LOST_BATCHES", 1)
+    ids = lost_payments(4, "turn")
+    first = reenqueued(lambda p: True)
+    second = reenqueued(lambda p: True)
+    assert len(first) == 2 and len(second) == 2
+    assert sorted(first + second) == sorted(ids)
+
+
+def test_a_refused_enqueue_stops_the_run_and_is_tried_again(fast_reconcile, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ids = lost_payments(3, "down")
+    attempts: list[Any] = []
+
+    def broker_down(payment_id: Any) -> bool:
+        attempts.append(payment_id)
+        return False
+
+    assert reenqueued(broker_down) == [] and len(attempts) == 1  # stops at the first refusal
+    assert sorted(reenqueued(lambda p: True)) == sorted(ids)  # nothing was moved back
+
+
+def test_expired_leases_are_each_enqueued_once_a_run(fast_reconcile, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Processing payments whose worker died: taken batch after batch by lease expiry,
+    each once, though their rows do not change until a worker claims them."""
+    from sqlalchemy import update
+
+    from workers.ledger import Payment
+
+    monkeypatch.setattr(reconcile_module, "BATCH", 2)
+    ids = lost_payments(5, "lease")
+    with get_database().transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id.in_(ids))
+            .values(status="processing", lease_expires_at=utcnow() - timedelta(seconds=5))
+            .execution_options(synchronize_session=False)
+        )
+    sent: list[Any] = []
+    reenqueued(lambda p: sent.append(p) or True)
+    assert sorted(sent) == sorted(ids)
