@@ -33,10 +33,12 @@ plugins_app = typer.Typer(
 )
 payments_app = typer.Typer(help="Read payments.", no_args_is_help=True)
 events_app = typer.Typer(help="Result events.", no_args_is_help=True)
+refunds_app = typer.Typer(help="Refunds the provider never answered.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(payments_app, name="payments")
 app.add_typer(events_app, name="events")
+app.add_typer(refunds_app, name="refunds")
 
 
 def fail(message: str) -> NoReturn:
@@ -378,6 +380,34 @@ def payments_show(
         _json(view.model_dump(mode="json"))
     else:
         _print_payment(view)
+
+
+@refunds_app.command("settle")
+def refunds_settle(
+    refund_id: Annotated[str, typer.Argument(help="The refund's id (the alert names it).")],
+    succeeded: Annotated[
+        bool,
+        typer.Option(
+            "--succeeded/--failed",
+            help="What the provider's dashboard shows: the money went back, or it did not.",
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why, for the ledger (who checked what).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Settle an open refund by hand, after checking it at the provider."""
+    from workers.refunds import settle_refund_by_operator
+
+    with user_errors():
+        view = settle_refund_by_operator(refund_id, succeeded, reason)
+    if as_json:
+        _json(view.model_dump(mode="json"))
+    else:
+        console.print(
+            f"refund {view.id}: [bold]{view.status.value}[/] ({view.amount} {view.currency}); "
+            f"payment {view.payment_id} is {view.payment_status.value}",
+            highlight=False,
+        )
 
 
 # -- events --------------------------------------------------------------------------

@@ -10,7 +10,10 @@ Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
   moving to the back once enqueued so that a backlog cannot starve the rest;
 * ``pending`` and ``unknown`` payments older than ``reconcile_age_s``: verify with
   their provider and move them to what the provider says. Each compare-and-set
-  succeeds once, so each payment resolves (and emits its event) exactly once.
+  succeeds once, so each payment resolves (and emits its event) exactly once;
+* refunds still ``requested`` ``reconcile_age_s`` after they were asked (their caller
+  stopped mid-call): an alert each, then a reminder every ``alert_cooldown_s``, for an
+  operator to check at the provider (``tender refunds settle``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from sqlalchemy import select, tuple_, update
 
 from config.settings import Settings
 from providers.base import OutcomeStatus, utcnow
+from providers.money import from_minor
 from registry.db import Database
 from registry.service import PluginRegistry
-from workers.events import add_event
-from workers.ledger import Payment, PaymentAttempt, apply_transition, payment_event
+from workers.alerts import Alert
+from workers.events import OutboxEvent, add_event
+from workers.ledger import Payment, PaymentAttempt, Refund, apply_transition, payment_event
 from workers.payments import outcome_mismatch
+from workers.refunds import stuck_refunds
 from workers.relay import EventPublisher, publish_now
 from workers.runtime import ProviderLoop
 from workers.states import OUTCOME_STATE, PaymentState
@@ -46,6 +52,7 @@ class ReconcileReport:
     reenqueued: list[uuid.UUID] = field(default_factory=list)
     resolved: dict[uuid.UUID, str] = field(default_factory=dict)
     still_open: list[uuid.UUID] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)  # for the caller's sinks
 
 
 def reconcile(
@@ -82,6 +89,7 @@ def reconcile(
             _touch(database, payment)
         else:
             report.resolved[payment.id] = state.value
+    _alert_stuck_refunds(database, publisher, settings, utcnow(), report)
     if report.reenqueued or report.resolved:
         log.info(
             "reconcile: re-enqueued %d, resolved %d, still open %d",
@@ -166,6 +174,47 @@ def _enqueue_all(
             return False
         report.reenqueued.append(payment_id)
     return True
+
+
+def _alert_stuck_refunds(
+    database: Database,
+    publisher: EventPublisher,
+    settings: Settings,
+    now: datetime,
+    report: ReconcileReport,
+) -> None:
+    """An alert (and ``alert.raised`` event) for each refund left ``requested`` by a
+    caller that stopped mid-call, then a reminder every ``alert_cooldown_s``: its amount
+    stays reserved until its webhook or an operator settles it."""
+    outbox: list[OutboxEvent] = []
+    with database.transaction() as session:
+        for refund, payment, alerted in stuck_refunds(session, now, settings, limit=BATCH):
+            alert = _stuck_refund_alert(refund, payment, reminder=alerted)
+            report.alerts.append(alert)
+            outbox.append(add_event(session, alert.event()))
+            refund.updated_at = now
+        session.flush()
+        outbox_ids = [event.id for event in outbox]
+    publish_now(database, publisher, outbox_ids)
+
+
+def _stuck_refund_alert(refund: Refund, payment: Payment, *, reminder: bool) -> Alert:
+    amount = f"{from_minor(refund.amount_minor, payment.currency)} {payment.currency}"
+    return Alert(
+        severity="warning",
+        title=f"{'Still no' if reminder else 'No'} answer for a refund of {amount}",
+        text=(
+            f"Refund {refund.id} of {amount} for payment {payment.id} (order "
+            f"{payment.order_id}, provider {payment.plugin_name or 'unknown'}) was asked "
+            f"at {refund.created_at:%Y-%m-%d %H:%M:%S} UTC and no answer was recorded: the "
+            "process calling the provider stopped mid-call. Its amount stays reserved, so no "
+            "other refund can take it. Check it at the provider. If it went through, its "
+            "webhook settles it here; otherwise settle it by hand: "
+            f"`tender refunds settle {refund.id} --succeeded|--failed --reason '...'`."
+        ),
+        instance_id=payment.instance_id,
+        tenant_id=payment.tenant_id,
+    )
 
 
 def verify_budget_s(settings: Settings) -> float:

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -428,3 +428,107 @@ def _settle(
                 refund.status = answer.state.value
         session.flush()
         return view_of_refund(refund, payment), outbox_ids
+
+
+# --- refunds the provider never answered --------------------------------------------------
+
+REASON_MAX = 500
+
+
+def settle_refund_by_operator(
+    refund_id: uuid.UUID | str,
+    succeeded: bool,
+    reason: str,
+    *,
+    database: Database | None = None,
+    publisher: EventPublisher | None = None,
+) -> RefundView:
+    """Settle an open refund by hand, once an operator has checked it at the provider:
+    ``succeeded`` (the money went back: the payment moves as the provider's webhook would
+    move it, with its ``payment.refunded`` event) or not (nothing went back: the refund
+    fails and its amount is released).
+
+    For a refund no answer will come for: a process that stopped mid-call leaves it
+    ``requested`` (reconcile alerts on those), and a provider may lose a pending one.
+    Recorded as a ``refund`` attempt with outcome ``manual`` and the reason. Raises
+    :class:`RefundRefused` for an unknown or already settled refund or a missing reason.
+    """
+    database = database or get_database()
+    why = reason.strip()
+    if not why or len(why) > REASON_MAX:
+        raise RefundRefused("reason", f"must say why, in 1 to {REASON_MAX} characters")
+    try:
+        key = uuid.UUID(str(refund_id))
+    except ValueError:
+        raise RefundRefused("refund", f"{refund_id!r} is not a refund id") from None
+    outbox_ids: list[int] = []
+    with database.transaction() as session:
+        found = session.get(Refund, key)
+        if found is None:
+            raise RefundRefused("refund", f"no refund {key}")
+        payment = lock_payment(session, payment_id=found.payment_id)  # then the refund,
+        refund = session.get(Refund, key, with_for_update=True, populate_existing=True)
+        assert payment is not None and refund is not None  # as refund_payment locks them
+        if refund.status not in OPEN_REFUNDS:
+            raise RefundRefused(
+                "refund", f"is already {refund.status}; only an open refund can be settled"
+            )
+        outcome = RefundState.SUCCEEDED if succeeded else RefundState.FAILED
+        message = f"settled {outcome.value} by an operator: {why}"
+        session.add(
+            PaymentAttempt(
+                payment_id=payment.id,
+                instance_id=payment.instance_id,
+                plugin_name=payment.plugin_name or "operator",
+                operation="refund",
+                outcome="manual",
+                message=message,
+                latency_ms=0.0,
+            )
+        )
+        refund.message = message
+        refund.updated_at = utcnow()
+        if succeeded:
+            try:
+                event = settle_refund(session, payment, refund)
+            except RefundMismatch as exc:  # nothing is written: the transaction rolls back
+                raise RefundRefused("refund", str(exc)) from None
+            if event is not None:
+                outbox_ids.append(event.id)
+        else:
+            refund.status = RefundState.FAILED.value
+        session.flush()
+        view = view_of_refund(refund, payment)
+    if publisher is None:
+        from workers.app import app
+
+        publisher = EventPublisher(app)
+    publish_now(database, publisher, outbox_ids)
+    log.warning("refund %s of payment %s: %s", view.id, view.payment_id, message)
+    return view
+
+
+def stuck_refunds(
+    session: Session, now: datetime, settings: Settings, limit: int = 200
+) -> list[tuple[Refund, Payment, bool]]:
+    """Refunds still ``requested`` ``reconcile_age_s`` after their last change (a refund
+    call records its answer within the provider timeout, so the caller stopped mid-call)
+    that are due an alert, each with whether it was alerted before: never alerted, or last
+    alerted ``alert_cooldown_s`` ago. An alert moves ``updated_at`` to its time, at least
+    ``reconcile_age_s`` after ``created_at``; until then the two are microseconds apart."""
+    old = now - timedelta(seconds=settings.reconcile_age_s)
+    rows = session.execute(
+        select(Refund, Payment)
+        .join(Payment, Payment.id == Refund.payment_id)
+        .where(Refund.status == RefundState.REQUESTED.value, Refund.updated_at < old)
+        .order_by(Refund.updated_at)
+        .limit(limit)
+    ).all()
+    remind = now - timedelta(seconds=settings.alert_cooldown_s)
+    alerted_gap = timedelta(seconds=settings.reconcile_age_s / 2)
+    due = []
+    for refund, payment in rows:
+        alerted = refund.updated_at - refund.created_at >= alerted_gap
+        if not alerted or refund.updated_at < remind:
+            due.append((refund, payment, alerted))
+    return due

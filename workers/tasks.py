@@ -101,10 +101,15 @@ def reconcile_task() -> dict[str, Any]:
             settings,
             enqueue_payment,
         )
+    if report.alerts:
+        from workers import alerts
+
+        alerts.deliver_all(report.alerts, alerts.sinks_from_settings(settings), settings)
     return {
         "reenqueued": len(report.reenqueued),
         "resolved": len(report.resolved),
         "still_open": len(report.still_open),
+        "refund_alerts": len(report.alerts),
     }
 
 

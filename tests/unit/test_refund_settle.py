@@ -1,0 +1,134 @@
+"""Refunds no answer will come for: reconcile alerts on a refund left ``requested`` by a
+caller that stopped mid-call, and an operator settles it by hand (``tender refunds
+settle``), after checking it at the provider."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from config.settings import reset_settings
+from registry.db import get_database
+from tests.unit.test_reconcile import Recording
+from tests.unit.test_reconcile import run as run_reconcile
+from workers import runtime
+from workers.cli import app as cli
+from workers.client import _validated, get_payment, record_payment
+from workers.ledger import Refund
+from workers.refunds import (
+    RefundRefused,
+    _reserve,
+    list_refunds,
+    settle_refund_by_operator,
+)
+from workers.tasks import processor
+
+
+@pytest.fixture
+def stuck(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A succeeded 10.00 NGN payment with a 4.00 refund reserved whose call never
+    answered (the process stopped between reserving and recording)."""
+    monkeypatch.setenv("TENDER_RECONCILE_AGE_S", "0.05")
+    reset_settings()
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": str(tmp_path / "b.db")}, is_active=True
+    )
+    fields = _validated("o-r", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    processor().process(payment.id)
+    assert get_payment(payment.id).status == "succeeded"
+    reservation = _reserve(get_database(), runtime.registry(), payment.id, Decimal("4.00"))
+    return reservation
+
+
+def test_a_refund_left_requested_is_alerted_once_then_reminded(
+    stuck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher = Recording()
+    first = run_reconcile(publisher).alerts
+    assert len(first) == 1
+    assert str(stuck.refund_id) in first[0].text and "4.00 NGN" in first[0].text
+    assert "tender refunds settle" in first[0].text
+    assert [t for t, _ in publisher.published] == ["alert.raised"]
+    assert run_reconcile(publisher).alerts == []  # within the cooldown: quiet
+    monkeypatch.setenv("TENDER_ALERT_COOLDOWN_S", "0.05")
+    reset_settings()
+    again = run_reconcile(publisher).alerts
+    assert len(again) == 1 and again[0].title.startswith("Still no answer")
+
+
+def test_a_refund_still_in_its_call_is_not_alerted(
+    stuck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENDER_RECONCILE_AGE_S", "60")
+    reset_settings()
+    assert run_reconcile(Recording()).alerts == []
+
+
+def test_an_operator_fails_it_and_its_amount_is_released(stuck: Any) -> None:
+    view = settle_refund_by_operator(
+        stuck.refund_id, False, "not in the Paystack dashboard (ada, 14:05)", publisher=Recording()
+    )
+    assert view.status == "failed" and view.payment_status == "succeeded"
+    payment = get_payment(stuck.payment_id)
+    assert payment.refunded_minor == 0
+    [manual] = [a for a in payment.attempts if a.outcome == "manual"]
+    assert manual.operation == "refund" and "not in the Paystack dashboard" in (
+        manual.message or ""
+    )
+    assert run_reconcile(Recording()).alerts == []  # settled: nothing to alert
+    # the 4.00 it held is free again: all 10.00 can be refunded
+    assert _reserve(get_database(), runtime.registry(), stuck.payment_id, None).amount_minor == 1000
+
+
+def test_an_operator_settles_it_as_succeeded(stuck: Any) -> None:
+    publisher = Recording()
+    view = settle_refund_by_operator(
+        stuck.refund_id, True, "refund RF123 shows processed", publisher=publisher
+    )
+    assert view.status == "succeeded" and view.payment_status == "partially_refunded"
+    assert view.refunded_minor == 400
+    assert [(t, p["status"]) for t, p in publisher.published] == [
+        ("payment.refunded", "partially_refunded")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("refund", "reason", "field"),
+    [
+        ("not-a-uuid", "checked", "refund"),
+        ("00000000-0000-0000-0000-000000000000", "checked", "refund"),
+        (None, "   ", "reason"),
+    ],
+)
+def test_bad_settlements_are_refused_and_write_nothing(
+    stuck: Any, refund: str | None, reason: str, field: str
+) -> None:
+    with pytest.raises(RefundRefused) as caught:
+        settle_refund_by_operator(refund or stuck.refund_id, False, reason, publisher=Recording())
+    assert caught.value.field == field
+    assert [r.status for r in list_refunds(stuck.payment_id)] == ["requested"]
+
+
+def test_a_settled_refund_cannot_be_settled_again(stuck: Any) -> None:
+    settle_refund_by_operator(stuck.refund_id, False, "checked", publisher=Recording())
+    with pytest.raises(RefundRefused, match="already failed"):
+        settle_refund_by_operator(stuck.refund_id, True, "checked again", publisher=Recording())
+    with get_database().sessions() as session:
+        refund = session.get(Refund, stuck.refund_id)
+        assert refund is not None and refund.status == "failed"
+
+
+def test_the_cli_settles_and_explains_a_bad_id(stuck: Any) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["refunds", "settle", "nope", "--failed", "--reason", "checked"])
+    assert bad.exit_code == 1 and "is not a refund id" in bad.output
+    ok = runner.invoke(
+        cli, ["refunds", "settle", str(stuck.refund_id), "--failed", "--reason", "checked"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "failed" in ok.output
