@@ -393,13 +393,20 @@ def refunds_settle(
         ),
     ],
     reason: Annotated[str, typer.Option(help="Why, for the ledger (who checked what).")],
+    provider_refund_id: Annotated[
+        str | None,
+        typer.Option(help="The provider's id of the refund (required with --succeeded)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Settle an open refund by hand, after checking it at the provider."""
+    """Settle an open refund by hand, after checking it at the provider: --succeeded if it
+    shows processed there, --failed only if the provider has no such refund."""
     from workers.refunds import settle_refund_by_operator
 
     with user_errors():
-        view = settle_refund_by_operator(refund_id, succeeded, reason)
+        view = settle_refund_by_operator(
+            refund_id, succeeded, reason, provider_refund_id=provider_refund_id
+        )
     if as_json:
         _json(view.model_dump(mode="json"))
     else:

@@ -11,9 +11,9 @@ Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
 * ``pending`` and ``unknown`` payments older than ``reconcile_age_s``: verify with
   their provider and move them to what the provider says. Each compare-and-set
   succeeds once, so each payment resolves (and emits its event) exactly once;
-* refunds still ``requested`` ``reconcile_age_s`` after they were asked (their caller
-  stopped mid-call): an alert each, then a reminder every ``alert_cooldown_s``, for an
-  operator to check at the provider (``tender refunds settle``).
+* refunds still ``requested`` ``reconcile_age_s`` after their last change (their caller
+  stopped mid-call): one alert a run lists them, each again every ``alert_cooldown_s``,
+  for an operator to check at the provider (``tender refunds settle``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from providers.money import from_minor
 from registry.db import Database
 from registry.service import PluginRegistry
 from workers.alerts import Alert
-from workers.events import OutboxEvent, add_event
+from workers.events import add_event
 from workers.ledger import Payment, PaymentAttempt, Refund, apply_transition, payment_event
 from workers.payments import outcome_mismatch
 from workers.refunds import stuck_refunds
@@ -176,6 +176,9 @@ def _enqueue_all(
     return True
 
 
+REFUNDS_SHOWN = 10  # refunds listed in one stuck-refunds alert; the rest are counted
+
+
 def _alert_stuck_refunds(
     database: Database,
     publisher: EventPublisher,
@@ -183,37 +186,49 @@ def _alert_stuck_refunds(
     now: datetime,
     report: ReconcileReport,
 ) -> None:
-    """An alert (and ``alert.raised`` event) for each refund left ``requested`` by a
-    caller that stopped mid-call, then a reminder every ``alert_cooldown_s``: its amount
-    stays reserved until its webhook or an operator settles it."""
-    outbox: list[OutboxEvent] = []
+    """One alert (and ``alert.raised`` event) a run for the refunds left ``requested`` by
+    a caller that stopped mid-call, each listed once and then again every
+    ``alert_cooldown_s``: their amounts stay reserved until a webhook or an operator
+    settles them."""
     with database.transaction() as session:
-        for refund, payment, alerted in stuck_refunds(session, now, settings, limit=BATCH):
-            alert = _stuck_refund_alert(refund, payment, reminder=alerted)
-            report.alerts.append(alert)
-            outbox.append(add_event(session, alert.event()))
-            refund.updated_at = now
+        stuck = stuck_refunds(session, now, settings, limit=BATCH)
+        if not stuck:
+            return
+        alert = _stuck_refunds_alert(stuck)
+        for refund, _ in stuck:
+            refund.alerted_at = now
+        event = add_event(session, alert.event())
         session.flush()
-        outbox_ids = [event.id for event in outbox]
-    publish_now(database, publisher, outbox_ids)
+        outbox_id = event.id
+    report.alerts.append(alert)
+    publish_now(database, publisher, [outbox_id])
 
 
-def _stuck_refund_alert(refund: Refund, payment: Payment, *, reminder: bool) -> Alert:
-    amount = f"{from_minor(refund.amount_minor, payment.currency)} {payment.currency}"
+def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
+    lines = []
+    for refund, payment in stuck[:REFUNDS_SHOWN]:
+        amount = f"{from_minor(refund.amount_minor, payment.currency)} {payment.currency}"
+        again = " (alerted before)" if refund.alerted_at is not None else ""
+        lines.append(
+            f"- refund {refund.id}: {amount} of payment {payment.id} (order "
+            f"{payment.order_id}, {payment.plugin_name or 'provider unknown'}), asked "
+            f"{refund.created_at:%Y-%m-%d %H:%M:%S} UTC{again}"
+        )
+    if len(stuck) > REFUNDS_SHOWN:
+        lines.append(f"- and {len(stuck) - REFUNDS_SHOWN} more")
     return Alert(
         severity="warning",
-        title=f"{'Still no' if reminder else 'No'} answer for a refund of {amount}",
+        title=f"No provider answer recorded for {len(stuck)} refund(s)",
         text=(
-            f"Refund {refund.id} of {amount} for payment {payment.id} (order "
-            f"{payment.order_id}, provider {payment.plugin_name or 'unknown'}) was asked "
-            f"at {refund.created_at:%Y-%m-%d %H:%M:%S} UTC and no answer was recorded: the "
-            "process calling the provider stopped mid-call. Its amount stays reserved, so no "
-            "other refund can take it. Check it at the provider. If it went through, its "
-            "webhook settles it here; otherwise settle it by hand: "
-            f"`tender refunds settle {refund.id} --succeeded|--failed --reason '...'`."
+            "The process calling the provider stopped mid-call, so these refunds stay "
+            "requested, their amounts reserved (no second refund can take them):\n"
+            + "\n".join(lines)
+            + "\nCheck each at the provider. If it is pending there, wait: its webhook "
+            "settles it. If it was processed: `tender refunds settle <refund-id> --succeeded "
+            "--provider-refund-id <its id> --reason '...'`. Only if the provider has no such "
+            "refund: `tender refunds settle <refund-id> --failed --reason '...'`."
         ),
-        instance_id=payment.instance_id,
-        tenant_id=payment.tenant_id,
+        tenant_id=stuck[0][1].tenant_id if len({p.tenant_id for _, p in stuck}) == 1 else None,
     )
 
 

@@ -32,7 +32,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, get_settings
@@ -415,6 +415,17 @@ def _settle(
                 latency_ms=answer.latency_ms,
             )
         )
+        final = {RefundState.SUCCEEDED.value, RefundState.FAILED.value}
+        if refund.status in final and answer.state.value in final - {refund.status}:
+            # settled meanwhile, by its webhook or an operator, the other way than the
+            # provider answers now: a person must look (the attempt row has the answer)
+            log.error(
+                "refund %s of payment %s is %s, but the provider's late answer is %s",
+                refund.id,
+                payment.id,
+                refund.status,
+                answer.state.value,
+            )
         if refund.status in OPEN_REFUNDS:  # else its webhook already settled it
             if answer.provider_refund_id and refund.provider_refund_id is None:
                 refund.provider_refund_id = answer.provider_refund_id
@@ -435,28 +446,48 @@ def _settle(
 REASON_MAX = 500
 
 
+def _plain_text(field: str, value: str | None, limit: int) -> str:
+    text = (value or "").strip()
+    if not text or len(text) > limit or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise RefundRefused(field, f"must be 1 to {limit} characters on one line")
+    return text
+
+
 def settle_refund_by_operator(
     refund_id: uuid.UUID | str,
     succeeded: bool,
     reason: str,
     *,
+    provider_refund_id: str | None = None,
     database: Database | None = None,
     publisher: EventPublisher | None = None,
 ) -> RefundView:
-    """Settle an open refund by hand, once an operator has checked it at the provider:
-    ``succeeded`` (the money went back: the payment moves as the provider's webhook would
-    move it, with its ``payment.refunded`` event) or not (nothing went back: the refund
-    fails and its amount is released).
+    """Settle an open refund by hand, once an operator has checked it at the provider.
 
     For a refund no answer will come for: a process that stopped mid-call leaves it
-    ``requested`` (reconcile alerts on those), and a provider may lose a pending one.
+    ``requested`` (reconcile alerts on those), a timeout leaves it ``pending`` with no
+    provider refund id.
+
+    * ``succeeded`` (the provider shows it processed): the payment moves as the provider's
+      webhook would move it, with its ``payment.refunded`` event. The provider's refund id
+      is required (unless the refund has one) and recorded, so that its webhook, which may
+      still come, finds this refund settled instead of counting the money twice.
+    * failed (the provider has no such refund): its amount is released. Refused for a
+      refund the provider acknowledged (it has a provider refund id): its webhook settles
+      that one. Only for a refund that is provably absent at the provider: if one arrives
+      after all, its webhook records it as made outside Tender.
+
     Recorded as a ``refund`` attempt with outcome ``manual`` and the reason. Raises
-    :class:`RefundRefused` for an unknown or already settled refund or a missing reason.
+    :class:`RefundRefused` (nothing written) for an unknown, settled or acknowledged
+    refund, or a missing reason or provider refund id.
     """
     database = database or get_database()
-    why = reason.strip()
-    if not why or len(why) > REASON_MAX:
-        raise RefundRefused("reason", f"must say why, in 1 to {REASON_MAX} characters")
+    why = _plain_text("reason", reason, REASON_MAX)
+    given_id = (
+        _plain_text("provider_refund_id", provider_refund_id, 200)
+        if provider_refund_id is not None
+        else None
+    )
     try:
         key = uuid.UUID(str(refund_id))
     except ValueError:
@@ -473,6 +504,34 @@ def settle_refund_by_operator(
             raise RefundRefused(
                 "refund", f"is already {refund.status}; only an open refund can be settled"
             )
+        known_id = refund.provider_refund_id
+        if not succeeded and known_id is not None:
+            raise RefundRefused(
+                "refund",
+                f"the provider acknowledged it as {known_id}: its webhook settles it, and "
+                "--failed is only for a refund the provider never answered",
+            )
+        if succeeded:
+            if known_id is not None and given_id not in (None, known_id):
+                raise RefundRefused(
+                    "provider_refund_id", f"the provider acknowledged it as {known_id}"
+                )
+            given_id = given_id or known_id
+            if given_id is None:
+                raise RefundRefused(
+                    "provider_refund_id",
+                    "is required to settle as succeeded (the provider's id of the refund)",
+                )
+            other = session.execute(
+                select(Refund.id).where(
+                    Refund.provider_refund_id == given_id, Refund.id != refund.id
+                )
+            ).scalar_one_or_none()
+            if other is not None:
+                raise RefundRefused(
+                    "provider_refund_id", f"{given_id} is already recorded for refund {other}"
+                )
+            refund.provider_refund_id = given_id
         outcome = RefundState.SUCCEEDED if succeeded else RefundState.FAILED
         message = f"settled {outcome.value} by an operator: {why}"
         session.add(
@@ -510,25 +569,24 @@ def settle_refund_by_operator(
 
 def stuck_refunds(
     session: Session, now: datetime, settings: Settings, limit: int = 200
-) -> list[tuple[Refund, Payment, bool]]:
+) -> list[tuple[Refund, Payment]]:
     """Refunds still ``requested`` ``reconcile_age_s`` after their last change (a refund
     call records its answer within the provider timeout, so the caller stopped mid-call)
-    that are due an alert, each with whether it was alerted before: never alerted, or last
-    alerted ``alert_cooldown_s`` ago. An alert moves ``updated_at`` to its time, at least
-    ``reconcile_age_s`` after ``created_at``; until then the two are microseconds apart."""
+    that are due an alert: never alerted, or last alerted ``alert_cooldown_s`` ago. Their
+    rows are locked for the caller's transaction (PostgreSQL; rows another transaction
+    holds, one being settled, are skipped)."""
     old = now - timedelta(seconds=settings.reconcile_age_s)
+    remind = now - timedelta(seconds=settings.alert_cooldown_s)
     rows = session.execute(
         select(Refund, Payment)
         .join(Payment, Payment.id == Refund.payment_id)
-        .where(Refund.status == RefundState.REQUESTED.value, Refund.updated_at < old)
+        .where(
+            Refund.status == RefundState.REQUESTED.value,
+            Refund.updated_at < old,
+            or_(Refund.alerted_at.is_(None), Refund.alerted_at < remind),
+        )
         .order_by(Refund.updated_at)
         .limit(limit)
+        .with_for_update(of=Refund, skip_locked=True)
     ).all()
-    remind = now - timedelta(seconds=settings.alert_cooldown_s)
-    alerted_gap = timedelta(seconds=settings.reconcile_age_s / 2)
-    due = []
-    for refund, payment in rows:
-        alerted = refund.updated_at - refund.created_at >= alerted_gap
-        if not alerted or refund.updated_at < remind:
-            due.append((refund, payment, alerted))
-    return due
+    return [(refund, payment) for refund, payment in rows]

@@ -45,6 +45,10 @@ def stuck(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     return reservation
 
 
+def attempts_of(payment_id: Any) -> int:
+    return len(get_payment(payment_id).attempts)
+
+
 def test_a_refund_left_requested_is_alerted_once_then_reminded(
     stuck: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,13 +56,13 @@ def test_a_refund_left_requested_is_alerted_once_then_reminded(
     first = run_reconcile(publisher).alerts
     assert len(first) == 1
     assert str(stuck.refund_id) in first[0].text and "4.00 NGN" in first[0].text
-    assert "tender refunds settle" in first[0].text
+    assert "tender refunds settle" in first[0].text and "alerted before" not in first[0].text
     assert [t for t, _ in publisher.published] == ["alert.raised"]
     assert run_reconcile(publisher).alerts == []  # within the cooldown: quiet
     monkeypatch.setenv("TENDER_ALERT_COOLDOWN_S", "0.05")
     reset_settings()
     again = run_reconcile(publisher).alerts
-    assert len(again) == 1 and again[0].title.startswith("Still no answer")
+    assert len(again) == 1 and "alerted before" in again[0].text
 
 
 def test_a_refund_still_in_its_call_is_not_alerted(
@@ -85,16 +89,37 @@ def test_an_operator_fails_it_and_its_amount_is_released(stuck: Any) -> None:
     assert _reserve(get_database(), runtime.registry(), stuck.payment_id, None).amount_minor == 1000
 
 
-def test_an_operator_settles_it_as_succeeded(stuck: Any) -> None:
+def test_an_operator_settles_it_as_succeeded_with_the_providers_refund_id(stuck: Any) -> None:
     publisher = Recording()
+    with pytest.raises(RefundRefused) as caught:  # the webhook would not find it without
+        settle_refund_by_operator(stuck.refund_id, True, "shows processed", publisher=publisher)
+    assert caught.value.field == "provider_refund_id"
     view = settle_refund_by_operator(
-        stuck.refund_id, True, "refund RF123 shows processed", publisher=publisher
+        stuck.refund_id, True, "shows processed", provider_refund_id="RF123", publisher=publisher
     )
     assert view.status == "succeeded" and view.payment_status == "partially_refunded"
-    assert view.refunded_minor == 400
+    assert view.refunded_minor == 400 and view.provider_refund_id == "RF123"
     assert [(t, p["status"]) for t, p in publisher.published] == [
         ("payment.refunded", "partially_refunded")
     ]
+    # another refund cannot claim the provider's refund already recorded
+    second = _reserve(get_database(), runtime.registry(), stuck.payment_id, Decimal("2.00"))
+    with pytest.raises(RefundRefused, match="already recorded"):
+        settle_refund_by_operator(
+            second.refund_id, True, "same id", provider_refund_id="RF123", publisher=publisher
+        )
+
+
+def test_a_refund_the_provider_acknowledged_cannot_be_failed_by_hand(stuck: Any) -> None:
+    """It has the provider's refund id: its webhook settles it, whatever an operator
+    guesses; failing it by hand would free money the provider may still pay out."""
+    with get_database().transaction() as session:
+        refund = session.get(Refund, stuck.refund_id)
+        assert refund is not None
+        refund.status, refund.provider_refund_id = "pending", "RF777"
+    with pytest.raises(RefundRefused, match="acknowledged it as RF777"):
+        settle_refund_by_operator(stuck.refund_id, False, "gave up", publisher=Recording())
+    assert [r.status for r in list_refunds(stuck.payment_id)] == ["pending"]
 
 
 @pytest.mark.parametrize(
@@ -103,21 +128,26 @@ def test_an_operator_settles_it_as_succeeded(stuck: Any) -> None:
         ("not-a-uuid", "checked", "refund"),
         ("00000000-0000-0000-0000-000000000000", "checked", "refund"),
         (None, "   ", "reason"),
+        (None, "checked\nALERT forged log line", "reason"),
     ],
 )
 def test_bad_settlements_are_refused_and_write_nothing(
     stuck: Any, refund: str | None, reason: str, field: str
 ) -> None:
+    before = attempts_of(stuck.payment_id)
     with pytest.raises(RefundRefused) as caught:
         settle_refund_by_operator(refund or stuck.refund_id, False, reason, publisher=Recording())
     assert caught.value.field == field
     assert [r.status for r in list_refunds(stuck.payment_id)] == ["requested"]
+    assert attempts_of(stuck.payment_id) == before
 
 
 def test_a_settled_refund_cannot_be_settled_again(stuck: Any) -> None:
     settle_refund_by_operator(stuck.refund_id, False, "checked", publisher=Recording())
     with pytest.raises(RefundRefused, match="already failed"):
-        settle_refund_by_operator(stuck.refund_id, True, "checked again", publisher=Recording())
+        settle_refund_by_operator(
+            stuck.refund_id, True, "checked again", provider_refund_id="RF1", publisher=Recording()
+        )
     with get_database().sessions() as session:
         refund = session.get(Refund, stuck.refund_id)
         assert refund is not None and refund.status == "failed"
@@ -127,8 +157,9 @@ def test_the_cli_settles_and_explains_a_bad_id(stuck: Any) -> None:
     runner = CliRunner()
     bad = runner.invoke(cli, ["refunds", "settle", "nope", "--failed", "--reason", "checked"])
     assert bad.exit_code == 1 and "is not a refund id" in bad.output
-    ok = runner.invoke(
-        cli, ["refunds", "settle", str(stuck.refund_id), "--failed", "--reason", "checked"]
-    )
+    args = ["refunds", "settle", str(stuck.refund_id), "--succeeded", "--reason", "processed"]
+    missing = runner.invoke(cli, args)
+    assert missing.exit_code == 1 and "provider_refund_id" in missing.output
+    ok = runner.invoke(cli, [*args, "--provider-refund-id", "RF9", "--json"])
     assert ok.exit_code == 0, ok.output
-    assert "failed" in ok.output
+    assert '"status": "succeeded"' in ok.output and '"provider_refund_id": "RF9"' in ok.output
