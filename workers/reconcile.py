@@ -11,8 +11,9 @@ Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
 * ``pending`` and ``unknown`` payments older than ``reconcile_age_s``: verify with
   their provider and move them to what the provider says. Each compare-and-set
   succeeds once, so each payment resolves (and emits its event) exactly once;
-* refunds still ``requested`` ``reconcile_age_s`` after their last change (their caller
-  stopped mid-call): one alert a run lists them, each again every ``alert_cooldown_s``,
+* refunds with no provider answer ``reconcile_age_s`` after their last change (still
+  ``requested``: their caller stopped mid-call; ``pending`` with no provider refund id:
+  the call timed out): one alert a run lists them, each again every ``alert_cooldown_s``,
   for an operator to check at the provider (``tender refunds settle``).
 """
 
@@ -212,7 +213,7 @@ def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
         lines.append(
             f"- refund {refund.id}: {amount} of payment {payment.id} (order "
             f"{payment.order_id}, {payment.plugin_name or 'provider unknown'}), asked "
-            f"{refund.created_at:%Y-%m-%d %H:%M:%S} UTC{again}"
+            f"{refund.created_at:%Y-%m-%d %H:%M:%S} UTC, {refund.status}{again}"
         )
     if len(stuck) > REFUNDS_SHOWN:
         lines.append(f"- and {len(stuck) - REFUNDS_SHOWN} more")
@@ -220,8 +221,9 @@ def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
         severity="warning",
         title=f"No provider answer recorded for {len(stuck)} refund(s)",
         text=(
-            "The process calling the provider stopped mid-call, so these refunds stay "
-            "requested, their amounts reserved (no second refund can take them):\n"
+            "No provider answer was recorded for these refunds (the caller stopped "
+            "mid-call, or the call timed out), so their amounts stay reserved (no second "
+            "refund can take them):\n"
             + "\n".join(lines)
             + "\nCheck each at the provider. If it is pending there, wait: its webhook "
             "settles it. If it was processed: `tender refunds settle <refund-id> --succeeded "

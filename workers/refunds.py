@@ -570,18 +570,23 @@ def settle_refund_by_operator(
 def stuck_refunds(
     session: Session, now: datetime, settings: Settings, limit: int = 200
 ) -> list[tuple[Refund, Payment]]:
-    """Refunds still ``requested`` ``reconcile_age_s`` after their last change (a refund
-    call records its answer within the provider timeout, so the caller stopped mid-call)
-    that are due an alert: never alerted, or last alerted ``alert_cooldown_s`` ago. Their
-    rows are locked for the caller's transaction (PostgreSQL; rows another transaction
-    holds, one being settled, are skipped)."""
+    """Refunds with no provider answer ``reconcile_age_s`` after their last change, due
+    an alert (never alerted, or last alerted ``alert_cooldown_s`` ago): still
+    ``requested`` (a refund call records its answer within the provider timeout, so the
+    caller stopped mid-call), or ``pending`` with no provider refund id (the call timed
+    out: the provider may or may not have it). Their rows are locked for the caller's
+    transaction (PostgreSQL; rows another transaction holds, one being settled, are
+    skipped)."""
     old = now - timedelta(seconds=settings.reconcile_age_s)
     remind = now - timedelta(seconds=settings.alert_cooldown_s)
     rows = session.execute(
         select(Refund, Payment)
         .join(Payment, Payment.id == Refund.payment_id)
         .where(
-            Refund.status == RefundState.REQUESTED.value,
+            or_(
+                Refund.status == RefundState.REQUESTED.value,
+                (Refund.status == RefundState.PENDING.value) & Refund.provider_refund_id.is_(None),
+            ),
             Refund.updated_at < old,
             or_(Refund.alerted_at.is_(None), Refund.alerted_at < remind),
         )

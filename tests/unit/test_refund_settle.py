@@ -163,3 +163,35 @@ def test_the_cli_settles_and_explains_a_bad_id(stuck: Any) -> None:
     ok = runner.invoke(cli, [*args, "--provider-refund-id", "RF9", "--json"])
     assert ok.exit_code == 0, ok.output
     assert '"status": "succeeded"' in ok.output and '"provider_refund_id": "RF9"' in ok.output
+
+
+def test_a_timed_out_refund_is_alerted_but_one_the_provider_acknowledged_is_not(
+    stuck: Any,
+) -> None:
+    with get_database().transaction() as session:
+        refund = session.get(Refund, stuck.refund_id)
+        assert refund is not None
+        refund.status = "pending"  # the call timed out: no provider refund id
+    [alert] = run_reconcile(Recording()).alerts
+    assert str(stuck.refund_id) in alert.text and "pending" in alert.text
+    with get_database().transaction() as session:
+        refund = session.get(Refund, stuck.refund_id)
+        assert refund is not None
+        refund.provider_refund_id, refund.alerted_at = "RF5", None  # acknowledged
+    assert run_reconcile(Recording()).alerts == []  # its webhook will settle it
+
+
+def test_a_late_webhook_finds_the_refund_an_operator_settled(stuck: Any) -> None:
+    """The provider's refund id recorded by hand is how its webhook, still on its way,
+    finds the refund already settled instead of adding the money a second time."""
+    from workers.ledger import Payment
+    from workers.webhooks import _find_refund
+
+    settle_refund_by_operator(
+        stuck.refund_id, True, "processed", provider_refund_id="RF123", publisher=Recording()
+    )
+    with get_database().transaction() as session:
+        payment = session.get(Payment, stuck.payment_id)
+        assert payment is not None
+        found = _find_refund(session, payment, "RF123", 400)
+        assert found is not None and found.id == stuck.refund_id and found.status == "succeeded"
