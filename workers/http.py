@@ -8,6 +8,7 @@ billing    POST /payments               record and enqueue a payment (``request_
 billing    GET /payments/{id}           its state and provider attempts
 billing    POST /payments/{id}/refunds  refund all (no body) or ``{"amount": "5.00"}``
 billing    GET /payments/{id}/refunds   its refunds
+operator   POST /refunds/{id}/settle    settle by hand a refund no answer came for
 provider   POST /webhooks/{plugin}      signed events (:mod:`workers.webhooks`)
 anyone     GET /healthz                 the process answers
 =========  ===========================  =============================================
@@ -21,7 +22,7 @@ Amounts are decimal strings in major units (``"1500.50"``); a JSON float is refu
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -48,7 +49,14 @@ from workers.client import (
     get_payment,
     request_payment,
 )
-from workers.refunds import RefundRefused, RefundView, list_refunds, refund_payment
+from workers.refunds import (
+    RefundNotFound,
+    RefundRefused,
+    RefundView,
+    list_refunds,
+    refund_payment,
+    settle_refund_by_operator,
+)
 from workers.webhooks import WebhookPluginNotFound, receive_webhook
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,18 @@ class PaymentCreate(BaseModel):
     )
 
 
+class RefundSettle(BaseModel):
+    """An operator's settlement of a refund, after checking it at the provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Literal["succeeded", "failed"]
+    reason: str
+    provider_refund_id: str | None = Field(
+        default=None, description="the provider's id of the refund; required for succeeded"
+    )
+
+
 class RefundCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,7 +113,7 @@ def billing_errors() -> Iterator[None]:
     """Refusals as HTTP answers: unknown payment 404, reused key 409, bad input 422."""
     try:
         yield
-    except PaymentNotFound as exc:
+    except (PaymentNotFound, RefundNotFound) as exc:
         raise HTTPException(404, str(exc)) from None
     except IdempotencyConflict as exc:
         raise HTTPException(409, str(exc)) from None
@@ -137,6 +157,17 @@ def billing_router() -> APIRouter:
     def read_refunds(payment_id: str) -> list[RefundView]:
         with billing_errors():
             return list_refunds(payment_id)
+
+    @router.post("/refunds/{refund_id}/settle", tags=["operator"])
+    def settle_refund(refund_id: str, body: RefundSettle) -> RefundView:
+        """What ``tender refunds settle`` does (see the README's Paystack section)."""
+        with billing_errors():
+            return settle_refund_by_operator(
+                refund_id,
+                body.outcome == "succeeded",
+                body.reason,
+                provider_refund_id=body.provider_refund_id,
+            )
 
     return router
 

@@ -83,6 +83,10 @@ class RefundRefused(ValueError):
         self.field = field
 
 
+class RefundNotFound(RefundRefused):
+    """No refund has that id (an HTTP 404; a refusal like the others elsewhere)."""
+
+
 class RefundMismatch(RuntimeError):
     """A refund that cannot be added to its payment (it would exceed the amount charged,
     or the payment is not refundable). Never applied; an operator must look."""
@@ -491,12 +495,12 @@ def settle_refund_by_operator(
     try:
         key = uuid.UUID(str(refund_id))
     except ValueError:
-        raise RefundRefused("refund", f"{refund_id!r} is not a refund id") from None
+        raise RefundNotFound("refund", f"{refund_id!r} is not a refund id") from None
     outbox_ids: list[int] = []
     with database.transaction() as session:
         found = session.get(Refund, key)
         if found is None:
-            raise RefundRefused("refund", f"no refund {key}")
+            raise RefundNotFound("refund", f"no refund {key}")
         payment = lock_payment(session, payment_id=found.payment_id)  # then the refund,
         refund = session.get(Refund, key, with_for_update=True, populate_existing=True)
         assert payment is not None and refund is not None  # as refund_payment locks them

@@ -367,3 +367,39 @@ def test_production_refuses_to_start_without_a_token(
         monkeypatch.setenv("TENDER_ENV", "test")
         monkeypatch.delenv("TENDER_API_TOKEN", raising=False)
         reset_settings()
+
+
+# --- an operator's refund settlement ----------------------------------------------------
+
+
+def test_an_operator_settles_a_stuck_refund_over_http(client: TestClient, tmp_path: Any) -> None:
+    from decimal import Decimal
+
+    from registry.db import get_database
+    from workers.client import _validated, record_payment
+    from workers.refunds import _reserve
+    from workers.tasks import processor
+
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": str(tmp_path / "b.db")}, is_active=True
+    )
+    fields = _validated("o-http", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    processor().process(payment.id)
+    stuck = _reserve(get_database(), runtime.registry(), payment.id, Decimal("4.00"))
+    url = f"/refunds/{stuck.refund_id}/settle"
+
+    no_id = client.post(url, json={"outcome": "succeeded", "reason": "processed"})
+    assert no_id.status_code == 422 and "provider_refund_id" in no_id.json()["detail"]
+    assert client.post(url, json={"outcome": "maybe", "reason": "x"}).status_code == 422
+    assert (
+        client.post(
+            f"/refunds/{uuid.uuid4()}/settle", json={"outcome": "failed", "reason": "x"}
+        ).status_code
+        == 404
+    )
+    settled = client.post(url, json={"outcome": "failed", "reason": "not at the provider"})
+    assert settled.status_code == 200, settled.text
+    assert settled.json()["status"] == "failed"
+    again = client.post(url, json={"outcome": "failed", "reason": "again"})
+    assert again.status_code == 422 and "already failed" in again.json()["detail"]
