@@ -110,7 +110,7 @@ class Refund(Base):
     message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # when reconcile last alerted on it for being stuck in `requested` (None: never)
+    # when reconcile last alerted that no provider answer was recorded (None: never)
     alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

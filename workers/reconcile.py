@@ -87,7 +87,7 @@ def reconcile(
         state = _verify_one(database, registry, loop, publisher, settings, payment)
         if state is None:
             report.still_open.append(payment.id)
-            _touch(database, payment)
+            _touch(database, [payment.id], payment.status)
         else:
             report.resolved[payment.id] = state.value
     _alert_stuck_refunds(database, publisher, settings, utcnow(), report)
@@ -121,32 +121,25 @@ def _reenqueue_lost(
     Stops at the first refused enqueue (the broker is down: the next run tries again).
     """
     requested = PaymentState.REQUESTED.value
-    after: tuple[datetime | None, uuid.UUID] | None = None  # keyset over expired leases
     for _ in range(LOST_BATCHES):
         if time.monotonic() > deadline:
             return
         with database.sessions() as session:
-            batch = session.execute(
-                select(Payment.id)
-                .where(Payment.status == requested, Payment.updated_at < cutoff)
-                .order_by(Payment.updated_at, Payment.id)
-                .limit(BATCH)
-            ).all()
-        if not batch:
-            break
-        ids = [payment_id for (payment_id,) in batch]
-        if not _enqueue_all(ids, enqueue, report):
-            return
-        with database.transaction() as session:
-            session.execute(
-                update(Payment)
-                .where(Payment.id.in_(ids), Payment.status == requested)
-                .values(updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+            ids = list(
+                session.execute(
+                    select(Payment.id)
+                    .where(Payment.status == requested, Payment.updated_at < cutoff)
+                    .order_by(Payment.updated_at, Payment.id)
+                    .limit(BATCH)
+                ).scalars()
             )
-        if len(batch) < BATCH:
+        if ids and not _enqueue_all(ids, enqueue, report):
+            return
+        _touch(database, ids, requested)
+        if len(ids) < BATCH:
             break
     expired = Payment.status == PaymentState.PROCESSING.value, Payment.lease_expires_at < now
+    after: tuple[datetime | None, uuid.UUID] | None = None  # keyset: lease expiry, id
     for _ in range(LOST_BATCHES):
         if time.monotonic() > deadline:
             return
@@ -187,9 +180,9 @@ def _alert_stuck_refunds(
     now: datetime,
     report: ReconcileReport,
 ) -> None:
-    """One alert (and ``alert.raised`` event) a run for the refunds left ``requested`` by
-    a caller that stopped mid-call, each listed once and then again every
-    ``alert_cooldown_s``: their amounts stay reserved until a webhook or an operator
+    """One alert (and ``alert.raised`` event) a run for the refunds with no provider
+    answer (see :func:`workers.refunds.stuck_refunds`), each listed once and then again
+    every ``alert_cooldown_s``: their amounts stay reserved until a webhook or an operator
     settles them."""
     with database.transaction() as session:
         stuck = stuck_refunds(session, now, settings, limit=BATCH)
@@ -239,13 +232,16 @@ def verify_budget_s(settings: Settings) -> float:
     return max(settings.reconcile_interval_s * 0.8, settings.provider_timeout_s)
 
 
-def _touch(database: Database, payment: Payment) -> None:
-    """Still open: move it to the back of the queue (checked again after reconcile_age_s),
-    so payments that stay pending cannot starve newer ones."""
+def _touch(database: Database, ids: list[uuid.UUID], status: str) -> None:
+    """Move these payments, if still in ``status``, to the back of reconcile's queue
+    (looked at again after reconcile_age_s), so payments that stay pending, or whose
+    messages wait in a backlog, cannot starve the rest."""
+    if not ids:
+        return
     with database.transaction() as session:
         session.execute(
             update(Payment)
-            .where(Payment.id == payment.id, Payment.status == payment.status)
+            .where(Payment.id.in_(ids), Payment.status == status)
             .values(updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )

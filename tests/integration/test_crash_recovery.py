@@ -54,6 +54,21 @@ def kill_child_while(worker: WorkerProcess, payment_id: uuid.UUID, *, phase: str
     os.kill(children[0], signal.SIGKILL)
 
 
+def a_successor_charges_each_once(env: dict[str, str], payments: list[Any], book_path: str) -> None:
+    """A new worker finishes every one of ``payments``, charging each exactly once."""
+    successor = WorkerProcess(env, concurrency=1, pool="threads")
+    try:
+        wait_for(
+            lambda: all(get_payment(p.id).status.value == "succeeded" for p in payments),
+            timeout_s=30,
+        )
+    finally:
+        output = successor.stop()
+    book = charge_book(book_path)
+    assert book.count() == len(payments), output[-3000:]
+    assert book.refused_repeats() == 0
+
+
 _books: dict[uuid.UUID, str] = {}
 
 
@@ -139,17 +154,7 @@ def test_warm_shutdown_gives_back_the_payments_a_worker_reserved(
     states = sorted(get_payment(p.id).status.value for p in payments)
     assert states == ["requested", "succeeded"], output[-3000:]
     assert queue.llen("payments") == 1  # the reserved message is back, not lost
-    successor = WorkerProcess(crash_env, concurrency=1, pool="threads")
-    try:
-        wait_for(
-            lambda: all(get_payment(p.id).status.value == "succeeded" for p in payments),
-            timeout_s=30,
-        )
-    finally:
-        output = successor.stop()
-    book = charge_book(book_path)
-    assert book.count() == 2, output[-3000:]
-    assert book.refused_repeats() == 0
+    a_successor_charges_each_once(crash_env, payments, book_path)
 
 
 class _Recording(EventPublisher):
@@ -233,14 +238,4 @@ def test_a_killed_worker_without_ack_emulation_loses_messages_not_payments(
 
     wait_for(reconciled_both, timeout_s=15, interval_s=0.5)
     assert found == ids and publisher.published == []  # nothing else to do in this schema
-    successor = WorkerProcess(own_schema, concurrency=1, pool="threads")
-    try:
-        wait_for(
-            lambda: all(get_payment(p.id).status.value == "succeeded" for p in payments),
-            timeout_s=30,
-        )
-    finally:
-        output = successor.stop()
-    book = charge_book(book_path)
-    assert book.count() == 2, output[-3000:]
-    assert book.refused_repeats() == 0
+    a_successor_charges_each_once(own_schema, payments, book_path)
