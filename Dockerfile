@@ -6,6 +6,6 @@ COPY providers providers
 COPY registry registry
 COPY workers workers
 COPY bench bench
-RUN pip install --no-cache-dir . && useradd --create-home tender && mkdir -p /var/lib/tender && chown tender /var/lib/tender
+RUN pip install --no-cache-dir . && useradd --create-home tender && mkdir -p /var/lib/tender /var/lib/tender-cpus && chown tender /var/lib/tender /var/lib/tender-cpus
 USER tender
 CMD ["tender", "worker"]

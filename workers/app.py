@@ -67,6 +67,18 @@ def _after_fork(**_: Any) -> None:
 
 
 @worker_ready.connect
+def _pin_to_a_core(sender: Any = None, **_: Any) -> None:
+    """A threads or solo worker keeps all its threads on one core (workers.affinity).
+
+    On worker_ready, which only a real ``celery worker`` sends: an embedded test worker
+    would otherwise pin the test process and every process it starts."""
+    from workers.affinity import pin_worker
+
+    settings = get_settings()
+    pin_worker(getattr(sender, "pool", None), settings.worker_cpu, settings.worker_cpu_lock_dir)
+
+
+@worker_ready.connect
 def _freeze_startup_objects(**_: Any) -> None:
     """Move everything built while starting (modules, Celery's and the SDKs' objects)
     out of the garbage collector's sight: a full collection otherwise walks all of it

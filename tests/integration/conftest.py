@@ -8,6 +8,7 @@ with the ledger on a fresh PostgreSQL schema. Under CI a missing service fails.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -136,6 +137,7 @@ class WorkerProcess:
     """A real ``celery worker`` OS process (prefork unless told), for crash tests."""
 
     def __init__(self, env: dict[str, str], *, concurrency: int = 1, pool: str = "prefork") -> None:
+        self.hostname = f"crash-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -155,7 +157,7 @@ class WorkerProcess:
                 "--without-mingle",
                 "--without-gossip",
                 "--hostname",
-                f"crash-{uuid.uuid4().hex[:6]}@%h",
+                self.hostname,
             ],
             env={**os.environ, **env},
             stdout=subprocess.PIPE,

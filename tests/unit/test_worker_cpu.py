@@ -1,0 +1,114 @@
+"""One core per worker process (workers.affinity), without pinning the test process.
+
+Pinning itself is checked on real worker processes in tests/integration/test_worker_cpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from config.settings import SettingsError, load_settings
+from workers import affinity
+
+
+def _pool(module: str) -> object:
+    return type("TaskPool", (), {"__module__": module})()
+
+
+def test_auto_gives_each_worker_a_core_of_its_own(tmp_path: Path) -> None:
+    first = affinity.claim_free_cpu([0, 1], tmp_path)
+    second = affinity.claim_free_cpu([0, 1], tmp_path)
+    assert first is not None and second is not None
+    assert (first[0], second[0]) == (0, 1)
+    assert affinity.claim_free_cpu([0, 1], tmp_path) is None  # every core is taken
+    first[1].close()  # that worker stopped: its core is free again
+    again = affinity.claim_free_cpu([0, 1], tmp_path)
+    assert again is not None and again[0] == 0
+    for _, handle in (second, again):
+        handle.close()
+
+
+def test_a_killed_workers_core_is_free_at_once(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from workers.affinity import "
+            "claim_free_cpu; c = claim_free_cpu([0, 1], Path(sys.argv[1])); "
+            "print(c[0], flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
+        taken = affinity.claim_free_cpu([0, 1], tmp_path)
+        assert taken is not None and taken[0] == 1
+        taken[1].close()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 5
+    claimed = affinity.claim_free_cpu([0], tmp_path)
+    while claimed is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        claimed = affinity.claim_free_cpu([0], tmp_path)
+    assert claimed is not None and claimed[0] == 0
+    claimed[1].close()
+
+
+def test_a_named_core_must_be_one_the_process_may_use(tmp_path: Path) -> None:
+    allowed = affinity.allowed_cpus()
+    assert affinity.choose_cpu(str(allowed[-1]), tmp_path) == allowed[-1]
+    with pytest.raises(affinity.CpuUnavailable, match="may only run on CPUs"):
+        affinity.choose_cpu(str(max(allowed) + 1000), tmp_path)
+
+
+def test_off_leaves_the_worker_to_the_scheduler(tmp_path: Path) -> None:
+    assert affinity.choose_cpu("off", tmp_path) is None
+    assert not list(tmp_path.iterdir())  # claimed nothing
+
+
+@pytest.mark.parametrize(
+    "module", ["celery.concurrency.prefork", "celery.concurrency.gevent", "bench.custom"]
+)
+def test_only_in_process_pools_are_pinned(module: str, tmp_path: Path) -> None:
+    """A prefork parent's children would all inherit its one core."""
+    before = os.sched_getaffinity(0)
+    assert affinity.pin_worker(_pool(module), "auto", tmp_path) is None
+    assert os.sched_getaffinity(0) == before
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_named_core_the_process_cannot_use_runs_unpinned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = os.sched_getaffinity(0)
+    pool = _pool("celery.concurrency.thread")
+    assert affinity.pin_worker(pool, str(max(before) + 1000), tmp_path) is None
+    assert os.sched_getaffinity(0) == before
+    assert "may only run on CPUs" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["auto", "off", "0", "7", " AUTO "])
+def test_worker_cpu_setting_accepts_auto_off_or_a_core(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENDER_WORKER_CPU", value)
+    assert load_settings().worker_cpu == value.strip().lower()
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "1.5", ""])
+def test_worker_cpu_setting_refuses_anything_else(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENDER_WORKER_CPU", value)
+    with pytest.raises(SettingsError, match="TENDER_WORKER_CPU: expected 'auto', 'off' or a CPU"):
+        load_settings()
