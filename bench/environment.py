@@ -78,6 +78,9 @@ class BenchEnv:
     def worker_environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENDER_")}
         env.update(self.variables)
+        # The workers' per-core claims (TENDER_WORKER_CPU=auto) are the bench's own: a
+        # test suite's workers elsewhere on the machine cannot leave them unpinned.
+        env["TENDER_WORKER_CPU_LOCK_DIR"] = str(self.data_dir / "cpus")
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )

@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     # payments per second rose 80% and the no-op ceiling 26% (see the README's Performance).
     worker_cpu: str = "auto"
     # Where "auto" keeps its per-core lock files. Worker containers on one host must
-    # share it (a volume) to claim different cores. Unset: the system's temp folder.
+    # share it (a volume) to claim different cores. Unset: the system's temp folder, and
+    # in a container no pinning (its /tmp is its own).
     worker_cpu_lock_dir: Path | None = None
 
     alert_webhook_url: str | None = None
@@ -117,6 +118,11 @@ class Settings(BaseSettings):
     alert_cooldown_s: PositiveSeconds = 3600.0
     alert_delivery_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # per sink, with backoff
     alert_delivery_timeout_s: PositiveSeconds = 5.0  # per webhook POST or SMTP session
+
+    @field_validator("worker_cpu_lock_dir", mode="before")
+    @classmethod
+    def _blank_dir_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("worker_cpu")
     @classmethod

@@ -15,12 +15,16 @@ on the machine holds: each core has a lock file (``tender-cpu-N.lock``) in the l
 folder, held with ``flock`` for the life of the process, so a killed worker's core is
 free again at once. A worker that finds every core taken runs unpinned. Prefork workers
 are never pinned here: their children would all inherit the parent's single core.
+
+Workers can only see each other's claims through a shared lock folder. Containers each
+have a ``/tmp`` of their own, so in a container ``auto`` pins only when
+``TENDER_WORKER_CPU_LOCK_DIR`` is set (a volume the worker containers share); otherwise
+every replica would claim the same first core.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import sys
@@ -29,9 +33,6 @@ from pathlib import Path
 from typing import IO
 
 log = logging.getLogger(__name__)
-
-# Celery's pools whose tasks all run in the worker's own process (one interpreter lock).
-IN_PROCESS_POOLS = frozenset({"celery.concurrency.thread", "celery.concurrency.solo"})
 
 _held: list[IO[bytes]] = []  # the claimed core's lock file, open for the process's life
 
@@ -44,6 +45,20 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / "tender-cpus"
 
 
+def in_container() -> bool:
+    """Docker, Podman or Kubernetes: a ``/tmp`` that other workers do not see."""
+    markers = (Path("/.dockerenv"), Path("/run/.containerenv"))
+    return any(m.exists() for m in markers) or "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def runs_tasks_in_process(pool: object) -> bool:
+    """Whether a Celery pool runs its tasks on this process's threads (threads, solo)."""
+    from celery.concurrency.solo import TaskPool as SoloPool
+    from celery.concurrency.thread import TaskPool as ThreadPool
+
+    return isinstance(pool, ThreadPool | SoloPool)
+
+
 def allowed_cpus() -> list[int]:
     """The cores this process may run on (a container's cpuset, ``taskset``), in order."""
     return sorted(os.sched_getaffinity(0))
@@ -52,6 +67,8 @@ def allowed_cpus() -> list[int]:
 def claim_free_cpu(cpus: list[int], lock_dir: Path) -> tuple[int, IO[bytes]] | None:
     """The first of ``cpus`` whose lock file nobody holds, with the open, locked file
     (closing it frees the core); None if every one is held."""
+    import fcntl  # POSIX only; callers check the platform first
+
     lock_dir.mkdir(parents=True, exist_ok=True)
     for cpu in cpus:
         handle = (lock_dir / f"tender-cpu-{cpu}.lock").open("ab")
@@ -64,20 +81,25 @@ def claim_free_cpu(cpus: list[int], lock_dir: Path) -> tuple[int, IO[bytes]] | N
     return None
 
 
-def pin_process(cpu: int) -> None:
-    """Run every thread of this process, and every thread it starts later, on ``cpu``.
+def pin_process(cpus: set[int]) -> None:
+    """Run every thread of this process, and every thread it starts later, on ``cpus``.
 
     On Linux affinity belongs to a thread, and a new thread takes its creator's, so every
-    thread that exists now is moved.
+    thread that exists is moved, again until a pass finds no thread it has not moved (one
+    may start another while the pass runs).
     """
-    for task in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
-            os.sched_setaffinity(int(task), {cpu})
+    moved: set[str] = set()
+    while fresh := set(os.listdir("/proc/self/task")) - moved:
+        for task in fresh:
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(task), cpus)
+        moved |= fresh
 
 
-def choose_cpu(setting: str, lock_dir: Path) -> int | None:
+def choose_cpu(setting: str, lock_dir: Path | None) -> int | None:
     """The core to pin this process to under ``setting`` (``auto``, ``off`` or a number),
-    or None to leave it unpinned. ``auto`` keeps its claim until the process exits."""
+    or None to leave it unpinned. ``auto`` claims a core through ``lock_dir`` (None: the
+    default folder, outside a container) and keeps the claim until the process exits."""
     if setting == "off":
         return None
     cpus = allowed_cpus()
@@ -90,6 +112,14 @@ def choose_cpu(setting: str, lock_dir: Path) -> int | None:
         return cpu
     if len(cpus) < 2:
         return None  # nothing to choose between: pinning changes nothing
+    if lock_dir is None:
+        if in_container():
+            log.warning(
+                "TENDER_WORKER_CPU=auto in a container without TENDER_WORKER_CPU_LOCK_DIR: "
+                "running unpinned (set it to a folder the worker containers share)"
+            )
+            return None
+        lock_dir = default_lock_dir()
     claimed = claim_free_cpu(cpus, lock_dir)
     if claimed is None:
         log.warning(
@@ -105,16 +135,27 @@ def choose_cpu(setting: str, lock_dir: Path) -> int | None:
 def pin_worker(pool: object, setting: str, lock_dir: Path | None) -> int | None:
     """Pin a started worker process to one core when its Celery ``pool`` runs tasks in
     this process; returns the core, or None when it stays unpinned."""
-    if sys.platform != "linux" or type(pool).__module__ not in IN_PROCESS_POOLS:
+    if sys.platform != "linux" or not runs_tasks_in_process(pool):
         return None
     try:
-        cpu = choose_cpu(setting, lock_dir or default_lock_dir())
+        cpu = choose_cpu(setting, lock_dir)
     except CpuUnavailable as exc:
         log.error("%s; running unpinned", exc)
         return None
-    if cpu is not None:
-        pin_process(cpu)
-        log.info(
-            "worker process %d runs on CPU %d (TENDER_WORKER_CPU=%s)", os.getpid(), cpu, setting
-        )
+    if cpu is None:
+        return None
+    try:
+        pin_process({cpu})
+    except OSError as exc:  # a cpuset changed under us: leave every thread where it may run
+        log.error("could not pin the worker to CPU %d (%s); running unpinned", cpu, exc)
+        pin_process(set(allowed_cpus()))
+        release()
+        return None
+    log.info("worker process %d runs on CPU %d (TENDER_WORKER_CPU=%s)", os.getpid(), cpu, setting)
     return cpu
+
+
+def release() -> None:
+    """Give back this process's claimed core (its lock file)."""
+    while _held:
+        _held.pop().close()

@@ -57,6 +57,8 @@ def integration_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         "TENDER_PAYMENT_LEASE_S": "4",
         "TENDER_PROVIDER_TIMEOUT_S": "5",
         "TENDER_REGISTRY_POLL_S": "0.1",
+        # the session's real workers claim cores among themselves, not from a bench
+        "TENDER_WORKER_CPU_LOCK_DIR": str(data_dir / "cpus"),
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)

@@ -49,6 +49,17 @@ def test_each_threads_worker_runs_on_a_core_of_its_own(
     try:
         pinned = [wait_for(lambda w=w: one_core(w.process.pid), 30) for w in workers]
         assert pinned[0] != pinned[1]  # each worker on a core of its own
+
+        # a task makes its worker's pool start a thread: it runs on that worker's core too
+        def threads() -> int:
+            return sum(len(list(Path(f"/proc/{w.process.pid}/task").iterdir())) for w in workers)
+
+        threads_before = threads()
+        sender = Celery("cpu-probe", broker=env["TENDER_BROKER_URL"], set_as_current=False)
+        sender.send_task("tender.relay_outbox", queue="maintenance")
+        sender.close()
+        wait_for(lambda: threads() > threads_before, 30)
+        assert [one_core(w.process.pid) for w in workers] == pinned
         locks = {p.name for p in tmp_path.iterdir()}
         assert {f"tender-cpu-{core}.lock" for core in pinned} <= locks
     finally:

@@ -12,13 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.concurrency.thread import TaskPool as ThreadPool
 
 from config.settings import SettingsError, load_settings
 from workers import affinity
 
 
-def _pool(module: str) -> object:
-    return type("TaskPool", (), {"__module__": module})()
+class _TenderThreads(ThreadPool):
+    """A subclass of Celery's threads pool is still a threads pool."""
+
+
+def _threads() -> object:
+    return _TenderThreads(limit=1)
 
 
 def test_auto_gives_each_worker_a_core_of_its_own(tmp_path: Path) -> None:
@@ -76,13 +82,11 @@ def test_off_leaves_the_worker_to_the_scheduler(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # claimed nothing
 
 
-@pytest.mark.parametrize(
-    "module", ["celery.concurrency.prefork", "celery.concurrency.gevent", "bench.custom"]
-)
-def test_only_in_process_pools_are_pinned(module: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", [PreforkPool(limit=1), object(), None])
+def test_only_in_process_pools_are_pinned(pool: object, tmp_path: Path) -> None:
     """A prefork parent's children would all inherit its one core."""
     before = os.sched_getaffinity(0)
-    assert affinity.pin_worker(_pool(module), "auto", tmp_path) is None
+    assert affinity.pin_worker(pool, "auto", tmp_path) is None
     assert os.sched_getaffinity(0) == before
     assert not list(tmp_path.iterdir())
 
@@ -91,10 +95,56 @@ def test_a_named_core_the_process_cannot_use_runs_unpinned(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = os.sched_getaffinity(0)
-    pool = _pool("celery.concurrency.thread")
-    assert affinity.pin_worker(pool, str(max(before) + 1000), tmp_path) is None
+    assert affinity.pin_worker(_threads(), str(max(before) + 1000), tmp_path) is None
     assert os.sched_getaffinity(0) == before
     assert "may only run on CPUs" in caplog.text
+
+
+def test_in_a_container_auto_needs_a_shared_lock_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each container has a /tmp of its own: every replica would claim the same core."""
+    monkeypatch.setattr(affinity, "in_container", lambda: True)
+    monkeypatch.setattr(affinity, "default_lock_dir", lambda: tmp_path)
+    assert affinity.choose_cpu("auto", None) is None
+    assert "TENDER_WORKER_CPU_LOCK_DIR" in caplog.text
+    assert not list(tmp_path.iterdir())
+    cpu = affinity.choose_cpu("auto", tmp_path / "shared")  # a folder they share: pinned
+    assert cpu == affinity.allowed_cpus()[0]
+    affinity.release()
+
+
+def test_outside_a_container_auto_uses_the_temp_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(affinity, "in_container", lambda: False)
+    monkeypatch.setattr(affinity, "default_lock_dir", lambda: tmp_path)
+    assert affinity.choose_cpu("auto", None) == affinity.allowed_cpus()[0]
+    assert [p.name for p in tmp_path.iterdir()] == [f"tender-cpu-{affinity.allowed_cpus()[0]}.lock"]
+    affinity.release()
+
+
+def test_a_pin_that_fails_leaves_every_thread_where_it_was_and_frees_the_core(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = os.sched_setaffinity
+    allowed = set(affinity.allowed_cpus())
+    calls: list[set[int]] = []
+
+    def refuse_one_core(tid: int, cpus: set[int]) -> None:
+        calls.append(set(cpus))
+        if set(cpus) != allowed:
+            raise OSError(22, "Invalid argument")
+        real(tid, cpus)
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse_one_core)
+    assert affinity.pin_worker(_threads(), "auto", tmp_path) is None
+    assert calls[-1] == allowed  # put back
+    assert os.sched_getaffinity(0) == allowed
+    assert "could not pin" in caplog.text
+    freed = affinity.claim_free_cpu([min(allowed)], tmp_path)
+    assert freed is not None  # the claim was given back
+    freed[1].close()
 
 
 @pytest.mark.parametrize("value", ["auto", "off", "0", "7", " AUTO "])
@@ -103,6 +153,11 @@ def test_worker_cpu_setting_accepts_auto_off_or_a_core(
 ) -> None:
     monkeypatch.setenv("TENDER_WORKER_CPU", value)
     assert load_settings().worker_cpu == value.strip().lower()
+
+
+def test_a_blank_lock_folder_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENDER_WORKER_CPU_LOCK_DIR", " ")
+    assert load_settings().worker_cpu_lock_dir is None
 
 
 @pytest.mark.parametrize("value", ["fast", "-1", "1.5", ""])
