@@ -144,11 +144,12 @@ def pin_worker(pool: object, setting: str, lock_dir: Path | None) -> int | None:
         return None
     if cpu is None:
         return None
+    allowed = set(allowed_cpus())  # before the pass: it may move this thread, then fail
     try:
         pin_process({cpu})
     except OSError as exc:  # a cpuset changed under us: leave every thread where it may run
         log.error("could not pin the worker to CPU %d (%s); running unpinned", cpu, exc)
-        pin_process(set(allowed_cpus()))
+        pin_process(allowed)
         release()
         return None
     log.info("worker process %d runs on CPU %d (TENDER_WORKER_CPU=%s)", os.getpid(), cpu, setting)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +101,12 @@ def test_a_named_core_the_process_cannot_use_runs_unpinned(
     assert "may only run on CPUs" in caplog.text
 
 
+two_cores = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="auto pins only with two cores to choose from"
+)
+
+
+@two_cores
 def test_in_a_container_auto_needs_a_shared_lock_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -114,6 +121,7 @@ def test_in_a_container_auto_needs_a_shared_lock_folder(
     affinity.release()
 
 
+@two_cores
 def test_outside_a_container_auto_uses_the_temp_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -124,27 +132,43 @@ def test_outside_a_container_auto_uses_the_temp_folder(
     affinity.release()
 
 
+@two_cores
 def test_a_pin_that_fails_leaves_every_thread_where_it_was_and_frees_the_core(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The pass moves this (the main) thread, then fails on another: every thread goes
+    back to all the cores it had, not to the one this thread was just moved to."""
     real = os.sched_setaffinity
     allowed = set(affinity.allowed_cpus())
-    calls: list[set[int]] = []
+    main = threading.get_native_id()
+    moves: list[int] = []
 
-    def refuse_one_core(tid: int, cpus: set[int]) -> None:
-        calls.append(set(cpus))
+    def move_main_then_refuse(tid: int, cpus: set[int]) -> None:
         if set(cpus) != allowed:
-            raise OSError(22, "Invalid argument")
+            moves.append(tid)
+            if len(moves) > 1:
+                raise OSError(22, "Invalid argument")
+            real(main, cpus)  # this thread is moved first, for real
         real(tid, cpus)
 
-    monkeypatch.setattr(os, "sched_setaffinity", refuse_one_core)
-    assert affinity.pin_worker(_threads(), "auto", tmp_path) is None
-    assert calls[-1] == allowed  # put back
-    assert os.sched_getaffinity(0) == allowed
-    assert "could not pin" in caplog.text
-    freed = affinity.claim_free_cpu([min(allowed)], tmp_path)
-    assert freed is not None  # the claim was given back
-    freed[1].close()
+    other = threading.Event()
+    helper = threading.Thread(target=other.wait, daemon=True)  # a second thread to fail on
+    helper.start()
+    monkeypatch.setattr(os, "sched_setaffinity", move_main_then_refuse)
+    try:
+        assert affinity.pin_worker(_threads(), "auto", tmp_path) is None
+        assert len(moves) == 2  # one move made, one refused
+        for task in os.listdir("/proc/self/task"):
+            assert os.sched_getaffinity(int(task)) == allowed
+        assert "could not pin" in caplog.text
+        freed = affinity.claim_free_cpu([min(allowed)], tmp_path)
+        assert freed is not None  # the claim was given back
+        freed[1].close()
+    finally:
+        monkeypatch.undo()
+        os.sched_setaffinity(0, allowed)
+        other.set()
+        helper.join()
 
 
 @pytest.mark.parametrize("value", ["auto", "off", "0", "7", " AUTO "])
