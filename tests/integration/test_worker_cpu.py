@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
-from tests.integration.conftest import WorkerProcess, wait_for
+from tests.integration.conftest import WorkerProcess, redis_db_url, wait_for
 
 pytestmark = pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="needs two cores to tell pinned from not"
@@ -44,7 +45,13 @@ def answered_ping(broker: str, worker: WorkerProcess) -> bool:
 def test_each_threads_worker_runs_on_a_core_of_its_own(
     integration_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = integration_env | {"TENDER_WORKER_CPU_LOCK_DIR": str(tmp_path)}
+    # a broker of their own: the session's embedded worker must not take the task below
+    broker = redis_db_url(1)
+    redis.Redis.from_url(broker).flushdb()
+    env = integration_env | {
+        "TENDER_WORKER_CPU_LOCK_DIR": str(tmp_path),
+        "TENDER_BROKER_URL": broker,
+    }
     workers = [WorkerProcess(env, concurrency=4, pool="threads") for _ in range(2)]
     try:
         pinned = [wait_for(lambda w=w: one_core(w.process.pid), 30) for w in workers]
