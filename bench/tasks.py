@@ -7,6 +7,7 @@ the ``payments`` queue so every phase goes through the same queue and options.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 from providers.base import PaymentRequest
@@ -16,6 +17,11 @@ from workers.app import app
 NAIVE_EMAIL = "payer@example.com"
 
 _sandboxes: dict[int, SandboxProvider] = {}  # per process, by latency_ms
+
+if os.environ.get("BENCH_STAGES_DIR"):  # python -m bench.stages: stamp each payment's stages
+    from bench.stages import install_probe
+
+    install_probe(os.environ["BENCH_STAGES_DIR"])
 
 
 @app.task(name="bench.noop")
