@@ -72,8 +72,10 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         tries = r.get("all_per_s", [])
         best = f"best of {'/'.join(f'{v:g}' for v in tries)}; " if len(tries) > 1 else ""
         return (
-            f"{best}worker CPU {r['worker_cpu_ms_each']:.2f} ms each; cores busy: workers "
-            f"{cores['worker_cores']:.2f}, rest {cores['rest_cores']:.2f}"
+            f"{best}CPU each: workers {r['worker_cpu_ms_each']:.2f}, clients "
+            f"{r['harness_cpu_ms_each']:.2f} ms; cores busy: workers "
+            f"{cores['worker_cores']:.2f}, clients {cores['harness_cores']:.2f}, "
+            f"rest {cores['rest_cores']:.2f}"
         )
 
     lines = [
@@ -85,6 +87,15 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         f"{b['per_s']:8.2f} payments/s  (300 ms provider; {b['n']} in {b['elapsed_s']:.2f} s)",
         f"{'(c) Tender end to end, sandbox 0 ms':<48}"
         f"{c['per_s']:8.1f} payments/s  ({c['n']} in {c['elapsed_s']:.2f} s; {cpu(c)})",
+        *(
+            [
+                f"{'    drain rate (workers alone, not judged)':<48}"
+                f"{results['c_drain']['per_s']:8.1f} payments/s  (a full queue, timed from "
+                "the workers' release)"
+            ]
+            if "c_drain" in results
+            else []
+        ),
         f"{'(d) Tender end to end, sandbox 300 ms':<48}"
         f"{d['per_s']:8.1f} payments/s  ({d['n']} in {d['elapsed_s']:.2f} s; {cpu(d)})",
         f"{'(e) added latency, paced at ' + format(e['rate_per_s'], '.0f') + '/s, n=' + str(e['n']):<48}"

@@ -54,3 +54,44 @@ def test_worker_settings_are_tender_settings_only() -> None:
     for bad in ("PYTHONPATH=/elsewhere", "TENDER_X", "TENDER_=1"):
         with pytest.raises(SystemExit):
             parse_worker_settings(parser, [bad])
+
+
+class _Workers:
+    """A stand-in for a WorkerSet: records when it was resumed and paused."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def resume(self, app: object, redis: object, queue: str) -> float:
+        self.log.append("resume")
+        return 0.0
+
+    def pause(self, app: object, redis: object, queue: str) -> None:
+        self.log.append("pause")
+
+    def cpu_s(self) -> float:
+        return 0.0
+
+
+def test_an_end_to_end_burst_times_the_clients_sends_with_the_workers_running() -> None:
+    import time
+
+    from bench.measure import Context, flowed
+
+    log: list[str] = []
+
+    def submit() -> float:
+        log.append("submit")
+        time.sleep(0.2)  # the clients' sends: inside the timed window
+        return 50.0
+
+    def finished() -> float:
+        log.append("finished")
+        return time.perf_counter() + 0.1  # the last event, 0.1 s after the sends
+
+    result = flowed(Context(None, None, log.append), _Workers(log), 20, submit, finished)  # type: ignore[arg-type]
+
+    assert log == ["resume", "submit", "finished", "pause"]
+    assert 0.3 <= result["elapsed_s"] < 0.4  # sends and drain, not the drain alone
+    assert result["per_s"] == pytest.approx(20 / result["elapsed_s"])
+    assert result["client_per_s"] == 50.0
