@@ -3,10 +3,11 @@
 This machine's speed drifts by tens of per cent within minutes, so two ``python -m bench``
 runs cannot tell a 5% change from the drift. This tool starts the workers once per variant
 and round, alternating variants round by round, and pairs every payment burst with a no-op
-burst on the same workers just before it. It reports each variant's payment rate and its
-paired ratio to the no-op rate (c/a, or d/a with ``--provider-ms 300``). With
-``--paced RATE`` it runs (e) instead: payments at a steady RATE for ``--seconds`` per
-burst, and reports each variant's added latency (p50, p95, p99 of every burst).
+burst on the same workers just before it (both end to end, as ``python -m bench`` times
+them). It reports each variant's payment rate and its paired ratio to the no-op rate (c/a,
+or d/a with ``--provider-ms 300``). With ``--paced RATE`` it runs (e) instead: payments at a
+steady RATE for ``--seconds`` per burst, and reports each variant's added latency (p50,
+p95, p99 of every burst).
 
 A variant is a comma-separated list of ``NAME=VALUE`` worker settings (environment
 variables, such as ``TENDER_WORKER_PREFETCH_MULTIPLIER=1``) and ``concurrency=N``;
@@ -113,9 +114,18 @@ def compare(
                                 f"p95 {e['p95_ms']:.1f} / p99 {e['p99_ms']:.1f} ms"
                             )
                             continue
-                        a = measure.ceiling(ctx, worker_set, 10_000, warm_up=burst == 0)["per_s"]
+                        # end to end, as python -m bench judges them
+                        a = measure.ceiling(
+                            ctx, worker_set, 10_000, warm_up=burst == 0, flowing=True
+                        )["per_s"]
                         c = measure.payment_burst(
-                            ctx, worker_set, listener, f"p{phase}", n, timeout_s=max(120, n / 5)
+                            ctx,
+                            worker_set,
+                            listener,
+                            f"p{phase}",
+                            n,
+                            timeout_s=max(120, n / 5),
+                            flowing=True,
                         )["per_s"]
                         pairs[variant].append((a, c))
                         _log(f"round {round_ + 1}, {variant}: {c:.0f}/s, a {a:.0f}/s, {c / a:.3f}")
