@@ -234,9 +234,9 @@ class WorkerSet:
 class CpuMeter:
     """Where the machine's CPU went during a burst, in cores (1.0 = one core busy).
 
-    ``rest_cores`` is everything that is neither a worker nor this harness: PostgreSQL
-    and Redis, and anything else running on the machine (a high value means the
-    figures were taken on a busy machine).
+    ``rest_cores`` is everything that is neither a worker nor this harness: PostgreSQL,
+    Redis and the event consumer (about half a core in an end-to-end payment burst), and
+    anything else running on the machine.
     """
 
     def __init__(self, workers: WorkerSet) -> None:

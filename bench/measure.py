@@ -142,7 +142,7 @@ def released(
         "n": n,
         "elapsed_s": elapsed,
         "per_s": n / elapsed,
-        # CPU of the worker processes, and of this harness (its event consumer), per item
+        # CPU of the worker processes, and of this harness, per item
         "worker_cpu_ms_each": cpu[0] / n * 1000,
         "harness_cpu_ms_each": cpu[1] / n * 1000,
         "cpu": cores,
@@ -193,15 +193,17 @@ def flowed(
     from config.celery import PAYMENTS_QUEUE
 
     workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    cpu = workers.cpu_s(), time.process_time()
-    meter = CpuMeter(workers)
-    meter.start()
-    started = time.perf_counter()
-    client_rate = submit()
-    ended = finished()
-    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
-    cores = meter.stop()
-    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    try:
+        cpu = workers.cpu_s(), time.process_time()
+        meter = CpuMeter(workers)
+        meter.start()
+        started = time.perf_counter()
+        client_rate = submit()
+        ended = finished()
+        cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
+        cores = meter.stop()
+    finally:
+        workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
     elapsed = ended - started
     return {
         "n": n,

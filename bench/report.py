@@ -64,6 +64,26 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# Below this share of the machine's cores busy, a throughput burst was held back by
+# something other than the CPU (its client threads, a lock, a wait), not by the machine.
+SATURATED_SHARE = 0.9
+
+
+def saturation_notes(results: dict[str, Any]) -> list[str]:
+    """A note for each of (a) and (c) whose burst left the machine's cores partly idle:
+    (c)'s rate sets (e)'s pace, and a ratio to an unsaturated (a) flatters Tender."""
+    notes = []
+    for key in "ac":
+        cores = results[key]["cpu"]
+        if cores["busy_cores"] < SATURATED_SHARE * cores["machine_cores"]:
+            notes.append(
+                f"note: ({key}) kept only {cores['busy_cores']:.2f} of "
+                f"{cores['machine_cores']:.2f} cores busy: something other than the "
+                "machine (its client threads?) set its rate"
+            )
+    return notes
+
+
 def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     a, b, c, d, e, f, g, h = (results[k] for k in "abcdefgh")
 
@@ -71,11 +91,13 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         cores = r["cpu"]
         tries = r.get("all_per_s", [])
         best = f"best of {'/'.join(f'{v:g}' for v in tries)}; " if len(tries) > 1 else ""
+        sent = r.get("client_per_s", r.get("client_request_payment_per_s"))
         return (
-            f"{best}CPU each: workers {r['worker_cpu_ms_each']:.2f}, clients "
-            f"{r['harness_cpu_ms_each']:.2f} ms; cores busy: workers "
-            f"{cores['worker_cores']:.2f}, clients {cores['harness_cores']:.2f}, "
-            f"rest {cores['rest_cores']:.2f}"
+            f"{best}{'clients sent ' + format(sent, '.0f') + '/s; ' if sent else ''}"
+            f"CPU each: workers {r['worker_cpu_ms_each']:.2f}, clients "
+            f"{r['harness_cpu_ms_each']:.2f} ms; cores busy {cores['busy_cores']:.2f} of "
+            f"{cores['machine_cores']:.2f}: workers {cores['worker_cores']:.2f}, clients "
+            f"{cores['harness_cores']:.2f}, rest {cores['rest_cores']:.2f}"
         )
 
     lines = [
@@ -112,14 +134,7 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         f"{'target':<44}{'measured':>10}  {'goal':<12}result",
         "-" * 78,
     ]
-    busy = {k: results[k]["cpu"]["rest_cores"] for k in "acd"}
-    if max(busy.values()) > 0.3:
-        lines.insert(
-            -3,
-            "note: other processes (PostgreSQL, Redis, anything else on the machine) kept "
-            + ", ".join(f"{v:.2f}" for v in busy.values())
-            + " cores busy during (a), (c), (d)",
-        )
+    lines[-3:-3] = saturation_notes(results)
     for label, errors in results.get("worker_errors", {}).items():
         for line, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:
             lines.insert(-3, f"{label} worker logged x{count}: {line}")
