@@ -114,18 +114,9 @@ def compare(
                                 f"p95 {e['p95_ms']:.1f} / p99 {e['p99_ms']:.1f} ms"
                             )
                             continue
-                        # end to end, as python -m bench judges them
-                        a = measure.ceiling(
-                            ctx, worker_set, 10_000, warm_up=burst == 0, flowing=True
-                        )["per_s"]
+                        a = measure.ceiling(ctx, worker_set, 10_000, warm_up=burst == 0)["per_s"]
                         c = measure.payment_burst(
-                            ctx,
-                            worker_set,
-                            listener,
-                            f"p{phase}",
-                            n,
-                            timeout_s=max(120, n / 5),
-                            flowing=True,
+                            ctx, worker_set, listener, f"p{phase}", n, timeout_s=max(120, n / 5)
                         )["per_s"]
                         pairs[variant].append((a, c))
                         _log(f"round {round_ + 1}, {variant}: {c:.0f}/s, a {a:.0f}/s, {c / a:.3f}")

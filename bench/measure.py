@@ -129,20 +129,38 @@ def released(
         raise HarnessError(
             f"the held queue holds {held} of {n} messages (a worker consumed early?)"
         )
-    cpu = workers.cpu_s(), time.process_time()
-    meter = CpuMeter(workers)
-    meter.start()
-    started = workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    ended = finished()
-    cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
-    cores = meter.stop()
-    workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    return timed(
+        ctx, workers, n, lambda: workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE), finished
+    )
+
+
+def timed(
+    ctx: Context,
+    workers: WorkerSet,
+    n: int,
+    start: Callable[[], float],
+    finished: Callable[[], float],
+) -> dict[str, Any]:
+    """A burst of ``n`` from ``start()`` to ``finished()`` (each returns its instant), with
+    the CPU it cost; the workers are paused after it, whether it ends or fails."""
+    from config.celery import PAYMENTS_QUEUE
+
+    try:
+        cpu = workers.cpu_s(), time.process_time()
+        meter = CpuMeter(workers)
+        meter.start()
+        started = start()
+        ended = finished()
+        cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
+        cores = meter.stop()
+    finally:
+        workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
     elapsed = ended - started
     return {
         "n": n,
         "elapsed_s": elapsed,
         "per_s": n / elapsed,
-        # CPU of the worker processes, and of this harness, per item
+        # CPU of the worker processes, and of this harness (the clients, end to end), per item
         "worker_cpu_ms_each": cpu[0] / n * 1000,
         "harness_cpu_ms_each": cpu[1] / n * 1000,
         "cpu": cores,
@@ -156,10 +174,10 @@ def task_burst(
     n: int,
     timeout_s: float,
     *,
-    flowing: bool = False,
+    flowing: bool = True,
 ) -> dict[str, Any]:
-    """``n`` tasks through the workers: pre-filled then released (drain rate), or with
-    ``flowing`` sent by the client threads while the workers consume (end to end)."""
+    """``n`` tasks through the workers: sent by the client threads while the workers consume
+    (end to end, as judged), or without ``flowing`` pre-filled then released (drain rate)."""
     from config.celery import PAYMENTS_QUEUE
 
     wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)  # late acks of the previous burst
@@ -192,28 +210,15 @@ def flowed(
     clients do, so half this rate is half the load (e) puts on the machine."""
     from config.celery import PAYMENTS_QUEUE
 
-    workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    try:
-        cpu = workers.cpu_s(), time.process_time()
-        meter = CpuMeter(workers)
-        meter.start()
+    client_rate: list[float] = []
+
+    def send_all() -> float:
         started = time.perf_counter()
-        client_rate = submit()
-        ended = finished()
-        cpu = workers.cpu_s() - cpu[0], time.process_time() - cpu[1]
-        cores = meter.stop()
-    finally:
-        workers.pause(ctx.app, ctx.redis, PAYMENTS_QUEUE)
-    elapsed = ended - started
-    return {
-        "n": n,
-        "elapsed_s": elapsed,
-        "per_s": n / elapsed,
-        "worker_cpu_ms_each": cpu[0] / n * 1000,
-        "harness_cpu_ms_each": cpu[1] / n * 1000,  # mostly the clients' sends
-        "cpu": cores,
-        "client_per_s": client_rate,
-    }
+        client_rate.append(submit())
+        return started
+
+    workers.resume(ctx.app, ctx.redis, PAYMENTS_QUEUE)
+    return timed(ctx, workers, n, send_all, finished) | {"client_per_s": client_rate[0]}
 
 
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -240,7 +245,7 @@ def paired_ratios(
 
 
 def ceiling(
-    ctx: Context, workers: WorkerSet, n: int, *, warm_up: bool = False, flowing: bool = False
+    ctx: Context, workers: WorkerSet, n: int, *, warm_up: bool = False, flowing: bool = True
 ) -> dict[str, Any]:
     """(a) no-op tasks per second, one burst (with ``warm_up``, after a tenth as many).
 
@@ -279,7 +284,7 @@ def naive(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
         return send
 
     task_burst(ctx, workers, sender("warm"), 4, timeout_s=30)
-    return task_burst(ctx, workers, sender("run"), n, timeout_s=max(60, n), flowing=True)
+    return task_burst(ctx, workers, sender("run"), n, timeout_s=max(60, n))
 
 
 # -- (c)-(f): Tender end to end ----------------------------------------------------------
@@ -309,11 +314,11 @@ def payment_burst(
     n: int,
     timeout_s: float,
     *,
-    flowing: bool = False,
+    flowing: bool = True,
 ) -> dict[str, Any]:
-    """``n`` payments, timed to the last relayed event: requested with the workers held
-    then released (drain rate), or with ``flowing`` requested while they run (end to end,
-    from the first ``request_payment``)."""
+    """``n`` payments, timed to the last relayed event: requested while the workers run (end
+    to end from the first ``request_payment``, as judged), or without ``flowing`` requested
+    with the workers held, then released (drain rate)."""
     from config.celery import PAYMENTS_QUEUE
 
     wait_drained(ctx.redis, PAYMENTS_QUEUE, 10)

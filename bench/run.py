@@ -103,26 +103,16 @@ def run_all(
             # just before a (c) or (d) burst: the machine's speed drifts by tens of per
             # cent over minutes here, and a ceiling taken minutes apart from (c) would
             # carry that drift into c/a. (a) is the best of all its bursts.
-            ceiling_runs = [
-                measure.ceiling(ctx, w, sizes.ceiling_tasks, warm_up=True, flowing=True)
-            ]
+            ceiling_runs = [measure.ceiling(ctx, w, sizes.ceiling_tasks, warm_up=True)]
 
             def tender_bursts(label: str) -> dict[str, Any]:
                 runs = []
                 for i in range(sizes.repeats):
                     if i:
-                        ceiling_runs.append(
-                            measure.ceiling(ctx, w, sizes.ceiling_tasks, flowing=True)
-                        )
+                        ceiling_runs.append(measure.ceiling(ctx, w, sizes.ceiling_tasks))
                     runs.append(
                         measure.payment_burst(
-                            ctx,
-                            w,
-                            listener,
-                            f"{label}{i}",
-                            n,
-                            timeout_s=max(120, n / 5),
-                            flowing=True,
+                            ctx, w, listener, f"{label}{i}", n, timeout_s=max(120, n / 5)
                         )
                     )
                 return measure.best_of(runs)
@@ -137,7 +127,7 @@ def run_all(
             # the workers held, timed from their release), as runs before the twelfth
             # session measured (c).
             results["c_drain"] = measure.payment_burst(
-                ctx, w, listener, "drain", n, timeout_s=max(120, n / 5)
+                ctx, w, listener, "drain", n, timeout_s=max(120, n / 5), flowing=False
             )
             log(f"(c) drain rate {results['c_drain']['per_s']:.1f} payments/s (not judged)")
 
@@ -163,7 +153,7 @@ def run_all(
                 f"(a) and (d) alternating: {sizes.repeats} x {n} payments, "
                 f"sandbox {measure.SLOW_PROVIDER_MS} ms"
             )
-            ceiling_runs.append(measure.ceiling(ctx, w, sizes.ceiling_tasks, flowing=True))
+            ceiling_runs.append(measure.ceiling(ctx, w, sizes.ceiling_tasks))
             results["d"] = tender_bursts("d")
             log(f"(d) {results['d']['per_s']:.1f} payments/s")
             results["a"] = measure.best_of(ceiling_runs)
