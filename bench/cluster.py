@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bench.environment import REPO_ROOT
+from bench.environment import REPO_ROOT, HarnessError
 
 IDLE_QUEUE = "bench.idle"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -33,10 +33,6 @@ PYTHON = (sys.executable, "-P")
 # Same flags for every phase; gossip, mingle and heartbeats add broker chatter that a
 # payment worker does not need.
 COMMON_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
-
-
-class HarnessError(RuntimeError):
-    """The bench itself broke (a worker died, a wait timed out): no valid figures."""
 
 
 class WorkerSet:
@@ -68,7 +64,7 @@ class WorkerSet:
             "-m",
             "celery",
             "-A",
-            "workers.app",
+            "workers.core.app",
             "worker",
             "--pool",
             self.pool,
@@ -87,7 +83,7 @@ class WorkerSet:
 
     def describe(self) -> str:
         return (
-            f"{len(self.hostnames)} x `celery -A workers.app worker --pool {self.pool} "
+            f"{len(self.hostnames)} x `celery -A workers.core.app worker --pool {self.pool} "
             f"--concurrency {self.concurrency} {' '.join(COMMON_FLAGS)}`"
         )
 

@@ -64,7 +64,7 @@ def compare(
     import workers.tasks  # noqa: F401 - registers process_payment
     from config.celery import PAYMENTS_QUEUE
     from registry.service import PluginRegistry
-    from workers.app import app
+    from workers.core.app import app
 
     gc.collect()
     gc.freeze()

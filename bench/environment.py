@@ -21,6 +21,10 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/5"
 APPLICATION_NAME = "tender-bench"  # tags the bench's PostgreSQL connections
 
 
+class HarnessError(RuntimeError):
+    """The bench itself broke (a worker died, a wait timed out): no valid figures."""
+
+
 @dataclass
 class BenchEnv:
     postgres_url: str  # the server/database, without a schema
@@ -105,7 +109,6 @@ class BenchEnv:
 
 def _claim_redis_db(url: str) -> None:
     """Flush the bench's Redis database; refuse one that something else consumes from."""
-    from bench.cluster import HarnessError
 
     client = _redis(url)
     db = int(client.connection_pool.connection_kwargs.get("db", 0))

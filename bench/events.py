@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import IO, Any
 
-from bench.cluster import HarnessError
+from bench.environment import HarnessError
 
 # How long the consumer holds stamped arrivals before it sends them on, at most.
 SEND_EVERY_S = 0.01
@@ -43,7 +43,7 @@ def consume(broker_url: str, out: IO[str]) -> None:
     JSON lines (``"ready"`` first), until SIGTERM."""
     from kombu import Connection
 
-    from workers.relay import default_events_queue
+    from workers.events.relay import default_events_queue
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

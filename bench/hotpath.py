@@ -128,11 +128,11 @@ class _Batch:
 
 def _run(n: int, profile: bool) -> int:
     memory = {"imports": rss_mb()}
-    import workers.payments as payments
-    import workers.relay as relay
+    import workers.events.relay as relay
+    import workers.payments.processor as payments
     from registry.db import get_database
     from workers import runtime, tasks
-    from workers.client import request_payment
+    from workers.payments.client import request_payment
 
     memory["workers.tasks imported"] = rss_mb()
     runtime.registry().create_instance(

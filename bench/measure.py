@@ -253,7 +253,7 @@ def ceiling(
     app's pool, its channel on one Redis client, ``apply_async``."""
     from bench.tasks import noop
     from config.celery import PAYMENTS_QUEUE
-    from workers.broker import reuse_one_client
+    from workers.events.broker import reuse_one_client
 
     def send(_: int) -> None:
         with ctx.app.producer_or_acquire() as producer:
@@ -291,7 +291,7 @@ def naive(ctx: Context, workers: WorkerSet, n: int) -> dict[str, float]:
 
 
 def request(order_id: str) -> None:
-    from workers.client import request_payment
+    from workers.payments.client import request_payment
 
     receipt = request_payment(order_id, AMOUNT, CURRENCY, EMAIL)
     if not receipt.enqueued:
@@ -392,7 +392,7 @@ def provider_ms_by_order(phase: str) -> dict[str, float]:
     from sqlalchemy import func, select
 
     from registry.db import get_database
-    from workers.ledger import Payment, PaymentAttempt
+    from workers.ledger.records import Payment, PaymentAttempt
 
     with get_database().sessions() as session:
         rows = session.execute(

@@ -48,7 +48,7 @@ def run_all(
     import bench.tasks  # noqa: F401 - registers the baseline tasks on Tender's app
     import workers.tasks  # noqa: F401 - registers process_payment
     from registry.service import PluginRegistry
-    from workers.app import app
+    from workers.core.app import app
 
     # As Tender's workers do once ready: start-up objects out of the collector's sight, so
     # a full collection in this process (78 ms seen) does not stall the clocks of (e).

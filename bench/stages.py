@@ -18,18 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bench.environment import DEFAULT_BROKER_URL, DEFAULT_POSTGRES_URL, BenchEnv
 
 STAGES_DIR_VARIABLE = "BENCH_STAGES_DIR"
-PAYMENT_TASK = "tender.process_payment"
 
 # (label, from stamp, to stamp); the stamps in order along one payment's path
 STAGES = (
@@ -46,77 +41,6 @@ BANDS = (
     ("95-99%", 0.95, 0.99),
     ("slowest 1%", 0.99, 1.0),
 )
-
-
-# -- the probe, in a worker process ------------------------------------------------------
-
-
-def install_probe(directory: str) -> Callable[[], None]:
-    """Stamp each payment's stages in this process; write them to ``directory`` each
-    second. Returns a function that takes the probe out again (after a last write)."""
-    from celery import signals
-
-    import workers.payments as payments
-    from workers import runtime
-
-    stamps: list[tuple[str, str, float]] = []  # list.append is atomic: no lock
-    current = threading.local()
-    clock = time.perf_counter
-    originals: list[tuple[Any, str, Any]] = []
-    stopping = threading.Event()
-    path = Path(directory) / f"{os.getpid()}.jsonl"
-
-    def received(request: Any = None, **_: Any) -> None:
-        if request.name == PAYMENT_TASK and request.args:
-            stamps.append((str(request.args[0]), "received", clock()))
-
-    def started(task: Any = None, args: Any = None, **_: Any) -> None:
-        current.payment = str(args[0]) if task.name == PAYMENT_TASK else None
-        if current.payment:
-            stamps.append((current.payment, "started", clock()))
-
-    def after(owner: Any, name: str, stamp: str) -> None:
-        original: Callable[..., Any] = getattr(owner, name)
-        originals.append((owner, name, original))
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            payment = getattr(current, "payment", None)
-            if payment:
-                stamps.append((payment, stamp, clock()))
-            return result
-
-        setattr(owner, name, wrapper)
-
-    def write() -> None:
-        taken = len(stamps)
-        if taken:
-            lines = "".join(json.dumps(s) + "\n" for s in stamps[:taken])
-            del stamps[:taken]
-            with path.open("a") as out:
-                out.write(lines)
-
-    def flush() -> None:
-        while not stopping.wait(1):
-            write()
-
-    def remove() -> None:
-        signals.task_received.disconnect(received)
-        signals.task_prerun.disconnect(started)
-        for owner, name, original in originals:
-            setattr(owner, name, original)
-        stopping.set()
-        thread.join()
-        write()
-
-    signals.task_received.connect(received, weak=False)
-    signals.task_prerun.connect(started, weak=False)
-    after(payments.LedgerWriter, "claim", "claimed")
-    after(runtime.ProviderLoop, "run", "charged")
-    after(payments.LedgerWriter, "finish", "finished")
-    thread = threading.Thread(target=flush, name="bench-stages", daemon=True)
-    thread.start()
-    return remove
 
 
 # -- the analysis ----------------------------------------------------------------------
@@ -181,8 +105,8 @@ def run(env: BenchEnv, rate: float, seconds: float, bursts: int) -> str:
     from config.celery import PAYMENTS_QUEUE
     from registry.db import get_database
     from registry.service import PluginRegistry
-    from workers.app import app
-    from workers.ledger import Payment
+    from workers.core.app import app
+    from workers.ledger.records import Payment
 
     stamp_dir = env.data_dir / "stages"
     stamp_dir.mkdir()

@@ -12,14 +12,14 @@ import uuid
 
 from providers.base import PaymentRequest
 from providers.sandbox import SandboxProvider
-from workers.app import app
+from workers.core.app import app
 
 NAIVE_EMAIL = "payer@example.com"
 
 _sandboxes: dict[int, SandboxProvider] = {}  # per process, by latency_ms
 
 if os.environ.get("BENCH_STAGES_DIR"):  # python -m bench.stages: stamp each payment's stages
-    from bench.stages import install_probe
+    from bench.probe import install_probe
 
     install_probe(os.environ["BENCH_STAGES_DIR"])
 

@@ -10,6 +10,7 @@ from kombu import Exchange, Queue
 from config.settings import Settings
 
 PAYMENTS_QUEUE = "payments"
+PROCESS_PAYMENT = "tender.process_payment"  # the payment task's name, routed to PAYMENTS_QUEUE
 MAINTENANCE_QUEUE = "maintenance"
 MAX_REDELIVERIES = 5  # a payment whose worker dies this often goes to `unknown` for reconcile
 
@@ -88,7 +89,7 @@ def celery_options(settings: Settings) -> dict[str, Any]:
             ),
         ),
         "task_default_queue": MAINTENANCE_QUEUE,
-        "task_routes": {"tender.process_payment": {"queue": PAYMENTS_QUEUE}},
+        "task_routes": {PROCESS_PAYMENT: {"queue": PAYMENTS_QUEUE}},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "worker_disable_rate_limits": True,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
+
+from config.settings import get_settings
 
 FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
@@ -13,7 +14,7 @@ def configure_logging(level: str | None = None) -> None:
     root = logging.getLogger()
     if getattr(root, "_tender_configured", False):
         return
-    logging.basicConfig(level=level or os.environ.get("TENDER_LOG_LEVEL", "INFO"), format=FORMAT)
+    logging.basicConfig(level=level or get_settings().log_level, format=FORMAT)
     for noisy in ("httpx", "httpcore", "amqp", "kombu"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     root._tender_configured = True  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import functools
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,10 +36,9 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 
 # Threads per worker process (`tender worker`'s default, and the bench's). They wait on the
 # process's provider loop and group commit, so 2 x 160 payments can wait on a slow provider
-# at once with no more processes than cores. Paired bench runs against 128 (with the helper
-# threads niced, see workers.runtime): (d) 787 vs 705/s and 829 vs 703/s; (c) 844 vs 903/s
-# and 840 vs 791/s, no change beyond noise. PostgreSQL connections stay bounded by the
-# pool (db_pool_size + db_max_overflow per process), not by the thread count.
+# at once with no more processes than cores (measured: bench/README.md). PostgreSQL
+# connections stay bounded by the pool (db_pool_size + db_max_overflow per process), not by
+# the thread count.
 WORKER_CONCURRENCY = 160
 
 
@@ -49,6 +48,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     env: Environment = Environment.DEVELOPMENT
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".tender")
     # Defaults (None) mean: a SQLite file / an embedded kombu transport in data_dir.
     database_url: str | None = None
@@ -80,19 +80,16 @@ class Settings(BaseSettings):
     # Niceness of Tender's helper threads in a process (provider loop, group commit, event
     # relay; Linux, 0 leaves them alone). Celery's consumer thread, which fetches, records
     # and acks every message, and the task threads keep their priority, so on a busy
-    # machine the helpers wait for a core rather than keep the consumer off it. 19 against
-    # 10, paired bench.compare runs (2026-11-26, 6-8 bursts each): c/a 0.386 vs 0.356, (e)
-    # at 120/s p99 83.9 vs 135.3 ms; but past the machine's knee (140/s) the starved provider
-    # loop falls behind: p99 262.5 vs 217.4 ms, worst burst 768 vs 278 ms. 10 degrades more
-    # gracefully under overload, and the bench's (e) runs near the knee by design.
+    # machine the helpers wait for a core rather than keep the consumer off it. 19 gives
+    # more throughput, but past the machine's knee the starved provider loop falls behind;
+    # 10 degrades more gracefully under overload (bench/README.md).
     worker_thread_nice: Annotated[int, Field(ge=0, le=19)] = 10
     # Redis only: whether a worker keeps each payment message it reserves in Redis's
     # "unacked" set until the task is done (kombu's ack emulation), so that a live
     # consumer puts it back after the visibility timeout if this worker dies. It costs
     # Celery's consumer thread two more Redis round trips a message (record, then
     # acknowledge), and that thread is a worker's serial link. False keeps reserved
-    # messages in the worker's memory only: about twice the throughput (see the README's
-    # Performance), and they are lost if the worker is killed before its warm shutdown
+    # messages in the worker's memory only: about twice the throughput (bench/README.md), and they are lost if the worker is killed before its warm shutdown
     # hands them back, or if its Redis connection drops or Redis restarts meanwhile.
     # Their payments stay in the ledger, and beat's reconcile enqueues them again
     # (requested: after reconcile_age_s; processing: when the lease expires), so none is
@@ -103,7 +100,7 @@ class Settings(BaseSettings):
     # worker_cpu_lock_dir), "off" leaves the process to the scheduler, a number names the
     # core. All of a worker's threads share one interpreter lock, and handing it between
     # threads on two cores costs far more than on one: pinned, a 2-core machine's
-    # payments per second rose 80% and the no-op ceiling 26% (see the README's Performance).
+    # payments per second rose 80% and the no-op ceiling 26% (bench/README.md).
     worker_cpu: str = "auto"
     # Where "auto" keeps its per-core lock files. Worker containers on one host must
     # share it (a volume) to claim different cores. Unset: the system's temp folder, and

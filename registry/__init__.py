@@ -1,1 +1,1 @@
-"""The plugin registry: database, instances and health, catalogue, routing, secrets, HTTP API."""
+"""The plugin registry: database and migrations, instances and health, catalogue, routing, secrets."""

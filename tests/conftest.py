@@ -68,7 +68,7 @@ def tender_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 def _reset_process() -> None:
     """Forget settings, engines and the worker runtime, so the environment is re-read."""
     from workers import runtime
-    from workers.app import reconfigure
+    from workers.core.app import reconfigure
 
     reset_settings()
     forget_databases()

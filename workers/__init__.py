@@ -1,1 +1,1 @@
-"""Celery app, tasks, ledger, events, alerts, billing client and the ``tender`` CLI."""
+"""The worker core: Celery tasks over the ledger, payments, events and monitoring; see docs/architecture.md."""

@@ -9,13 +9,14 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from config.celery import PROCESS_PAYMENT
 from config.settings import get_settings
 from registry.db import get_database
 from workers import runtime
-from workers.app import app
-from workers.locks import hold
-from workers.payments import Busy, PaymentProcessor, RouteHint
-from workers.relay import EventPublisher, relay_outbox
+from workers.core.app import app
+from workers.core.locks import hold
+from workers.events.relay import EventPublisher, relay_outbox
+from workers.payments.processor import Busy, PaymentProcessor, RouteHint
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def publisher() -> EventPublisher:
 
 
 def processor() -> PaymentProcessor:
-    from workers.health import record_live_failure
+    from workers.monitoring.health import record_live_failure
 
     return PaymentProcessor(
         get_database(),
@@ -39,7 +40,7 @@ def processor() -> PaymentProcessor:
 
 
 @app.task(
-    name="tender.process_payment",
+    name=PROCESS_PAYMENT,
     bind=True,
     max_retries=None,
     acks_late=True,
@@ -52,7 +53,7 @@ def process_payment_task(
     currency: str | None = None,
     idempotency_key: str | None = None,
 ) -> str | None:
-    """Charge one payment at most once; see workers.payments.
+    """Charge one payment at most once; see workers.payments.processor.
 
     The routing facts (tenant, currency, key) ride in the message so the worker can claim
     and record the first hop in one statement; without them it reads the row first.
@@ -83,8 +84,8 @@ def relay_outbox_task() -> int:
 
 @app.task(name="tender.reconcile")
 def reconcile_task() -> dict[str, Any]:
-    from workers.client import enqueue_payment
-    from workers.reconcile import reconcile, verify_budget_s
+    from workers.payments.client import enqueue_payment
+    from workers.payments.reconcile import reconcile, verify_budget_s
 
     settings = get_settings()
     database = get_database()
@@ -102,7 +103,7 @@ def reconcile_task() -> dict[str, Any]:
             enqueue_payment,
         )
     if report.alerts:
-        from workers import alerts
+        from workers.monitoring import alerts
 
         alerts.deliver_all(report.alerts, alerts.sinks_from_settings(settings), settings)
     return {
@@ -115,6 +116,6 @@ def reconcile_task() -> dict[str, Any]:
 
 @app.task(name="tender.health_check_all")
 def health_check_all_task() -> dict[str, Any]:
-    from workers.health import health_check_all
+    from workers.monitoring.health import health_check_all
 
     return health_check_all()

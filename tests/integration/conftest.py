@@ -76,7 +76,7 @@ def integration_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 
 def _reset_process() -> None:
     from workers import runtime
-    from workers.app import reconfigure
+    from workers.core.app import reconfigure
 
     reset_settings()
     forget_databases()
@@ -86,7 +86,7 @@ def _reset_process() -> None:
 
 @pytest.fixture(scope="session")
 def celery_session_app(integration_env: dict[str, str]) -> Any:
-    from workers.app import app
+    from workers.core.app import app
 
     return app
 
@@ -146,7 +146,7 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "workers.app",
+                "workers.core.app",
                 "worker",
                 "--pool",
                 pool,
@@ -187,7 +187,7 @@ class EventTap:
     def __init__(self, broker_url: str, binding: str = "#") -> None:
         from kombu import Connection, Queue
 
-        from workers.relay import events_exchange
+        from workers.events.relay import events_exchange
 
         self.connection = Connection(broker_url)
         self.queue = Queue(

@@ -21,10 +21,10 @@ from registry.migrate import upgrade
 from tests.conftest import drop_postgres_schema, fresh_postgres_schema
 from tests.integration.conftest import WorkerProcess, _reset_process, redis_db_url, wait_for
 from workers import runtime
-from workers.app import app
-from workers.client import _validated, get_payment, record_payment
-from workers.reconcile import reconcile
-from workers.relay import EventPublisher
+from workers.core.app import app
+from workers.events.relay import EventPublisher
+from workers.payments.client import _validated, get_payment, record_payment
+from workers.payments.reconcile import reconcile
 
 
 @pytest.fixture

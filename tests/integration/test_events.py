@@ -23,9 +23,9 @@ from kombu import Connection
 
 from tests.integration.conftest import wait_for
 from tests.integration.test_payment_path import sandbox, settled
-from workers.client import request_payment
-from workers.events import DEFAULT_QUEUE
-from workers.relay import EventPublisher
+from workers.events.relay import EventPublisher
+from workers.ledger.outbox import DEFAULT_QUEUE
+from workers.payments.client import request_payment
 
 TENDER = shutil.which("tender") or str(Path(sys.executable).with_name("tender"))
 
@@ -135,7 +135,7 @@ _CLIENT_SCRIPT = """
 import json, threading, uuid
 import redis
 from celery.signals import before_task_publish
-from workers.client import request_payment
+from workers.payments.client import request_payment
 
 sent = []
 before_task_publish.connect(lambda **s: sent.append(dict(s.get("headers") or {})), weak=False)

@@ -1,5 +1,5 @@
 """Group commit on the real PostgreSQL: the JSON-row statements of
-workers.group_commit (a claim statement per batch, the finish as one data-modifying
+workers.ledger.group_commit (a claim statement per batch, the finish as one data-modifying
 ``WITH``) and the batch thread's held autocommit connection.
 
 The backend-independent scenarios live in tests/unit/test_group_commit.py (they run
@@ -51,7 +51,7 @@ from tests.unit.test_group_commit import (
     record_batches,
     settle,
 )
-from workers.group_commit import (
+from workers.ledger.group_commit import (
     _CLAIM_FRESH_SQL,
     _CLAIM_STALE_SQL,
     _FINISH_SQL,
@@ -63,7 +63,7 @@ from workers.group_commit import (
     _run_postgres,
     writer_connection,
 )
-from workers.states import PaymentState
+from workers.ledger.states import PaymentState
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +374,7 @@ def test_fresh_claims_stand_when_the_stale_claim_statement_fails(
 ) -> None:
     """The fresh-claim statement commits before the stale one runs: if the stale one
     fails, the fresh winners keep their claims and only the others hear of it."""
-    from workers import group_commit
+    from workers.ledger import group_commit
 
     fresh = new_payment(database)
     held = new_payment(database)

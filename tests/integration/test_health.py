@@ -29,7 +29,7 @@ from registry.models import PluginHealth
 from tests.integration.conftest import EventTap, wait_for
 from tests.unit.test_alerts import Mailbox, Receiver, free_port
 from workers import runtime
-from workers.client import get_payment, request_payment
+from workers.payments.client import get_payment, request_payment
 
 INTERVAL_S = 1.0
 
@@ -44,7 +44,7 @@ class Beat:
                 "-m",
                 "celery",
                 "-A",
-                "workers.app",
+                "workers.core.app",
                 "beat",
                 "--schedule",
                 str(schedule),

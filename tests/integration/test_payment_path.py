@@ -15,8 +15,13 @@ from providers.sandbox import charge_book
 from registry.db import get_database
 from tests.integration.conftest import EventTap, wait_for
 from workers import runtime
-from workers.client import IdempotencyConflict, InvalidPaymentRequest, get_payment, request_payment
-from workers.ledger import Payment
+from workers.ledger.records import Payment
+from workers.payments.client import (
+    IdempotencyConflict,
+    InvalidPaymentRequest,
+    get_payment,
+    request_payment,
+)
 from workers.tasks import process_payment_task
 
 FINAL = {"succeeded", "failed", "pending", "unknown"}

@@ -27,9 +27,9 @@ from registry.instances import InstanceView
 from tests.fakes.paystack import DECLINED_AUTHORIZATION, GOOD_AUTHORIZATION, FakePaystack
 from tests.integration.conftest import EventTap, wait_for
 from workers import runtime
-from workers.client import PaymentReceipt, PaymentView, get_payment, request_payment
-from workers.events import OutboxEvent
-from workers.ledger import WebhookReceipt
+from workers.ledger.outbox import OutboxEvent
+from workers.ledger.records import WebhookReceipt
+from workers.payments.client import PaymentReceipt, PaymentView, get_payment, request_payment
 from workers.tasks import process_payment_task, reconcile_task
 
 # --- helpers shared by the Paystack integration tests ---------------------------------
@@ -129,7 +129,7 @@ def receipts_of(reference: str) -> list[str]:
 @pytest.fixture
 def api_url(integration_env: dict[str, str]) -> Iterator[str]:
     """Tender's HTTP app served by a real uvicorn on a loopback port, in this process."""
-    from workers.http import create_app
+    from surfaces.http.app import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

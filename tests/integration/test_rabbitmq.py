@@ -12,7 +12,7 @@ from tests.conftest import service_missing
 from tests.integration.conftest import EventTap, WorkerProcess, wait_for
 from tests.integration.test_crash_recovery import new_payment
 from workers import runtime
-from workers.client import get_payment
+from workers.payments.client import get_payment
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 

@@ -25,13 +25,13 @@ from tests.integration.test_paystack_e2e import (
     paystack_instance,
     wait_status,
 )
-from workers.client import get_payment
-from workers.refunds import RefundRefused, RefundView, list_refunds, refund_payment
+from workers.payments.client import get_payment
+from workers.payments.refunds import RefundRefused, RefundView, list_refunds, refund_payment
 
 
 @pytest.fixture
 def api(integration_env: dict[str, str]) -> Iterator[TestClient]:
-    from workers.http import create_app
+    from surfaces.http.app import create_app
 
     with TestClient(create_app()) as client:
         yield client

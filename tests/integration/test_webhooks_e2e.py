@@ -21,12 +21,12 @@ from tests.integration.test_paystack_e2e import (
     receipts_of,
     wait_status,
 )
-from workers.client import PaymentReceipt, get_payment
+from workers.payments.client import PaymentReceipt, get_payment
 
 
 @pytest.fixture
 def api(integration_env: dict[str, str]) -> Iterator[TestClient]:
-    from workers.http import create_app
+    from surfaces.http.app import create_app
 
     with TestClient(create_app()) as client:
         yield client

@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from config.settings import Settings
 from providers.base import utcnow
 from registry.instances import InstanceView
-from workers.alerts import (
+from workers.monitoring.alerts import (
     Alert,
     AlertDecision,
     AlertKind,
@@ -307,7 +307,7 @@ def test_a_sink_that_keeps_failing_is_logged_never_raised_and_others_still_deliv
 ) -> None:
     dead, fine = FlakySink(failures=99), FlakySink(failures=0)
     dead.name = "dead"
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.monitoring.alerts"):
         result = deliver(ALERT, [dead, fine], attempts=3, sleep=lambda _s: None)
     assert result == {"dead": False, "flaky": True}
     assert dead.calls == 3
@@ -315,7 +315,7 @@ def test_a_sink_that_keeps_failing_is_logged_never_raised_and_others_still_deliv
 
 
 def test_the_log_sink_logs_at_the_alerts_severity(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="workers.alerts"):
+    with caplog.at_level(logging.INFO, logger="workers.monitoring.alerts"):
         LogSink().send(Alert("critical", "T", "body"))
     assert caplog.records[-1].levelno == logging.CRITICAL
     assert caplog.records[-1].getMessage() == "ALERT T: body"
@@ -360,7 +360,7 @@ def receiver() -> Iterator[Receiver]:
 def test_webhook_posts_slack_json_and_is_retried_after_a_5xx(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.monitoring.alerts"):
         result = deliver(ALERT, [WebhookSink(receiver.url, 2.0)], sleep=lambda _s: None)
     assert result == {"webhook": True}
     assert len(receiver.bodies) == 2  # the 500, then the retry
@@ -374,7 +374,7 @@ def test_an_unreachable_webhook_is_logged_without_its_url(caplog: pytest.LogCapt
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     sink = WebhookSink(f"http://127.0.0.1:{port}/services/SECRET-TOKEN", 1.0)
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.monitoring.alerts"):
         assert deliver(ALERT, [sink], attempts=2, sleep=lambda _s: None) == {"webhook": False}
     assert "ConnectError" in caplog.text and "SECRET-TOKEN" not in caplog.text
 

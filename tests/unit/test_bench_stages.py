@@ -9,13 +9,14 @@ from types import SimpleNamespace
 import pytest
 from celery import signals
 
-from bench.stages import STAGES, breakdown, install_probe, read_stamps
+from bench.probe import install_probe
+from bench.stages import STAGES, breakdown, read_stamps
 from config.settings import get_settings
 from registry.db import get_database
 from workers import runtime
-from workers.client import _validated, record_payment
-from workers.payments import Done, PaymentProcessor
-from workers.relay import InlineRelay
+from workers.events.relay import InlineRelay
+from workers.payments.client import _validated, record_payment
+from workers.payments.processor import Done, PaymentProcessor
 
 
 class NoPublisher:

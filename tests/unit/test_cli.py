@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from workers.cli import app
+from surfaces.cli.main import app
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ from cryptography.fernet import Fernet
 
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
-from workers.client import _validated, record_payment
-from workers.ledger import read_payment
+from workers.ledger.records import read_payment
+from workers.payments.client import _validated, record_payment
 
 
 def check_recorded_payment_is_what_is_stored(database: Database) -> None:

@@ -1,4 +1,4 @@
-"""Group commit (workers.group_commit.LedgerWriter) on the embedded SQLite database.
+"""Group commit (workers.ledger.group_commit.LedgerWriter) on the embedded SQLite database.
 
 The ``check_*`` scenarios take a :class:`registry.db.Database` and hold for every
 backend: they run here on SQLite (the ledger's per-payment statements, one transaction
@@ -30,9 +30,8 @@ from providers.sandbox import charge_book
 from registry.db import Database, get_database
 from registry.service import PluginRegistry
 from workers import runtime
-from workers.client import _validated, record_payment
-from workers.events import outbox_row, outbox_table
-from workers.group_commit import (
+from workers.events.relay import InlineRelay
+from workers.ledger.group_commit import (
     ClaimResult,
     ClaimWrite,
     FinishWrite,
@@ -41,7 +40,8 @@ from workers.group_commit import (
     Write,
     _Pending,
 )
-from workers.ledger import (
+from workers.ledger.outbox import outbox_row, outbox_table
+from workers.ledger.records import (
     Claim,
     InvalidTransition,
     PaymentRecord,
@@ -52,9 +52,9 @@ from workers.ledger import (
     payments_table,
     read_payment,
 )
-from workers.payments import Done, PaymentProcessor
-from workers.relay import InlineRelay
-from workers.states import PaymentState
+from workers.ledger.states import PaymentState
+from workers.payments.client import _validated, record_payment
+from workers.payments.processor import Done, PaymentProcessor
 
 LEASE_S = 30.0
 THREADS = 40
@@ -488,7 +488,7 @@ def check_unset_provider_fields_keep_stored_values(database: Database) -> None:
     assert (stored.instance_id, stored.plugin_name) == (first_hop, "sandbox")
     assert stored.provider_transaction_id == "tx-old"
     assert stored.authorization_url == "https://new.example/pay"
-    # As workers.ledger.finish_claim: the error fields are the finish's own, even None.
+    # As workers.ledger.records.finish_claim: the error fields are the finish's own, even None.
     assert (stored.error_code, stored.error_message) == (None, None)
 
     stored = read(database, overwritten.id)

@@ -37,9 +37,11 @@ from registry.catalogue import Catalogue
 from registry.db import get_database
 from registry.models import PluginHealth, RegistryState
 from registry.service import PluginRegistry
-from workers.alerts import Alert, AlertState
-from workers.events import OutboxEvent
-from workers.health import (
+from workers.core.locks import hold
+from workers.core.threads import ProviderLoop
+from workers.ledger.outbox import OutboxEvent
+from workers.monitoring.alerts import Alert, AlertState
+from workers.monitoring.health import (
     LOCK_NAME,
     Circuit,
     HealthMonitor,
@@ -51,8 +53,6 @@ from workers.health import (
     redact,
     routability_changed,
 )
-from workers.locks import hold
-from workers.runtime import ProviderLoop
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=utcnow().tzinfo)
 HEALTHY, DEGRADED, UNHEALTHY = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from registry.db import get_database
 from registry.service import PluginRegistry
-from workers.cli_health import health_app
+from surfaces.cli.health import health_app
 
 runner = CliRunner()
 
@@ -18,7 +18,7 @@ runner = CliRunner()
 @pytest.fixture
 def reg(sqlite_url: str) -> Iterator[PluginRegistry]:
     from workers import runtime
-    from workers.app import reconfigure
+    from workers.core.app import reconfigure
 
     runtime.reset()
     reconfigure()  # the embedded broker under this test's data dir

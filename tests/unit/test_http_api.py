@@ -21,8 +21,8 @@ PUBLIC = "pk_test_public_9876543210"
 
 @pytest.fixture
 def client(sqlite_url: str) -> Iterator[TestClient]:
-    from workers.app import reconfigure
-    from workers.http import create_app
+    from surfaces.http.app import create_app
+    from workers.core.app import reconfigure
 
     runtime.reset()
     reconfigure()  # the embedded broker under this test's data dir
@@ -353,7 +353,7 @@ def test_token_is_required_when_set(client: TestClient, token: str) -> None:
 def test_production_refuses_to_start_without_a_token(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.http import create_app
+    from surfaces.http.app import create_app
 
     monkeypatch.setenv("TENDER_ENV", "production")
     reset_settings()
@@ -376,8 +376,8 @@ def test_an_operator_settles_a_stuck_refund_over_http(client: TestClient, tmp_pa
     from decimal import Decimal
 
     from registry.db import get_database
-    from workers.client import _validated, record_payment
-    from workers.refunds import _reserve
+    from workers.payments.client import _validated, record_payment
+    from workers.payments.refunds import _reserve
     from workers.tasks import processor
 
     runtime.registry().create_instance(

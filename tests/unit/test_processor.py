@@ -17,10 +17,10 @@ from providers.base import utcnow
 from providers.sandbox import charge_book
 from registry.db import get_database
 from workers import runtime
-from workers.client import _validated, get_payment, record_payment
-from workers.ledger import Payment
-from workers.payments import Busy, Done, PaymentProcessor
-from workers.relay import InlineRelay
+from workers.events.relay import InlineRelay
+from workers.ledger.records import Payment
+from workers.payments.client import _validated, get_payment, record_payment
+from workers.payments.processor import Busy, Done, PaymentProcessor
 
 
 class RecordingPublisher:
@@ -148,7 +148,7 @@ def test_takeover_before_any_instance_was_named_routes_as_new(processor, tmp_pat
 
 
 def test_routing_hint_in_the_message_gives_the_same_result(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from workers.payments import RouteHint
+    from workers.payments.processor import RouteHint
 
     proc, _ = processor
     book = str(tmp_path / "book.db")
@@ -172,7 +172,7 @@ def test_routing_hint_in_the_message_gives_the_same_result(processor, tmp_path) 
 def test_tokens_differ_across_forked_processes() -> None:
     import os
 
-    from workers.ledger import new_token
+    from workers.ledger.records import new_token
 
     read, write = os.pipe()
     pid = os.fork()

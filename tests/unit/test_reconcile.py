@@ -12,10 +12,10 @@ import pytest
 from config.settings import get_settings, reset_settings
 from providers.base import OutcomeStatus, utcnow
 from registry.db import get_database
-from workers import reconcile as reconcile_module
 from workers import runtime
-from workers.client import _validated, get_payment, record_payment
-from workers.relay import EventPublisher
+from workers.events.relay import EventPublisher
+from workers.payments import reconcile as reconcile_module
+from workers.payments.client import _validated, get_payment, record_payment
 from workers.tasks import processor
 
 
@@ -146,7 +146,7 @@ def test_expired_leases_are_each_enqueued_once_a_run(fast_reconcile, monkeypatch
     each once, though their rows do not change until a worker claims them."""
     from sqlalchemy import update
 
-    from workers.ledger import Payment
+    from workers.ledger.records import Payment
 
     monkeypatch.setattr(reconcile_module, "BATCH", 2)
     ids = lost_payments(5, "lease")

@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from config.settings import reset_settings
 from registry.db import get_database
+from surfaces.cli.main import app as cli
 from tests.unit.test_reconcile import Recording
 from tests.unit.test_reconcile import run as run_reconcile
 from workers import runtime
-from workers.cli import app as cli
-from workers.client import _validated, get_payment, record_payment
-from workers.ledger import Refund
-from workers.refunds import (
+from workers.ledger.records import Refund
+from workers.payments.client import _validated, get_payment, record_payment
+from workers.payments.refunds import (
     RefundRefused,
     _reserve,
     list_refunds,
@@ -184,8 +184,8 @@ def test_a_timed_out_refund_is_alerted_but_one_the_provider_acknowledged_is_not(
 def test_a_late_webhook_finds_the_refund_an_operator_settled(stuck: Any) -> None:
     """The provider's refund id recorded by hand is how its webhook, still on its way,
     finds the refund already settled instead of adding the money a second time."""
-    from workers.ledger import Payment
-    from workers.webhooks import _find_refund
+    from workers.ledger.records import Payment
+    from workers.payments.webhooks import _find_refund
 
     settle_refund_by_operator(
         stuck.refund_id, True, "processed", provider_refund_id="RF123", publisher=Recording()

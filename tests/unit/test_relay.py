@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from providers.base import utcnow
 from registry.db import get_database
-from workers.events import OutboxEvent, outbox_table
-from workers.group_commit import LedgerWriter
-from workers.relay import EventPublisher, EventRelay, events_exchange
-from workers.runtime import niced
+from workers.core.threads import niced
+from workers.events.relay import EventPublisher, EventRelay, events_exchange
+from workers.ledger.group_commit import LedgerWriter
+from workers.ledger.outbox import OutboxEvent, outbox_table
 
 
 def payload(event_type: str) -> dict[str, Any]:

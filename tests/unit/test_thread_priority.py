@@ -14,9 +14,9 @@ import pytest
 
 from config.settings import reset_settings
 from registry.db import get_database
-from workers.group_commit import LedgerWriter
-from workers.relay import EventRelay
-from workers.runtime import ProviderLoop
+from workers.core.threads import ProviderLoop
+from workers.events.relay import EventRelay
+from workers.ledger.group_commit import LedgerWriter
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
 

@@ -18,10 +18,10 @@ from registry.db import get_database
 from registry.instances import InstanceView
 from tests.fakes.paystack import sign
 from workers import runtime
-from workers.events import OutboxEvent
-from workers.ledger import Payment, Refund, WebhookReceipt
-from workers.refunds import RefundState
-from workers.webhooks import WebhookPluginNotFound, WebhookReply, receive_webhook
+from workers.ledger.outbox import OutboxEvent
+from workers.ledger.records import Payment, Refund, WebhookReceipt
+from workers.payments.refunds import RefundState
+from workers.payments.webhooks import WebhookPluginNotFound, WebhookReply, receive_webhook
 
 AMOUNT = 500_000  # minor units: NGN 5,000.00
 
@@ -421,8 +421,8 @@ def test_refund_larger_than_what_is_left_is_a_mismatch(env, publisher) -> None:
 
 @pytest.fixture
 def client(env: str) -> Iterator[TestClient]:
-    from workers.app import reconfigure
-    from workers.http import create_app
+    from surfaces.http.app import create_app
+    from workers.core.app import reconfigure
 
     reconfigure()  # the embedded broker under this test's data dir
     with TestClient(create_app()) as test_client:

@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 from celery.signals import worker_init, worker_ready
 
-import workers.app  # connects the app's signal handlers
+import workers.core.app  # connects the app's signal handlers
 from config.settings import reset_settings
 
 
@@ -35,7 +35,7 @@ class _Sender:
 def worker_options(tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """This process's worker-only options, fresh, and put back afterwards."""
     fresh: dict[str, str] = {}
-    monkeypatch.setattr(workers.app, "_worker_options", fresh)
+    monkeypatch.setattr(workers.core.app, "_worker_options", fresh)
     return fresh
 
 
@@ -66,7 +66,7 @@ def test_a_worker_drops_redis_ack_emulation_only_when_told(
     assert options.get("ack_emulation") is expected
     assert options["visibility_timeout"] == 1200  # the app's own options stay
     # only the worker's app changed, not Tender's app in this (non-worker) process
-    assert "ack_emulation" not in workers.app.app.conf.broker_transport_options
+    assert "ack_emulation" not in workers.core.app.app.conf.broker_transport_options
 
 
 def test_reconfiguring_a_worker_keeps_its_worker_options(
@@ -75,9 +75,9 @@ def test_reconfiguring_a_worker_keeps_its_worker_options(
     monkeypatch.setenv("TENDER_BROKER_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("TENDER_WORKER_REDIS_ACK_EMULATION", "false")
     reset_settings()
-    workers.app.reconfigure()
-    app = workers.app.app
+    workers.core.app.reconfigure()
+    app = workers.core.app.app
     worker_init.send(sender=_Sender(app))
     assert app.conf.broker_transport_options["ack_emulation"] is False
-    workers.app.reconfigure()  # re-reads settings into the app: the worker keeps its options
+    workers.core.app.reconfigure()  # re-reads settings into the app: the worker keeps its options
     assert app.conf.broker_transport_options["ack_emulation"] is False

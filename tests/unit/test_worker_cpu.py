@@ -1,4 +1,4 @@
-"""One core per worker process (workers.affinity), without pinning the test process.
+"""One core per worker process (workers.core.affinity), without pinning the test process.
 
 Pinning itself is checked on real worker processes in tests/integration/test_worker_cpu.py.
 """
@@ -17,7 +17,7 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 
 from config.settings import SettingsError, load_settings
-from workers import affinity
+from workers.core import affinity
 
 
 class _TenderThreads(ThreadPool):
@@ -46,7 +46,7 @@ def test_a_killed_workers_core_is_free_at_once(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from workers.affinity import "
+            "import sys, time; from pathlib import Path; from workers.core.affinity import "
             "claim_free_cpu; c = claim_free_cpu([0, 1], Path(sys.argv[1])); "
             "print(c[0], flush=True); time.sleep(60)",
             str(tmp_path),

@@ -5,7 +5,7 @@ its payment and, after the provider answers, finishes it (new state, attempt row
 outbox event). Done one by one, that is a transaction per write: a commit, a WAL
 flush and a few round trips each, which cost more CPU than the rest of the payment.
 
-:class:`LedgerWriter` keeps the rules of :mod:`workers.ledger` exactly (a claim is a
+:class:`LedgerWriter` keeps the rules of :mod:`workers.ledger.records` exactly (a claim is a
 compare-and-set on ``requested`` or an expired lease; a finish is a compare-and-set
 on ``processing`` and the claim's lease token; a finish writes its attempts and event
 only if its compare-and-set won) and changes only how they reach the database:
@@ -16,12 +16,7 @@ only if its compare-and-set won) and changes only how they reach the database:
 * A caller that finds the writer idle (no batch running, none waiting) runs its write
   as a batch of one on its own thread, on the writer's connection, under the same lock
   the batch thread takes. A lone write then costs no hand-off to the batch thread and
-  back, and no wait for a core for it (the bench's paced (e), at 450 payments/s, saw
-  each process's batch thread wait 1.3 ms per payment in the run queue). With the
-  relay's like change, paired ``bench.compare --paced 120`` on a slower machine (6 and
-  10 bursts, against the code before both): (e)'s median p50 15.3 and 18.8 ms against
-  17.2 and 20.9, median p99 66.8 and 92.2 ms against 86.0 and 109.7; (c) 256 against
-  256/s (6 bursts). A small gain, smaller than the spread between bursts.
+  back, and no wait for a core for it (measured: bench/README.md).
 * On PostgreSQL each kind is a single statement over the batch's rows sent as JSON (the
   finish's update and inserts, and the relay's "published" marks, are one
   data-modifying ``WITH``), so it commits on its own: a batch is all or nothing.
@@ -57,8 +52,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from providers.base import utcnow
 from registry.db import Database
-from workers.events import outbox_table
-from workers.ledger import (
+from workers.core.threads import niced
+from workers.ledger.outbox import outbox_table
+from workers.ledger.records import (
     RECORD_COLUMNS,
     Claim,
     InvalidTransition,
@@ -68,15 +64,14 @@ from workers.ledger import (
     finish_claim,
     new_token,
 )
-from workers.runtime import niced
-from workers.states import PaymentState, can_transition
+from workers.ledger.states import PaymentState, can_transition
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClaimWrite:
-    """Take ``payment_id`` (see :func:`workers.ledger.claim_payment`)."""
+    """Take ``payment_id`` (see :func:`workers.ledger.records.claim_payment`)."""
 
     payment_id: uuid.UUID
     lease_s: float
@@ -89,12 +84,12 @@ class ClaimWrite:
 class FinishWrite:
     """Move a claimed payment out of ``processing``, with its attempt rows and event.
 
-    Unset provider fields keep their stored values (as :func:`workers.ledger.finish_claim`).
+    Unset provider fields keep their stored values (as :func:`workers.ledger.records.finish_claim`).
     """
 
     claim: Claim
     state: PaymentState
-    event: dict[str, Any]  # the outbox row (workers.events.outbox_row)
+    event: dict[str, Any]  # the outbox row (workers.ledger.outbox.outbox_row)
     attempts: Sequence[dict[str, Any]] = ()  # payment_attempts rows
     instance_id: uuid.UUID | None = None
     plugin_name: str | None = None
@@ -147,9 +142,8 @@ class LedgerWriter:
     # A published mark waits this long for a finish statement to ride along with, then
     # goes alone. An idle batch thread looks as often, so a mark waits at most twice this.
     MARKS_WAIT_S = 0.25
-    # How long a busy batch waits for more writes (see _gather). In the bench, 0.5 ms cut
-    # this thread's CPU per payment by a tenth and raised (c) by 8% (runs normalised by
-    # Celery's own thread, whose CPU drifts with the machine); 1 ms gained no more.
+    # How long a busy batch waits for more writes (see _gather): long enough to gather a
+    # few more, short against a payment (bench/README.md).
     LINGER_S = 0.0005
 
     def __init__(self, database: Database, *, batched: bool = True) -> None:

@@ -1,46 +1,19 @@
-"""Tender's HTTP app: operators, billing and provider webhooks. ``uvicorn workers.http:app``
+"""Billing's routes: request a payment, read it back, refund it, settle a refund by hand.
 
-=========  ===========================  =============================================
-who        route                        what
-=========  ===========================  =============================================
-operator   /plugins, /instances, /admin  the registry (:mod:`registry.api`)
-billing    POST /payments               record and enqueue a payment (``request_payment``)
-billing    GET /payments/{id}           its state and provider attempts
-billing    POST /payments/{id}/refunds  refund all (no body) or ``{"amount": "5.00"}``
-billing    GET /payments/{id}/refunds   its refunds
-operator   POST /refunds/{id}/settle    settle by hand a refund no answer came for
-provider   POST /webhooks/{plugin}      signed events (:mod:`workers.webhooks`)
-anyone     GET /healthz                 the process answers
-=========  ===========================  =============================================
-
-Operator and billing routes need ``TENDER_API_TOKEN`` when it is set (and production
-refuses to start without it); webhooks are authenticated by their signatures instead.
 Amounts are decimal strings in major units (``"1500.50"``); a JSON float is refused.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures.
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from config.settings import get_settings
-from providers.errors import WebhookPayloadError, WebhookSignatureError
 from providers.money import FloatAmount, MoneyError
-from registry.api import (
-    check_api_auth,
-    create_router,
-    request_validation_handler,
-    require_api_token,
-)
-from workers import runtime
-from workers.client import (
+from surfaces.http.auth import require_api_token
+from workers.payments.client import (
     IdempotencyConflict,
     InvalidPaymentRequest,
     PaymentNotFound,
@@ -49,7 +22,7 @@ from workers.client import (
     get_payment,
     request_payment,
 )
-from workers.refunds import (
+from workers.payments.refunds import (
     RefundNotFound,
     RefundRefused,
     RefundView,
@@ -57,11 +30,6 @@ from workers.refunds import (
     refund_payment,
     settle_refund_by_operator,
 )
-from workers.webhooks import WebhookPluginNotFound, receive_webhook
-
-log = logging.getLogger(__name__)
-
-MAX_WEBHOOK_BYTES = 1_000_000  # providers send a few KB; anything near this is not them
 
 # JSON numbers arrive as int or float; floats reach providers.money, which refuses them
 # with a message saying to send a string.
@@ -170,46 +138,3 @@ def billing_router() -> APIRouter:
             )
 
     return router
-
-
-def webhook_router() -> APIRouter:
-    router = APIRouter(tags=["webhooks"])
-
-    @router.post("/webhooks/{plugin}")
-    async def provider_webhook(plugin: str, request: Request) -> JSONResponse:
-        raw = await request.body()  # the exact bytes the provider signed
-        if len(raw) > MAX_WEBHOOK_BYTES:
-            raise HTTPException(413, "webhook body too large")
-        try:
-            reply = await run_in_threadpool(receive_webhook, plugin, raw, dict(request.headers))
-        except WebhookPluginNotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        except WebhookSignatureError as exc:
-            raise HTTPException(401, str(exc)) from None
-        except WebhookPayloadError as exc:
-            raise HTTPException(400, str(exc)) from None
-        content = {"result": reply.result.value, "detail": reply.detail}
-        if reply.payment_id is not None:
-            content["payment_id"] = str(reply.payment_id)
-        return JSONResponse(content, status_code=reply.http_status)
-
-    return router
-
-
-def create_app() -> FastAPI:
-    """The app; refuses (SettingsError) in production without TENDER_API_TOKEN."""
-    check_api_auth(get_settings())
-    app = FastAPI(title="Tender", summary="payment-provider plugins: registry, payments, webhooks")
-    app.add_exception_handler(RequestValidationError, request_validation_handler)
-    app.include_router(create_router(runtime.registry))
-    app.include_router(billing_router())
-    app.include_router(webhook_router())
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
-
-
-app = create_app()

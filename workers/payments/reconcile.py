@@ -34,14 +34,14 @@ from providers.base import OutcomeStatus, utcnow
 from providers.money import from_minor
 from registry.db import Database
 from registry.service import PluginRegistry
-from workers.alerts import Alert
-from workers.events import add_event
-from workers.ledger import Payment, PaymentAttempt, Refund, apply_transition, payment_event
-from workers.payments import outcome_mismatch
-from workers.refunds import stuck_refunds
-from workers.relay import EventPublisher, publish_now
-from workers.runtime import ProviderLoop
-from workers.states import OUTCOME_STATE, PaymentState
+from workers.core.threads import ProviderLoop
+from workers.events.relay import EventPublisher, publish_now
+from workers.ledger.outbox import add_event
+from workers.ledger.records import Payment, PaymentAttempt, Refund, apply_transition, payment_event
+from workers.ledger.states import OUTCOME_STATE, PaymentState
+from workers.monitoring.alerts import Alert
+from workers.payments.processor import outcome_mismatch
+from workers.payments.refunds import stuck_refunds
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -181,7 +181,7 @@ def _alert_stuck_refunds(
     report: ReconcileReport,
 ) -> None:
     """One alert (and ``alert.raised`` event) a run for the refunds with no provider
-    answer (see :func:`workers.refunds.stuck_refunds`), each listed once and then again
+    answer (see :func:`workers.payments.refunds.stuck_refunds`), each listed once and then again
     every ``alert_cooldown_s``: their amounts stay reserved until a webhook or an operator
     settles them."""
     with database.transaction() as session:

@@ -25,10 +25,10 @@ from sqlalchemy import select
 
 from providers.base import utcnow
 from registry.db import Database
-from workers.broker import reuse_one_client
-from workers.events import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
-from workers.group_commit import LedgerWriter, OutboxItem
-from workers.runtime import in_helper_thread, niced
+from workers.core.threads import in_helper_thread, niced
+from workers.events.broker import reuse_one_client
+from workers.ledger.group_commit import LedgerWriter, OutboxItem
+from workers.ledger.outbox import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +174,10 @@ class EventRelay:
 
     It flushes at most once per ``flush_interval_s``: after a quiet spell an event goes
     at once, while events keep coming each flush takes everything that arrived since the
-    last one, so an event waits at most that long. In a burst, group commit hands over
-    about two events every 6 ms or so; flushing at most every 10 ms lifted (c) by 13% and
-    6% in two paired comparisons (``python -m bench.compare``; 3 ms changed nothing, as
-    it rarely waits). Fewer flushes mean fewer wake-ups and round trips in this thread,
-    which leaves Celery's consumer thread more of the process's GIL. But the wait is
-    most of an event's latency under steady load: at 440 payments/s, event creation to
-    arrival took 10-13 ms (p50) at 10 ms and 6.5-7.4 ms at 5 ms, and (c) moved by -2%
-    (807 vs 791/s, 12 bursts each, within noise), so the interval is 5 ms.
+    last one, so an event waits at most that long. Fewer flushes mean fewer wake-ups and
+    round trips in this thread, which leaves Celery's consumer thread more of the
+    process's GIL; but the wait is most of an event's latency under steady load, so the
+    interval is a short 5 ms (bench/README.md has the measurements).
 
     A caller that finds the relay idle (not publishing, nothing queued, the interval
     past) publishes its events itself, on its own thread: under steady load that is
@@ -189,7 +185,7 @@ class EventRelay:
     core. One caller at a time, under the lock the thread takes to publish, so a broker
     outage holds up at most one task thread (for kombu's publish retries) while the rest
     queue; Tender's helper threads (group commit) always queue. For what it gains, with
-    the group commit's like change, see :mod:`workers.group_commit`.
+    the group commit's like change, see :mod:`workers.ledger.group_commit`.
     """
 
     BATCH = 200

@@ -2,7 +2,7 @@
 
 An event is written to ``outbox`` in the same transaction as the state change it
 reports, then relayed to the topic exchange ``tender.events`` with the event type
-as routing key (:mod:`workers.relay`). Delivery is at least once: consumers dedupe
+as routing key (:mod:`workers.events.relay`). Delivery is at least once: consumers dedupe
 on ``event_id``.
 """
 
@@ -39,7 +39,7 @@ class EventType(StrEnum):
 
 
 def _new_event_id() -> uuid.UUID:
-    # Unique, not secret; see workers.ledger.new_token (same generator, fork-safe).
+    # Unique, not secret; see workers.ledger.records.new_token (same generator, fork-safe).
     return uuid.UUID(int=random.getrandbits(128), version=4)
 
 

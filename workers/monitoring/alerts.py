@@ -41,7 +41,7 @@ from config.settings import Settings
 from registry.db import Base, UTCDateTime
 from registry.instances import InstanceStatus, InstanceView
 from registry.routing import resolve_route
-from workers.events import AlertEvent
+from workers.ledger.outbox import AlertEvent
 
 log = logging.getLogger(__name__)
 

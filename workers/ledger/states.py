@@ -1,6 +1,6 @@
 """Payment states and their transitions, declared as data in one place.
 
-``apply_transition`` in :mod:`workers.ledger` is the only code that changes a
+``apply_transition`` in :mod:`workers.ledger.records` is the only code that changes a
 payment's status, and it refuses anything this table does not list.
 """
 

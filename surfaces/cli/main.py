@@ -51,7 +51,7 @@ def user_errors() -> Iterator[None]:
     """Turn Tender's bad-input errors into one red line and exit 1 (no traceback)."""
     from providers.errors import ProviderError
     from registry.errors import RegistryError
-    from workers.client import PaymentNotFound
+    from workers.payments.client import PaymentNotFound
 
     try:
         yield
@@ -113,7 +113,7 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker (one process; run one per core to scale)."""
-    from workers.app import app as celery_app
+    from workers.core.app import app as celery_app
 
     celery_app.worker_main(
         [
@@ -129,7 +129,7 @@ def worker(
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     """Run Celery beat: health checks, reconcile and the outbox sweep. Run exactly one."""
-    from workers.app import app as celery_app
+    from workers.core.app import app as celery_app
 
     celery_app.start(["beat", f"--loglevel={loglevel}"])
 
@@ -142,7 +142,9 @@ def api(
     """Serve the HTTP app: operator API, admin page, billing API and provider webhooks."""
     import uvicorn
 
-    uvicorn.run("workers.http:app", host=host, port=port, proxy_headers=True)
+    uvicorn.run(
+        "surfaces.http.app:create_app", factory=True, host=host, port=port, proxy_headers=True
+    )
 
 
 # -- database ------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def pay(
     wait: Annotated[float, typer.Option(help="Seconds to wait for an outcome (0: don't).")] = 0.0,
 ) -> None:
     """Request a payment (enqueue it) and print its receipt."""
-    from workers.client import get_payment, request_payment
+    from workers.payments.client import get_payment, request_payment
 
     with user_errors():
         receipt = request_payment(
@@ -372,7 +374,7 @@ def payments_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A payment's state, provider and attempts."""
-    from workers.client import get_payment
+    from workers.payments.client import get_payment
 
     with user_errors():
         view = get_payment(payment_id)
@@ -401,7 +403,7 @@ def refunds_settle(
 ) -> None:
     """Settle an open refund by hand, after checking it at the provider: --succeeded if it
     shows processed there, --failed only if the provider has no such refund."""
-    from workers.refunds import settle_refund_by_operator
+    from workers.payments.refunds import settle_refund_by_operator
 
     with user_errors():
         view = settle_refund_by_operator(
@@ -429,7 +431,7 @@ def events_tail(
     ] = 0.0,
 ) -> None:
     """Print result events as they are published (JSON lines)."""
-    from workers.event_stream import tail
+    from workers.events.stream import tail
 
     with user_errors():
         for n, event in enumerate(tail(binding, idle_timeout_s=timeout or None), start=1):
@@ -444,7 +446,7 @@ def demo(
     payments: Annotated[int, typer.Option(help="How many payments to submit.")] = 12,
 ) -> None:
     """Run the whole flow on this machine: worker, two sandbox instances, a hot swap, events."""
-    from workers.demo import run_demo
+    from surfaces.cli.demo import run_demo
 
     with user_errors():
         ok = run_demo(console, payments=payments)
@@ -453,7 +455,7 @@ def demo(
 
 def _mount_health() -> None:
     try:
-        from workers.cli_health import health_app
+        from surfaces.cli.health import health_app
     except ImportError:  # pragma: no cover - health CLI not installed
         return
     app.add_typer(health_app, name="health")

@@ -15,7 +15,7 @@ together exceed what was charged, even when they race:
 
 Providers usually queue refunds (Paystack answers ``pending``): the refund stays open,
 still reserving its amount, until the provider's refund webhook settles it through
-:func:`settle_refund` (see :mod:`workers.webhooks`). A refund whose outcome is unknown
+:func:`settle_refund` (see :mod:`workers.payments.webhooks`). A refund whose outcome is unknown
 (timeout) stays open the same way: refunding it again could pay the customer twice.
 
 ``refunded_minor`` on the payment counts refunds that succeeded, nothing else.
@@ -47,12 +47,12 @@ from providers.money import from_minor, to_minor
 from registry.db import Database, get_database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
-from workers.client import PaymentNotFound, payment_key
-from workers.events import OutboxEvent, add_event
-from workers.ledger import Payment, PaymentAttempt, Refund, apply_transition, payment_event
-from workers.relay import EventPublisher, publish_now
-from workers.runtime import CallTimeout, ProviderLoop
-from workers.states import PaymentState
+from workers.core.threads import CallTimeout, ProviderLoop
+from workers.events.relay import EventPublisher, publish_now
+from workers.ledger.outbox import OutboxEvent, add_event
+from workers.ledger.records import Payment, PaymentAttempt, Refund, apply_transition, payment_event
+from workers.ledger.states import PaymentState
+from workers.payments.client import PaymentNotFound, payment_key
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def refund_payment(
     loop = loop or runtime.provider_loop()
     settings = settings or get_settings()
     if publisher is None:
-        from workers.app import app
+        from workers.core.app import app
 
         publisher = EventPublisher(app)
 
@@ -563,7 +563,7 @@ def settle_refund_by_operator(
         session.flush()
         view = view_of_refund(refund, payment)
     if publisher is None:
-        from workers.app import app
+        from workers.core.app import app
 
         publisher = EventPublisher(app)
     publish_now(database, publisher, outbox_ids)

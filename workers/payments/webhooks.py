@@ -8,7 +8,7 @@
    :class:`~providers.errors.WebhookSignatureError` (401), and nothing is written. When
    the event names a payment taken by another instance, that instance's key must verify
    it too: one tenant's key cannot move another tenant's payment.
-2. **dedupe and apply**, in one transaction: a :class:`~workers.ledger.WebhookReceipt`
+2. **dedupe and apply**, in one transaction: a :class:`~workers.ledger.records.WebhookReceipt`
    keyed ``(provider, event_id)`` is inserted with the state change it caused, so a
    redelivery hits the unique constraint and changes nothing.
 3. **publish** the outbox event after the commit.
@@ -38,9 +38,12 @@ from registry.db import Database, get_database
 from registry.errors import RegistryError
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
-from workers.events import AlertEvent, add_event
-from workers.ledger import Payment, Refund, WebhookReceipt, apply_transition, payment_event
-from workers.refunds import (
+from workers.core.threads import ProviderLoop
+from workers.events.relay import EventPublisher, publish_now
+from workers.ledger.outbox import AlertEvent, add_event
+from workers.ledger.records import Payment, Refund, WebhookReceipt, apply_transition, payment_event
+from workers.ledger.states import OUTCOME_STATE, PaymentState
+from workers.payments.refunds import (
     OPEN_REFUNDS,
     REFUNDABLE,
     RefundMismatch,
@@ -49,9 +52,6 @@ from workers.refunds import (
     refundable_minor,
     settle_refund,
 )
-from workers.relay import EventPublisher, publish_now
-from workers.runtime import ProviderLoop
-from workers.states import OUTCOME_STATE, PaymentState
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def receive_webhook(
     loop = loop or runtime.provider_loop()
     settings = settings or get_settings()
     if publisher is None:
-        from workers.app import app
+        from workers.core.app import app
 
         publisher = EventPublisher(app)
 

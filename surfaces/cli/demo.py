@@ -47,7 +47,7 @@ def _prepare_environment(console: Console) -> Path:
     from config.settings import get_settings, reset_settings
     from registry.db import forget_databases
     from workers import runtime
-    from workers.app import reconfigure
+    from workers.core.app import reconfigure
 
     external = os.environ.get("TENDER_DATABASE_URL") or os.environ.get("TENDER_BROKER_URL")
     if not external and "TENDER_DATA_DIR" not in os.environ:
@@ -95,7 +95,7 @@ def _start_worker(data_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
             "-m",
             "celery",
             "-A",
-            "workers.app",
+            "workers.core.app",
             "worker",
             "--pool",
             "threads",
@@ -139,7 +139,7 @@ def _render(run: DemoRun) -> Group:
 
 
 def _poll(run: DemoRun, tail: Any) -> None:
-    from workers.client import get_payment
+    from workers.payments.client import get_payment
 
     for order_id, receipt in run.receipts.items():
         if order_id not in run.views or run.views[order_id].status.value not in SETTLED:
@@ -153,8 +153,8 @@ def run_demo(console: Console, payments: int = 12) -> bool:
     from providers.sandbox import charge_book
     from registry.migrate import upgrade
     from workers import runtime
-    from workers.client import request_payment
-    from workers.event_stream import EventTail
+    from workers.events.stream import EventTail
+    from workers.payments.client import request_payment
 
     data_dir = _prepare_environment(console)
     upgrade()

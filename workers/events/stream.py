@@ -14,14 +14,14 @@ from typing import Any
 
 from kombu import Queue
 
-from workers.relay import events_exchange
+from workers.events.relay import events_exchange
 
 
 class EventTail:
     """A temporary queue bound to the events exchange; iterate to read events."""
 
     def __init__(self, binding: str = "#") -> None:
-        from workers.app import app
+        from workers.core.app import app
 
         self.connection = app.connection_for_read()
         self.queue = Queue(

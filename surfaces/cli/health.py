@@ -89,7 +89,7 @@ def health(
     if ctx.invoked_subcommand is not None:
         return
     from registry.service import PluginRegistry
-    from workers.health import health_check_all
+    from workers.monitoring.health import health_check_all
 
     run = health_check_all(force=True) if check else None
     views = PluginRegistry().list_instances()

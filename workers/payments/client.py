@@ -18,19 +18,20 @@ from pydantic import BaseModel, ConfigDict, EmailStr, TypeAdapter, ValidationErr
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from config.celery import PROCESS_PAYMENT
 from providers.base import PaymentMethod, derive_reference, utcnow
 from providers.money import from_minor, normalize_currency, to_minor
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
-from workers.broker import reuse_one_client
-from workers.ledger import (
+from workers.events.broker import reuse_one_client
+from workers.ledger.records import (
     RECORD_COLUMNS,
     Payment,
     PaymentAttempt,
     PaymentRecord,
     payments_table,
 )
-from workers.states import PaymentState
+from workers.ledger.states import PaymentState
 
 log = logging.getLogger(__name__)
 
@@ -286,15 +287,18 @@ def enqueue_payment(
 
     The routing facts, when given, ride along so the worker claims in one statement.
     """
-    from workers.tasks import process_payment_task
+    from workers.core.app import app  # late: importing the client must not build Celery's app
 
     given = {"tenant_id": tenant_id, "currency": currency, "idempotency_key": idempotency_key}
     args = [str(payment_id)]
     kwargs = {k: v for k, v in given.items() if v is not None}
     try:
-        with process_payment_task.app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             reuse_one_client(producer.channel)
-            process_payment_task.apply_async(
+            # By name (the task lives above the payments package, in workers.tasks), as
+            # Task.apply_async would: routing comes from task_routes, results are ignored.
+            app.send_task(
+                PROCESS_PAYMENT,
                 args=args,
                 kwargs=kwargs,
                 retry=True,
@@ -304,6 +308,7 @@ def enqueue_payment(
                 # Celery's saferepr of them cost a tenth of the request's CPU
                 argsrepr=repr(args),
                 kwargsrepr=repr(kwargs),
+                ignore_result=True,
             )
         return True
     except Exception:

@@ -19,7 +19,7 @@ generation is bumped only when routability changes (to or from ``unhealthy``), s
 workers' caches do not reload on every run.
 
 A check that raises :class:`~providers.errors.ConfigurationError` (keys rejected)
-marks the instance ``error``. Alerts follow each run (:mod:`workers.alerts`).
+marks the instance ``error``. Alerts follow each run (:mod:`workers.monitoring.alerts`).
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from registry.instances import InstanceStatus, InstanceView
 from registry.models import PluginHealth, PluginInstance
 from registry.secrets import redact, secret_values
 from registry.service import PluginRegistry
-from workers import alerts
-from workers.alerts import Alert, AlertMemory, AlertSink, AlertState
-from workers.events import HealthChangedEvent, add_event
-from workers.locks import hold
-from workers.relay import EventPublisher, publish_now
-from workers.runtime import CallTimeout, ProviderLoop
+from workers.core.locks import hold
+from workers.core.threads import CallTimeout, ProviderLoop
+from workers.events.relay import EventPublisher, publish_now
+from workers.ledger.outbox import HealthChangedEvent, add_event
+from workers.monitoring import alerts
+from workers.monitoring.alerts import Alert, AlertMemory, AlertSink, AlertState
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +526,7 @@ def _columns(memory: AlertMemory) -> dict[str, Any]:
 
 def monitor() -> HealthMonitor:
     from workers import runtime
-    from workers.app import app
+    from workers.core.app import app
 
     return HealthMonitor(
         get_database(),

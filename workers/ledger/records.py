@@ -2,7 +2,7 @@
 
 The database is the source of truth. Every status change goes through
 :func:`apply_transition`, a compare-and-set (``UPDATE ... WHERE status IN``) that
-follows :data:`workers.states.TRANSITIONS`; the caller writes the attempt row and
+follows :data:`workers.ledger.states.TRANSITIONS`; the caller writes the attempt row and
 the outbox event in the same transaction.
 """
 
@@ -38,8 +38,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
 from registry.db import Base, UTCDateTime
-from workers.events import EventType, PaymentEvent
-from workers.states import STATE_EVENT, PaymentState, can_transition
+from workers.ledger.outbox import EventType, PaymentEvent
+from workers.ledger.states import STATE_EVENT, PaymentState, can_transition
 
 AutoId = BigInteger().with_variant(Integer, "sqlite")
 

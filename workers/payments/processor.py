@@ -36,12 +36,12 @@ from registry.db import Database
 from registry.instances import InstanceView
 from registry.secrets import redact, secret_values
 from registry.service import PluginRegistry
-from workers.events import outbox_row
-from workers.group_commit import ClaimWrite, FinishWrite, LedgerWriter
-from workers.ledger import Claim, PaymentRecord, payment_event, payments_table, read_payment
-from workers.relay import EventRelay, InlineRelay
-from workers.runtime import CallTimeout, ProviderLoop
-from workers.states import OUTCOME_STATE, PaymentState
+from workers.core.threads import CallTimeout, ProviderLoop
+from workers.events.relay import EventRelay, InlineRelay
+from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
+from workers.ledger.outbox import outbox_row
+from workers.ledger.records import Claim, PaymentRecord, payment_event, payments_table, read_payment
+from workers.ledger.states import OUTCOME_STATE, PaymentState
 
 log = logging.getLogger(__name__)
 

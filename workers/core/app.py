@@ -6,10 +6,11 @@ import gc
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_ready
 
 from config.celery import celery_options, worker_transport_options
 from config.settings import get_settings
+from workers.core.affinity import pin_worker
 
 
 def create_app() -> Celery:
@@ -56,24 +57,12 @@ def _apply_worker_options(celery_app: Celery) -> None:
     conf.broker_transport_options = {**conf.broker_transport_options, **_worker_options}
 
 
-@worker_process_init.connect
-def _after_fork(**_: Any) -> None:
-    """A forked worker child must not share its parent's DB sockets or event loop."""
-    from registry.db import forget_databases
-    from workers import runtime
-
-    forget_databases(close=False)
-    runtime.reset()
-
-
 @worker_ready.connect
 def _pin_to_a_core(sender: Any = None, **_: Any) -> None:
-    """A threads or solo worker keeps all its threads on one core (workers.affinity).
+    """A threads or solo worker keeps all its threads on one core (workers.core.affinity).
 
     On worker_ready, which only a real ``celery worker`` sends: an embedded test worker
     would otherwise pin the test process and every process it starts."""
-    from workers.affinity import pin_worker
-
     settings = get_settings()
     pin_worker(getattr(sender, "pool", None), settings.worker_cpu, settings.worker_cpu_lock_dir)
 

@@ -1,0 +1,1 @@
+"""The ``tender`` command line and the demo."""

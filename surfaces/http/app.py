@@ -1,0 +1,50 @@
+"""Tender's HTTP app: operators, billing and provider webhooks. ``tender api``
+
+=========  ===========================  =============================================
+who        route                        what
+=========  ===========================  =============================================
+operator   /plugins, /instances         the registry (:mod:`surfaces.http.registry`)
+operator   /admin                       the console (:mod:`surfaces.http.console`)
+billing    POST /payments               record and enqueue a payment (``request_payment``)
+billing    GET /payments/{id}           its state and provider attempts
+billing    POST /payments/{id}/refunds  refund all (no body) or ``{"amount": "5.00"}``
+billing    GET /payments/{id}/refunds   its refunds
+operator   POST /refunds/{id}/settle    settle by hand a refund no answer came for
+provider   POST /webhooks/{plugin}      signed events (:mod:`workers.payments.webhooks`)
+anyone     GET /healthz                 the process answers
+=========  ===========================  =============================================
+
+Operator and billing routes need ``TENDER_API_TOKEN`` when it is set (and production
+refuses to start without it); webhooks are authenticated by their signatures instead.
+Amounts are decimal strings in major units (``"1500.50"``); a JSON float is refused.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures.
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from config.settings import get_settings
+from surfaces.http.auth import check_api_auth
+from surfaces.http.billing import billing_router
+from surfaces.http.console import console_router
+from surfaces.http.errors import request_validation_handler
+from surfaces.http.registry import create_router
+from surfaces.http.webhooks import webhook_router
+from workers import runtime
+
+
+def create_app() -> FastAPI:
+    """The one HTTP app; refuses (SettingsError) in production without TENDER_API_TOKEN."""
+    check_api_auth(get_settings())
+    app = FastAPI(title="Tender", summary="payment-provider plugins: registry, payments, webhooks")
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.include_router(create_router(runtime.registry))
+    app.include_router(console_router(runtime.registry))
+    app.include_router(billing_router())
+    app.include_router(webhook_router())
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,196 @@
+"""The operator's REST API over :class:`~registry.service.PluginRegistry`, and an admin page.
+
+``create_router(get_registry)`` returns an ``APIRouter``:
+
+========  ===============================  ===========================================
+GET       /plugins                         the catalogue: each plugin's config fields,
+                                           which of them are secret (from its model)
+GET/POST  /instances                       list (``?plugin_name=&tenant_id=``) / add
+GET       /instances/{id}                  one instance
+PATCH     /instances/{id}/config           merge a config (``?replace=true``: replace it)
+PATCH     /instances/{id}                  routing: priority, weight, currencies
+POST      /instances/{id}/activate         ``?exclusive=true`` switches its siblings off
+POST      /instances/{id}/deactivate
+DELETE    /instances/{id}                  retire it (its payments keep their history)
+========  ===============================  ===========================================
+
+Bad input answers 422 and an unknown instance 404, each with the registry's specific
+message. Secrets never leave: instances come back with secret fields masked (from the
+plugin's config model), a masked value sent back in a PATCH keeps the stored secret (the
+registry sees to that), and validation errors never echo what was sent.
+
+Auth (:func:`require_api_token`): with ``TENDER_API_TOKEN`` set, every route here needs
+``Authorization: Bearer <token>`` (or HTTP Basic with the token as password, so a browser
+can open the admin page). Unset, there is no auth, which :func:`check_api_auth` allows in
+development and test only.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures, and the
+# registry dependency is an alias local to create_router.
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.instances import InstanceView
+from registry.service import PluginRegistry
+from surfaces.http.auth import require_api_token
+from surfaces.http.errors import operator_errors, parse_instance_id
+
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+# --- bodies and answers ---------------------------------------------------------------
+
+
+class InstanceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plugin_name: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    tenant_id: str | None = None
+    display_name: str | None = None
+    provider_type: str = "payment"
+    priority: StrictInt = 100
+    weight: StrictInt = 1
+    currencies: list[str] = Field(default_factory=list)
+    is_active: bool = False
+
+
+class RoutingUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: StrictInt | None = None
+    weight: StrictInt | None = None
+    currencies: list[str] | None = None
+
+
+class ConfigField(BaseModel):
+    name: str
+    type: str
+    required: bool
+    secret: bool
+    default: Any = None
+    description: str | None = None
+
+
+class PluginInfo(BaseModel):
+    name: str
+    display_name: str
+    provider_type: str
+    currencies: list[str]
+    config_fields: list[ConfigField]
+
+
+def plugin_info(registry: PluginRegistry, name: str) -> PluginInfo:
+    """A catalogue entry, described from its config model (secrets from ``SecretStr``)."""
+    plugin = registry.catalogue.get(name)
+    model = plugin.config_model
+    properties = model.model_json_schema().get("properties", {})
+    secret = model.secret_fields()
+    fields = []
+    for field_name, info in model.model_fields.items():
+        schema = properties.get(field_name, {})
+        kinds = [schema.get("type")] if "type" in schema else []
+        kinds += [alt.get("type", "object") for alt in schema.get("anyOf", [])]
+        shown_default = not info.is_required() and field_name not in secret
+        fields.append(
+            ConfigField(
+                name=field_name,
+                type=" | ".join(str(k) for k in kinds if k) or "any",
+                required=info.is_required(),
+                secret=field_name in secret,
+                default=jsonable_encoder(info.default) if shown_default else None,
+                description=info.description,
+            )
+        )
+    return PluginInfo(
+        name=name,
+        display_name=plugin.display_name,
+        provider_type=plugin.provider_type,
+        currencies=sorted(plugin.supported_currencies),
+        config_fields=fields,
+    )
+
+
+# --- the router -----------------------------------------------------------------------
+
+
+def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
+    """The operator routes, over the registry ``get_registry()`` returns."""
+    router = APIRouter(dependencies=[Depends(require_api_token)])
+    Registry = Annotated[PluginRegistry, Depends(get_registry)]
+
+    @router.get("/plugins", tags=["registry"])
+    def list_plugins(registry: Registry) -> list[PluginInfo]:
+        return [plugin_info(registry, name) for name in registry.catalogue.names()]
+
+    @router.get("/instances", tags=["registry"])
+    def list_instances(
+        registry: Registry, plugin_name: str | None = None, tenant_id: str | None = None
+    ) -> list[InstanceView]:
+        views = registry.list_instances()
+        return [
+            v
+            for v in views
+            if (plugin_name is None or v.plugin_name == plugin_name)
+            and (tenant_id is None or v.tenant_id == tenant_id)
+        ]
+
+    @router.post("/instances", status_code=201, tags=["registry"])
+    def create_instance(body: InstanceCreate, registry: Registry) -> InstanceView:
+        with operator_errors():
+            return registry.create_instance(
+                body.plugin_name,
+                body.config,
+                tenant_id=body.tenant_id,
+                display_name=body.display_name,
+                provider_type=body.provider_type,
+                priority=body.priority,
+                weight=body.weight,
+                currencies=body.currencies,
+                is_active=body.is_active,
+            )
+
+    @router.get("/instances/{instance_id}", tags=["registry"])
+    def get_instance(instance_id: str, registry: Registry) -> InstanceView:
+        with operator_errors():
+            return registry.get_instance(parse_instance_id(instance_id))
+
+    @router.patch("/instances/{instance_id}/config", tags=["registry"])
+    def update_config(
+        instance_id: str, config: dict[str, Any], registry: Registry, replace: bool = False
+    ) -> InstanceView:
+        with operator_errors():
+            # A masked secret sent back (a GET's config, edited) keeps the stored one.
+            return registry.update_config(parse_instance_id(instance_id), config, merge=not replace)
+
+    @router.patch("/instances/{instance_id}", tags=["registry"])
+    def update_routing(instance_id: str, body: RoutingUpdate, registry: Registry) -> InstanceView:
+        with operator_errors():
+            return registry.update_routing(
+                parse_instance_id(instance_id),
+                priority=body.priority,
+                weight=body.weight,
+                currencies=body.currencies,
+            )
+
+    @router.post("/instances/{instance_id}/activate", tags=["registry"])
+    def activate(instance_id: str, registry: Registry, exclusive: bool = False) -> InstanceView:
+        with operator_errors():
+            return registry.activate(parse_instance_id(instance_id), exclusive=exclusive)
+
+    @router.post("/instances/{instance_id}/deactivate", tags=["registry"])
+    def deactivate(instance_id: str, registry: Registry) -> InstanceView:
+        with operator_errors():
+            return registry.deactivate(parse_instance_id(instance_id))
+
+    @router.delete("/instances/{instance_id}", status_code=204, tags=["registry"])
+    def retire(instance_id: str, registry: Registry) -> Response:
+        with operator_errors():
+            registry.retire(parse_instance_id(instance_id))
+        return Response(status_code=204)
+
+    return router

@@ -1,0 +1,35 @@
+"""Providers' webhooks: ``POST /webhooks/{plugin}``, authenticated by their signatures."""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures.
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from providers.errors import WebhookPayloadError, WebhookSignatureError
+from workers.payments.webhooks import WebhookPluginNotFound, receive_webhook
+
+MAX_WEBHOOK_BYTES = 1_000_000  # providers send a few KB; anything near this is not them
+
+
+def webhook_router() -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+
+    @router.post("/webhooks/{plugin}")
+    async def provider_webhook(plugin: str, request: Request) -> JSONResponse:
+        raw = await request.body()  # the exact bytes the provider signed
+        if len(raw) > MAX_WEBHOOK_BYTES:
+            raise HTTPException(413, "webhook body too large")
+        try:
+            reply = await run_in_threadpool(receive_webhook, plugin, raw, dict(request.headers))
+        except WebhookPluginNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except WebhookSignatureError as exc:
+            raise HTTPException(401, str(exc)) from None
+        except WebhookPayloadError as exc:
+            raise HTTPException(400, str(exc)) from None
+        content = {"result": reply.result.value, "detail": reply.detail}
+        if reply.payment_id is not None:
+            content["payment_id"] = str(reply.payment_id)
+        return JSONResponse(content, status_code=reply.http_status)
+
+    return router

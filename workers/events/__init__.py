@@ -1,0 +1,1 @@
+"""Getting committed events out: the outbox relay, the broker client and the event stream."""

@@ -1,0 +1,1 @@
+"""Provider health checks, circuit state and ops alerts."""

@@ -1,0 +1,1 @@
+"""Operations on a payment: request it, charge it, refund it, reconcile it, apply webhooks."""
