@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
+from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
@@ -49,7 +50,9 @@ class Settings(BaseSettings):
 
     env: Environment = Environment.DEVELOPMENT
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    data_dir: Path = Path(".tender")
+    # The per-user data folder (Linux: ~/.local/share/tender), never the current directory:
+    # a relative default made a command run elsewhere find an empty database.
+    data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("tender", appauthor=False)))
     # Defaults (None) mean: a SQLite file / an embedded kombu transport in data_dir.
     database_url: str | None = None
     broker_url: str | None = None

@@ -28,6 +28,7 @@ from pydantic import (
 
 from providers.errors import ConfigurationError
 from providers.money import MAX_MINOR, normalize_currency
+from providers.redaction import sanitize
 
 REFERENCE_PATTERN = r"^[A-Za-z0-9.=\-]{1,100}$"
 
@@ -147,6 +148,11 @@ class ProviderConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Fields that decide where requests, and the secrets in them, are sent. The registry
+    # checks their hosts (providers.destinations) and refuses to change one unless the
+    # secrets are given again in the same change: an address alone must not redirect keys.
+    destination_fields: ClassVar[frozenset[str]] = frozenset({"base_url"})
+
     @classmethod
     def secret_fields(cls) -> frozenset[str]:
         """Field names whose values are secret, read from the type annotations."""
@@ -189,6 +195,8 @@ class PaymentProvider(ABC):
     display_name: ClassVar[str]
     supported_currencies: ClassVar[frozenset[str]]
     config_model: ClassVar[type[ProviderConfig]]
+    # The provider's official API hosts: in production the only ones its keys may go to.
+    api_hosts: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self._config: ProviderConfig | None = None
@@ -218,6 +226,18 @@ class PaymentProvider(ABC):
         if self._config is None:
             raise ConfigurationError(f"{self.name} used before configure()", provider=self.name)
         return self._config
+
+    def secret_values(self) -> list[str]:
+        """This instance's secret config values (none before configure)."""
+        if self._config is None:
+            return []
+        values = (getattr(self._config, name, None) for name in self._config.secret_fields())
+        return [v.get_secret_value() for v in values if isinstance(v, SecretStr)]
+
+    def scrub(self, text: str) -> str:
+        """Provider text made safe for the ledger, logs and events (providers.redaction):
+        plugins pass every error message they build from a provider's answer through it."""
+        return sanitize(text, self.secret_values())
 
     @classmethod
     def supports(cls, currency: str) -> bool:

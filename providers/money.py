@@ -7,7 +7,8 @@ float from a fraction of a kobo.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 # ISO 4217 active codes by minor-unit exponent (currencies with no minor unit in
 # practice, such as JPY, KRW and XOF, have exponent 0).
@@ -65,6 +66,9 @@ class MalformedAmount(MoneyError):
     """Not a number at all (e.g. '12,50' or 'ten')."""
 
 
+_AMOUNT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+
+
 def normalize_currency(code: str) -> str:
     """Return the ISO 4217 code, or raise UnknownCurrency."""
     if not isinstance(code, str) or code not in CURRENCY_EXPONENTS:
@@ -89,10 +93,16 @@ def _as_decimal(amount: object) -> Decimal:
     if isinstance(amount, int):
         return Decimal(amount)
     if isinstance(amount, str):
-        try:
-            return Decimal(amount.strip())
-        except InvalidOperation:
-            raise MalformedAmount(f"amount {amount!r} is not a decimal number") from None
+        # Text is ASCII digits with at most one point, nothing else: Decimal() alone would
+        # also take ' 5 ', '5_000', '1e3', 'inf' and non-ASCII digits (Arabic-Indic five is 5).
+        if _AMOUNT_TEXT.fullmatch(amount):
+            return Decimal(amount)
+        if amount.startswith("-") and _AMOUNT_TEXT.fullmatch(amount[1:]):
+            raise NonPositiveAmount(f"amount {amount!r} must be greater than zero")
+        raise MalformedAmount(
+            f"amount {amount[:40]!r} is not a decimal number: use digits and at most one "
+            "point, such as '1500.50'"
+        )
     raise MalformedAmount(
         f"amount must be a Decimal, int or decimal string, not {type(amount).__name__}"
     )

@@ -272,6 +272,7 @@ class PaystackProvider(PaymentProvider):
     display_name: ClassVar[str] = "Paystack"
     supported_currencies: ClassVar[frozenset[str]] = PAYSTACK_CURRENCIES
     config_model: ClassVar[type[ProviderConfig]] = PaystackConfig
+    api_hosts: ClassVar[frozenset[str]] = frozenset({"api.paystack.co"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -334,17 +335,13 @@ class PaystackProvider(PaymentProvider):
     def _error(self, call: _Call, failure: _Failure, detail: str, code: str | None) -> Exception:
         when_money_moves, for_read = _FAILURE_ERRORS[failure]
         error_class = when_money_moves if call is _Call.MOVES_MONEY else for_read
-        message = self._redact(detail)
+        message = self.scrub(detail)
         # A duplicate or a missing reference is an answer the caller resolves, not a fault.
         quiet = failure in (_Failure.DUPLICATE_REFERENCE, _Failure.NOT_FOUND)
         logger.log(
             logging.INFO if quiet else logging.WARNING, "paystack %s: %s", failure.name, message
         )
         return error_class(message, provider=self.name, code=code)
-
-    def _redact(self, text: str) -> str:
-        secret = self.settings.secret_key.get_secret_value()
-        return text.replace(secret, "***") if secret else text
 
     # --- payments ---------------------------------------------------------------------
 

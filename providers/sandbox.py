@@ -56,7 +56,9 @@ SIGNATURE_HEADER = "x-sandbox-signature"
 class SandboxConfig(ProviderConfig):
     """Sandbox behaviour. Every field is safe to change at run time."""
 
-    api_key: SecretStr = SecretStr("sk_sandbox_default")  # also the webhook signing key
+    # Also the webhook signing key. No default: a key every installation shares would let
+    # anyone sign webhooks; without one the instance refuses every webhook.
+    api_key: SecretStr | None = None
     latency_ms: int = Field(default=0, ge=0, le=60_000)  # before the charge is made
     response_delay_ms: int = Field(default=0, ge=0, le=60_000)  # after charging, before answering
     decline_email_prefix: str | None = "decline"  # customer emails starting with it decline
@@ -308,6 +310,10 @@ class SandboxProvider(PaymentProvider):
 
     def sign(self, raw_body: bytes) -> str:
         """The signature the sandbox puts on its webhooks: hex HMAC-SHA256 of the body."""
+        if self.settings.api_key is None:
+            raise WebhookSignatureError(
+                "this sandbox instance has no api_key to sign webhooks with"
+            )
         key = self.settings.api_key.get_secret_value().encode()
         return hmac.new(key, raw_body, hashlib.sha256).hexdigest()
 

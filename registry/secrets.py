@@ -12,8 +12,7 @@ annotations), never from a list of names. Stored form of a secret field:
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,9 @@ from pydantic import SecretStr
 from config.settings import Environment, Settings
 from providers.base import PaymentProvider, ProviderConfig
 from providers.errors import ConfigurationError
+from providers.redaction import redact, sanitize
+
+__all__ = ["redact", "sanitize", "secret_values"]  # text from providers: providers.redaction
 
 ENCRYPTED = "$enc"
 MASK = "********"
@@ -146,25 +148,6 @@ def mask(model: type[ProviderConfig] | None, stored: Mapping[str, Any]) -> dict[
     return shown
 
 
-# Text that may quote a secret (provider and SDK errors) is scrubbed before it is logged,
-# stored or put in an event: the instance's own secret values, and anything key-shaped.
-_KEY_SHAPES = re.compile(r"\b(?:sk|pk|rk|whsec|FLWSECK|FLWPUBK)[_-][A-Za-z0-9_\-]{6,}")
-
-
-def redact(message: str, secrets: Iterable[str] = ()) -> str:
-    """``message`` without the instance's secret values or anything shaped like an API key."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return _KEY_SHAPES.sub("***", message)
-
-
 def secret_values(plugin: PaymentProvider | None) -> list[str]:
-    config = getattr(plugin, "_config", None)
-    if config is None:
-        return []
-    values = []
-    for name in type(config).secret_fields():
-        value = getattr(config, name, None)
-        if isinstance(value, SecretStr):
-            values.append(value.get_secret_value())
-    return values
+    """The secret config values of a configured plugin, for :func:`redact`."""
+    return plugin.secret_values() if plugin is not None else []

@@ -20,8 +20,10 @@ from typing import Any, Final
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from config.settings import get_settings
+from config.settings import Environment, get_settings
 from providers.base import PaymentProvider, ProviderConfig, utcnow
+from providers.destinations import UnsafeDestination, check_destination
+from providers.errors import ConfigurationError
 from providers.money import MoneyError, normalize_currency
 from registry import secrets
 from registry.catalogue import Catalogue, catalogue
@@ -30,6 +32,7 @@ from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProvi
 from registry.instances import InstanceStatus, InstanceView, to_view
 from registry.models import PluginInstance, RegistryState
 from registry.routing import in_scope, resolve_route
+from registry.text import PG_INTEGER_MAX, field_with_nul
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +106,21 @@ class PluginRegistry:
     ) -> InstanceView:
         """Add an instance. Bad plugin, type, routing or config: RegistryError or
         ConfigurationError naming the field; nothing is written."""
+        _refuse_nul(
+            {"plugin_name": plugin_name, "provider_type": provider_type, "tenant_id": tenant_id}
+            | {"display_name": display_name, "currencies": currencies, "config": config}
+        )
         plugin_cls = self._plugin_class(plugin_name, provider_type)
         stored = self._validated_config(plugin_cls, dict(config or {}))
         routing = self._validated_routing(plugin_cls, priority, weight, currencies or [])
         if tenant_id is not None and not tenant_id.strip():
             raise RegistryError("tenant_id must be non-empty or None (global)")
+        for name, text, most in (
+            ("tenant_id", tenant_id, 100),
+            ("display_name", display_name, 200),
+        ):
+            if text is not None and len(text) > most:
+                raise RegistryError(f"{name} must be at most {most} characters")
         row = PluginInstance(
             id=uuid.uuid4(),
             tenant_id=tenant_id,
@@ -134,6 +147,7 @@ class PluginRegistry:
         self, instance_id: uuid.UUID, config: Mapping[str, Any], *, merge: bool = True
     ) -> InstanceView:
         """Replace (or, with ``merge``, overlay) an instance's config; secrets kept unless given."""
+        _refuse_nul({"config": config})
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
             plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
@@ -146,6 +160,7 @@ class PluginRegistry:
             raw = (
                 {**row.config, **given} if merge else {**_kept_secrets(row.config, config), **given}
             )
+            _refuse_redirected_secrets(plugin_cls.config_model, row.config, raw, given)
             row.config = self._validated_config(plugin_cls, raw)
             if row.status == InstanceStatus.ERROR:
                 row.status = InstanceStatus.ACTIVE if row.is_active else InstanceStatus.INACTIVE
@@ -161,6 +176,7 @@ class PluginRegistry:
         weight: int | None = None,
         currencies: list[str] | None = None,
     ) -> InstanceView:
+        _refuse_nul({"currencies": currencies})
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
             plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
@@ -317,6 +333,7 @@ class PluginRegistry:
             plugin_cls = self.catalogue.get(instance.plugin_name)
             plugin = plugin_cls()
             plugin.configure(secrets.resolve(plugin_cls.config_model, stored, self.box))
+            _check_destinations(plugin_cls, plugin.config)  # a row written some other way
             self._plugins[instance.id] = (instance.version, plugin)
             return plugin
 
@@ -370,16 +387,23 @@ class PluginRegistry:
         self, plugin_cls: type[PaymentProvider], raw: dict[str, Any]
     ) -> dict[str, Any]:
         model: type[ProviderConfig] = plugin_cls.config_model
-        plugin_cls.validate_config(secrets.resolve(model, raw, self.box))
+        _check_destinations(
+            plugin_cls, plugin_cls.validate_config(secrets.resolve(model, raw, self.box))
+        )
         return secrets.seal(model, raw, self.box)
 
     def _validated_routing(
         self, plugin_cls: type[PaymentProvider], priority: int, weight: int, currencies: list[str]
     ) -> dict[str, Any]:
-        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-            raise RegistryError(f"priority must be a whole number >= 0, not {priority!r}")
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise RegistryError(f"weight must be a whole number >= 1, not {weight!r}")
+        for name, value, least in (("priority", priority, 0), ("weight", weight, 1)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not least <= value <= PG_INTEGER_MAX
+            ):
+                raise RegistryError(
+                    f"{name} must be a whole number from {least} to {PG_INTEGER_MAX}, not {value!r}"
+                )
         checked = []
         for code in currencies:
             try:
@@ -426,6 +450,58 @@ class PluginRegistry:
         except RegistryError:
             model = None
         return to_view(row, secrets.mask(model, row.config))
+
+
+def _refuse_nul(fields: Mapping[str, Any]) -> None:
+    where = field_with_nul(fields, "")
+    if where:
+        raise RegistryError(f"{where.lstrip('.')}: must not contain NUL characters")
+
+
+def _check_destinations(plugin_cls: type[PaymentProvider], config: ProviderConfig) -> None:
+    """ConfigurationError naming the field if an address field points where keys must not go."""
+    production = get_settings().env is Environment.PRODUCTION
+    for field in sorted(config.destination_fields & set(type(config).model_fields)):
+        url = getattr(config, field)
+        if url is None:
+            continue
+        try:
+            check_destination(str(url), api_hosts=plugin_cls.api_hosts, production=production)
+        except UnsafeDestination as exc:
+            raise ConfigurationError(
+                f"invalid {plugin_cls.name} config: config.{field}: {exc}", provider=plugin_cls.name
+            ) from None
+
+
+def _refuse_redirected_secrets(
+    model: type[ProviderConfig],
+    stored: Mapping[str, Any],
+    raw: Mapping[str, Any],
+    given: Mapping[str, Any],
+) -> None:
+    """A change of address must restate every secret the instance keeps: otherwise whoever
+    may edit the config could point the stored keys at a server of theirs."""
+
+    def address(config: Mapping[str, Any], field: str) -> Any:
+        return config.get(field, model.model_fields[field].default)
+
+    moved = sorted(
+        f
+        for f in model.destination_fields & set(model.model_fields)
+        if address(stored, f) != address(raw, f)
+    )
+    if not moved:
+        return
+    kept = sorted(
+        f
+        for f in model.secret_fields()
+        if raw.get(f) is not None and given.get(f) in (None, "", secrets.MASK)
+    )
+    if kept:
+        raise RegistryError(
+            f"changing {', '.join(moved)} would send the stored {', '.join(kept)} to a new "
+            f"address: give {', '.join(kept)} again in the same change"
+        )
 
 
 def _kept_secrets(stored: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:

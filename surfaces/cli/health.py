@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from registry.instances import InstanceStatus, InstanceView
@@ -65,14 +66,14 @@ def _table(views: list[InstanceView]) -> Table:
         health = view.health if view.status != InstanceStatus.ERROR else "error"
         style = _STYLE.get(view.health, "") if health != "error" else "red bold"
         table.add_row(
-            f"{view.display_name} [dim]{str(view.id)[:8]}[/dim]",
-            view.plugin_name,
-            view.tenant_id or "(global)",
+            f"{escape(view.display_name)} [dim]{str(view.id)[:8]}[/dim]",
+            escape(view.plugin_name),
+            escape(view.tenant_id or "(global)"),
             "yes" if view.is_active else "no",
             f"[{style}]{health}[/{style}]" if style else health,
             f"{view.health_latency_ms:.0f} ms" if view.health_latency_ms is not None else "-",
             view.health_since.strftime("%Y-%m-%d %H:%M:%S") if view.health_since else "-",
-            last_error(view),
+            escape(last_error(view)),
         )
     return table
 

@@ -13,12 +13,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from config.settings import WORKER_CONCURRENCY, SettingsError
+from surfaces.cli.errors import OperatorErrors, print_error, set_debug
 
 console = Console()
-err = Console(stderr=True)
 
 app = typer.Typer(
     name="tender",
@@ -26,7 +27,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OperatorErrors,
 )
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    set_debug(debug)
+
+
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 plugins_app = typer.Typer(
     help="Provider instances: list, add, configure, activate, deactivate.", no_args_is_help=True
@@ -42,7 +55,7 @@ app.add_typer(refunds_app, name="refunds")
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    print_error(message)
     raise typer.Exit(1)
 
 
@@ -82,12 +95,17 @@ def _registry() -> Any:
     return runtime.registry()
 
 
+MIN_ID_PREFIX = 4  # characters: one or two would switch whichever instance happens to match
+
+
 def _instance_id(text: str) -> uuid.UUID:
     """A full instance id, or a unique prefix of one (as shown by `plugins list`)."""
     try:
         return uuid.UUID(text)
     except ValueError:
         pass
+    if len(text) < MIN_ID_PREFIX:
+        fail(f"{text!r} is too short: give at least {MIN_ID_PREFIX} characters of the id")
     matches = [v.id for v in _registry().list_instances() if str(v.id).startswith(text)]
     if len(matches) != 1:
         fail(f"{text!r} matches {len(matches)} instances; give more of the id")
@@ -115,6 +133,7 @@ def worker(
     """Run a Celery worker (one process; run one per core to scale)."""
     from workers.core.app import app as celery_app
 
+    _preflight(broker=True)
     celery_app.worker_main(
         [
             "worker",
@@ -131,6 +150,7 @@ def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     """Run Celery beat: health checks, reconcile and the outbox sweep. Run exactly one."""
     from workers.core.app import app as celery_app
 
+    _preflight(broker=True)
     celery_app.start(["beat", f"--loglevel={loglevel}"])
 
 
@@ -139,12 +159,32 @@ def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Serve the HTTP app: operator API, admin page, billing API and provider webhooks."""
+    """Serve the HTTP app: operator API, console, billing API and provider webhooks."""
     import uvicorn
 
-    uvicorn.run(
-        "surfaces.http.app:create_app", factory=True, host=host, port=port, proxy_headers=True
-    )
+    from surfaces.http.app import create_app
+
+    _preflight(broker=True)
+    served = create_app()  # here, so a bad setting is one line, not uvicorn's traceback
+    console.print(f"Tender console: http://{host}:{port}/admin  (API docs: /docs)")
+    uvicorn.run(served, host=host, port=port, proxy_headers=True)
+
+
+def _preflight(*, broker: bool) -> None:
+    """What the first payment would trip on, refused at start in one line (see errors.py):
+    settings, the database and its schema, and the broker."""
+    from config.settings import get_settings
+    from registry.migrate import schema_is_current
+
+    get_settings()
+    if not schema_is_current():
+        url = _safe_url(get_settings().resolved_database_url)
+        fail(f"the database at {url} has no Tender schema, or an old one: run `tender db upgrade`")
+    if broker:
+        from workers.core.app import app as celery_app
+
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
 
 
 # -- database ------------------------------------------------------------------------
@@ -184,31 +224,25 @@ def plugins_list(
     if as_json:
         _json([v.model_dump(mode="json") for v in views])
         return
+    # Six columns fit 80: names fold onto more lines, never cut; the plugin sits under the
+    # name and health under status.
     table = Table(title="Provider instances")
-    for column in (
-        "id",
-        "plugin",
-        "name",
-        "tenant",
-        "active",
-        "status",
-        "health",
-        "priority",
-        "weight",
-        "currencies",
-    ):
-        table.add_column(column)
+    table.add_column("id", no_wrap=True)
+    table.add_column("instance (plugin)", overflow="fold", min_width=16)
+    table.add_column("tenant", overflow="fold")
+    table.add_column("status", overflow="fold")
+    table.add_column("prio/wt", overflow="fold")
+    table.add_column("currencies", overflow="fold")
     for v in views:
+        status = escape(v.status)
+        if v.status == "error":
+            status = f"[red]error[/]: {escape(v.status_message or '')}"
         table.add_row(
             str(v.id)[:8],
-            v.plugin_name,
-            v.display_name,
-            v.tenant_id or "(global)",
-            "yes" if v.is_active else "no",
-            v.status if v.status != "error" else f"[red]error[/]: {v.status_message}",
-            v.health,
-            str(v.priority),
-            str(v.weight),
+            f"{escape(v.display_name)}\n[dim]{escape(v.plugin_name)}[/]",
+            escape(v.tenant_id or "(global)"),
+            f"{status}\n{escape(v.health)}",
+            f"{v.priority}/{v.weight}",
             ",".join(v.currencies) or "all",
         )
     console.print(table)
@@ -239,7 +273,10 @@ def plugins_add(
             currencies=currency,
             is_active=activate,
         )
-    console.print(f"[green]added[/] {view.label} active={view.is_active} config={view.config}")
+    console.print(
+        f"[green]added[/] {escape(view.label)} active={view.is_active} "
+        f"config={escape(str(view.config))}"
+    )
 
 
 @plugins_app.command("configure")
@@ -250,7 +287,7 @@ def plugins_configure(
     """Change config fields (others, including stored secrets, are kept)."""
     with user_errors():
         view = _registry().update_config(_instance_id(instance), _parse_config(config))
-    console.print(f"[green]configured[/] {view.label} config={view.config}")
+    console.print(f"[green]configured[/] {escape(view.label)} config={escape(str(view.config))}")
 
 
 @plugins_app.command("activate")
@@ -263,7 +300,7 @@ def plugins_activate(
     """Switch an instance on; workers follow within a second."""
     with user_errors():
         view = _registry().activate(_instance_id(instance), exclusive=exclusive)
-    console.print(f"[green]activated[/] {view.label}")
+    console.print(f"[green]activated[/] {escape(view.label)}")
 
 
 @plugins_app.command("deactivate")
@@ -273,7 +310,7 @@ def plugins_deactivate(
     """Switch an instance off; workers stop routing to it within a second."""
     with user_errors():
         view = _registry().deactivate(_instance_id(instance))
-    console.print(f"[yellow]deactivated[/] {view.label}")
+    console.print(f"[yellow]deactivated[/] {escape(view.label)}")
 
 
 # -- payments ------------------------------------------------------------------------
@@ -355,7 +392,7 @@ def _print_payment(view: Any) -> None:
     ):
         value = getattr(view, field)
         if value is not None:
-            table.add_row(field, str(value))
+            table.add_row(field, escape(str(value)))
     console.print(table)
     if view.attempts:
         attempts = Table(title="attempts")
@@ -363,7 +400,11 @@ def _print_payment(view: Any) -> None:
             attempts.add_column(column)
         for a in view.attempts:
             attempts.add_row(
-                a.operation, a.plugin_name, a.outcome, f"{a.latency_ms:.1f}", a.message or ""
+                a.operation,
+                escape(a.plugin_name),
+                a.outcome,
+                f"{a.latency_ms:.1f}",
+                escape(a.message or ""),
             )
         console.print(attempts)
 

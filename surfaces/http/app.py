@@ -22,12 +22,14 @@ Amounts are decimal strings in major units (``"1500.50"``); a JSON float is refu
 # No ``from __future__ import annotations``: FastAPI reads the route signatures.
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 
 from config.settings import get_settings
 from surfaces.http.auth import check_api_auth
 from surfaces.http.billing import billing_router
 from surfaces.http.console import console_router
 from surfaces.http.errors import request_validation_handler
+from surfaces.http.guards import RequestGuard
 from surfaces.http.registry import create_router
 from surfaces.http.webhooks import webhook_router
 from workers import runtime
@@ -36,7 +38,12 @@ from workers import runtime
 def create_app() -> FastAPI:
     """The one HTTP app; refuses (SettingsError) in production without TENDER_API_TOKEN."""
     check_api_auth(get_settings())
-    app = FastAPI(title="Tender", summary="payment-provider plugins: registry, payments, webhooks")
+    # /docs and /redoc with their scripts served from the package, not a CDN: they work
+    # on a host without internet.
+    app = FastAPIOffline(
+        title="Tender", summary="payment-provider plugins: registry, payments, webhooks"
+    )
+    app.add_middleware(RequestGuard)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.include_router(create_router(runtime.registry))
     app.include_router(console_router(runtime.registry))

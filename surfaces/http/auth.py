@@ -1,7 +1,10 @@
-"""Who may call the HTTP API: one place for the token check and the same-origin rule.
+"""Who may call the HTTP API: one place for the token check and the console's CSRF rules.
 
 With ``TENDER_API_TOKEN`` set, operator and billing routes need ``Authorization: Bearer
-<token>`` (or HTTP Basic with the token as password, so a browser can open the console).
+<token>``. A browser may also send HTTP Basic (user ``tender``, the token as password), but
+browsers send Basic credentials by themselves, even on a form another site posts, so Basic
+is accepted only where that cannot change anything: reading the JSON API, and the console,
+whose forms carry a CSRF token and must come from the console's own origin.
 Unset, there is no auth, which :func:`check_api_auth` allows in development and test only.
 Webhooks are authenticated by their providers' signatures instead.
 """
@@ -9,13 +12,19 @@ Webhooks are authenticated by their providers' signatures instead.
 import base64
 import binascii
 import hmac
+import secrets
+from typing import Literal
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
 
 from config.settings import Environment, Settings, SettingsError, get_settings
 
 AUTH_CHALLENGE = 'Bearer, Basic realm="tender"'
+BASIC_USER = "tender"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_COOKIE = "tender_csrf"
+CSRF_FIELD = "csrf"
 
 
 def check_api_auth(settings: Settings) -> None:
@@ -25,34 +34,73 @@ def check_api_auth(settings: Settings) -> None:
         raise SettingsError("TENDER_API_TOKEN must be set when TENDER_ENV=production")
 
 
-def _presented_token(authorization: str) -> str | None:
+def _presented(authorization: str) -> tuple[Literal["bearer", "basic"], str] | None:
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer":
-        return credentials.strip()
+        return "bearer", credentials.strip()
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return decoded.partition(":")[2]
+        user, _, password = decoded.partition(":")
+        return ("basic", password) if user == BASIC_USER else None
     return None
 
 
-def require_api_token(request: Request) -> None:
-    """FastAPI dependency: the request carries ``TENDER_API_TOKEN`` (when one is set)."""
+def _check_token(request: Request, *, basic_allowed: bool) -> None:
     token = get_settings().api_token
     expected = token.get_secret_value() if token else ""
     if not expected:
         return
-    given = _presented_token(request.headers.get("authorization", ""))
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+    presented = _presented(request.headers.get("authorization", ""))
+    if presented is None or not hmac.compare_digest(presented[1].encode(), expected.encode()):
         raise HTTPException(
             401, "missing or wrong API token", headers={"WWW-Authenticate": AUTH_CHALLENGE}
         )
+    if presented[0] == "basic" and not basic_allowed:
+        raise HTTPException(
+            401,
+            "HTTP Basic is accepted for reading only: send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
-def same_origin(request: Request) -> None:
-    """A form post from another site (the browser still sends Basic credentials): 403."""
+def require_api_token(request: Request) -> None:
+    """FastAPI dependency of the JSON API: the token; Basic only on reads."""
+    _check_token(request, basic_allowed=request.method in SAFE_METHODS)
+
+
+def require_console_token(request: Request) -> None:
+    """FastAPI dependency of the console: the token, Bearer or Basic (a browser)."""
+    _check_token(request, basic_allowed=True)
+
+
+def csrf_token(request: Request) -> str:
+    """The console's CSRF token: the one in the browser's cookie, or a new one."""
+    current = request.cookies.get(CSRF_COOKIE, "")
+    return current if len(current) >= 32 else secrets.token_urlsafe(32)
+
+
+def keep_csrf_token(request: Request, response: Response, token: str) -> None:
+    """Set the CSRF cookie on ``response`` unless the browser already holds ``token``."""
+    if request.cookies.get(CSRF_COOKIE) != token:
+        response.set_cookie(
+            CSRF_COOKIE,
+            token,
+            path="/admin",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+
+
+def check_console_post(request: Request, csrf_field: str | None) -> None:
+    """A console form post: 403 unless it comes from the console's own origin and carries
+    the CSRF token of the console's cookie (another site can read neither)."""
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise HTTPException(403, "cross-site form post refused")
+    if not origin or origin == "null" or urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "form post refused: it must come from this console's own page")
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if not cookie or not csrf_field or not hmac.compare_digest(cookie, csrf_field):
+        raise HTTPException(403, "form post refused: missing or stale CSRF token; reload the page")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from providers.money import FloatAmount, MoneyError
 from surfaces.http.auth import require_api_token
+from surfaces.http.errors import error_responses
 from workers.payments.client import (
     IdempotencyConflict,
     InvalidPaymentRequest,
@@ -90,7 +91,11 @@ def billing_errors() -> Iterator[None]:
 
 
 def billing_router() -> APIRouter:
-    router = APIRouter(dependencies=[Depends(require_api_token)], tags=["billing"])
+    router = APIRouter(
+        dependencies=[Depends(require_api_token)],
+        tags=["billing"],
+        responses=error_responses(401, 404, 409, 413, 422),
+    )
 
     @router.post("/payments", status_code=201)
     def create_payment(body: PaymentCreate, response: Response) -> PaymentReceipt:

@@ -7,9 +7,32 @@ from contextlib import contextmanager
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from providers.errors import ConfigurationError
 from registry.errors import InstanceNotFound, RegistryError
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body: one sentence saying what is wrong, never the input."""
+
+    detail: str
+
+
+_MEANINGS = {
+    400: "the request cannot be read",
+    401: "missing or wrong credentials (or a signature, for webhooks)",
+    403: "refused for this caller or origin",
+    404: "no such resource",
+    409: "conflicts with what is already recorded",
+    413: "the body is larger than this route takes",
+    422: "a field is invalid; the detail names it",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` for these statuses, each with :class:`ErrorBody`."""
+    return {s: {"model": ErrorBody, "description": _MEANINGS[s]} for s in statuses}
 
 
 @contextmanager

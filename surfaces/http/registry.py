@@ -36,10 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
+from registry.text import PG_INTEGER_MAX
 from surfaces.http.auth import require_api_token
-from surfaces.http.errors import operator_errors, parse_instance_id
+from surfaces.http.errors import error_responses, operator_errors, parse_instance_id
 
-StrictInt = Annotated[int, Field(strict=True)]
+# What the INTEGER columns hold (PostgreSQL), checked here so OpenAPI says it too.
+Priority = Annotated[int, Field(strict=True, ge=0, le=PG_INTEGER_MAX)]
+Weight = Annotated[int, Field(strict=True, ge=1, le=PG_INTEGER_MAX)]
 
 
 # --- bodies and answers ---------------------------------------------------------------
@@ -48,13 +51,13 @@ StrictInt = Annotated[int, Field(strict=True)]
 class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    plugin_name: str = Field(min_length=1)
+    plugin_name: str = Field(min_length=1, max_length=100)
     config: dict[str, Any] = Field(default_factory=dict)
-    tenant_id: str | None = None
-    display_name: str | None = None
-    provider_type: str = "payment"
-    priority: StrictInt = 100
-    weight: StrictInt = 1
+    tenant_id: str | None = Field(default=None, min_length=1, max_length=100)
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    provider_type: str = Field(default="payment", min_length=1, max_length=50)
+    priority: Priority = 100
+    weight: Weight = 1
     currencies: list[str] = Field(default_factory=list)
     is_active: bool = False
 
@@ -62,8 +65,8 @@ class InstanceCreate(BaseModel):
 class RoutingUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    priority: StrictInt | None = None
-    weight: StrictInt | None = None
+    priority: Priority | None = None
+    weight: Weight | None = None
     currencies: list[str] | None = None
 
 
@@ -120,7 +123,10 @@ def plugin_info(registry: PluginRegistry, name: str) -> PluginInfo:
 
 def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     """The operator routes, over the registry ``get_registry()`` returns."""
-    router = APIRouter(dependencies=[Depends(require_api_token)])
+    router = APIRouter(
+        dependencies=[Depends(require_api_token)],
+        responses=error_responses(401, 404, 413, 422),
+    )
     Registry = Annotated[PluginRegistry, Depends(get_registry)]
 
     @router.get("/plugins", tags=["registry"])

@@ -6,19 +6,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from providers.errors import WebhookPayloadError, WebhookSignatureError
+from surfaces.http.errors import error_responses
 from workers.payments.webhooks import WebhookPluginNotFound, receive_webhook
-
-MAX_WEBHOOK_BYTES = 1_000_000  # providers send a few KB; anything near this is not them
 
 
 def webhook_router() -> APIRouter:
-    router = APIRouter(tags=["webhooks"])
+    router = APIRouter(tags=["webhooks"], responses=error_responses(400, 401, 404, 413, 422))
 
     @router.post("/webhooks/{plugin}")
     async def provider_webhook(plugin: str, request: Request) -> JSONResponse:
-        raw = await request.body()  # the exact bytes the provider signed
-        if len(raw) > MAX_WEBHOOK_BYTES:
-            raise HTTPException(413, "webhook body too large")
+        raw = await request.body()  # the exact bytes the provider signed (size: guards)
         try:
             reply = await run_in_threadpool(receive_webhook, plugin, raw, dict(request.headers))
         except WebhookPluginNotFound as exc:

@@ -32,6 +32,7 @@ from providers.base import (
     utcnow,
 )
 from providers.errors import ConfigurationError, ProviderUnavailable
+from providers.redaction import redact
 from providers.sandbox import SandboxProvider
 from registry.catalogue import Catalogue
 from registry.db import get_database
@@ -50,13 +51,12 @@ from workers.monitoring.health import (
     next_circuit,
     observe,
     observe_all,
-    redact,
     routability_changed,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=utcnow().tzinfo)
 HEALTHY, DEGRADED, UNHEALTHY = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
-SECRET = "sk_live_scripted_SECRET_41f9"
+SECRET = "sk_live_SCR1PT_SECRET_41f9"  # no 8-character run shared with a name
 
 
 # -- the circuit: pure rules ---------------------------------------------------------

@@ -4,6 +4,7 @@ routes' refusals, and the optional bearer token."""
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -149,7 +150,7 @@ def test_patch_config_with_a_bad_value_is_422_and_changes_nothing(client: TestCl
                 "config": {"secret_key": SECRET, "public_key": PUBLIC},
                 "weight": 0,
             },
-            "weight must be a whole number >= 1",
+            "body.weight: Input should be greater than or equal to 1",
         ),
         (
             {
@@ -236,7 +237,14 @@ def test_admin_page_lists_instances_and_its_buttons_switch_them(client: TestClie
     assert "Paystack &lt;Lagos&gt;" in page.text and "<Lagos>" not in page.text
     assert f"/admin/instances/{created['id']}/activate" in page.text
 
-    answer = client.post(f"/admin/instances/{created['id']}/activate", follow_redirects=False)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None and client.cookies.get("tender_csrf") == csrf.group(1)
+    answer = client.post(
+        f"/admin/instances/{created['id']}/activate",
+        data={"csrf": csrf.group(1)},
+        headers={"origin": "http://testserver"},
+        follow_redirects=False,
+    )
     assert answer.status_code == 303 and answer.headers["location"].startswith("/admin?message=")
     assert client.get(f"/instances/{created['id']}").json()["is_active"] is True
     assert f"/admin/instances/{created['id']}/deactivate" in client.get("/admin").text
@@ -333,7 +341,8 @@ def token(monkeypatch: pytest.MonkeyPatch, client: TestClient) -> Iterator[str]:
 
 
 def test_token_is_required_when_set(client: TestClient, token: str) -> None:
-    basic = base64.b64encode(f"ops:{token}".encode()).decode()
+    basic = base64.b64encode(f"tender:{token}".encode()).decode()
+    other_user = base64.b64encode(f"ops:{token}".encode()).decode()
     for path in ("/instances", "/plugins", "/admin", f"/payments/{uuid.uuid4()}"):
         refused = client.get(path)
         assert refused.status_code == 401, path
@@ -345,6 +354,8 @@ def test_token_is_required_when_set(client: TestClient, token: str) -> None:
             200,
             404,
         )
+        # Basic's user name is "tender": any other is refused, whatever the password.
+        assert client.get(path, headers={"Authorization": f"Basic {other_user}"}).status_code == 401
     # Webhooks carry their own signatures, not the operator's token.
     assert client.post("/webhooks/paystack", content=b"{}").status_code == 404
     assert client.get("/healthz").status_code == 200

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -360,6 +362,14 @@ def test_webhook_with_a_missing_or_bad_signature_is_refused(
         asyncio.run(sandbox().parse_webhook(event_body(), headers))
 
 
+def test_sandbox_without_a_key_refuses_every_webhook(sandbox: MakeSandbox) -> None:
+    """No built-in signing key: one every installation shares would let anyone sign."""
+    body = event_body()
+    old_default = hmac.new(b"sk_sandbox_default", body, hashlib.sha256).hexdigest()
+    with pytest.raises(WebhookSignatureError, match="no api_key"):
+        asyncio.run(sandbox().parse_webhook(body, {SIGNATURE_HEADER: old_default}))
+
+
 def test_webhook_signature_covers_the_raw_body_and_the_key(sandbox: MakeSandbox) -> None:
     plugin = sandbox(api_key="sk_sandbox_mine")
     signature = plugin.sign(event_body())
@@ -376,7 +386,7 @@ def test_webhook_signature_covers_the_raw_body_and_the_key(sandbox: MakeSandbox)
 def test_signed_but_unreadable_webhook_is_a_payload_error(
     sandbox: MakeSandbox, body: bytes
 ) -> None:
-    plugin = sandbox()
+    plugin = sandbox(api_key="sk_sandbox_hooks")
     with pytest.raises(WebhookPayloadError):
         asyncio.run(plugin.parse_webhook(body, {SIGNATURE_HEADER: plugin.sign(body)}))
 

@@ -43,7 +43,7 @@ from registry.db import Base, Database, UTCDateTime, get_database
 from registry.errors import InstanceNotFound
 from registry.instances import InstanceStatus, InstanceView
 from registry.models import PluginHealth, PluginInstance
-from registry.secrets import redact, secret_values
+from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
 from workers.core.locks import hold
 from workers.core.threads import CallTimeout, ProviderLoop
@@ -125,7 +125,7 @@ async def observe(plugin: PaymentProvider) -> Observation:
 
     def failed(message: str, *, configuration_error: bool = False) -> Observation:
         latency_ms = (time.perf_counter() - started) * 1000
-        message = redact(message, secret_values(plugin))
+        message = sanitize(message, secret_values(plugin))
         return Observation(HealthStatus.UNHEALTHY, message, latency_ms, configuration_error)
 
     try:
@@ -137,7 +137,7 @@ async def observe(plugin: PaymentProvider) -> Observation:
     if not isinstance(result, HealthCheck):
         return failed(f"health check returned {type(result).__name__}, not a HealthCheck")
     return Observation(
-        result.status, redact(result.message, secret_values(plugin)), result.latency_ms
+        result.status, sanitize(result.message, secret_values(plugin)), result.latency_ms
     )
 
 
@@ -244,7 +244,7 @@ class HealthMonitor:
             except ConfigurationError as exc:
                 observations[view.id] = Observation(
                     HealthStatus.UNHEALTHY,
-                    redact(f"configuration rejected: {exc}"),
+                    sanitize(f"configuration rejected: {exc}"),
                     None,
                     configuration_error=True,
                 )
@@ -310,7 +310,9 @@ class HealthMonitor:
         noticed must not wait on a slow webhook.
         """
         now = self.clock()
-        observation = Observation(HealthStatus.UNHEALTHY, f"live payment: {redact(message)}", None)
+        observation = Observation(
+            HealthStatus.UNHEALTHY, f"live payment: {sanitize(message)}", None
+        )
         recorded = self._record(instance_id, observation, now)
         if recorded is None:
             return None

@@ -23,6 +23,7 @@ from providers.base import PaymentMethod, derive_reference, utcnow
 from providers.money import from_minor, normalize_currency, to_minor
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
+from registry.text import field_with_nul
 from workers.events.broker import reuse_one_client
 from workers.ledger.records import (
     RECORD_COLUMNS,
@@ -153,6 +154,10 @@ def _validated(
         raise InvalidPaymentRequest(
             "idempotency_key", "must be a non-empty string of at most 200 characters"
         )
+    texts = {"order_id": order_id, "tenant_id": tenant_id, "idempotency_key": key}
+    nul = field_with_nul(texts, "") or field_with_nul(metadata, "metadata")
+    if nul:
+        raise InvalidPaymentRequest(nul.lstrip("."), "must not contain NUL characters")
     return {
         "order_id": order_id,
         "amount_minor": amount_minor,

@@ -34,7 +34,7 @@ from providers.errors import (
 )
 from registry.db import Database
 from registry.instances import InstanceView
-from registry.secrets import redact, secret_values
+from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventRelay, InlineRelay
@@ -286,12 +286,12 @@ class PaymentProcessor:
             )
         except ConfigurationError as exc:  # keys rejected: the provider refused to act
             attempt("config_error", exc.code, str(exc))
-            self.registry.mark_error(instance.id, str(exc))
+            self.registry.mark_error(instance.id, plugin.scrub(str(exc)))
             return None
         except ProviderUnavailable as exc:
             attempt("unavailable", exc.code, str(exc))
             if self.on_unavailable is not None:
-                self.on_unavailable(instance, str(exc))
+                self.on_unavailable(instance, plugin.scrub(str(exc)))
             return None
         except PaymentDeclined as exc:
             attempt("failed", exc.code, exc.message)
@@ -461,9 +461,9 @@ class PaymentProcessor:
                 continue
         for attempt in decision.attempts:
             if attempt.message:
-                attempt.message = redact(attempt.message, secrets)
+                attempt.message = sanitize(attempt.message, secrets)
         if decision.error_message:
-            decision.error_message = redact(decision.error_message, secrets)
+            decision.error_message = sanitize(decision.error_message, secrets)
 
     def _finish(self, payment: PaymentRecord, claim: Claim, decision: _Decision) -> PaymentState:
         if decision.error_message or any(a.message for a in decision.attempts):

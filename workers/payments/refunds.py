@@ -23,6 +23,7 @@ still reserving its amount, until the provider's refund webhook settles it throu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -36,7 +37,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, get_settings
-from providers.base import RefundStatus, utcnow
+from providers.base import PaymentProvider, RefundOutcome, RefundStatus, utcnow
 from providers.errors import (
     ConfigurationError,
     OutcomeUnknown,
@@ -46,6 +47,7 @@ from providers.errors import (
 from providers.money import from_minor, to_minor
 from registry.db import Database, get_database
 from registry.instances import InstanceView
+from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
@@ -352,6 +354,7 @@ def _call_provider(
     def elapsed_ms() -> float:
         return (time.perf_counter() - started) * 1000
 
+    plugin: PaymentProvider | None = None
     try:
         plugin = registry.plugin_for(reservation.instance)
         outcome = loop.run(
@@ -359,16 +362,24 @@ def _call_provider(
             settings.provider_timeout_s,
         )
     except ConfigurationError as exc:
-        return _Answer(RefundState.FAILED, "config_error", elapsed_ms(), None, exc.code, str(exc))
+        answer = _Answer(RefundState.FAILED, "config_error", elapsed_ms(), None, exc.code, str(exc))
     except ProviderUnavailable as exc:  # provably not sent: nothing was refunded
-        return _Answer(RefundState.FAILED, "unavailable", elapsed_ms(), None, exc.code, str(exc))
+        answer = _Answer(RefundState.FAILED, "unavailable", elapsed_ms(), None, exc.code, str(exc))
     except PaymentDeclined as exc:  # the provider refused the refund
-        return _Answer(RefundState.FAILED, "failed", elapsed_ms(), None, exc.code, exc.message)
+        answer = _Answer(RefundState.FAILED, "failed", elapsed_ms(), None, exc.code, exc.message)
     except (OutcomeUnknown, CallTimeout) as exc:  # sent, no answer: maybe refunded
-        return _unknown(exc, elapsed_ms())
+        answer = _unknown(exc, elapsed_ms())
     except Exception as exc:  # a plugin bug after sending is as ambiguous as a timeout
         log.exception("plugin %s raised unexpectedly on refund", reservation.instance.label)
-        return _unknown(exc, elapsed_ms())
+        answer = _unknown(exc, elapsed_ms())
+    else:
+        answer = _answered(outcome, reservation, elapsed_ms())
+    # The provider's words go into the ledger and events: never a piece of a key.
+    message = answer.message and sanitize(answer.message, secret_values(plugin))
+    return dataclasses.replace(answer, message=message)
+
+
+def _answered(outcome: RefundOutcome, reservation: _Reservation, latency_ms: float) -> _Answer:
     if outcome.amount_minor is not None and outcome.amount_minor != reservation.amount_minor:
         log.warning(
             "provider reports refund of %s minor units for %s; %s were asked",
@@ -379,7 +390,7 @@ def _call_provider(
     return _Answer(
         REFUND_OUTCOME_STATE[outcome.status],
         outcome.status.value,
-        elapsed_ms(),
+        latency_ms,
         outcome.refund_id,
         None,
         outcome.message,
