@@ -94,7 +94,7 @@ def billing_router() -> APIRouter:
     router = APIRouter(
         dependencies=[Depends(require_api_token)],
         tags=["billing"],
-        responses=error_responses(401, 404, 409, 413, 422),
+        responses=error_responses(400, 401, 404, 409, 413, 422),
     )
 
     @router.post("/payments", status_code=201)

@@ -19,6 +19,8 @@ Behaviour that matters for safety:
   ``"html"``  answer 502 with an HTML page (a proxy's error page), do nothing
   ``"slow"``  do the work, then hold the answer for ``slow_s`` seconds
   ``"drop"``  do the work, then close the connection without answering
+  ``"echo_key"`` refuse (400) with a message quoting part of the secret key, without its
+              prefix, as some gateways' error texts do: a canary for redaction
 
 Refund error messages and codes are modelled on Paystack's style, not copied from a
 live integration. Initialized transactions verify as ``abandoned`` until a test calls
@@ -43,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-Fault = Literal["5xx", "slow", "drop", "html"]
+Fault = Literal["5xx", "slow", "drop", "html", "echo_key"]
 
 GOOD_AUTHORIZATION = "AUTH_goodcard01"  # a reusable card that always pays
 DECLINED_AUTHORIZATION = "AUTH_insufficient"  # a reusable card with no money on it
@@ -730,6 +732,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "validation_error",
                 "invalid_Key",
                 "Ensure that you provide the correct authorization key for the request",
+            )
+            return self._answer(status, payload)
+        if fault == "echo_key":
+            status, payload = _error(
+                400,
+                f"Merchant key {fake.secret_key[8:28]}... is not enabled for this channel",
+                "validation_error",
+                "merchant_disabled",
             )
             return self._answer(status, payload)
         if body is None or (method == "POST" and not isinstance(body, dict)):
