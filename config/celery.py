@@ -11,6 +11,7 @@ from config.settings import Settings
 
 PAYMENTS_QUEUE = "payments"
 PROCESS_PAYMENT = "tender.process_payment"  # the payment task's name, routed to PAYMENTS_QUEUE
+REQUEUE_LOST = "tender.requeue_lost"  # the requeue sweep (workers.payments.reconcile)
 MAINTENANCE_QUEUE = "maintenance"
 MAX_REDELIVERIES = 5  # a payment whose worker dies this often goes to `unknown` for reconcile
 
@@ -99,6 +100,11 @@ def celery_options(settings: Settings) -> dict[str, Any]:
                 "task": "tender.health_check_all",
                 "schedule": timedelta(seconds=settings.health_interval_s),
                 "options": {"expires": settings.health_interval_s},
+            },
+            "requeue-lost": {
+                "task": REQUEUE_LOST,
+                "schedule": timedelta(seconds=settings.requeue_interval_s),
+                "options": {"expires": settings.requeue_interval_s},
             },
             "reconcile": {
                 "task": "tender.reconcile",

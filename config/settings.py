@@ -74,7 +74,14 @@ class Settings(BaseSettings):
     relay_interval_s: PositiveSeconds = 5.0  # outbox sweep for events not published inline
     registry_poll_s: PositiveSeconds = 0.25  # how often a process checks for registry changes
     provider_timeout_s: PositiveSeconds = 15.0  # per provider call
-    payment_lease_s: PositiveSeconds = 120.0  # a claimed payment's lease before recovery
+    # A claimed payment's lease, renewed every third of it while its worker works on it
+    # (workers.ledger.leases): a killed worker's payments are taken over within one lease.
+    payment_lease_s: Annotated[float, Field(ge=3)] = 15.0
+    # Recovery of lost messages (beat's requeue sweep, and a worker on (re)connecting):
+    # a payment still `requested` this long after it was last enqueued is enqueued again.
+    # Harmless if the first message still exists: the claim is a compare-and-set.
+    requeue_after_s: PositiveSeconds = 10.0
+    requeue_interval_s: PositiveSeconds = 5.0  # beat interval of the requeue sweep
     task_time_limit_s: PositiveSeconds = 300.0
     # Payment messages a worker process reserves per pool thread: 2 keeps the next one
     # ready for each thread, so a freed thread starts it at once instead of waiting for

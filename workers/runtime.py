@@ -22,6 +22,7 @@ from workers.core.app import app
 from workers.core.threads import ProviderLoop
 from workers.events.relay import EventPublisher, EventRelay
 from workers.ledger.group_commit import LedgerWriter
+from workers.ledger.leases import LeaseKeeper
 
 T = TypeVar("T")
 
@@ -65,6 +66,13 @@ def event_relay() -> EventRelay:
 def ledger_writer() -> LedgerWriter:
     """This process's group-committing ledger writer (see workers.ledger.group_commit)."""
     return _per_process("writer", lambda: LedgerWriter(get_database(), batched=True))
+
+
+def lease_keeper() -> LeaseKeeper:
+    """This process's lease renewer (see workers.ledger.leases)."""
+    return _per_process(
+        "leases", lambda: LeaseKeeper(get_database(), get_settings().payment_lease_s)
+    )
 
 
 def close_retired_plugins() -> None:

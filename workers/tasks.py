@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from config.celery import PROCESS_PAYMENT
+from config.celery import PROCESS_PAYMENT, REQUEUE_LOST
 from config.settings import get_settings
 from registry.db import get_database
 from workers import runtime
@@ -36,6 +36,7 @@ def processor() -> PaymentProcessor:
         get_settings(),
         on_unavailable=record_live_failure,
         writer=runtime.ledger_writer(),
+        leases=runtime.lease_keeper(),
     )
 
 
@@ -80,6 +81,24 @@ def relay_outbox_task() -> int:
         if not held:
             return 0
         return relay_outbox(database, publisher(), older_than_s=2.0)
+
+
+@app.task(name=REQUEUE_LOST)
+def requeue_lost_task() -> int:
+    """Enqueue again what the broker lost (see workers.payments.reconcile.requeue_lost)."""
+    from workers.payments.client import enqueue_payment
+    from workers.payments.reconcile import requeue_lost
+
+    settings = get_settings()
+    database = get_database()
+    try:
+        with hold(database, "requeue_lost", ttl_s=settings.requeue_interval_s + 60) as held:
+            if not held:
+                return 0
+            return len(requeue_lost(database, settings, enqueue_payment))
+    except OperationalError as exc:  # the database is away: the next sweep tries again
+        log.warning("requeue sweep skipped: database unavailable (%s)", type(exc.orig).__name__)
+        return 0
 
 
 @app.task(name="tender.reconcile")

@@ -1,4 +1,5 @@
-"""Tender's own publishing on a kombu channel: one Redis client per channel.
+"""Tender's own publishing on a kombu channel: one Redis client per channel; and how a
+broker outage is logged (:class:`OutageLog`).
 
 kombu's Redis channel builds a new ``redis.Redis`` for every command it sends, and
 redis-py (5 and later) fills a table of about 170 response callbacks in each: most of the
@@ -12,6 +13,9 @@ Celery's own consumer is left as Celery ships it.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
 
@@ -31,3 +35,42 @@ def reuse_one_client(channel: Any) -> None:
 
     one_client.reuses_one_client = True  # type: ignore[attr-defined]
     channel._create_client = one_client  # shadows the method on this channel only
+
+
+class OutageLog:
+    """The expected failures of a dependency (the broker), logged for a person to read:
+    one warning line per failure, never a traceback chain, and one line when it answers
+    again. ``succeeded`` costs one attribute read while nothing is wrong."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.log = logger
+        self.what = what
+        self._down_since: float | None = None
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    def failed(self, message: str, error: BaseException) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            self._failures += 1
+        cause = str(error).strip().splitlines()
+        self.log.warning(
+            "%s (%s unreachable: %s: %s)",
+            message,
+            self.what,
+            type(error).__name__,
+            cause[0][:200] if cause else "",
+        )
+
+    def succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            down_s, failures = time.monotonic() - self._down_since, self._failures
+            self._down_since, self._failures = None, 0
+        self.log.info(
+            "%s reachable again after %.1f s (%d failure(s) meanwhile)", self.what, down_s, failures
+        )

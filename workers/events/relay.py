@@ -26,11 +26,12 @@ from sqlalchemy import select
 from providers.base import utcnow
 from registry.db import Database
 from workers.core.threads import in_helper_thread, niced
-from workers.events.broker import reuse_one_client
+from workers.events.broker import OutageLog, reuse_one_client
 from workers.ledger.group_commit import LedgerWriter, OutboxItem
 from workers.ledger.outbox import DEFAULT_QUEUE, EXCHANGE, OutboxEvent
 
 log = logging.getLogger(__name__)
+_outage = OutageLog(log, "broker or database")
 
 events_exchange = Exchange(EXCHANGE, type="topic", durable=True)
 default_events_queue = Queue(DEFAULT_QUEUE, events_exchange, routing_key="#", durable=True)
@@ -251,11 +252,10 @@ def deliver(publisher: EventPublisher, items: Sequence[OutboxItem], writer: Ledg
     try:
         publisher.publish([(event_type, payload) for _, event_type, payload in items])
         writer.mark_published([event_id for event_id, _, _ in items])
-    except Exception:
-        log.warning(
-            "publishing %d event(s) failed; the outbox sweep will retry", len(items), exc_info=True
-        )
+    except Exception as exc:
+        _outage.failed(f"{len(items)} event(s) not published; the outbox sweep will retry", exc)
         return 0
+    _outage.succeeded()
     return len(items)
 
 

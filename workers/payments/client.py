@@ -24,7 +24,7 @@ from providers.money import from_minor, normalize_currency, to_minor
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
 from registry.text import field_with_nul
-from workers.events.broker import reuse_one_client
+from workers.events.broker import OutageLog, reuse_one_client
 from workers.ledger.records import (
     RECORD_COLUMNS,
     Payment,
@@ -35,6 +35,7 @@ from workers.ledger.records import (
 from workers.ledger.states import PaymentState
 
 log = logging.getLogger(__name__)
+_broker = OutageLog(log, "broker")
 
 _email = TypeAdapter(EmailStr)
 _METADATA_LIMIT = 50  # keys
@@ -315,10 +316,14 @@ def enqueue_payment(
                 kwargsrepr=repr(kwargs),
                 ignore_result=True,
             )
-        return True
-    except Exception:
-        log.warning("could not enqueue payment %s; reconcile will", payment_id, exc_info=True)
+    except Exception as exc:
+        _broker.failed(
+            f"payment {payment_id} recorded but not enqueued; the requeue sweep will send it",
+            exc,
+        )
         return False
+    _broker.succeeded()
+    return True
 
 
 def payment_key(payment_id: uuid.UUID | str) -> uuid.UUID:

@@ -33,12 +33,13 @@ from providers.errors import (
     ProviderUnavailable,
 )
 from registry.db import Database
-from registry.instances import InstanceView
+from registry.instances import InstanceStatus, InstanceView
 from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventRelay, InlineRelay
 from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
+from workers.ledger.leases import LeaseKeeper
 from workers.ledger.outbox import outbox_row
 from workers.ledger.records import Claim, PaymentRecord, payment_event, payments_table, read_payment
 from workers.ledger.states import OUTCOME_STATE, PaymentState
@@ -144,6 +145,7 @@ class PaymentProcessor:
         settings: Settings,
         on_unavailable: Any = None,
         writer: LedgerWriter | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.database = database
         # Claims and finishes; the worker's is shared by its threads (group commit).
@@ -154,6 +156,9 @@ class PaymentProcessor:
         self.settings = settings
         # Called as on_unavailable(instance, message) when a live call finds a provider down.
         self.on_unavailable = on_unavailable
+        # Renews the leases of claims in progress (workers.ledger.leases); None: the lease
+        # runs its course (tests, and processes that hold claims briefly).
+        self.leases = leases
 
     # -- entry point -------------------------------------------------------------
 
@@ -171,6 +176,18 @@ class PaymentProcessor:
         if claimed is None:
             return self._busy_or_done(payment_id)
         claim, payment = claimed
+        if self.leases is None:
+            return self._process_claimed(claim, payment, route, hint)
+        with self.leases.holding(payment.id, claim.token):
+            return self._process_claimed(claim, payment, route, hint)
+
+    def _process_claimed(
+        self,
+        claim: Claim,
+        payment: PaymentRecord,
+        route: list[InstanceView] | None,
+        hint: RouteHint | None,
+    ) -> Busy | Done:
         # A takeover of a crashed claim verifies where its predecessor was calling; if the
         # predecessor died before naming an instance, nothing was sent: route as new.
         charging = not claim.recovering or payment.instance_id is None
@@ -374,9 +391,12 @@ class PaymentProcessor:
             instance, plugin, request, attempts, reason="worker crashed mid-payment"
         )
         never_charged = attempts[-1].outcome == OutcomeStatus.NOT_FOUND.value
-        if decision.state is PaymentState.UNKNOWN and never_charged and instance.routable:
+        usable = instance.is_active and instance.status != InstanceStatus.ERROR
+        if decision.state is PaymentState.UNKNOWN and never_charged and usable:
             # Charge again at the same instance only: the same reference lets the
-            # provider refuse a duplicate if the predecessor's call lands late.
+            # provider refuse a duplicate if the predecessor's call lands late. Its circuit
+            # may be open (a blip the predecessor saw): that keeps new payments away, but
+            # this one has nowhere else to go, and one call tells whether it is back.
             decision = self._charge(instance, request, attempts) or _Decision(
                 PaymentState.UNKNOWN,
                 instance,

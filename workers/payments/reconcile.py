@@ -101,6 +101,26 @@ def reconcile(
     return report
 
 
+def requeue_lost(
+    database: Database,
+    settings: Settings,
+    enqueue: Callable[[uuid.UUID], bool],
+) -> list[uuid.UUID]:
+    """The requeue sweep (beat, every ``requeue_interval_s``, and a worker on connecting
+    to the broker): enqueue again every ``requested`` payment last enqueued more than
+    ``requeue_after_s`` ago and every ``processing`` one whose lease expired. A broker
+    that lost its messages costs a payment seconds, not reconcile's minutes; a message
+    sent twice is harmless, since the claim is a compare-and-set."""
+    now = utcnow()
+    report = ReconcileReport()
+    cutoff = now - timedelta(seconds=settings.requeue_after_s)
+    deadline = time.monotonic() + max(settings.requeue_interval_s * 0.8, 1.0)
+    _reenqueue_lost(database, now, cutoff, deadline, enqueue, report)
+    if report.reenqueued:
+        log.info("requeue sweep: enqueued %d payment(s) again", len(report.reenqueued))
+    return report.reenqueued
+
+
 def _reenqueue_lost(
     database: Database,
     now: datetime,
