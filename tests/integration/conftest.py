@@ -138,7 +138,14 @@ def wait_for(predicate: Any, timeout_s: float = 20.0, interval_s: float = 0.05) 
 class WorkerProcess:
     """A real ``celery worker`` OS process (prefork unless told), for crash tests."""
 
-    def __init__(self, env: dict[str, str], *, concurrency: int = 1, pool: str = "prefork") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        queues: str = "payments,maintenance",
+    ) -> None:
         self.hostname = f"crash-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         self.process = subprocess.Popen(
             [
@@ -153,7 +160,7 @@ class WorkerProcess:
                 "--concurrency",
                 str(concurrency),
                 "--queues",
-                "payments,maintenance",
+                queues,
                 "--loglevel",
                 "INFO",
                 "--without-mingle",
