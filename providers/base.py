@@ -182,6 +182,16 @@ def describe_validation_error(exc: ValidationError, *, prefix: str = "config") -
     return "; ".join(parts)
 
 
+class Capability(StrEnum):
+    """What a provider can do or tell; the conformance suite checks each declared one and
+    checks that an undeclared one is really absent (tests/conformance)."""
+
+    PENDING_CHECKOUT = "pending_checkout"  # a charge without a token waits on the customer
+    PARTIAL_REFUNDS = "partial_refunds"
+    RETRY_HINTS = "retry_hints"  # a rate limit says when to come back
+    SIGNED_TIMESTAMPS = "signed_timestamps"  # webhook signatures cover a timestamp
+
+
 class PaymentProvider(ABC):
     """The interface every payment-provider plugin implements.
 
@@ -197,6 +207,7 @@ class PaymentProvider(ABC):
     config_model: ClassVar[type[ProviderConfig]]
     # The provider's official API hosts: in production the only ones its keys may go to.
     api_hosts: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __init__(self) -> None:
         self._config: ProviderConfig | None = None

@@ -43,9 +43,21 @@ class ConfigurationError(ProviderError):
 class ProviderUnavailable(ProviderError):
     """The provider could not take the request, and provably did not charge.
 
-    Raised for connection refused, DNS failure, a 5xx returned before acceptance,
-    or an open circuit. Safe next: try the next instance in the route.
+    Raised for connection refused, DNS failure, a 5xx returned before acceptance, a rate
+    limit, or an open circuit. Safe next: try the next instance in the route.
+    ``retry_after_s``: the provider's own hint (a rate limit's Retry-After), when it gave one.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message, provider=provider, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class PaymentDeclined(ProviderError):

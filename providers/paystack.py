@@ -47,6 +47,7 @@ from pypaystack2.exceptions import ClientNetworkError
 from pypaystack2.models import Response
 
 from providers.base import (
+    Capability,
     HealthCheck,
     HealthStatus,
     OutcomeStatus,
@@ -273,6 +274,10 @@ class PaystackProvider(PaymentProvider):
     supported_currencies: ClassVar[frozenset[str]] = PAYSTACK_CURRENCIES
     config_model: ClassVar[type[ProviderConfig]] = PaystackConfig
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.paystack.co"})
+    # Paystack signs webhooks without a timestamp, and documents no Retry-After.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS}
+    )
 
     def __init__(self) -> None:
         super().__init__()

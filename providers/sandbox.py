@@ -29,6 +29,7 @@ from pydantic import Field, SecretStr
 
 from config.settings import Environment, get_settings
 from providers.base import (
+    Capability,
     HealthCheck,
     HealthStatus,
     OutcomeStatus,
@@ -64,6 +65,9 @@ class SandboxConfig(ProviderConfig):
     decline_email_prefix: str | None = "decline"  # customer emails starting with it decline
     decline_amounts_minor: list[int] = Field(default_factory=list)
     outage: bool = False  # every call raises ProviderUnavailable
+    rate_limited: bool = False  # every call is refused as over the rate, with a retry hint
+    key_revoked: bool = False  # every call is refused as unauthenticated (ConfigurationError)
+    slow_health_ms: int = Field(default=1000, ge=1, le=60_000)  # a slower check is DEGRADED
     ambiguous_timeout: bool = False  # charge, then raise OutcomeUnknown
     pending_methods: list[str] = Field(default_factory=lambda: ["bank_transfer"])
     charge_book: str | None = None  # a file path shared by processes; None: process memory
@@ -188,6 +192,9 @@ class SandboxProvider(PaymentProvider):
     display_name: ClassVar[str] = "Sandbox (development)"
     supported_currencies: ClassVar[frozenset[str]] = frozenset(CURRENCY_EXPONENTS)
     config_model: ClassVar[type[ProviderConfig]] = SandboxConfig
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.RETRY_HINTS}
+    )
 
     @classmethod
     def validate_config(cls, raw: Mapping[str, Any] | ProviderConfig) -> ProviderConfig:
@@ -212,6 +219,17 @@ class SandboxProvider(PaymentProvider):
             await asyncio.sleep(self.settings.latency_ms / 1000)
         if self.settings.outage:
             raise ProviderUnavailable("sandbox outage switch is on", provider=self.name)
+        if self.settings.rate_limited:
+            raise ProviderUnavailable(
+                "sandbox rate limit switch is on",
+                provider=self.name,
+                code="rate_limited",
+                retry_after_s=1.0,
+            )
+        if self.settings.key_revoked:
+            raise ConfigurationError(
+                "sandbox api key rejected (revoked)", provider=self.name, code="key_rejected"
+            )
 
     def _declines(self, request: PaymentRequest) -> bool:
         prefix = self.settings.decline_email_prefix
@@ -296,16 +314,18 @@ class SandboxProvider(PaymentProvider):
         started = time.perf_counter()
         try:
             await self._call()
-        except ProviderUnavailable as exc:
+        except ProviderUnavailable as exc:  # a rejected key raises: the instance is in error
             return HealthCheck(
                 status=HealthStatus.UNHEALTHY,
                 message=exc.message,
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
+        latency_ms = (time.perf_counter() - started) * 1000
+        slow = latency_ms >= self.settings.slow_health_ms
         return HealthCheck(
-            status=HealthStatus.HEALTHY,
-            message="ok",
-            latency_ms=(time.perf_counter() - started) * 1000,
+            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
+            message=f"slow: {latency_ms:.0f} ms" if slow else "ok",
+            latency_ms=latency_ms,
         )
 
     def sign(self, raw_body: bytes) -> str:

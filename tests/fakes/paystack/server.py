@@ -19,6 +19,7 @@ Behaviour that matters for safety:
   ``"html"``  answer 502 with an HTML page (a proxy's error page), do nothing
   ``"slow"``  do the work, then hold the answer for ``slow_s`` seconds
   ``"drop"``  do the work, then close the connection without answering
+  ``"429"``   answer 429 Too Many Requests, do nothing
   ``"echo_key"`` refuse (400) with a message quoting part of the secret key, without its
               prefix, as some gateways' error texts do: a canary for redaction
 
@@ -45,7 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-Fault = Literal["5xx", "slow", "drop", "html", "echo_key"]
+Fault = Literal["5xx", "slow", "drop", "html", "echo_key", "429"]
 
 GOOD_AUTHORIZATION = "AUTH_goodcard01"  # a reusable card that always pays
 DECLINED_AUTHORIZATION = "AUTH_insufficient"  # a reusable card with no money on it
@@ -723,6 +724,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(status, payload)
         if fault == "html":
             return self._answer(502, _HTML_PAGE, content_type="text/html")
+        if fault == "429":
+            status, payload = _error(429, "Too many requests", "api_error", "rate_limited")
+            return self._answer(status, payload)
 
         auth = self.headers.get("Authorization")
         if not auth or auth != f"Bearer {fake.secret_key}":

@@ -1,0 +1,203 @@
+"""One harness per provider plugin: how the conformance suite drives it against its fake.
+
+Adding a provider to the suite is adding one class here (and its name to ``HARNESSES``):
+a valid config pointing at the provider's fake, requests that succeed, decline or wait on
+the customer, the provider's own books, a signed webhook, and the fault switches. The
+suite (``test_provider_contract.py``) does the rest, through the plugin's real SDK or
+HTTP client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from providers.base import PaymentProvider, PaymentRequest, derive_reference
+from providers.paystack import PaystackProvider
+from providers.sandbox import SIGNATURE_HEADER, SandboxProvider, charge_book
+from tests.fakes.paystack.server import (
+    DECLINED_AUTHORIZATION,
+    GOOD_AUTHORIZATION,
+    FakePaystack,
+    unused_local_url,
+)
+
+Outcome = Literal["succeed", "decline", "pending"]
+Fault = Literal["stall_after_recording", "server_error", "rate_limited", "down", "revoked_key"]
+TIMEOUT_S = 0.6  # the client timeout harnesses configure; a "stall" outlasts it
+
+
+class Harness(ABC):
+    """A provider and its fake, as the conformance suite sees them."""
+
+    plugin_class: ClassVar[type[PaymentProvider]]
+    currency: ClassVar[str] = "NGN"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """A valid config reaching the fake."""
+
+    def plugin(self, **overrides: Any) -> PaymentProvider:
+        plugin = self.plugin_class()
+        plugin.configure({**self.config(), **overrides})
+        return plugin
+
+    @abstractmethod
+    def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
+        """A payment request the provider will answer with ``outcome``."""
+
+    @abstractmethod
+    def charges(self, reference: str) -> int:
+        """How many charges the provider's own books hold for ``reference``."""
+
+    @abstractmethod
+    def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+        """A payment-success webhook for a charged ``reference``, signed as the provider
+        signs it ``age_s`` ago (where signatures carry a time): (raw body, headers)."""
+
+    @abstractmethod
+    def fault(self, kind: Fault) -> contextlib.AbstractContextManager[PaymentProvider]:
+        """The plugin to call while the fault lasts."""
+
+    @contextlib.contextmanager
+    def slow_health(self) -> Iterator[PaymentProvider]:
+        """A plugin whose health check answers slowly, but in time."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def new_request(self, **fields: Any) -> PaymentRequest:
+        defaults: dict[str, Any] = {
+            "payment_id": uuid.uuid4(),
+            "reference": derive_reference(str(uuid.uuid4())),
+            "order_id": "order-conformance",
+            "amount_minor": 50_000,
+            "currency": self.currency,
+            "customer_email": "ada@example.com",
+        }
+        return PaymentRequest(**(defaults | fields))
+
+
+class SandboxHarness(Harness):
+    plugin_class = SandboxProvider
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.book_path = str(folder / "conformance-charges.db")
+
+    def config(self) -> dict[str, Any]:
+        return {"charge_book": self.book_path, "api_key": "sk_sandbox_conformance_0123456789"}
+
+    def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
+        email = "decline-me@example.com" if outcome == "decline" else "ada@example.com"
+        method = "bank_transfer" if outcome == "pending" else "card"
+        return self.new_request(
+            customer_email=email, payment_method=method, amount_minor=amount_minor
+        )
+
+    def charges(self, reference: str) -> int:
+        return 1 if charge_book(self.book_path).get(reference) is not None else 0
+
+    def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+        charge = charge_book(self.book_path).get(reference)
+        assert charge is not None
+        body = json.dumps(
+            {
+                "id": f"evt_{reference}",
+                "type": "charge.success",
+                "reference": reference,
+                "status": "succeeded",
+                "amount_minor": charge.amount_minor,
+                "currency": charge.currency,
+            }
+        ).encode()
+        signer = self.plugin()
+        assert isinstance(signer, SandboxProvider)
+        return body, {SIGNATURE_HEADER: signer.sign(body)}
+
+    @contextlib.contextmanager
+    def fault(self, kind: Fault) -> Iterator[PaymentProvider]:
+        switch: dict[str, dict[str, Any]] = {
+            "stall_after_recording": {"response_delay_ms": int(TIMEOUT_S * 2000)},
+            "server_error": {"ambiguous_timeout": True},  # sent and charged, no answer
+            "rate_limited": {"rate_limited": True},
+            "down": {"outage": True},
+            "revoked_key": {"key_revoked": True},
+        }[kind]
+        yield self.plugin(**switch)
+
+    @contextlib.contextmanager
+    def slow_health(self) -> Iterator[PaymentProvider]:
+        yield self.plugin(latency_ms=250, slow_health_ms=200)
+
+
+class PaystackHarness(Harness):
+    plugin_class = PaystackProvider
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.fake = FakePaystack(slow_s=TIMEOUT_S * 2).start()
+
+    def close(self) -> None:
+        self.fake.stop()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "secret_key": self.fake.secret_key,
+            "public_key": self.fake.public_key,
+            "base_url": self.fake.base_url,
+            "timeout_s": TIMEOUT_S,
+        }
+
+    def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
+        token = {"succeed": GOOD_AUTHORIZATION, "decline": DECLINED_AUTHORIZATION}.get(outcome)
+        return self.new_request(payment_token=token, amount_minor=amount_minor)
+
+    def charges(self, reference: str) -> int:
+        return self.fake.charges_count(reference)
+
+    def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(
+            "charge.success", self.fake.event_data("charge.success", reference)
+        )
+
+    @contextlib.contextmanager
+    def fault(self, kind: Fault) -> Iterator[PaymentProvider]:
+        if kind == "down":
+            yield self.plugin(base_url=unused_local_url())
+            return
+        if kind == "revoked_key":
+            yield self.plugin(secret_key="sk_test_" + "0" * 40)
+            return
+        self.fake.fault = {
+            "stall_after_recording": "slow",
+            "server_error": "5xx",
+            "rate_limited": "429",
+        }[kind]  # type: ignore[assignment]
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.fault = None
+
+    @contextlib.contextmanager
+    def slow_health(self) -> Iterator[PaymentProvider]:
+        self.fake.slow_s = TIMEOUT_S * 0.9
+        self.fake.fault = "slow"
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.fault = None
+            self.fake.slow_s = TIMEOUT_S * 2
+
+
+HARNESSES: dict[str, type[Harness]] = {
+    "sandbox": SandboxHarness,
+    "paystack": PaystackHarness,
+}

@@ -1,0 +1,236 @@
+"""The provider contract, as one suite every installed plugin passes (issue 22, part 1).
+
+Parametrised over every plugin the ``tender.providers`` entry points install; each runs
+against its fake through its real SDK or HTTP client (``harnesses.py``). What a provider
+cannot do it declares (``PaymentProvider.capabilities``), and the suite checks the
+declaration instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from providers.base import Capability, HealthStatus, OutcomeStatus, RefundStatus
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderUnavailable,
+    WebhookSignatureError,
+)
+from tests.conformance.harnesses import HARNESSES, TIMEOUT_S, Harness
+
+T = TypeVar("T")
+INSTALLED = sorted(ep.name for ep in entry_points(group="tender.providers"))
+CANARY = "sk_canary_5ecr3t_never_shown_0123456789"
+
+
+def run(coroutine: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout_s):
+            return await coroutine
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture(params=INSTALLED)
+def harness(request: pytest.FixtureRequest, tmp_path: Path, sqlite_url: str) -> Iterator[Harness]:
+    built = HARNESSES[request.param](tmp_path)
+    yield built
+    close = getattr(built, "close", None)
+    if close is not None:
+        close()
+
+
+def test_every_installed_provider_has_a_harness() -> None:
+    assert set(INSTALLED) <= set(HARNESSES), "add a harness in tests/conformance/harnesses.py"
+    assert {"sandbox", "paystack"} <= set(INSTALLED)
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def test_a_valid_config_is_accepted(harness: Harness) -> None:
+    assert harness.plugin().config is not None
+
+
+def test_missing_extra_and_malformed_fields_are_named_never_echoed(harness: Harness) -> None:
+    cls = harness.plugin_class
+    model = cls.config_model
+    config = harness.config()
+    for field, info in model.model_fields.items():
+        if info.is_required():
+            with pytest.raises(ConfigurationError, match=field):
+                cls.validate_config({k: v for k, v in config.items() if k != field})
+    with pytest.raises(ConfigurationError, match="no_such_field"):
+        cls.validate_config(config | {"no_such_field": CANARY})
+    for field in model.model_fields:
+        try:
+            cls.validate_config(config | {field: {"malformed": CANARY}})
+        except ConfigurationError as exc:
+            assert field in str(exc) and CANARY not in str(exc)
+        else:
+            pytest.fail(f"{field} took a mapping")
+
+
+def test_no_repr_or_str_shows_a_secret(harness: Harness) -> None:
+    plugin = harness.plugin()
+    secrets = plugin.secret_values()
+    assert secrets, "every provider here has at least one secret"
+    shown = [repr(plugin), str(plugin), repr(plugin.config), str(plugin.config)]
+    shown += [str(plugin.config.model_dump()), plugin.config.model_dump_json()]
+    for text in shown:
+        assert not any(secret in text for secret in secrets), text
+
+
+# --- charges ------------------------------------------------------------------------------
+
+
+def test_a_charge_succeeds_with_the_amount_and_currency(harness: Harness) -> None:
+    request = harness.request("succeed")
+    outcome = run(harness.plugin().process_payment(request))
+    assert outcome.status is OutcomeStatus.SUCCEEDED and outcome.reference == request.reference
+    assert (outcome.amount_minor, outcome.currency) == (request.amount_minor, request.currency)
+    assert harness.charges(request.reference) == 1
+
+
+def test_a_decline_is_final_and_keeps_the_providers_code(harness: Harness) -> None:
+    with pytest.raises(PaymentDeclined) as declined:
+        run(harness.plugin().process_payment(harness.request("decline")))
+    assert declined.value.code or declined.value.message
+
+
+def test_a_checkout_waits_on_the_customer_with_a_url(harness: Harness) -> None:
+    if Capability.PENDING_CHECKOUT not in harness.plugin_class.capabilities:
+        pytest.fail("every provider here offers a checkout; declare PENDING_CHECKOUT")
+    outcome = run(harness.plugin().process_payment(harness.request("pending")))
+    assert outcome.status is OutcomeStatus.PENDING
+    assert harness.plugin_class.name == "sandbox" or (outcome.authorization_url or "").startswith(
+        "https://"
+    )
+
+
+def test_the_same_reference_twice_reaches_the_books_once(harness: Harness) -> None:
+    request = harness.request("succeed")
+    plugin = harness.plugin()
+    first = run(plugin.process_payment(request))
+    second = run(plugin.process_payment(request))
+    assert first.status is second.status is OutcomeStatus.SUCCEEDED
+    assert harness.charges(request.reference) == 1
+
+
+# --- ambiguity ----------------------------------------------------------------------------
+
+
+def test_a_stall_after_recording_is_unknown_and_verify_finds_the_charge(harness: Harness) -> None:
+    request = harness.request("succeed")
+    with (
+        harness.fault("stall_after_recording") as plugin,
+        pytest.raises(
+            (OutcomeUnknown, TimeoutError)  # the plugin's own timeout, or the worker's bound
+        ),
+    ):
+        run(plugin.process_payment(request), timeout_s=TIMEOUT_S * 1.5)
+    verified = run(harness.plugin().verify_payment(request.reference))
+    assert verified.status is OutcomeStatus.SUCCEEDED
+    assert harness.charges(request.reference) == 1
+
+
+def test_connection_refused_is_provably_not_charged(harness: Harness) -> None:
+    request = harness.request("succeed")
+    with harness.fault("down") as plugin, pytest.raises(ProviderUnavailable):
+        run(plugin.process_payment(request))
+    assert harness.charges(request.reference) == 0
+
+
+def test_a_server_error_after_sending_is_unknown(harness: Harness) -> None:
+    with harness.fault("server_error") as plugin, pytest.raises(OutcomeUnknown):
+        run(plugin.process_payment(harness.request("succeed")))
+
+
+def test_a_rate_limit_is_not_charged_and_says_when_to_return(harness: Harness) -> None:
+    request = harness.request("succeed")
+    with harness.fault("rate_limited") as plugin, pytest.raises(ProviderUnavailable) as limited:
+        run(plugin.process_payment(request))
+    assert harness.charges(request.reference) == 0
+    hinted = Capability.RETRY_HINTS in harness.plugin_class.capabilities
+    assert (limited.value.retry_after_s is not None) is hinted
+
+
+# --- refunds ------------------------------------------------------------------------------
+
+
+def test_full_partial_and_over_refunds(harness: Harness) -> None:
+    plugin = harness.plugin()
+    settled = (RefundStatus.SUCCEEDED, RefundStatus.PENDING)
+    full = harness.request("succeed")
+    run(plugin.process_payment(full))
+    whole = run(plugin.refund(full.reference))
+    assert whole.status in settled and whole.amount_minor == full.amount_minor
+
+    part = harness.request("succeed")
+    run(plugin.process_payment(part))
+    if Capability.PARTIAL_REFUNDS in harness.plugin_class.capabilities:
+        half = run(plugin.refund(part.reference, part.amount_minor // 2))
+        assert half.status in settled and half.amount_minor == part.amount_minor // 2
+        with pytest.raises(PaymentDeclined):
+            run(plugin.refund(part.reference, part.amount_minor))  # more than is left
+    else:
+        with pytest.raises(PaymentDeclined):
+            run(plugin.refund(part.reference, part.amount_minor // 2))
+
+
+def test_a_refund_of_an_unknown_payment_is_refused(harness: Harness) -> None:
+    with pytest.raises(PaymentDeclined):
+        run(harness.plugin().refund(harness.request("succeed").reference))
+
+
+# --- webhooks -----------------------------------------------------------------------------
+
+
+def test_webhooks_signed_by_the_provider_only(harness: Harness) -> None:
+    plugin = harness.plugin()
+    request = harness.request("succeed")
+    run(plugin.process_payment(request))
+    raw, headers = harness.webhook(request.reference)
+
+    event = run(plugin.parse_webhook(raw, headers))
+    assert event.reference == request.reference and event.status is OutcomeStatus.SUCCEEDED
+    assert run(plugin.parse_webhook(raw, headers)).event_id == event.event_id  # redelivery
+
+    signature = next(k for k in headers if "signature" in k.lower())
+    reserialised = json.dumps(json.loads(raw), indent=2).encode()
+    forged = {**headers, signature: "0" * len(headers[signature])}
+    unsigned = {k: v for k, v in headers.items() if k != signature}
+    for body, sent in ((raw, forged), (raw, unsigned), (reserialised, headers)):
+        with pytest.raises(WebhookSignatureError):
+            run(plugin.parse_webhook(body, sent))
+    # Where the signature covers a timestamp, an old delivery is refused (a replay).
+    if Capability.SIGNED_TIMESTAMPS in harness.plugin_class.capabilities:
+        stale_raw, stale_headers = harness.webhook(request.reference, age_s=3600)
+        with pytest.raises(WebhookSignatureError):
+            run(plugin.parse_webhook(stale_raw, stale_headers))
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+def test_health_says_healthy_degraded_down_or_key_rejected(harness: Harness) -> None:
+    healthy = run(harness.plugin().health_check())
+    assert healthy.status is HealthStatus.HEALTHY and healthy.latency_ms >= 0
+    with harness.slow_health() as slow:
+        assert run(slow.health_check()).status is HealthStatus.DEGRADED
+    with harness.fault("down") as down:
+        assert run(down.health_check()).status is HealthStatus.UNHEALTHY
+    # A rejected key is a configuration error, not an outage: the monitor marks the
+    # instance `error` and alerts (workers.monitoring.health), instead of retrying it.
+    with harness.fault("revoked_key") as revoked, pytest.raises(ConfigurationError) as rejected:
+        run(revoked.health_check())
+    assert "key" in str(rejected.value).lower() and "time" not in str(rejected.value).lower()
