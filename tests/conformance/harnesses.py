@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -20,12 +21,14 @@ from typing import Any, ClassVar, Literal
 from providers.base import PaymentProvider, PaymentRequest, derive_reference
 from providers.paystack import PaystackProvider
 from providers.sandbox import SIGNATURE_HEADER, SandboxProvider, charge_book
+from providers.stripe import StripeProvider
 from tests.fakes.paystack.server import (
     DECLINED_AUTHORIZATION,
     GOOD_AUTHORIZATION,
     FakePaystack,
     unused_local_url,
 )
+from tests.fakes.stripe.server import FakeStripe
 
 Outcome = Literal["succeed", "decline", "pending"]
 Fault = Literal["stall_after_recording", "server_error", "rate_limited", "down", "revoked_key"]
@@ -197,7 +200,67 @@ class PaystackHarness(Harness):
             self.fake.slow_s = TIMEOUT_S * 2
 
 
+class StripeHarness(Harness):
+    plugin_class = StripeProvider
+    currency = "USD"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.fake = FakeStripe(slow_s=TIMEOUT_S * 2).start()
+
+    def close(self) -> None:
+        self.fake.stop()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "secret_key": self.fake.secret_key,
+            "webhook_secret": self.fake.webhook_secret,
+            "base_url": self.fake.base_url,
+            "timeout_s": TIMEOUT_S,
+        }
+
+    def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
+        token = {"succeed": "pm_card_visa", "decline": "pm_card_chargeDeclined"}.get(outcome)
+        return self.new_request(payment_token=token, amount_minor=amount_minor)
+
+    def charges(self, reference: str) -> int:
+        return self.fake.charges_count(reference)
+
+    def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+        intent = self.fake.intent_for(reference)
+        return self.fake.webhook("payment_intent.succeeded", intent, at=time.time() - age_s)
+
+    @contextlib.contextmanager
+    def fault(self, kind: Fault) -> Iterator[PaymentProvider]:
+        if kind == "down":
+            yield self.plugin(base_url=unused_local_url())
+            return
+        if kind == "revoked_key":
+            yield self.plugin(secret_key="sk_test_revoked_" + "0" * 24)
+            return
+        self.fake.fault = {
+            "stall_after_recording": "slow",
+            "server_error": "5xx",
+            "rate_limited": "429",
+        }[kind]  # type: ignore[assignment]
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.fault = None
+
+    @contextlib.contextmanager
+    def slow_health(self) -> Iterator[PaymentProvider]:
+        self.fake.slow_s = TIMEOUT_S * 0.9
+        self.fake.fault = "slow"
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.fault = None
+            self.fake.slow_s = TIMEOUT_S * 2
+
+
 HARNESSES: dict[str, type[Harness]] = {
     "sandbox": SandboxHarness,
     "paystack": PaystackHarness,
+    "stripe": StripeHarness,
 }

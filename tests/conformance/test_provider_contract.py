@@ -207,6 +207,8 @@ def test_webhooks_signed_by_the_provider_only(harness: Harness) -> None:
 
     signature = next(k for k in headers if "signature" in k.lower())
     reserialised = json.dumps(json.loads(raw), indent=2).encode()
+    if reserialised == raw:  # the provider already sends it indented: the compact form then
+        reserialised = json.dumps(json.loads(raw), separators=(",", ":")).encode()
     forged = {**headers, signature: "0" * len(headers[signature])}
     unsigned = {k: v for k, v in headers.items() if k != signature}
     for body, sent in ((raw, forged), (raw, unsigned), (reserialised, headers)):

@@ -1,0 +1,546 @@
+"""Stripe, through the official ``stripe`` SDK (``StripeClient``, its async methods over httpx).
+
+* **One client per instance**, with the instance's key, ``max_network_retries=0`` (Tender
+  owns retries: a retried charge must be a decision, not a library default) and the base
+  address configurable so tests reach a local fake.
+* **Charges.** With a saved payment method (``payment_token``): a PaymentIntent created and
+  confirmed at once -> succeeded, ``requires_action`` (pending, with the action's URL), or a
+  card error (declined, with Stripe's ``decline_code``). Without one: a Checkout Session in
+  payment mode -> pending, its URL as ``authorization_url``.
+* **At most once.** Every mutating call carries an ``Idempotency-Key`` derived from the
+  payment reference and the operation, so a retried call returns Stripe's first answer
+  instead of charging again; the reference also travels in ``metadata`` so that a payment
+  can be found later.
+* **Verify** searches PaymentIntents by that metadata. Stripe's search is eventually
+  consistent (its docs: data is usually searchable within a minute) and an open Checkout
+  has no PaymentIntent until the customer pays, so *not found* is never "not charged":
+  it is :class:`OutcomeUnknown`, and the payment waits for a webhook or a later verify.
+* **Money.** Stripe's amounts follow ISO minor units except ISK (two decimals at Stripe,
+  none in ISO: amount x 100) and the three-decimal currencies (the last digit must be 0).
+  An amount Stripe cannot carry exactly is refused before sending; nothing is rounded.
+* **Errors** are classified at one seam, by what is safe next (``_classify``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import httpx
+import stripe
+from pydantic import Field, SecretStr, field_validator
+
+from providers.base import (
+    Capability,
+    HealthCheck,
+    HealthStatus,
+    OutcomeStatus,
+    PaymentOutcome,
+    PaymentProvider,
+    PaymentRequest,
+    ProviderConfig,
+    RefundOutcome,
+    RefundStatus,
+    WebhookEvent,
+)
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderUnavailable,
+    WebhookPayloadError,
+    WebhookSignatureError,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REFERENCE_KEY = "tender_reference"  # the metadata key a payment is found by
+SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
+THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+TWO_DECIMAL_AT_STRIPE = frozenset({"ISK"})  # ISO: none; Stripe: two, whole units only
+STRIPE_CURRENCIES = frozenset(
+    [
+        "AED",
+        "AUD",
+        "BGN",
+        "BHD",
+        "BIF",
+        "BRL",
+        "CAD",
+        "CHF",
+        "CLP",
+        "COP",
+        "CZK",
+        "DJF",
+        "DKK",
+        "EGP",
+        "EUR",
+        "GBP",
+        "GHS",
+        "GNF",
+        "HKD",
+        "HUF",
+        "IDR",
+        "ILS",
+        "INR",
+        "ISK",
+        "JOD",
+        "JPY",
+        "KES",
+        "KMF",
+        "KRW",
+        "KWD",
+        "MAD",
+        "MXN",
+        "MYR",
+        "NGN",
+        "NOK",
+        "NZD",
+        "OMR",
+        "PEN",
+        "PHP",
+        "PLN",
+        "PYG",
+        "QAR",
+        "RON",
+        "RWF",
+        "SAR",
+        "SEK",
+        "SGD",
+        "THB",
+        "TND",
+        "TRY",
+        "TWD",
+        "TZS",
+        "UGX",
+        "USD",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+        "ZAR",
+    ]
+)
+
+
+class StripeConfig(ProviderConfig):
+    """One Stripe account.
+
+    Parameters:
+        secret_key: ``sk_live_...``, ``sk_test_...`` or a restricted ``rk_...`` key.
+        webhook_secret: the endpoint's ``whsec_...`` signing secret.
+        publishable_key: ``pk_...``, for front-end surfaces; not used server-side.
+        statement_descriptor: the suffix customers see on their statement (at most 22).
+        return_url: where a customer lands after a redirect (3-D Secure, Checkout).
+        base_url: Stripe's API root (a local fake in tests).
+        timeout_s: seconds one API call may take.
+        webhook_tolerance_s: how old a signed webhook may be (replays are refused).
+    """
+
+    secret_key: SecretStr
+    webhook_secret: SecretStr
+    publishable_key: str | None = None
+    statement_descriptor: str | None = Field(default=None, max_length=22)
+    return_url: str = "https://example.com/paid"
+    base_url: str = "https://api.stripe.com"
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("sk_", "rk_")):
+            raise ValueError("must be a Stripe secret or restricted key (sk_... or rk_...)")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must be a Stripe webhook signing secret (whsec_...)")
+        return value
+
+    @field_validator("publishable_key")
+    @classmethod
+    def _publishable_shape(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("pk_"):
+            raise ValueError("must be a Stripe publishable key (pk_...)")
+        return value
+
+    @field_validator("base_url", "return_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+# --- money at Stripe's seam ----------------------------------------------------------------
+
+
+def to_stripe_amount(amount_minor: int, currency: str) -> int:
+    """Tender's ISO minor units as Stripe's ``amount``; ProviderUnavailable (nothing sent)
+    if Stripe cannot carry the amount exactly: it is never rounded."""
+    if currency in TWO_DECIMAL_AT_STRIPE:
+        return amount_minor * 100
+    if currency in THREE_DECIMAL and amount_minor % 10:
+        # Not sent, so provably not charged: another instance may carry the amount.
+        raise ProviderUnavailable(
+            f"Stripe takes {currency} amounts in steps of 0.010 only; "
+            f"{amount_minor} minor units cannot be charged exactly",
+            provider="stripe",
+            code="amount_not_representable",
+        )
+    return amount_minor
+
+
+def from_stripe_amount(amount: int, currency: str) -> int:
+    """Stripe's ``amount`` as ISO minor units."""
+    currency = currency.upper()
+    return amount // 100 if currency in TWO_DECIMAL_AT_STRIPE else amount
+
+
+# --- the provider ----------------------------------------------------------------------------
+
+_PI_STATUS = {
+    "succeeded": OutcomeStatus.SUCCEEDED,
+    "processing": OutcomeStatus.PENDING,
+    "requires_action": OutcomeStatus.PENDING,
+    "requires_confirmation": OutcomeStatus.PENDING,
+    "requires_capture": OutcomeStatus.PENDING,
+    "requires_payment_method": OutcomeStatus.FAILED,
+    "canceled": OutcomeStatus.FAILED,
+}
+_REFUND_STATUS = {
+    "succeeded": RefundStatus.SUCCEEDED,
+    "pending": RefundStatus.PENDING,
+    "requires_action": RefundStatus.PENDING,
+    "failed": RefundStatus.FAILED,
+    "canceled": RefundStatus.FAILED,
+}
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing reached Stripe
+
+
+class StripeProvider(PaymentProvider):
+    """Stripe: PaymentIntents for saved payment methods, Checkout Sessions otherwise."""
+
+    name: ClassVar[str] = "stripe"
+    display_name: ClassVar[str] = "Stripe"
+    supported_currencies: ClassVar[frozenset[str]] = STRIPE_CURRENCIES
+    config_model: ClassVar[type[ProviderConfig]] = StripeConfig
+    api_hosts: ClassVar[frozenset[str]] = frozenset({"api.stripe.com"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.PENDING_CHECKOUT,
+            Capability.PARTIAL_REFUNDS,
+            Capability.RETRY_HINTS,
+            Capability.SIGNED_TIMESTAMPS,
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: stripe.StripeClient | None = None
+
+    @property
+    def settings(self) -> StripeConfig:
+        config = self.config
+        assert isinstance(config, StripeConfig)
+        return config
+
+    def on_configured(self) -> None:
+        settings = self.settings
+        self._client = stripe.StripeClient(
+            settings.secret_key.get_secret_value(),
+            base_addresses={"api": settings.base_url},
+            max_network_retries=0,
+            http_client=stripe.HTTPXClient(timeout=settings.timeout_s),
+        )
+
+    async def aclose(self) -> None:
+        self._client = None
+
+    @property
+    def _sdk(self) -> stripe.StripeClient:
+        if self._client is None:
+            raise ConfigurationError("stripe provider used after aclose()", provider=self.name)
+        return self._client
+
+    # --- the seam ------------------------------------------------------------------------
+
+    async def _call(self, call: Awaitable[T], *, moves_money: bool) -> T:
+        """The one place SDK failures become Tender's errors (see _classify)."""
+        try:
+            return await call
+        except stripe.StripeError as exc:
+            raise self._classify(exc, moves_money) from None
+
+    def _classify(self, exc: stripe.StripeError, moves_money: bool) -> Exception:
+        error = exc.error
+        code = (error.decline_code or error.code) if error else None
+        message = self.scrub(exc.user_message or str(exc.__class__.__name__))
+        if isinstance(exc, stripe.CardError):
+            return PaymentDeclined(message, provider=self.name, code=code or "card_declined")
+        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+            return ConfigurationError(
+                f"Stripe rejected the secret key: {message}",
+                provider=self.name,
+                code="key_rejected",
+            )
+        if isinstance(exc, stripe.RateLimitError):
+            hint = (exc.headers or {}).get("retry-after")
+            return ProviderUnavailable(
+                f"rate limited by Stripe: {message}",
+                provider=self.name,
+                code="rate_limited",
+                retry_after_s=float(hint) if hint and hint.isdigit() else None,
+            )
+        if isinstance(exc, stripe.IdempotencyError):
+            # Tender derives each key from the reference and the operation; different
+            # parameters under one key is a bug to report, never a reason to charge again.
+            logger.error("stripe idempotency error (a Tender bug): %s", message)
+            return OutcomeUnknown(
+                f"Stripe refused a reused idempotency key: {message}",
+                provider=self.name,
+                code="idempotency_error",
+            )
+        if isinstance(exc, stripe.APIConnectionError):
+            if isinstance(exc.__cause__, _NOT_SENT):
+                return ProviderUnavailable(
+                    "could not reach Stripe", provider=self.name, code="connection_failed"
+                )
+            return (OutcomeUnknown if moves_money else ProviderUnavailable)(
+                "no answer from Stripe", provider=self.name, code="no_answer"
+            )
+        if isinstance(exc, stripe.InvalidRequestError) and (exc.http_status or 0) < 500:
+            status = exc.http_status or 400
+            if status == 404:
+                return PaymentDeclined(message, provider=self.name, code=code or "not_found")
+            return PaymentDeclined(message, provider=self.name, code=code or "invalid_request")
+        # 5xx and anything unexpected after sending: the request may have been applied.
+        return (OutcomeUnknown if moves_money else ProviderUnavailable)(
+            f"Stripe error: {message}", provider=self.name, code=code or "api_error"
+        )
+
+    def _options(self, reference: str, operation: str) -> stripe.RequestOptions:
+        return {"idempotency_key": f"tender-{reference}-{operation}"}
+
+    # --- payments --------------------------------------------------------------------------
+
+    async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+        if not self.supports(request.currency):
+            raise ProviderUnavailable(
+                f"stripe does not take {request.currency}", provider=self.name
+            )
+        amount = to_stripe_amount(request.amount_minor, request.currency)
+        metadata = {**{k: str(v) for k, v in request.metadata.items()}}
+        metadata |= {REFERENCE_KEY: request.reference, "order_id": request.order_id}
+        if request.payment_token is not None:
+            params: dict[str, Any] = {
+                "amount": amount,
+                "currency": request.currency.lower(),
+                "payment_method": request.payment_token.get_secret_value(),
+                "confirm": True,
+                "return_url": self.settings.return_url,
+                "metadata": metadata,
+                "receipt_email": request.customer_email,
+            }
+            if self.settings.statement_descriptor:
+                params["statement_descriptor_suffix"] = self.settings.statement_descriptor
+            intent = await self._call(
+                self._sdk.v1.payment_intents.create_async(
+                    params,  # type: ignore[arg-type]
+                    self._options(request.reference, "charge"),
+                ),
+                moves_money=True,
+            )
+            return self._intent_outcome(intent, request.reference)
+        session = await self._call(
+            self._sdk.v1.checkout.sessions.create_async(
+                {
+                    "mode": "payment",
+                    "line_items": [
+                        {
+                            "price_data": {
+                                "currency": request.currency.lower(),
+                                "unit_amount": amount,
+                                "product_data": {"name": f"Order {request.order_id}"},
+                            },
+                            "quantity": 1,
+                        }
+                    ],
+                    "success_url": self.settings.return_url,
+                    "client_reference_id": request.reference,
+                    "customer_email": request.customer_email,
+                    "metadata": metadata,
+                    "payment_intent_data": {"metadata": metadata},
+                },
+                self._options(request.reference, "checkout"),
+            ),
+            moves_money=True,
+        )
+        return PaymentOutcome(
+            status=OutcomeStatus.PENDING,
+            reference=request.reference,
+            provider_transaction_id=session.id,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            authorization_url=session.url,
+        )
+
+    def _intent_outcome(self, intent: Any, reference: str) -> PaymentOutcome:
+        status = _PI_STATUS.get(intent.status, OutcomeStatus.PENDING)
+        action_url = None
+        if intent.status == "requires_action" and intent.next_action is not None:
+            redirect = getattr(intent.next_action, "redirect_to_url", None)
+            action_url = getattr(redirect, "url", None)
+        error = getattr(intent, "last_payment_error", None)
+        return PaymentOutcome(
+            status=status,
+            reference=reference,
+            provider_transaction_id=intent.id,
+            amount_minor=from_stripe_amount(intent.amount, intent.currency),
+            currency=intent.currency.upper(),
+            authorization_url=action_url,
+            code=(getattr(error, "decline_code", None) or getattr(error, "code", None))
+            if status is OutcomeStatus.FAILED and error
+            else None,
+        )
+
+    async def _find_intent(self, reference: str) -> Any | None:
+        found = await self._call(
+            self._sdk.v1.payment_intents.search_async(
+                {"query": f"metadata['{REFERENCE_KEY}']:'{reference}'", "limit": 1}
+            ),
+            moves_money=False,
+        )
+        return found.data[0] if found.data else None
+
+    async def verify_payment(self, reference: str) -> PaymentOutcome:
+        intent = await self._find_intent(reference)
+        if intent is None:
+            raise OutcomeUnknown(
+                "no PaymentIntent with this reference is searchable (yet): Stripe's search "
+                "lags behind writes, and an open Checkout has none until it is paid",
+                provider=self.name,
+                code="not_searchable_yet",
+            )
+        return self._intent_outcome(intent, reference)
+
+    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+        intent = await self._find_intent(reference)
+        if intent is None or intent.status != "succeeded":
+            raise PaymentDeclined(
+                f"no succeeded Stripe payment {reference} to refund",
+                provider=self.name,
+                code="not_found",
+            )
+        params: dict[str, Any] = {
+            "payment_intent": intent.id,
+            "metadata": {REFERENCE_KEY: reference},
+        }
+        operation = "refund-all"
+        if amount_minor is not None:
+            params["amount"] = to_stripe_amount(amount_minor, intent.currency.upper())
+            operation = f"refund-{amount_minor}"
+        refund = await self._call(
+            self._sdk.v1.refunds.create_async(
+                params,  # type: ignore[arg-type]
+                self._options(reference, operation),
+            ),
+            moves_money=True,
+        )
+        return RefundOutcome(
+            status=_REFUND_STATUS.get(refund.status or "", RefundStatus.PENDING),
+            reference=reference,
+            refund_id=refund.id,
+            amount_minor=from_stripe_amount(refund.amount, refund.currency),
+            currency=refund.currency.upper(),
+        )
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def health_check(self) -> HealthCheck:
+        """The balance: a cheap authenticated read. A rejected key raises
+        ConfigurationError (the instance is in error, not down)."""
+        started = time.perf_counter()
+        try:
+            await self._call(self._sdk.v1.balance.retrieve_async(), moves_money=False)
+        except ProviderUnavailable as exc:
+            return HealthCheck(
+                status=HealthStatus.UNHEALTHY,
+                message=exc.message,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        slow = latency_ms > SLOW_HEALTH_FRACTION * self.settings.timeout_s * 1000
+        return HealthCheck(
+            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
+            message=f"slow: {latency_ms:.0f} ms" if slow else "ok",
+            latency_ms=latency_ms,
+        )
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        signature = {k.lower(): v for k, v in headers.items()}.get("stripe-signature")
+        try:
+            stripe.WebhookSignature.verify_header(
+                raw_body.decode("utf-8", "replace"),
+                signature or "",
+                self.settings.webhook_secret.get_secret_value(),
+                self.settings.webhook_tolerance_s,
+            )
+        except stripe.SignatureVerificationError:
+            raise WebhookSignatureError("missing, invalid or stale Stripe-Signature") from None
+        try:
+            event = json.loads(raw_body)
+            return self._event(event)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise WebhookPayloadError(f"unreadable Stripe event: {type(exc).__name__}") from None
+
+    def _event(self, event: dict[str, Any]) -> WebhookEvent:
+        kind = str(event["type"])
+        obj = event["data"]["object"]
+        base = {"provider": self.name, "event_id": str(event["id"]), "event_type": kind}
+        if obj.get("object") == "payment_intent":
+            status = _PI_STATUS.get(obj["status"])
+            return WebhookEvent(
+                **base,
+                reference=(obj.get("metadata") or {}).get(REFERENCE_KEY),
+                status=status if status is not OutcomeStatus.PENDING else None,
+                amount_minor=from_stripe_amount(obj["amount"], obj["currency"]),
+                currency=obj["currency"].upper(),
+            )
+        if obj.get("object") == "checkout.session":
+            paid = obj.get("payment_status") == "paid"
+            expired = obj.get("status") == "expired"
+            status = (
+                OutcomeStatus.SUCCEEDED if paid else (OutcomeStatus.FAILED if expired else None)
+            )
+            amount = obj.get("amount_total")
+            return WebhookEvent(
+                **base,
+                reference=obj.get("client_reference_id"),
+                status=status,
+                amount_minor=from_stripe_amount(amount, obj["currency"]) if amount else None,
+                currency=str(obj["currency"]).upper() if obj.get("currency") else None,
+            )
+        if obj.get("object") == "refund":
+            return WebhookEvent(
+                **base,
+                reference=(obj.get("metadata") or {}).get(REFERENCE_KEY),
+                refund=RefundOutcome(
+                    status=_REFUND_STATUS.get(obj.get("status") or "", RefundStatus.PENDING),
+                    reference=(obj.get("metadata") or {}).get(REFERENCE_KEY) or "",
+                    refund_id=obj["id"],
+                    amount_minor=from_stripe_amount(obj["amount"], obj["currency"]),
+                    currency=obj["currency"].upper(),
+                ),
+            )
+        return WebhookEvent(**base)

@@ -1,0 +1,486 @@
+"""A fake Stripe API on 127.0.0.1 for the endpoints Tender calls, speaking Stripe's protocol.
+
+Objects are built from Stripe's own example objects (``objects.json``, taken from the
+public ``stripe/openapi`` repository's ``fixtures3.json``) with the request's fields laid
+over them. Endpoints: ``POST /v1/payment_intents``, ``GET /v1/payment_intents/search``,
+``GET /v1/payment_intents/{id}``, ``POST /v1/checkout/sessions``, ``POST /v1/refunds``,
+``GET /v1/balance``.
+
+The protocol as Stripe speaks it:
+
+* request bodies are form-encoded with bracket notation (``metadata[k]=v``,
+  ``line_items[0][price_data][currency]=usd``); ``Authorization: Bearer sk_...``; a wrong
+  key is 401 with Stripe's error body;
+* every answer carries ``Request-Id``; errors are ``{"error": {"type", "code",
+  "decline_code", "message", "param"}}`` with Stripe's status codes (402 card errors);
+* idempotency: the same ``Idempotency-Key`` with the same parameters replays the first
+  answer with ``Idempotent-Replayed: true``; with other parameters it is a 400
+  ``idempotency_error``; while the first request is still running, a 409;
+* Stripe's test payment methods: ``pm_card_visa`` (succeeds),
+  ``pm_card_chargeDeclined`` (``generic_decline``),
+  ``pm_card_chargeDeclinedInsufficientFunds`` (``insufficient_funds``),
+  ``pm_card_authenticationRequired`` (``requires_action`` with a redirect URL);
+* webhooks signed as Stripe signs them: ``Stripe-Signature: t=<unix time>,v1=<hex
+  HMAC-SHA256 of "<t>.<raw body>" keyed with the endpoint's whsec_ secret>``.
+
+``FakeStripe.fault`` switches a failure on for every following request: ``"slow"`` (do the
+work, then hold the answer for ``slow_s``), ``"5xx"`` (500 ``api_error``, nothing done),
+``"429"`` (429 rate limit with ``Retry-After``, nothing done).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+Fault = Literal["slow", "5xx", "429"]
+OBJECTS = json.loads((Path(__file__).with_name("objects.json")).read_text())["resources"]
+
+DECLINES = {
+    "pm_card_chargeDeclined": ("generic_decline", "Your card was declined."),
+    "pm_card_chargeDeclinedInsufficientFunds": (
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
+}
+
+
+def decode_form(body: str) -> dict[str, Any]:
+    """Stripe's form encoding with bracket notation, as nested dicts and lists."""
+    root: dict[str, Any] = {}
+    for key, value in parse_qsl(body, keep_blank_values=True):
+        parts = re.findall(r"[^\[\]]+", key)
+        node: Any = root
+        for part, following in zip(parts, [*parts[1:], None], strict=True):
+            index: Any = int(part) if isinstance(node, list) else part
+            if following is None:
+                if isinstance(node, list):
+                    while len(node) <= index:
+                        node.append(None)
+                node[index] = value
+                break
+            child = [] if following.isdigit() else {}
+            if isinstance(node, list):
+                while len(node) <= index:
+                    node.append(None)
+                if node[index] is None:
+                    node[index] = child
+                node = node[index]
+            else:
+                node = node.setdefault(index, child)
+    return root
+
+
+def stripe_error(status: int, type_: str, message: str, **fields: Any) -> tuple[int, Any]:
+    error = {"type": type_, "message": message} | {k: v for k, v in fields.items() if v is not None}
+    return status, {"error": error}
+
+
+class FakeStripe:
+    """A running fake Stripe. ``secret_key`` and ``webhook_secret`` are its account's."""
+
+    def __init__(self, *, slow_s: float = 1.5) -> None:
+        self.secret_key = f"sk_test_{secrets.token_hex(24)}"
+        self.webhook_secret = f"whsec_{secrets.token_hex(24)}"
+        self.fault: Fault | None = None
+        self.slow_s = slow_s
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._intents: dict[str, dict[str, Any]] = {}
+        self._sessions: dict[str, dict[str, Any]] = {}
+        self._refunded: dict[str, int] = {}
+        self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (request, status, body)
+        self._in_flight: set[str] = set()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> FakeStripe:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="fake-stripe", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeStripe:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # --- what tests read ------------------------------------------------------------
+
+    def charges_count(self, reference: str) -> int:
+        """Succeeded PaymentIntents carrying ``reference`` in their metadata."""
+        with self._lock:
+            return sum(
+                1
+                for pi in self._intents.values()
+                if pi["metadata"].get("tender_reference") == reference
+                and pi["status"] == "succeeded"
+            )
+
+    def sessions_count(self, reference: str) -> int:
+        """Checkout Sessions opened for ``reference`` (its client_reference_id)."""
+        with self._lock:
+            return sum(
+                1 for cs in self._sessions.values() if cs["client_reference_id"] == reference
+            )
+
+    def complete_checkout(self, reference: str) -> dict[str, Any]:
+        """The customer pays the open Checkout Session of ``reference``: the session is
+        complete and paid, with a succeeded PaymentIntent carrying its metadata."""
+        with self._lock:
+            session = next(
+                cs for cs in self._sessions.values() if cs["client_reference_id"] == reference
+            )
+            intent = copy.deepcopy(OBJECTS["payment_intent"])
+            intent.update(
+                id=self._id("pi"), amount=session["amount_total"], currency=session["currency"],
+                metadata=dict(session["metadata"]), status="succeeded",
+                amount_received=session["amount_total"], latest_charge=self._id("ch"),
+                last_payment_error=None, next_action=None, created=int(time.time()),
+            )  # fmt: skip
+            self._intents[intent["id"]] = intent
+            session.update(status="complete", payment_status="paid", payment_intent=intent["id"])
+            return copy.deepcopy(session)
+
+    def intent_for(self, reference: str) -> dict[str, Any]:
+        with self._lock:
+            return next(
+                pi
+                for pi in self._intents.values()
+                if pi["metadata"].get("tender_reference") == reference
+            )
+
+    def webhook(
+        self, event_type: str, obj: dict[str, Any], *, at: float | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """A signed event as Stripe POSTs it: (raw body, headers)."""
+        event = copy.deepcopy(OBJECTS["event"])
+        event.update(
+            id=f"evt_{secrets.token_hex(12)}",
+            type=event_type,
+            created=int(at or time.time()),
+            data={"object": obj},
+        )
+        body = json.dumps(event, indent=2).encode()
+        stamp = int(at or time.time())
+        signature = hmac.new(
+            self.webhook_secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256
+        ).hexdigest()
+        return body, {
+            "Content-Type": "application/json",
+            "Stripe-Signature": f"t={stamp},v1={signature}",
+        }
+
+    # --- the API --------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: dict[str, str], form: dict[str, Any]
+    ) -> tuple[int, Any]:
+        if method == "POST" and path == "/v1/payment_intents":
+            return self._create_intent(form)
+        if method == "GET" and path == "/v1/payment_intents/search":
+            return self._search(query.get("query", ""))
+        if method == "GET" and path.startswith("/v1/payment_intents/"):
+            intent = self._intents.get(path.rsplit("/", 1)[1])
+            if intent is None:
+                return stripe_error(
+                    404,
+                    "invalid_request_error",
+                    "No such payment_intent",
+                    code="resource_missing",
+                    param="intent",
+                )
+            return 200, intent
+        if method == "POST" and path == "/v1/checkout/sessions":
+            return self._create_session(form)
+        if method == "POST" and path == "/v1/refunds":
+            return self._create_refund(form)
+        if method == "GET" and path == "/v1/balance":
+            return 200, OBJECTS["balance"]
+        return stripe_error(
+            404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})."
+        )
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}_{secrets.token_hex(8)}{next(self._ids)}"
+
+    def _create_intent(self, form: dict[str, Any]) -> tuple[int, Any]:
+        amount, currency = int(form["amount"]), form["currency"]
+        intent = copy.deepcopy(OBJECTS["payment_intent"])
+        intent.update(
+            id=self._id("pi"),
+            amount=amount,
+            currency=currency,
+            metadata=form.get("metadata", {}),
+            payment_method=form.get("payment_method"),
+            last_payment_error=None,
+            next_action=None,
+            created=int(time.time()),
+            canceled_at=None,
+            livemode=False,
+        )
+        method = form.get("payment_method")
+        with self._lock:
+            self._intents[intent["id"]] = intent
+        if method in DECLINES:
+            decline_code, message = DECLINES[method]
+            intent.update(
+                status="requires_payment_method",
+                last_payment_error={
+                    "type": "card_error",
+                    "code": "card_declined",
+                    "decline_code": decline_code,
+                    "message": message,
+                },
+            )
+            return stripe_error(
+                402,
+                "card_error",
+                message,
+                code="card_declined",
+                decline_code=decline_code,
+                payment_intent=intent,
+            )
+        if method == "pm_card_authenticationRequired":
+            intent.update(
+                status="requires_action",
+                next_action={
+                    "type": "redirect_to_url",
+                    "redirect_to_url": {
+                        "url": f"https://hooks.stripe.com/3d_secure_2/hosted?payment_intent={intent['id']}",
+                        "return_url": form.get("return_url"),
+                    },
+                },
+            )
+            return 200, intent
+        intent.update(status="succeeded", amount_received=amount, latest_charge=self._id("ch"))
+        return 200, intent
+
+    def _search(self, query: str) -> tuple[int, Any]:
+        match = re.fullmatch(r"metadata\['([^']+)'\]:'([^']*)'", query.strip())
+        if match is None:
+            return stripe_error(
+                400, "invalid_request_error", "Unsupported search query.", param="query"
+            )
+        key, value = match.groups()
+        with self._lock:
+            found = [pi for pi in self._intents.values() if pi["metadata"].get(key) == value]
+        found.sort(key=lambda pi: pi["created"], reverse=True)
+        return 200, {
+            "object": "search_result",
+            "data": found,
+            "has_more": False,
+            "next_page": None,
+            "url": "/v1/payment_intents/search",
+        }
+
+    def _create_session(self, form: dict[str, Any]) -> tuple[int, Any]:
+        item = form["line_items"][0]
+        amount = int(item["price_data"]["unit_amount"]) * int(item.get("quantity", 1))
+        session = copy.deepcopy(OBJECTS["checkout.session"])
+        session_id = self._id("cs_test")
+        session.update(
+            id=session_id,
+            mode="payment",
+            url=f"https://checkout.stripe.com/c/pay/{session_id}",
+            status="open",
+            payment_status="unpaid",
+            amount_total=amount,
+            amount_subtotal=amount,
+            currency=item["price_data"]["currency"],
+            client_reference_id=form.get("client_reference_id"),
+            metadata=form.get("metadata", {}),
+            success_url=form.get("success_url"),
+            payment_intent=None,
+        )
+        with self._lock:
+            self._sessions[session_id] = session
+        return 200, session
+
+    def _create_refund(self, form: dict[str, Any]) -> tuple[int, Any]:
+        intent = self._intents.get(form.get("payment_intent", ""))
+        if intent is None:
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"No such payment_intent: '{form.get('payment_intent')}'",
+                code="resource_missing",
+                param="payment_intent",
+            )
+        with self._lock:
+            left = intent["amount"] - self._refunded.get(intent["id"], 0)
+            amount = int(form.get("amount", left))
+            if left <= 0:
+                return stripe_error(
+                    400,
+                    "invalid_request_error",
+                    f"Charge {intent['latest_charge']} has already been refunded.",
+                    code="charge_already_refunded",
+                )
+            if amount > left:
+                return stripe_error(
+                    400,
+                    "invalid_request_error",
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
+                    param="amount",
+                )
+            self._refunded[intent["id"]] = self._refunded.get(intent["id"], 0) + amount
+        refund = copy.deepcopy(OBJECTS["refund"])
+        refund.update(
+            id=self._id("re"),
+            amount=amount,
+            currency=intent["currency"],
+            payment_intent=intent["id"],
+            charge=intent["latest_charge"],
+            metadata=form.get("metadata", {}),
+            status="succeeded",
+            created=int(time.time()),
+        )
+        return 200, refund
+
+    # --- idempotency ----------------------------------------------------------------
+
+    def idempotent(self, key: str | None, request: str, work: Any) -> tuple[int, Any, bool]:
+        """Run ``work`` once per key: (status, body, replayed)."""
+        if key is None:
+            status, body = work()
+            return status, body, False
+        with self._lock:
+            stored = self._idempotent.get(key)
+            if stored is None and key in self._in_flight:
+                return (
+                    *stripe_error(
+                        409,
+                        "idempotency_error",
+                        "There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): "
+                        + key
+                        + ". Please try again later.",
+                    ),
+                    False,
+                )
+            if stored is None:
+                self._in_flight.add(key)
+        if stored is not None:
+            if stored[0] != request:
+                return (
+                    *stripe_error(
+                        400,
+                        "idempotency_error",
+                        f"Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request.",
+                    ),
+                    False,
+                )
+            return stored[1], stored[2], True
+        try:
+            status, body = work()
+            if status < 500:  # Stripe does not store server errors
+                with self._lock:
+                    self._idempotent[key] = (request, status, body)
+            return status, body, False
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeStripe
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up is not an error worth printing."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "nginx"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: tests read FakeStripe.requests."""
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        assert isinstance(self.server, _Server)
+        fake = self.server.fake
+        split = urlsplit(self.path)
+        query = dict(parse_qsl(split.query))
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode() if length else ""
+        form = decode_form(raw)
+        fake.requests.append((method, split.path, form))
+        if fake.fault == "5xx":
+            return self._answer(*stripe_error(500, "api_error", "An unknown error occurred"))
+        if fake.fault == "429":
+            return self._answer(
+                *stripe_error(
+                    429,
+                    "invalid_request_error",
+                    "Too many requests hit the API too quickly.",
+                    code="rate_limit",
+                ),
+                extra={"Retry-After": "1"},
+            )
+        auth = self.headers.get("Authorization", "")
+        if auth != f"Bearer {fake.secret_key}":
+            shown = auth.removeprefix("Bearer ")
+            return self._answer(
+                *stripe_error(
+                    401,
+                    "invalid_request_error",
+                    f"Invalid API Key provided: {shown[:8]}{'*' * 20}{shown[-4:]}",
+                )
+            )
+        key = self.headers.get("Idempotency-Key") if method == "POST" else None
+        status, body, replayed = fake.idempotent(
+            key,
+            f"{method} {split.path} {raw}",
+            lambda: fake.handle(method, split.path, query, form),
+        )
+        if fake.fault == "slow" and fake._stopping.wait(fake.slow_s):
+            return None
+        self._answer(status, body, extra={"Idempotent-Replayed": "true"} if replayed else {})
+
+    def _answer(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True

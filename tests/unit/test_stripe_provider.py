@@ -1,0 +1,116 @@
+"""The Stripe plugin's own rules beyond the conformance suite: Stripe's amount rules, its
+idempotency keys, 3-D Secure, and verify's eventual consistency."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from providers.base import OutcomeStatus, PaymentRequest, derive_reference
+from providers.errors import OutcomeUnknown, ProviderUnavailable
+from providers.stripe import StripeProvider, from_stripe_amount, to_stripe_amount
+from tests.fakes.stripe.server import FakeStripe, decode_form
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    with FakeStripe() as running:
+        yield running
+
+
+def provider(fake: FakeStripe) -> StripeProvider:
+    plugin = StripeProvider()
+    plugin.configure(
+        {
+            "secret_key": fake.secret_key,
+            "webhook_secret": fake.webhook_secret,
+            "base_url": fake.base_url,
+            "timeout_s": 2,
+        }
+    )
+    return plugin
+
+
+def request(token: str | None = "pm_card_visa", **fields: Any) -> PaymentRequest:
+    values: dict[str, Any] = {
+        "payment_id": uuid.uuid4(),
+        "reference": derive_reference(str(uuid.uuid4())),
+        "order_id": "order-7",
+        "amount_minor": 1250,
+        "currency": "USD",
+        "customer_email": "ada@example.com",
+        "payment_token": token,
+    }
+    return PaymentRequest(**(values | fields))
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "stripe_amount"),
+    [(1250, "USD", 1250), (500, "JPY", 500), (500, "ISK", 50_000), (5120, "KWD", 5120)],
+)
+def test_amounts_follow_stripes_rules_both_ways(
+    minor: int, currency: str, stripe_amount: int
+) -> None:
+    assert to_stripe_amount(minor, currency) == stripe_amount
+    assert from_stripe_amount(stripe_amount, currency.lower()) == minor
+
+
+def test_an_amount_stripe_cannot_carry_exactly_is_refused_before_sending(fake: FakeStripe) -> None:
+    with pytest.raises(ProviderUnavailable, match=r"steps of 0\.010"):
+        asyncio.run(provider(fake).process_payment(request(amount_minor=5124, currency="KWD")))
+    assert fake.requests == []
+
+
+def test_every_charge_carries_an_idempotency_key_and_the_reference(fake: FakeStripe) -> None:
+    plugin = provider(fake)
+    req = request()
+    asyncio.run(plugin.process_payment(req))
+    method, path, form = fake.requests[-1]
+    assert (method, path) == ("POST", "/v1/payment_intents")
+    assert form["metadata"]["tender_reference"] == req.reference
+    assert form["amount"] == "1250" and form["currency"] == "usd" and form["confirm"] == "true"
+    assert asyncio.run(plugin.process_payment(req)).status is OutcomeStatus.SUCCEEDED
+    assert fake.charges_count(req.reference) == 1  # the same key: Stripe's first answer
+
+
+def test_a_reused_key_with_other_parameters_is_a_bug_report_not_a_charge(fake: FakeStripe) -> None:
+    plugin = provider(fake)
+    first = request()
+    asyncio.run(plugin.process_payment(first))
+    with pytest.raises(OutcomeUnknown) as reused:
+        asyncio.run(plugin.process_payment(request(reference=first.reference, amount_minor=999)))
+    assert reused.value.code == "idempotency_error"
+    assert fake.charges_count(first.reference) == 1
+
+
+def test_three_d_secure_is_pending_with_the_action_url(fake: FakeStripe) -> None:
+    outcome = asyncio.run(provider(fake).process_payment(request("pm_card_authenticationRequired")))
+    assert outcome.status is OutcomeStatus.PENDING
+    assert outcome.authorization_url and "3d_secure" in outcome.authorization_url
+
+
+def test_not_found_by_search_is_unknown_never_not_charged(fake: FakeStripe) -> None:
+    with pytest.raises(OutcomeUnknown, match="searchable"):
+        asyncio.run(provider(fake).verify_payment(derive_reference("never-sent")))
+
+
+def test_partial_refunds_have_keys_of_their_own(fake: FakeStripe) -> None:
+    plugin = provider(fake)
+    req = request()
+    asyncio.run(plugin.process_payment(req))
+    asyncio.run(plugin.refund(req.reference, 250))
+    asyncio.run(plugin.refund(req.reference, 300))
+    refunds = [form for _, path, form in fake.requests if path == "/v1/refunds"]
+    assert [r["amount"] for r in refunds] == ["250", "300"]
+
+
+def test_the_fake_decodes_stripes_bracket_notation() -> None:
+    form = decode_form("a[b]=1&line_items[0][price_data][currency]=usd&line_items[0][quantity]=1")
+    assert form == {
+        "a": {"b": "1"},
+        "line_items": [{"price_data": {"currency": "usd"}, "quantity": "1"}],
+    }
