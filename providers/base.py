@@ -189,6 +189,7 @@ class Capability(StrEnum):
     PENDING_CHECKOUT = "pending_checkout"  # a charge without a token waits on the customer
     PARTIAL_REFUNDS = "partial_refunds"
     RETRY_HINTS = "retry_hints"  # a rate limit says when to come back
+    SIGNED_BODY = "signed_body"  # webhook signatures cover the raw body
     SIGNED_TIMESTAMPS = "signed_timestamps"  # webhook signatures cover a timestamp
 
 

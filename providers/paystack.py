@@ -276,7 +276,7 @@ class PaystackProvider(PaymentProvider):
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.paystack.co"})
     # Paystack signs webhooks without a timestamp, and documents no Retry-After.
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS}
+        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.SIGNED_BODY}
     )
 
     def __init__(self) -> None:

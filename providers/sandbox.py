@@ -193,7 +193,12 @@ class SandboxProvider(PaymentProvider):
     supported_currencies: ClassVar[frozenset[str]] = frozenset(CURRENCY_EXPONENTS)
     config_model: ClassVar[type[ProviderConfig]] = SandboxConfig
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.RETRY_HINTS}
+        {
+            Capability.PENDING_CHECKOUT,
+            Capability.PARTIAL_REFUNDS,
+            Capability.RETRY_HINTS,
+            Capability.SIGNED_BODY,
+        }
     )
 
     @classmethod

@@ -239,6 +239,7 @@ class StripeProvider(PaymentProvider):
             Capability.PENDING_CHECKOUT,
             Capability.PARTIAL_REFUNDS,
             Capability.RETRY_HINTS,
+            Capability.SIGNED_BODY,
             Capability.SIGNED_TIMESTAMPS,
         }
     )

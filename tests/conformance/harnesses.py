@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from providers.base import PaymentProvider, PaymentRequest, derive_reference
+from providers.flutterwave import FlutterwaveProvider
 from providers.paystack import PaystackProvider
 from providers.sandbox import SIGNATURE_HEADER, SandboxProvider, charge_book
 from providers.stripe import StripeProvider
+from tests.fakes.flutterwave.server import FakeFlutterwave
 from tests.fakes.paystack.server import (
     DECLINED_AUTHORIZATION,
     GOOD_AUTHORIZATION,
@@ -141,15 +143,52 @@ class SandboxHarness(Harness):
         yield self.plugin(latency_ms=250, slow_health_ms=200)
 
 
-class PaystackHarness(Harness):
+class FakeServerHarness(Harness):
+    """A provider behind an HTTP fake with ``fault`` switches and a ``slow_s`` hold."""
+
+    fake: Any
+    faults: ClassVar[dict[str, str]] = {
+        "stall_after_recording": "slow",
+        "server_error": "5xx",
+        "rate_limited": "429",
+    }
+    revoked: ClassVar[dict[str, str]]  # a config change whose key the fake refuses
+
+    def close(self) -> None:
+        self.fake.stop()
+
+    @contextlib.contextmanager
+    def fault(self, kind: Fault) -> Iterator[PaymentProvider]:
+        if kind == "down":
+            yield self.plugin(base_url=unused_local_url())
+            return
+        if kind == "revoked_key":
+            yield self.plugin(**self.revoked)
+            return
+        self.fake.fault = self.faults[kind]
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.fault = None
+
+    @contextlib.contextmanager
+    def slow_health(self) -> Iterator[PaymentProvider]:
+        self.fake.slow_s = TIMEOUT_S * 0.9
+        self.fake.fault = "slow"
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.fault = None
+            self.fake.slow_s = TIMEOUT_S * 2
+
+
+class PaystackHarness(FakeServerHarness):
+    revoked: ClassVar[dict[str, str]] = {"secret_key": "sk_test_" + "0" * 40}
     plugin_class = PaystackProvider
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
         self.fake = FakePaystack(slow_s=TIMEOUT_S * 2).start()
-
-    def close(self) -> None:
-        self.fake.stop()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -171,45 +210,15 @@ class PaystackHarness(Harness):
             "charge.success", self.fake.event_data("charge.success", reference)
         )
 
-    @contextlib.contextmanager
-    def fault(self, kind: Fault) -> Iterator[PaymentProvider]:
-        if kind == "down":
-            yield self.plugin(base_url=unused_local_url())
-            return
-        if kind == "revoked_key":
-            yield self.plugin(secret_key="sk_test_" + "0" * 40)
-            return
-        self.fake.fault = {
-            "stall_after_recording": "slow",
-            "server_error": "5xx",
-            "rate_limited": "429",
-        }[kind]  # type: ignore[assignment]
-        try:
-            yield self.plugin()
-        finally:
-            self.fake.fault = None
 
-    @contextlib.contextmanager
-    def slow_health(self) -> Iterator[PaymentProvider]:
-        self.fake.slow_s = TIMEOUT_S * 0.9
-        self.fake.fault = "slow"
-        try:
-            yield self.plugin()
-        finally:
-            self.fake.fault = None
-            self.fake.slow_s = TIMEOUT_S * 2
-
-
-class StripeHarness(Harness):
+class StripeHarness(FakeServerHarness):
+    revoked: ClassVar[dict[str, str]] = {"secret_key": "sk_test_revoked_" + "0" * 24}
     plugin_class = StripeProvider
     currency = "USD"
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
         self.fake = FakeStripe(slow_s=TIMEOUT_S * 2).start()
-
-    def close(self) -> None:
-        self.fake.stop()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -230,37 +239,37 @@ class StripeHarness(Harness):
         intent = self.fake.intent_for(reference)
         return self.fake.webhook("payment_intent.succeeded", intent, at=time.time() - age_s)
 
-    @contextlib.contextmanager
-    def fault(self, kind: Fault) -> Iterator[PaymentProvider]:
-        if kind == "down":
-            yield self.plugin(base_url=unused_local_url())
-            return
-        if kind == "revoked_key":
-            yield self.plugin(secret_key="sk_test_revoked_" + "0" * 24)
-            return
-        self.fake.fault = {
-            "stall_after_recording": "slow",
-            "server_error": "5xx",
-            "rate_limited": "429",
-        }[kind]  # type: ignore[assignment]
-        try:
-            yield self.plugin()
-        finally:
-            self.fake.fault = None
 
-    @contextlib.contextmanager
-    def slow_health(self) -> Iterator[PaymentProvider]:
-        self.fake.slow_s = TIMEOUT_S * 0.9
-        self.fake.fault = "slow"
-        try:
-            yield self.plugin()
-        finally:
-            self.fake.fault = None
-            self.fake.slow_s = TIMEOUT_S * 2
+class FlutterwaveHarness(FakeServerHarness):
+    revoked: ClassVar[dict[str, str]] = {"secret_key": "FLWSECK_TEST-revoked-X"}
+    plugin_class = FlutterwaveProvider
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.fake = FakeFlutterwave(slow_s=TIMEOUT_S * 2).start()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "secret_key": self.fake.secret_key,
+            "secret_hash": self.fake.secret_hash,
+            "base_url": self.fake.base_url,
+            "timeout_s": TIMEOUT_S,
+        }
+
+    def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
+        token = {"succeed": "flw-t1nf-good", "decline": "flw-t1nf-declined"}.get(outcome)
+        return self.new_request(payment_token=token, amount_minor=amount_minor)
+
+    def charges(self, reference: str) -> int:
+        return self.fake.charges_count(reference)
+
+    def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(reference)
 
 
 HARNESSES: dict[str, type[Harness]] = {
     "sandbox": SandboxHarness,
     "paystack": PaystackHarness,
     "stripe": StripeHarness,
+    "flutterwave": FlutterwaveHarness,
 }

@@ -25,9 +25,8 @@ from workers.monitoring.health import health_check_all
 TOKEN = "t0ken-for-hardening-tests"
 
 
-@pytest.fixture
-def client(database_url: str) -> Iterator[TestClient]:
-    """The app over SQLite, then the real PostgreSQL."""
+def app_client() -> Iterator[TestClient]:
+    """The HTTP app over the database the fixture chose (and its embedded broker)."""
     from surfaces.http.app import create_app
     from workers.core.app import reconfigure
 
@@ -36,18 +35,17 @@ def client(database_url: str) -> Iterator[TestClient]:
     with TestClient(create_app()) as test_client:
         yield test_client
     runtime.reset()
+
+
+@pytest.fixture
+def client(database_url: str) -> Iterator[TestClient]:
+    """The app over SQLite, then the real PostgreSQL."""
+    yield from app_client()
 
 
 @pytest.fixture
 def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
-    from surfaces.http.app import create_app
-    from workers.core.app import reconfigure
-
-    runtime.reset()
-    reconfigure()
-    with TestClient(create_app()) as test_client:
-        yield test_client
-    runtime.reset()
+    yield from app_client()
 
 
 @pytest.fixture

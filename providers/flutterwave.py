@@ -1,0 +1,443 @@
+"""Flutterwave, through its v3 HTTP API over ``httpx`` (it has no maintained v3 Python SDK;
+the old ``rave_python`` targets the retired v2 API), the way its own server SDKs call it.
+
+* **One ``httpx.AsyncClient`` per instance**: Bearer secret key, the instance's timeout, the
+  base address configurable for tests, no retries of its own.
+* **Charges.** A saved card (``payment_token``): ``POST /v3/tokenized-charges`` ->
+  successful / pending / failed. Otherwise Flutterwave Standard, ``POST /v3/payments`` ->
+  pending, with the hosted link as ``authorization_url``. ``tx_ref`` is the payment
+  reference, so a retried charge carries the same reference.
+* **Money in major units.** Flutterwave's amounts are decimal major units: sent as the
+  exact decimal of the minor units (a JSON number written from a ``Decimal``, never a
+  float), read back with ``parse_float=Decimal``.
+* **Verify** by reference (``verify_by_reference?tx_ref=``), reporting the amount and
+  currency Flutterwave recorded; the worker compares them with the ledger before calling a
+  payment paid (an underpaid or other-currency transaction becomes ``unknown`` with
+  ``amount_mismatch``, and an alert), as Flutterwave's docs require.
+* **Webhooks** carry no signature over the body, only the ``verif-hash`` header, the
+  instance's secret hash: it is compared in constant time, and then, as Flutterwave's docs
+  require, the transaction is verified through the API; the event reports what the API
+  says, not what the body claims.
+* **Errors** (``{"status": "error", "message", "data"}``) are classified at one seam by what
+  is safe next (``_answer``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from providers.base import (
+    Capability,
+    HealthCheck,
+    HealthStatus,
+    OutcomeStatus,
+    PaymentOutcome,
+    PaymentProvider,
+    PaymentRequest,
+    ProviderConfig,
+    RefundOutcome,
+    RefundStatus,
+    WebhookEvent,
+)
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderUnavailable,
+    WebhookPayloadError,
+    WebhookSignatureError,
+)
+from providers.money import MoneyError, from_minor, to_minor
+
+logger = logging.getLogger(__name__)
+
+FLUTTERWAVE_CURRENCIES = frozenset(
+    [
+        "NGN",
+        "GHS",
+        "KES",
+        "UGX",
+        "TZS",
+        "ZAR",
+        "USD",
+        "EUR",
+        "GBP",
+        "XAF",
+        "XOF",
+        "RWF",
+        "ZMW",
+        "MWK",
+        "EGP",
+        "MAD",
+    ]
+)
+SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
+_STATUS = {
+    "successful": OutcomeStatus.SUCCEEDED,
+    "completed": OutcomeStatus.SUCCEEDED,
+    "pending": OutcomeStatus.PENDING,
+    "failed": OutcomeStatus.FAILED,
+    "cancelled": OutcomeStatus.FAILED,
+}
+_REFUND_STATUS = {
+    "completed": RefundStatus.SUCCEEDED,
+    "pending": RefundStatus.PENDING,
+    "failed": RefundStatus.FAILED,
+}
+_NOT_FOUND = re.compile(r"no transaction was found", re.IGNORECASE)
+_DUPLICATE = re.compile(r"duplicate", re.IGNORECASE)
+
+
+class FlutterwaveConfig(ProviderConfig):
+    """One Flutterwave account.
+
+    Parameters:
+        secret_key: ``FLWSECK-...`` (``FLWSECK_TEST-...`` in test mode).
+        secret_hash: the webhook secret hash set on the dashboard (sent as ``verif-hash``).
+        public_key: ``FLWPUBK-...``, for front-end surfaces; not used server-side.
+        encryption_key: for direct card charges (not used: Tender charges tokens).
+        redirect_url: where Flutterwave Standard returns the customer.
+        base_url: Flutterwave's API root (a local fake in tests).
+        timeout_s: seconds one API call may take.
+    """
+
+    secret_key: SecretStr
+    secret_hash: SecretStr
+    public_key: str | None = None
+    encryption_key: SecretStr | None = None
+    redirect_url: str = "https://example.com/paid"
+    base_url: str = "https://api.flutterwave.com"
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("FLWSECK"):
+            raise ValueError("must be a Flutterwave secret key (FLWSECK-...)")
+        return value
+
+    @field_validator("secret_hash")
+    @classmethod
+    def _hash_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a guessable hash lets anyone post)")
+        return value
+
+    @field_validator("base_url", "redirect_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+def json_body(payload: Mapping[str, Any]) -> bytes:
+    """JSON with ``Decimal`` amounts written as the exact numbers they are (the json module
+    would only take them through float)."""
+
+    def exact(value: object) -> str:
+        if not isinstance(value, Decimal):
+            raise TypeError(f"{type(value).__name__} is not JSON")
+        return f"\x00{value}\x00"  # a marker no text value can hold (NUL is refused)
+
+    text = json.dumps(payload, default=exact)
+    return re.sub(r'"\\u0000(-?[0-9]+(?:\.[0-9]+)?)\\u0000"', r"\1", text).encode()
+
+
+class FlutterwaveProvider(PaymentProvider):
+    """Flutterwave v3: tokenized charges for saved cards, Flutterwave Standard otherwise."""
+
+    name: ClassVar[str] = "flutterwave"
+    display_name: ClassVar[str] = "Flutterwave"
+    supported_currencies: ClassVar[frozenset[str]] = FLUTTERWAVE_CURRENCIES
+    config_model: ClassVar[type[ProviderConfig]] = FlutterwaveConfig
+    api_hosts: ClassVar[frozenset[str]] = frozenset({"api.flutterwave.com"})
+    # No signature over the body (only a shared hash) and no documented retry hint: the
+    # body is never trusted, the API is asked instead.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def settings(self) -> FlutterwaveConfig:
+        config = self.config
+        assert isinstance(config, FlutterwaveConfig)
+        return config
+
+    def on_configured(self) -> None:
+        settings = self.settings
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url,
+            headers={"Authorization": f"Bearer {settings.secret_key.get_secret_value()}"},
+            timeout=settings.timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self._http = None
+
+    # --- the seam ------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, moves_money: bool, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One API call: Flutterwave's ``data`` (a dict), or the error its answer means."""
+        if self._http is None:
+            raise ConfigurationError("flutterwave provider used after aclose()", provider=self.name)
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                content=json_body(body) if body is not None else None,
+                headers={"Content-Type": "application/json"} if body is not None else None,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise ProviderUnavailable(
+                "could not reach Flutterwave", provider=self.name, code="connection_failed"
+            ) from None
+        except httpx.HTTPError as exc:  # sent, then no (complete) answer
+            error = OutcomeUnknown if moves_money else ProviderUnavailable
+            raise error(
+                f"no answer from Flutterwave ({type(exc).__name__})",
+                provider=self.name,
+                code="no_answer",
+            ) from None
+        return self._answer(response, moves_money)
+
+    def _answer(self, response: httpx.Response, moves_money: bool) -> dict[str, Any]:
+        try:
+            envelope = json.loads(response.content, parse_float=Decimal)
+        except ValueError:
+            envelope = None
+        message = self.scrub(str((envelope or {}).get("message") or response.reason_phrase))
+        status = response.status_code
+        if status == 401:
+            raise ConfigurationError(
+                f"Flutterwave rejected the secret key: {message}",
+                provider=self.name,
+                code="key_rejected",
+            )
+        if status == 429:
+            hint = response.headers.get("retry-after", "")
+            raise ProviderUnavailable(
+                f"rate limited by Flutterwave: {message}",
+                provider=self.name,
+                code="rate_limited",
+                retry_after_s=float(hint) if hint.isdigit() else None,
+            )
+        if status >= 500 or not isinstance(envelope, dict):
+            error = OutcomeUnknown if moves_money else ProviderUnavailable
+            raise error(
+                f"Flutterwave error {status}: {message}", provider=self.name, code="server_error"
+            )
+        if envelope.get("status") != "success":
+            code = "refused"
+            if _NOT_FOUND.search(message):
+                code = "not_found"
+            elif _DUPLICATE.search(message):
+                code = "duplicate_reference"
+            raise PaymentDeclined(message, provider=self.name, code=code)
+        data = envelope.get("data")
+        return data if isinstance(data, dict) else {}
+
+    # --- payments --------------------------------------------------------------------------
+
+    def _major(self, amount_minor: int, currency: str) -> Decimal:
+        return from_minor(amount_minor, currency)
+
+    async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+        try:
+            return await self._charge(request)
+        except PaymentDeclined as exc:
+            if exc.code != "duplicate_reference":
+                raise
+        # Flutterwave already has this tx_ref (a retry, a redelivery): it charged nothing
+        # now; report what became of the first charge.
+        outcome = await self.verify_payment(request.reference)
+        if outcome.status is OutcomeStatus.FAILED:
+            raise PaymentDeclined(
+                outcome.message or "declined by Flutterwave", provider=self.name, code="declined"
+            )
+        if outcome.status is OutcomeStatus.NOT_FOUND:
+            raise OutcomeUnknown(
+                "Flutterwave calls the reference a duplicate but cannot find it",
+                provider=self.name,
+                code="duplicate_reference",
+            )
+        return outcome
+
+    async def _charge(self, request: PaymentRequest) -> PaymentOutcome:
+        if not self.supports(request.currency):
+            raise ProviderUnavailable(
+                f"flutterwave does not take {request.currency}", provider=self.name
+            )
+        amount = self._major(request.amount_minor, request.currency)
+        if request.payment_token is not None:
+            data = await self._request(
+                "POST",
+                "/v3/tokenized-charges",
+                moves_money=True,
+                body={
+                    "token": request.payment_token.get_secret_value(),
+                    "currency": request.currency,
+                    "amount": amount,
+                    "email": request.customer_email,
+                    "tx_ref": request.reference,
+                    "narration": f"Order {request.order_id}",
+                },
+            )
+            outcome = self._outcome(data, request.reference)
+            if outcome.status is OutcomeStatus.FAILED:
+                raise PaymentDeclined(
+                    self.scrub(str(data.get("processor_response") or "declined by Flutterwave")),
+                    provider=self.name,
+                    code="declined",
+                )
+            return outcome
+        data = await self._request(
+            "POST",
+            "/v3/payments",
+            moves_money=True,
+            body={
+                "tx_ref": request.reference,
+                "amount": amount,
+                "currency": request.currency,
+                "redirect_url": self.settings.redirect_url,
+                "customer": {"email": request.customer_email},
+                "customizations": {"title": f"Order {request.order_id}"},
+                "meta": {"order_id": request.order_id},
+            },
+        )
+        return PaymentOutcome(
+            status=OutcomeStatus.PENDING,
+            reference=request.reference,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            authorization_url=data.get("link"),
+        )
+
+    def _outcome(self, data: Mapping[str, Any], reference: str) -> PaymentOutcome:
+        currency = str(data.get("currency") or "").upper()
+        try:
+            amount_minor = to_minor(Decimal(str(data["amount"])), currency)
+        except (KeyError, MoneyError, ArithmeticError):
+            amount_minor = None
+        return PaymentOutcome(
+            status=_STATUS.get(str(data.get("status")), OutcomeStatus.PENDING),
+            reference=reference,
+            provider_transaction_id=str(data["id"]) if data.get("id") is not None else None,
+            amount_minor=amount_minor,
+            currency=currency or None,
+            message=self.scrub(str(data.get("processor_response") or "")) or None,
+        )
+
+    async def _transaction(self, reference: str) -> dict[str, Any] | None:
+        try:
+            return await self._request(
+                "GET",
+                f"/v3/transactions/verify_by_reference?tx_ref={reference}",
+                moves_money=False,
+            )
+        except PaymentDeclined as exc:
+            if exc.code == "not_found":
+                return None
+            raise ProviderUnavailable(exc.message, provider=self.name, code=exc.code) from None
+
+    async def verify_payment(self, reference: str) -> PaymentOutcome:
+        data = await self._transaction(reference)
+        if data is None:
+            return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
+        return self._outcome(data, reference)
+
+    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+        data = await self._transaction(reference)
+        if data is None or data.get("status") != "successful":
+            raise PaymentDeclined(
+                f"no successful Flutterwave payment {reference} to refund",
+                provider=self.name,
+                code="not_found",
+            )
+        currency = str(data["currency"]).upper()
+        body: dict[str, Any] = {}
+        if amount_minor is not None:
+            body["amount"] = self._major(amount_minor, currency)
+        refund = await self._request(
+            "POST", f"/v3/transactions/{data['id']}/refund", moves_money=True, body=body
+        )
+        refunded = refund.get("amount_refunded")
+        return RefundOutcome(
+            status=_REFUND_STATUS.get(str(refund.get("status")), RefundStatus.PENDING),
+            reference=reference,
+            refund_id=str(refund.get("id")),
+            amount_minor=to_minor(Decimal(str(refunded)), currency) if refunded else amount_minor,
+            currency=currency,
+        )
+
+    # --- health ------------------------------------------------------------------------------
+
+    async def health_check(self) -> HealthCheck:
+        """Wallet balances: a cheap authenticated read. A rejected key raises
+        ConfigurationError (the instance is in error, not down)."""
+        started = time.perf_counter()
+        try:
+            await self._request("GET", "/v3/balances", moves_money=False)
+        except (ProviderUnavailable, PaymentDeclined) as exc:
+            return HealthCheck(
+                status=HealthStatus.UNHEALTHY,
+                message=exc.message,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        slow = latency_ms > SLOW_HEALTH_FRACTION * self.settings.timeout_s * 1000
+        return HealthCheck(
+            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
+            message=f"slow: {latency_ms:.0f} ms" if slow else "ok",
+            latency_ms=latency_ms,
+        )
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        given = {k.lower(): v for k, v in headers.items()}.get("verif-hash", "")
+        expected = self.settings.secret_hash.get_secret_value()
+        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise WebhookSignatureError("missing or wrong verif-hash")
+        try:
+            body = json.loads(raw_body)
+            kind = str(body.get("event") or body.get("event.type") or "unknown")
+            data = body["data"]
+            event_id = f"{kind}:{data['id']}"
+            reference = data.get("tx_ref")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise WebhookPayloadError(
+                f"unreadable Flutterwave event: {type(exc).__name__}"
+            ) from None
+        if not reference:
+            return WebhookEvent(provider=self.name, event_id=event_id, event_type=kind)
+        # The body is not signed: what it says is only a prompt to ask the API.
+        verified = await self.verify_payment(str(reference))
+        status = verified.status if verified.status is not OutcomeStatus.PENDING else None
+        return WebhookEvent(
+            provider=self.name,
+            event_id=event_id,
+            event_type=kind,
+            reference=str(reference),
+            status=None if verified.status is OutcomeStatus.NOT_FOUND else status,
+            amount_minor=verified.amount_minor,
+            currency=verified.currency,
+        )
