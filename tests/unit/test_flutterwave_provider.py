@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from config.settings import get_settings
 from providers.base import OutcomeStatus, PaymentRequest, derive_reference
@@ -19,6 +20,7 @@ from registry.db import get_database
 from tests.fakes.flutterwave.server import FakeFlutterwave
 from workers import runtime
 from workers.events.relay import InlineRelay
+from workers.ledger.outbox import OutboxEvent
 from workers.payments.client import _validated, get_payment, record_payment
 from workers.payments.processor import PaymentProcessor
 
@@ -67,6 +69,13 @@ def test_an_underpaid_or_other_currency_charge_is_not_a_success(
     processor.process(payment.id)
     view = get_payment(payment.id)
     assert view.status.value == "unknown" and view.error_code == "amount_mismatch"
+    with get_database().sessions() as session:
+        alerts = session.execute(
+            select(OutboxEvent).where(OutboxEvent.event_type == "alert.raised")
+        ).scalars()
+        assert [a.payload["title"] for a in alerts] == [
+            "payment succeeded for another amount or currency"
+        ]
 
 
 class _Quiet:

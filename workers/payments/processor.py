@@ -40,7 +40,7 @@ from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventRelay, InlineRelay
 from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
 from workers.ledger.leases import LeaseKeeper
-from workers.ledger.outbox import outbox_row
+from workers.ledger.outbox import AlertEvent, add_event, outbox_row
 from workers.ledger.records import Claim, PaymentRecord, payment_event, payments_table, read_payment
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 
@@ -485,6 +485,22 @@ class PaymentProcessor:
         if decision.error_message:
             decision.error_message = sanitize(decision.error_message, secrets)
 
+    def _alert_mismatch(self, payment: PaymentRecord, decision: _Decision) -> None:
+        """A provider reported success for another amount or currency: the payment is
+        ``unknown`` for a person to look at, and they are told (``alert.raised``, relayed by
+        the outbox sweep). Rare, so off the batched path."""
+        with self.database.transaction() as session:
+            add_event(
+                session,
+                AlertEvent(
+                    severity="critical",
+                    title="payment succeeded for another amount or currency",
+                    text=f"payment {payment.id} left unknown: {decision.error_message}",
+                    instance_id=decision.instance.id if decision.instance else None,
+                    tenant_id=payment.tenant_id,
+                ),
+            )
+
     def _finish(self, payment: PaymentRecord, claim: Claim, decision: _Decision) -> PaymentState:
         if decision.error_message or any(a.message for a in decision.attempts):
             self._scrub(decision)
@@ -521,6 +537,8 @@ class PaymentProcessor:
         )
         if not finished:
             raise LeaseLost()
+        if decision.error_code == "amount_mismatch":
+            self._alert_mismatch(payment, decision)
         if log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
             log.info(
                 "payment %s %s via %s%s",
