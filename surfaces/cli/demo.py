@@ -74,7 +74,7 @@ def _orders(count: int) -> list[tuple[str, Decimal, str, str]]:
         (Decimal("1500.00"), "NGN"),
         (Decimal("249.99"), "GHS"),
         (Decimal("1200"), "JPY"),
-        (Decimal("12.345"), "KWD"),
+        (Decimal("12.340"), "KWD"),  # three decimals; Stripe takes them in steps of 0.010
         (Decimal("99.50"), "USD"),
         (Decimal("7800.25"), "NGN"),
     ]
@@ -122,7 +122,7 @@ def _render(run: DemoRun) -> Group:
     table = Table(title=f"payments (tenant {run.tenant})", expand=True)
     for column in ("order", "amount", "status", "served by", "note"):
         table.add_column(column)
-    names = {run.primary.id: "sandbox-primary", run.backup.id: "sandbox-backup"}
+    names = {run.primary.id: run.primary.display_name, run.backup.id: run.backup.display_name}
     for order_id, amount, currency, _email in run.orders:
         view = run.views.get(order_id)
         status = view.status.value if view else "…"
@@ -149,7 +149,31 @@ def _poll(run: DemoRun, tail: Any) -> None:
             run.events.append(event)
 
 
-def run_demo(console: Console, payments: int = 12) -> bool:
+STRIPE_KEY_VARIABLE = "STRIPE_SECRET_KEY"
+
+
+def stripe_backup_config(base_url: str) -> dict[str, Any]:
+    """The demo's Stripe instance: a test-mode key by reference (never stored), Stripe's
+    address or a local stand-in's."""
+    key = os.environ.get(STRIPE_KEY_VARIABLE, "")
+    if not key.startswith("sk_test_"):
+        raise ValueError(
+            f"{STRIPE_KEY_VARIABLE} must hold a Stripe test-mode key (sk_test_...): "
+            "the demo charges test cards, never live ones"
+        )
+    return {
+        "secret_key": f"env:{STRIPE_KEY_VARIABLE}",
+        "webhook_secret": "whsec_demo_unused_here",
+        "base_url": base_url,
+    }
+
+
+def run_demo(
+    console: Console,
+    payments: int = 12,
+    provider: str = "sandbox",
+    stripe_base_url: str = "https://api.stripe.com",
+) -> bool:
     from providers.sandbox import charge_book
     from registry.migrate import upgrade
     from workers import runtime
@@ -169,11 +193,19 @@ def run_demo(console: Console, payments: int = 12) -> bool:
         priority=1,
         is_active=True,
     )
+    backup_plugin, backup_config = (
+        ("stripe", stripe_backup_config(stripe_base_url))
+        if provider == "stripe"
+        else (
+            "sandbox",
+            {"latency_ms": 80, "charge_book": book, "api_key": "sk_demo_backup_secret"},
+        )
+    )
     backup = registry.create_instance(
-        "sandbox",
-        {"latency_ms": 80, "charge_book": book, "api_key": "sk_demo_backup_secret"},
+        backup_plugin,
+        backup_config,
         tenant_id=tenant,
-        display_name="sandbox-backup",
+        display_name=f"{backup_plugin}-backup",
         priority=2,
         is_active=False,
     )
@@ -204,11 +236,15 @@ def run_demo(console: Console, payments: int = 12) -> bool:
                     time.sleep(
                         1.0
                     )  # workers notice within registry_poll_s; one second is the promise
+                # A saved test card: the sandbox ignores it, Stripe charges it at once.
+                token = "pm_card_visa" if provider == "stripe" else None
                 run.receipts[order_id] = request_payment(
-                    order_id, amount, currency, email, tenant_id=tenant
+                    order_id, amount, currency, email, tenant_id=tenant, payment_token=token
                 )
                 if index == 1:  # billing retries the same request: same payment, no second charge
-                    again = request_payment(order_id, amount, currency, email, tenant_id=tenant)
+                    again = request_payment(
+                        order_id, amount, currency, email, tenant_id=tenant, payment_token=token
+                    )
                     run.duplicate_same_payment = (
                         again.payment_id == run.receipts[order_id].payment_id and not again.created
                     )
@@ -272,6 +308,21 @@ def _wait(run: DemoRun, tail: Any, live: Live, done: Any, timeout_s: float) -> N
         time.sleep(0.1)
 
 
+def _charged_once(run: DemoRun, book: Any) -> bool:
+    """The sandbox's own books for the payments it took; for Stripe, one distinct
+    PaymentIntent per payment it took (its books are Stripe's)."""
+    at_backup = [v for v in run.views.values() if v.instance_id == run.backup.id]
+    if run.backup.plugin_name != "stripe":
+        return book.count() == len(run.orders) and book.refused_repeats() == 0
+    intents = {v.provider_transaction_id for v in at_backup}
+    return (
+        book.count() == len(run.orders) - len(at_backup)
+        and book.refused_repeats() == 0
+        and len(intents) == len(at_backup)
+        and all(i and i.startswith("pi_") for i in intents)
+    )
+
+
 def _summary(console: Console, run: DemoRun, book: Any, log_path: Path) -> bool:
     statuses = Counter(v.status.value for v in run.views.values())
     after_swap = [run.views[o[0]] for o in run.orders[run.swapped_after :] if o[0] in run.views]
@@ -285,8 +336,7 @@ def _summary(console: Console, run: DemoRun, book: Any, log_path: Path) -> bool:
         ),
         "after the hot swap, payments went to the backup": bool(after_swap)
         and all(v.instance_id == run.backup.id for v in after_swap),
-        "each payment reached a provider exactly once": book.count() == len(run.orders)
-        and book.refused_repeats() == 0,
+        "each payment reached a provider exactly once": _charged_once(run, book),
         "one result event per payment": len({e["payment_id"] for e in run.events})
         == len(run.orders)
         == len(run.events),

@@ -485,12 +485,26 @@ def events_tail(
 @app.command()
 def demo(
     payments: Annotated[int, typer.Option(help="How many payments to submit.")] = 12,
+    provider: Annotated[
+        str,
+        typer.Option(
+            help="The standby the demo swaps to: sandbox, or stripe (test mode: set "
+            "STRIPE_SECRET_KEY=sk_test_...)."
+        ),
+    ] = "sandbox",
+    stripe_base_url: Annotated[
+        str, typer.Option(help="Stripe's API address (a local stand-in's for offline runs).")
+    ] = "https://api.stripe.com",
 ) -> None:
-    """Run the whole flow on this machine: worker, two sandbox instances, a hot swap, events."""
+    """Run the whole flow on this machine: worker, two instances, a hot swap, events."""
     from surfaces.cli.demo import run_demo
 
+    if provider not in ("sandbox", "stripe"):
+        fail(f"--provider must be sandbox or stripe, not {provider!r}")
     with user_errors():
-        ok = run_demo(console, payments=payments)
+        ok = run_demo(
+            console, payments=payments, provider=provider, stripe_base_url=stripe_base_url
+        )
     raise typer.Exit(0 if ok else 1)
 
 

@@ -16,9 +16,9 @@ from tests.integration.conftest import redis_db_url
 TENDER = shutil.which("tender") or str(Path(sys.executable).with_name("tender"))
 
 
-def run_demo(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_demo(cwd: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [TENDER, "demo", "--payments", "6"],
+        [TENDER, "demo", "--payments", "6", *extra],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -52,3 +52,24 @@ def test_demo_uses_redis_and_postgres_when_configured(
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "the configured database and broker" in result.stdout
     assert "demo complete" in result.stdout
+
+
+def test_demo_swaps_to_stripe_through_the_real_sdk(tmp_path: Path) -> None:
+    """`tender demo --provider stripe`, offline: the Stripe instance points at the fake,
+    with a test-mode key given only by environment reference."""
+    from tests.fakes.stripe.server import FakeStripe
+
+    with FakeStripe() as fake:
+        env = clean_environment() | {"STRIPE_SECRET_KEY": fake.secret_key}
+        result = run_demo(tmp_path, env, "--provider", "stripe", "--stripe-base-url", fake.base_url)
+        intents = [form for _, path, form in fake.requests if path == "/v1/payment_intents"]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "stripe-backup" in result.stdout and "demo complete" in result.stdout
+    assert fake.secret_key not in result.stdout + result.stderr
+    assert intents and all(form["payment_method"] == "pm_card_visa" for form in intents)
+
+
+def test_demo_refuses_a_live_stripe_key(tmp_path: Path) -> None:
+    env = clean_environment() | {"STRIPE_SECRET_KEY": "sk_live_not_for_demos_0123456789"}
+    result = run_demo(tmp_path, env, "--provider", "stripe")
+    assert result.returncode == 1 and "test-mode key" in result.stdout + result.stderr
