@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
 from config.settings import Environment, Settings
@@ -32,10 +32,12 @@ REFERENCE_PREFIXES = ("env:", "vault:")
 
 
 class SecretBox:
-    """Encrypts and decrypts secret config values with one Fernet key."""
+    """Encrypts secret config values with the first of its Fernet keys and decrypts with
+    any of them, so a key can be rotated: put the new key first, keep the old ones after
+    it (``TENDER_SECRETS_KEY=new,old``), run ``tender secrets rotate``, then drop the old."""
 
-    def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+    def __init__(self, key: bytes, *older: bytes) -> None:
+        self._fernet = MultiFernet([Fernet(k) for k in (key, *older)])
 
     def __repr__(self) -> str:
         return "<SecretBox>"
@@ -43,11 +45,13 @@ class SecretBox:
     @classmethod
     def from_settings(cls, settings: Settings) -> SecretBox:
         if settings.secrets_key is not None:
+            keys = [k.strip().encode() for k in settings.secrets_key.get_secret_value().split(",")]
             try:
-                return cls(settings.secrets_key.get_secret_value().encode())
+                return cls(*keys)
             except ValueError:
                 raise ConfigurationError(
-                    "TENDER_SECRETS_KEY: expected a Fernet key (32 url-safe base64 bytes)"
+                    "TENDER_SECRETS_KEY: expected a Fernet key (32 url-safe base64 bytes); "
+                    "several are separated by commas, the newest first"
                 ) from None
         if settings.env is Environment.PRODUCTION:
             raise ConfigurationError("TENDER_SECRETS_KEY must be set when TENDER_ENV=production")
@@ -56,6 +60,19 @@ class SecretBox:
 
     def encrypt(self, value: str) -> dict[str, str]:
         return {ENCRYPTED: self._fernet.encrypt(value.encode()).decode()}
+
+    def rotate(self, stored: Mapping[str, str]) -> dict[str, str]:
+        """The same secret, encrypted again with the newest key."""
+        try:
+            return {ENCRYPTED: self._fernet.rotate(stored[ENCRYPTED].encode()).decode()}
+        except (InvalidToken, KeyError):
+            raise ConfigurationError(
+                "a stored secret cannot be decrypted with any key in TENDER_SECRETS_KEY"
+            ) from None
+
+    def rotate_text(self, token: str) -> str:
+        """A bare Fernet token (an encrypted payment token) with the newest key."""
+        return self.rotate({ENCRYPTED: token})[ENCRYPTED]
 
     def decrypt(self, stored: Mapping[str, str]) -> str:
         try:

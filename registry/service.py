@@ -83,6 +83,24 @@ class PluginRegistry:
             self._box = secrets.SecretBox.from_settings(get_settings())
         return self._box
 
+    def check_secrets_key(self) -> None:
+        """ConfigurationError naming TENDER_SECRETS_KEY if it is malformed or cannot open the
+        secrets already stored (a wrong or lost key), said at start instead of per payment."""
+        with self.database.sessions() as session:
+            for config in session.execute(select(PluginInstance.config)).scalars():
+                sealed = next(
+                    (
+                        v
+                        for v in config.values()
+                        if isinstance(v, Mapping) and secrets.ENCRYPTED in v
+                    ),
+                    None,
+                )
+                if sealed is not None:
+                    self.box.decrypt(sealed)
+                    return
+        self.box  # noqa: B018 - at least the key must be well formed
+
     # -- catalogue -------------------------------------------------------------------
 
     def register_plugin(self, name: str, plugin: type[PaymentProvider]) -> None:

@@ -47,11 +47,13 @@ plugins_app = typer.Typer(
 payments_app = typer.Typer(help="Read payments.", no_args_is_help=True)
 events_app = typer.Typer(help="Result events.", no_args_is_help=True)
 refunds_app = typer.Typer(help="Refunds the provider never answered.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Stored secrets: at-rest key rotation.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(payments_app, name="payments")
 app.add_typer(events_app, name="events")
 app.add_typer(refunds_app, name="refunds")
+app.add_typer(secrets_app, name="secrets")
 
 
 def fail(message: str) -> NoReturn:
@@ -180,6 +182,7 @@ def _preflight(*, broker: bool) -> None:
     if not schema_is_current():
         url = _safe_url(get_settings().resolved_database_url)
         fail(f"the database at {url} has no Tender schema, or an old one: run `tender db upgrade`")
+    _registry().check_secrets_key()
     if broker:
         from workers.core.app import app as celery_app
 
@@ -206,6 +209,21 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret with the newest key (the first in TENDER_SECRETS_KEY),
+    in one transaction; then the older keys can be dropped from the setting."""
+    from registry.db import get_database
+    from workers.ledger.rotation import rotate_stored_secrets
+
+    with user_errors():
+        done = rotate_stored_secrets(get_database(), _registry().box)
+    console.print(
+        f"re-encrypted {done.fields} secret field(s) of {done.instances} instance(s) and "
+        f"{done.payment_tokens} saved payment token(s) with the newest key"
+    )
 
 
 # -- plugins -------------------------------------------------------------------------

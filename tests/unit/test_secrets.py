@@ -149,3 +149,67 @@ def test_a_malformed_secrets_key_is_named_and_not_echoed(tender_env: Path) -> No
     with pytest.raises(ConfigurationError, match="TENDER_SECRETS_KEY: expected a Fernet key") as e:
         SecretBox.from_settings(Settings(secrets_key=SecretStr(bad)))
     assert bad not in str(e.value)
+
+
+def test_rotation_re_encrypts_every_stored_secret_with_the_newest_key(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key A at first; then A after a new key B; `tender secrets rotate`; then B alone
+    opens every instance secret and saved payment token."""
+    from typer.testing import CliRunner
+
+    from config.settings import reset_settings
+    from registry.db import get_database
+    from surfaces.cli.main import app
+    from workers import runtime
+    from workers.ledger.records import Payment
+    from workers.payments.client import _validated, record_payment
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    def use_keys(value: str) -> None:
+        monkeypatch.setenv("TENDER_SECRETS_KEY", value)
+        reset_settings()
+        runtime.reset()
+
+    use_keys(old)
+    instance = runtime.registry().create_instance("sandbox", {"api_key": "sk_sandbox_rotate_me_1"})
+    fields = _validated("o-r", "5.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(
+        get_database(), fields, payment_token="tok_saved_card_42", box=runtime.registry().box
+    )
+    use_keys(f"{new},{old}")
+    result = CliRunner().invoke(app, ["secrets", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert "1 secret field(s) of 1 instance(s) and 1 saved payment token(s)" in result.output
+
+    use_keys(new)  # the old key is gone
+    plugin = runtime.registry().plugin_for(runtime.registry().get_instance(instance.id))
+    assert plugin.secret_values() == ["sk_sandbox_rotate_me_1"]
+    with get_database().sessions() as session:
+        token = session.get(Payment, payment.id).payment_token  # type: ignore[union-attr]
+    assert runtime.registry().box.decrypt({"$enc": token}) == "tok_saved_card_42"
+
+
+def test_a_key_list_that_cannot_open_a_secret_leaves_everything_as_it_was(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from config.settings import reset_settings
+    from surfaces.cli.main import app
+    from workers import runtime
+
+    monkeypatch.setenv("TENDER_SECRETS_KEY", Fernet.generate_key().decode())
+    reset_settings()
+    runtime.reset()
+    runtime.registry().create_instance("sandbox", {"api_key": "sk_sandbox_keep_me_22"})
+    monkeypatch.setenv("TENDER_SECRETS_KEY", Fernet.generate_key().decode())  # the old one lost
+    reset_settings()
+    runtime.reset()
+    result = CliRunner().invoke(app, ["secrets", "rotate"])
+    assert result.exit_code == 1 and "TENDER_SECRETS_KEY" in result.output
+    assert "Traceback" not in result.output
+    # and a worker refuses to start with it, in one line naming the setting
+    started = CliRunner().invoke(app, ["worker"])
+    assert started.exit_code == 1 and "TENDER_SECRETS_KEY" in started.output
