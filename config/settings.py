@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     # Bearer token for the HTTP API's operator and billing routes. Unset: no auth in
     # development and test; the API refuses to start in production without one.
     api_token: SecretStr | None = None
+    # Vault (or OpenBao) for vault:<mount>/<path>#<field> references (registry.vault).
+    vault_addr: str | None = None
+    vault_token: SecretStr | None = None
+    vault_role_id: str | None = None  # AppRole, with vault_secret_id
+    vault_secret_id: SecretStr | None = None
+    vault_namespace: str | None = None
+    vault_cache_s: PositiveSeconds = 60.0  # a value read is reused this long per process
+    vault_timeout_s: PositiveSeconds = 5.0
 
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 8  # PostgreSQL connections per process
     db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 8
@@ -163,7 +171,7 @@ class Settings(BaseSettings):
         return (self.data_dir / "broker").resolve()
 
 
-_SECRET_FIELDS = frozenset({"secrets_key", "api_token"})
+_SECRET_FIELDS = frozenset({"secrets_key", "api_token", "vault_token", "vault_secret_id"})
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from config.settings import Environment, Settings
 from providers.base import PaymentProvider, ProviderConfig
 from providers.errors import ConfigurationError
 from providers.redaction import redact, sanitize
+from registry.vault import VaultResolver
 
 __all__ = ["redact", "sanitize", "secret_values"]  # text from providers: providers.redaction
 
@@ -98,7 +99,7 @@ def is_reference(value: object) -> bool:
     return isinstance(value, str) and value.startswith(REFERENCE_PREFIXES)
 
 
-def resolve_reference(field: str, reference: str) -> str:
+def resolve_reference(field: str, reference: str, vault: VaultResolver | None = None) -> str:
     """The secret a reference points at; ConfigurationError names the field, not the value."""
     if reference.startswith("env:"):
         name = reference.removeprefix("env:")
@@ -106,9 +107,9 @@ def resolve_reference(field: str, reference: str) -> str:
         if not value:
             raise ConfigurationError(f"config.{field}: environment variable {name} is not set")
         return value
-    raise ConfigurationError(
-        f"config.{field}: vault references need a vault resolver, and none is configured"
-    )
+    if vault is None:
+        raise ConfigurationError(f"config.{field}: vault references need TENDER_VAULT_ADDR")
+    return vault.read(field, reference)
 
 
 def _secret_text(value: Any) -> Any:
@@ -135,7 +136,10 @@ def seal(model: type[ProviderConfig], raw: Mapping[str, Any], box: SecretBox) ->
 
 
 def resolve(
-    model: type[ProviderConfig], stored: Mapping[str, Any], box: SecretBox
+    model: type[ProviderConfig],
+    stored: Mapping[str, Any],
+    box: SecretBox,
+    vault: VaultResolver | None = None,
 ) -> dict[str, Any]:
     """Plain values for the plugin: decrypt sealed secrets and resolve references."""
     secret = model.secret_fields()
@@ -145,7 +149,7 @@ def resolve(
         if field in secret and isinstance(value, Mapping) and ENCRYPTED in value:
             plain[field] = box.decrypt(value)
         elif field in secret and is_reference(value):
-            plain[field] = resolve_reference(field, value)
+            plain[field] = resolve_reference(field, value, vault)
         else:
             plain[field] = value
     return plain

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from config.settings import Environment, get_settings
 from providers.base import PaymentProvider, ProviderConfig, utcnow
 from providers.destinations import UnsafeDestination, check_destination
-from providers.errors import ConfigurationError
+from providers.errors import ConfigurationError, ProviderUnavailable
 from providers.money import MoneyError, normalize_currency
 from registry import secrets
 from registry.catalogue import Catalogue, catalogue
@@ -33,6 +33,8 @@ from registry.instances import InstanceStatus, InstanceView, to_view
 from registry.models import PluginInstance, RegistryState
 from registry.routing import in_scope, resolve_route
 from registry.text import PG_INTEGER_MAX, field_with_nul
+from registry.vault import PREFIX as VAULT_PREFIX
+from registry.vault import VaultResolver
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,9 @@ class PluginRegistry:
         self._lock = threading.RLock()
         self._snapshot = _Snapshot(generation=-1, views=[], stored={})
         self._checked_at = float("-inf")
-        self._plugins: dict[uuid.UUID, tuple[int, PaymentProvider]] = {}
+        # instance -> (version, plugin, monotonic expiry of its Vault values or None)
+        self._plugins: dict[uuid.UUID, tuple[int, PaymentProvider, float | None]] = {}
+        self._vault_resolver: VaultResolver | None = None
         self._retired: list[tuple[float, PaymentProvider]] = []  # (retired at, plugin)
 
     def __repr__(self) -> str:
@@ -100,6 +104,24 @@ class PluginRegistry:
                     self.box.decrypt(sealed)
                     return
         self.box  # noqa: B018 - at least the key must be well formed
+
+    def check_references(self) -> list[tuple[InstanceView, str, str, str | None]]:
+        """Every secret reference of every instance, resolved now: (instance, field,
+        reference, None or the error). Values are read and dropped, never returned."""
+        checks: list[tuple[InstanceView, str, str, str | None]] = []
+        with self.database.sessions() as session:
+            rows = list(session.execute(select(PluginInstance)).scalars())
+        for row in rows:
+            view = self._view(row)
+            for field, value in sorted(row.config.items()):
+                if not secrets.is_reference(value):
+                    continue
+                try:
+                    secrets.resolve_reference(field, value, self._vault(row.config))
+                    checks.append((view, field, value, None))
+                except (ConfigurationError, ProviderUnavailable) as exc:
+                    checks.append((view, field, value, str(exc)))
+        return checks
 
     # -- catalogue -------------------------------------------------------------------
 
@@ -301,7 +323,7 @@ class PluginRegistry:
     def _install(self, generation: int, rows: list[PluginInstance]) -> None:
         views = [self._view(row) for row in rows]
         versions = {view.id: view.version for view in views}
-        for instance_id, (version, plugin) in list(self._plugins.items()):
+        for instance_id, (version, plugin, _expires) in list(self._plugins.items()):
             if versions.get(instance_id) != version:
                 del self._plugins[instance_id]
                 self._retired.append((time.monotonic(), plugin))
@@ -336,24 +358,41 @@ class PluginRegistry:
         )
 
     def plugin_for(self, instance: InstanceView) -> PaymentProvider:
-        """The configured plugin object for ``instance`` (built once per version)."""
+        """The configured plugin object for ``instance`` (built once per version, and
+        again once its Vault values are older than ``vault_cache_s``)."""
         cached = self._plugins.get(instance.id)
-        if cached is not None and cached[0] == instance.version:
+        if cached is not None and cached[0] == instance.version and _fresh(cached[2]):
             return cached[1]
         with self._lock:
             cached = self._plugins.get(instance.id)
             if cached is not None and cached[0] == instance.version:
-                return cached[1]
+                if _fresh(cached[2]):
+                    return cached[1]
+                del self._plugins[instance.id]  # its Vault values may have a new version
+                self._retired.append((time.monotonic(), cached[1]))
             stored = self._snapshot.stored.get(instance.id)
             if stored is None:
                 with self.database.sessions() as session:
                     stored = dict(self._row(session, instance.id).config)
             plugin_cls = self.catalogue.get(instance.plugin_name)
             plugin = plugin_cls()
-            plugin.configure(secrets.resolve(plugin_cls.config_model, stored, self.box))
+            plugin.configure(
+                secrets.resolve(plugin_cls.config_model, stored, self.box, self._vault(stored))
+            )
             _check_destinations(plugin_cls, plugin.config)  # a row written some other way
-            self._plugins[instance.id] = (instance.version, plugin)
+            expires = None
+            if any(isinstance(v, str) and v.startswith(VAULT_PREFIX) for v in stored.values()):
+                expires = time.monotonic() + get_settings().vault_cache_s
+            self._plugins[instance.id] = (instance.version, plugin, expires)
             return plugin
+
+    def _vault(self, config: Mapping[str, Any]) -> VaultResolver | None:
+        """This registry's Vault client, built the first time a config references Vault."""
+        if self._vault_resolver is None and any(
+            isinstance(v, str) and v.startswith(VAULT_PREFIX) for v in config.values()
+        ):
+            self._vault_resolver = VaultResolver(get_settings())
+        return self._vault_resolver
 
     def get_active_plugin(
         self,
@@ -405,9 +444,8 @@ class PluginRegistry:
         self, plugin_cls: type[PaymentProvider], raw: dict[str, Any]
     ) -> dict[str, Any]:
         model: type[ProviderConfig] = plugin_cls.config_model
-        _check_destinations(
-            plugin_cls, plugin_cls.validate_config(secrets.resolve(model, raw, self.box))
-        )
+        resolved = secrets.resolve(model, raw, self.box, self._vault(raw))
+        _check_destinations(plugin_cls, plugin_cls.validate_config(resolved))
         return secrets.seal(model, raw, self.box)
 
     def _validated_routing(
@@ -468,6 +506,10 @@ class PluginRegistry:
         except RegistryError:
             model = None
         return to_view(row, secrets.mask(model, row.config))
+
+
+def _fresh(expires: float | None) -> bool:
+    return expires is None or expires > time.monotonic()
 
 
 def _refuse_nul(fields: Mapping[str, Any]) -> None:

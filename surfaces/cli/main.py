@@ -211,6 +211,23 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@secrets_app.command("check")
+def secrets_check() -> None:
+    """Resolve every secret reference (env:, vault:) of every instance now; say which fail.
+    Values are never printed."""
+    with user_errors():
+        checks = _registry().check_references()
+    table = Table(title="Secret references")
+    for column in ("instance", "field", "reference", "result"):
+        table.add_column(column, overflow="fold")
+    for view, field, reference, error in checks:
+        result = "[green]ok[/]" if error is None else f"[red]{escape(error)}[/]"
+        table.add_row(escape(view.label), field, escape(reference), result)
+    console.print(table if checks else "no secret references to check")
+    if any(error is not None for *_, error in checks):
+        raise typer.Exit(1)
+
+
 @secrets_app.command("rotate")
 def secrets_rotate() -> None:
     """Re-encrypt every stored secret with the newest key (the first in TENDER_SECRETS_KEY),

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from providers.errors import ConfigurationError
+from providers.errors import ConfigurationError, ProviderUnavailable
 from registry.errors import InstanceNotFound, RegistryError
 
 
@@ -27,6 +27,7 @@ _MEANINGS = {
     409: "conflicts with what is already recorded",
     413: "the body is larger than this route takes",
     422: "a field is invalid; the detail names it",
+    503: "a dependency (Vault) did not answer; try again",
 }
 
 
@@ -44,6 +45,8 @@ def operator_errors() -> Iterator[None]:
         raise HTTPException(404, str(exc)) from None
     except (RegistryError, ConfigurationError) as exc:
         raise HTTPException(422, str(exc)) from None
+    except ProviderUnavailable as exc:  # Vault did not answer: try again later
+        raise HTTPException(503, str(exc)) from None
 
 
 def describe_request_errors(exc: RequestValidationError) -> str:

@@ -125,7 +125,7 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     """The operator routes, over the registry ``get_registry()`` returns."""
     router = APIRouter(
         dependencies=[Depends(require_api_token)],
-        responses=error_responses(400, 401, 404, 413, 422),
+        responses=error_responses(400, 401, 404, 413, 422, 503),
     )
     Registry = Annotated[PluginRegistry, Depends(get_registry)]
 
