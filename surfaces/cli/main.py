@@ -48,12 +48,14 @@ payments_app = typer.Typer(help="Read payments.", no_args_is_help=True)
 events_app = typer.Typer(help="Result events.", no_args_is_help=True)
 refunds_app = typer.Typer(help="Refunds the provider never answered.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Stored secrets: at-rest key rotation.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Operator tokens with scopes.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(payments_app, name="payments")
 app.add_typer(events_app, name="events")
 app.add_typer(refunds_app, name="refunds")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(tokens_app, name="tokens")
 
 
 def fail(message: str) -> NoReturn:
@@ -209,6 +211,55 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="Who or what holds it (shown in the audit).")],
+    scope: Annotated[list[str], typer.Option(help="read, pay, operate or admin (repeatable).")],
+    expires_in_days: Annotated[float | None, typer.Option(help="Days until it expires.")] = None,
+) -> None:
+    """Make a token; it is printed once and only its hash is stored."""
+    from registry.db import get_database
+    from registry.tokens import create_token
+
+    with user_errors():
+        token_id, token = create_token(
+            get_database(), name, scope, expires_in_days * 86400 if expires_in_days else None
+        )
+    console.print(f"token {token_id} ({escape(name)}: {', '.join(scope)}); shown once:")
+    print(token)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[str, typer.Argument()]) -> None:
+    """Revoke a token now."""
+    from registry.db import get_database
+    from registry.tokens import revoke_token
+
+    with user_errors():
+        revoke_token(get_database(), uuid.UUID(token_id))
+    console.print(f"[yellow]revoked[/] {token_id}")
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """Tokens with their scopes and state (never the tokens themselves)."""
+    from registry.db import get_database
+    from registry.tokens import list_tokens
+
+    table = Table(title="API tokens")
+    for column in ("id", "name", "scopes", "created", "expires", "state"):
+        table.add_column(column, overflow="fold")
+    with user_errors():
+        rows = list_tokens(get_database())
+    for row in rows:
+        state = "revoked" if row.revoked_at else "active"
+        table.add_row(
+            str(row.id), escape(row.name), row.scopes, f"{row.created_at:%Y-%m-%d}",
+            f"{row.expires_at:%Y-%m-%d}" if row.expires_at else "never", state,
+        )  # fmt: skip
+    console.print(table)
 
 
 @secrets_app.command("check")

@@ -1,7 +1,8 @@
 """Who may call the HTTP API: one place for the token check and the console's CSRF rules.
 
 With ``TENDER_API_TOKEN`` set, operator and billing routes need ``Authorization: Bearer
-<token>``. A browser may also send HTTP Basic (user ``tender``, the token as password), but
+<token>``: that bootstrap admin token, or one made by ``tender tokens create`` with scopes
+(``registry.tokens``); every route declares the scope it needs (``require``). A browser may also send HTTP Basic (user ``tender``, the token as password), but
 browsers send Basic credentials by themselves, even on a form another site posts, so Basic
 is accepted only where that cannot change anything: reading the JSON API, and the console,
 whose forms carry a CSRF token and must come from the console's own origin.
@@ -13,12 +14,14 @@ import base64
 import binascii
 import hmac
 import secrets
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Depends, HTTPException, Request, Response
 
 from config.settings import Environment, Settings, SettingsError, get_settings
+from registry.db import get_database
+from registry.tokens import Caller, Scope, authenticate
 
 AUTH_CHALLENGE = 'Bearer, Basic realm="tender"'
 BASIC_USER = "tender"
@@ -48,13 +51,14 @@ def _presented(authorization: str) -> tuple[Literal["bearer", "basic"], str] | N
     return None
 
 
-def _check_token(request: Request, *, basic_allowed: bool) -> None:
-    token = get_settings().api_token
-    expected = token.get_secret_value() if token else ""
-    if not expected:
-        return
+def _caller(request: Request, *, basic_allowed: bool) -> Caller | None:
+    """The authenticated caller; None while auth is off (no TENDER_API_TOKEN: development
+    and test only, see check_api_auth); 401 for a missing, unknown, revoked or expired token."""
+    if get_settings().api_token is None:
+        return None
     presented = _presented(request.headers.get("authorization", ""))
-    if presented is None or not hmac.compare_digest(presented[1].encode(), expected.encode()):
+    caller = authenticate(get_database(), presented[1]) if presented else None
+    if presented is None or caller is None:
         raise HTTPException(
             401, "missing or wrong API token", headers={"WWW-Authenticate": AUTH_CHALLENGE}
         )
@@ -64,16 +68,30 @@ def _check_token(request: Request, *, basic_allowed: bool) -> None:
             "HTTP Basic is accepted for reading only: send Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return caller
 
 
-def require_api_token(request: Request) -> None:
-    """FastAPI dependency of the JSON API: the token; Basic only on reads."""
-    _check_token(request, basic_allowed=request.method in SAFE_METHODS)
+class ScopeRequirement:
+    """A route's FastAPI dependency: the caller holds one of ``scopes`` (403 otherwise).
+    ``console``: Basic credentials are taken on every method (the console's forms carry a
+    CSRF token and must come from its own origin instead)."""
+
+    def __init__(self, *scopes: Scope, console: bool = False) -> None:
+        self.scopes = scopes
+        self.console = console
+
+    def __call__(self, request: Request) -> Caller | None:
+        caller = _caller(request, basic_allowed=self.console or request.method in SAFE_METHODS)
+        if caller is not None and not any(caller.may(s) for s in self.scopes):
+            wanted = " or ".join(s.value for s in self.scopes)
+            raise HTTPException(403, f"this token lacks the {wanted} scope")
+        request.state.caller = caller
+        return caller
 
 
-def require_console_token(request: Request) -> None:
-    """FastAPI dependency of the console: the token, Bearer or Basic (a browser)."""
-    _check_token(request, basic_allowed=True)
+def require(*scopes: Scope, console: bool = False) -> Any:
+    """``Depends(...)`` of a route that needs one of ``scopes``."""
+    return Depends(ScopeRequirement(*scopes, console=console))
 
 
 def csrf_token(request: Request) -> str:

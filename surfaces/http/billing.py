@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from providers.money import FloatAmount, MoneyError
-from surfaces.http.auth import require_api_token
+from registry.tokens import Scope
+from surfaces.http.auth import require
 from surfaces.http.errors import error_responses
 from workers.payments.client import (
     IdempotencyConflict,
@@ -92,12 +93,11 @@ def billing_errors() -> Iterator[None]:
 
 def billing_router() -> APIRouter:
     router = APIRouter(
-        dependencies=[Depends(require_api_token)],
         tags=["billing"],
-        responses=error_responses(400, 401, 404, 409, 413, 422),
+        responses=error_responses(400, 401, 403, 404, 409, 413, 422),
     )
 
-    @router.post("/payments", status_code=201)
+    @router.post("/payments", status_code=201, dependencies=[require(Scope.PAY)])
     def create_payment(body: PaymentCreate, response: Response) -> PaymentReceipt:
         with billing_errors():
             receipt = request_payment(
@@ -115,23 +115,27 @@ def billing_router() -> APIRouter:
             response.status_code = 200  # the same request again: the first payment
         return receipt
 
-    @router.get("/payments/{payment_id}")
+    @router.get("/payments/{payment_id}", dependencies=[require(Scope.READ, Scope.PAY)])
     def read_payment(payment_id: str) -> PaymentView:
         with billing_errors():
             return get_payment(payment_id)
 
-    @router.post("/payments/{payment_id}/refunds", status_code=201)
+    @router.post(
+        "/payments/{payment_id}/refunds", status_code=201, dependencies=[require(Scope.OPERATE)]
+    )
     def create_refund(payment_id: str, body: RefundCreate | None = None) -> RefundView:
         with billing_errors():
             amount = None if body is None or body.amount is None else _not_float(body.amount)
             return refund_payment(payment_id, amount)
 
-    @router.get("/payments/{payment_id}/refunds")
+    @router.get("/payments/{payment_id}/refunds", dependencies=[require(Scope.READ, Scope.PAY)])
     def read_refunds(payment_id: str) -> list[RefundView]:
         with billing_errors():
             return list_refunds(payment_id)
 
-    @router.post("/refunds/{refund_id}/settle", tags=["operator"])
+    @router.post(
+        "/refunds/{refund_id}/settle", tags=["operator"], dependencies=[require(Scope.OPERATE)]
+    )
     def settle_refund(refund_id: str, body: RefundSettle) -> RefundView:
         """What ``tender refunds settle`` does (see the README's Paystack section)."""
         with billing_errors():

@@ -17,22 +17,28 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
+from registry.tokens import Scope
 from surfaces.http.auth import (
     CSRF_FIELD,
     check_console_post,
     csrf_token,
     keep_csrf_token,
-    require_console_token,
+    require,
 )
 from surfaces.http.errors import operator_errors, parse_instance_id
 
 
 def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     """The console's routes, over the registry ``get_registry()`` returns."""
-    router = APIRouter(dependencies=[Depends(require_console_token)])
+    router = APIRouter()
     Registry = Annotated[PluginRegistry, Depends(get_registry)]
 
-    @router.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+    @router.get(
+        "/admin",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+        dependencies=[require(Scope.READ, console=True)],
+    )
     def admin_page(
         request: Request, registry: Registry, message: str | None = None
     ) -> HTMLResponse:
@@ -44,7 +50,11 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         keep_csrf_token(request, page, csrf)
         return page
 
-    @router.post("/admin/instances/{instance_id}/{action}", include_in_schema=False)
+    @router.post(
+        "/admin/instances/{instance_id}/{action}",
+        include_in_schema=False,
+        dependencies=[require(Scope.OPERATE, console=True)],
+    )
     async def admin_action(
         instance_id: str,
         action: str,

@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
 from registry.text import PG_INTEGER_MAX
-from surfaces.http.auth import require_api_token
+from registry.tokens import Scope
+from surfaces.http.auth import require
 from surfaces.http.errors import error_responses, operator_errors, parse_instance_id
 
 # What the INTEGER columns hold (PostgreSQL), checked here so OpenAPI says it too.
@@ -124,16 +125,15 @@ def plugin_info(registry: PluginRegistry, name: str) -> PluginInfo:
 def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     """The operator routes, over the registry ``get_registry()`` returns."""
     router = APIRouter(
-        dependencies=[Depends(require_api_token)],
-        responses=error_responses(400, 401, 404, 413, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 413, 422, 503),
     )
     Registry = Annotated[PluginRegistry, Depends(get_registry)]
 
-    @router.get("/plugins", tags=["registry"])
+    @router.get("/plugins", tags=["registry"], dependencies=[require(Scope.READ)])
     def list_plugins(registry: Registry) -> list[PluginInfo]:
         return [plugin_info(registry, name) for name in registry.catalogue.names()]
 
-    @router.get("/instances", tags=["registry"])
+    @router.get("/instances", tags=["registry"], dependencies=[require(Scope.READ)])
     def list_instances(
         registry: Registry, plugin_name: str | None = None, tenant_id: str | None = None
     ) -> list[InstanceView]:
@@ -145,7 +145,9 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             and (tenant_id is None or v.tenant_id == tenant_id)
         ]
 
-    @router.post("/instances", status_code=201, tags=["registry"])
+    @router.post(
+        "/instances", status_code=201, tags=["registry"], dependencies=[require(Scope.ADMIN)]
+    )
     def create_instance(body: InstanceCreate, registry: Registry) -> InstanceView:
         with operator_errors():
             return registry.create_instance(
@@ -160,12 +162,14 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
                 is_active=body.is_active,
             )
 
-    @router.get("/instances/{instance_id}", tags=["registry"])
+    @router.get("/instances/{instance_id}", tags=["registry"], dependencies=[require(Scope.READ)])
     def get_instance(instance_id: str, registry: Registry) -> InstanceView:
         with operator_errors():
             return registry.get_instance(parse_instance_id(instance_id))
 
-    @router.patch("/instances/{instance_id}/config", tags=["registry"])
+    @router.patch(
+        "/instances/{instance_id}/config", tags=["registry"], dependencies=[require(Scope.ADMIN)]
+    )
     def update_config(
         instance_id: str, config: dict[str, Any], registry: Registry, replace: bool = False
     ) -> InstanceView:
@@ -173,7 +177,9 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             # A masked secret sent back (a GET's config, edited) keeps the stored one.
             return registry.update_config(parse_instance_id(instance_id), config, merge=not replace)
 
-    @router.patch("/instances/{instance_id}", tags=["registry"])
+    @router.patch(
+        "/instances/{instance_id}", tags=["registry"], dependencies=[require(Scope.OPERATE)]
+    )
     def update_routing(instance_id: str, body: RoutingUpdate, registry: Registry) -> InstanceView:
         with operator_errors():
             return registry.update_routing(
@@ -183,17 +189,30 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
                 currencies=body.currencies,
             )
 
-    @router.post("/instances/{instance_id}/activate", tags=["registry"])
+    @router.post(
+        "/instances/{instance_id}/activate",
+        tags=["registry"],
+        dependencies=[require(Scope.OPERATE)],
+    )
     def activate(instance_id: str, registry: Registry, exclusive: bool = False) -> InstanceView:
         with operator_errors():
             return registry.activate(parse_instance_id(instance_id), exclusive=exclusive)
 
-    @router.post("/instances/{instance_id}/deactivate", tags=["registry"])
+    @router.post(
+        "/instances/{instance_id}/deactivate",
+        tags=["registry"],
+        dependencies=[require(Scope.OPERATE)],
+    )
     def deactivate(instance_id: str, registry: Registry) -> InstanceView:
         with operator_errors():
             return registry.deactivate(parse_instance_id(instance_id))
 
-    @router.delete("/instances/{instance_id}", status_code=204, tags=["registry"])
+    @router.delete(
+        "/instances/{instance_id}",
+        status_code=204,
+        tags=["registry"],
+        dependencies=[require(Scope.ADMIN)],
+    )
     def retire(instance_id: str, registry: Registry) -> Response:
         with operator_errors():
             registry.retire(parse_instance_id(instance_id))

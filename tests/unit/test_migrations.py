@@ -6,7 +6,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-import registry.models  # noqa: F401
+import registry.models
+import registry.tokens  # noqa: F401
 import workers.core.locks
 import workers.ledger.outbox
 import workers.ledger.records

@@ -1,0 +1,147 @@
+"""Operator tokens with scopes, stored hashed (``tender tokens create / revoke / list``).
+
+=========  ============================================================================
+scope      may
+=========  ============================================================================
+read       list and show instances and plugins, health, payments and refunds
+pay        request payments and read them (billing services)
+operate    what read may, and activate / deactivate, routing (priority, weight), refunds
+admin      everything: create, configure and retire instances (secrets), manage tokens
+=========  ============================================================================
+
+A token is shown once, at creation; the database keeps its SHA-256 (a token is 32 random
+bytes, so a fast hash is enough: nothing to brute-force). ``TENDER_API_TOKEN``, when set,
+is an admin token kept in the environment (the bootstrap one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import String, Uuid, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from config.settings import get_settings
+from providers.base import utcnow
+from registry.db import Base, Database, UTCDateTime
+from registry.errors import RegistryError
+
+PREFIX = "tnd_"  # recognisable in a leak scanner; never part of the stored hash's secrecy
+
+
+class Scope(StrEnum):
+    READ = "read"
+    PAY = "pay"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+
+# What each scope grants beyond itself.
+IMPLIES: dict[Scope, frozenset[Scope]] = {
+    Scope.READ: frozenset({Scope.READ}),
+    Scope.PAY: frozenset({Scope.PAY}),
+    Scope.OPERATE: frozenset({Scope.OPERATE, Scope.READ}),
+    Scope.ADMIN: frozenset(Scope),
+}
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[str] = mapped_column(String(100))  # comma-separated
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: a token's name (for the audit trail) and what it may do."""
+
+    name: str
+    scopes: frozenset[Scope]
+
+    def may(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _granted(scopes: frozenset[Scope]) -> frozenset[Scope]:
+    return frozenset().union(*(IMPLIES[s] for s in scopes)) if scopes else frozenset()
+
+
+def create_token(
+    database: Database, name: str, scopes: list[str], expires_in_s: float | None = None
+) -> tuple[uuid.UUID, str]:
+    """A new token: (its id, the token itself, shown this once)."""
+    try:
+        chosen = frozenset(Scope(s) for s in scopes)
+    except ValueError:
+        raise RegistryError(
+            f"scopes must be among {', '.join(s.value for s in Scope)}, not {scopes!r}"
+        ) from None
+    if not chosen or not name.strip() or len(name) > 100 or "\x00" in name:
+        raise RegistryError("a token needs a name (at most 100 characters) and a scope")
+    token = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        name=name,
+        scopes=",".join(sorted(chosen)),
+        token_hash=_digest(token),
+        expires_at=utcnow() + timedelta(seconds=expires_in_s) if expires_in_s else None,
+    )
+    with database.transaction() as session:
+        session.add(row)
+        session.flush()
+        return row.id, token
+
+
+def revoke_token(database: Database, token_id: uuid.UUID) -> None:
+    with database.transaction() as session:
+        row = session.get(ApiToken, token_id)
+        if row is None:
+            raise RegistryError(f"no token {token_id}")
+        row.revoked_at = utcnow()
+
+
+def list_tokens(database: Database) -> list[ApiToken]:
+    with database.sessions() as session:
+        return list(session.execute(select(ApiToken).order_by(ApiToken.created_at)).scalars())
+
+
+def authenticate(database: Database, presented: str) -> Caller | None:
+    """The caller a presented token belongs to, or None (unknown, revoked or expired).
+    The bootstrap TENDER_API_TOKEN is compared in constant time; stored tokens are found by
+    their hash, so no stored value is ever compared with the presented one."""
+    bootstrap = get_settings().api_token
+    if bootstrap is not None and hmac.compare_digest(
+        presented.encode(), bootstrap.get_secret_value().encode()
+    ):
+        return Caller("TENDER_API_TOKEN", frozenset(Scope))
+    if not presented.startswith(PREFIX):
+        return None
+    with database.sessions() as session:
+        row = session.execute(
+            select(ApiToken).where(ApiToken.token_hash == _digest(presented))
+        ).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        return None
+    return Caller(row.name, _granted(frozenset(Scope(s) for s in row.scopes.split(","))))
+
+
+def tokens_exist(database: Database) -> bool:
+    with database.sessions() as session:
+        return session.execute(select(ApiToken.id).limit(1)).first() is not None
