@@ -25,7 +25,7 @@ from providers.base import PaymentProvider, ProviderConfig, utcnow
 from providers.destinations import UnsafeDestination, check_destination
 from providers.errors import ConfigurationError, ProviderUnavailable
 from providers.money import MoneyError, normalize_currency
-from registry import secrets
+from registry import audit, secrets
 from registry.catalogue import Catalogue, catalogue
 from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
@@ -143,6 +143,7 @@ class PluginRegistry:
         weight: int = 1,
         currencies: list[str] | None = None,
         is_active: bool = False,
+        actor: str = "code",
     ) -> InstanceView:
         """Add an instance. Bad plugin, type, routing or config: RegistryError or
         ConfigurationError naming the field; nothing is written."""
@@ -180,16 +181,23 @@ class PluginRegistry:
             session.flush()
             self._bump(session)
             view = self._view(row)
+            audit.record(session, actor, "instance.create", str(row.id), None, _audited(view))
         log.info("provider instance created: %s", view.label)
         return view
 
     def update_config(
-        self, instance_id: uuid.UUID, config: Mapping[str, Any], *, merge: bool = True
+        self,
+        instance_id: uuid.UUID,
+        config: Mapping[str, Any],
+        *,
+        merge: bool = True,
+        actor: str = "code",
     ) -> InstanceView:
         """Replace (or, with ``merge``, overlay) an instance's config; secrets kept unless given."""
         _refuse_nul({"config": config})
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
+            before = _audited(self._view(row))
             plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
             given = {
                 field: value
@@ -206,7 +214,9 @@ class PluginRegistry:
                 row.status = InstanceStatus.ACTIVE if row.is_active else InstanceStatus.INACTIVE
                 row.status_message = None
             self._touch(session, row)
-            return self._view(row)
+            after = self._view(row)
+            audit.record(session, actor, "instance.configure", str(row.id), before, _audited(after))
+            return after
 
     def update_routing(
         self,
@@ -215,10 +225,12 @@ class PluginRegistry:
         priority: int | None = None,
         weight: int | None = None,
         currencies: list[str] | None = None,
+        actor: str = "code",
     ) -> InstanceView:
         _refuse_nul({"currencies": currencies})
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
+            before = _audited(self._view(row))
             plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
             routing = self._validated_routing(
                 plugin_cls,
@@ -229,13 +241,18 @@ class PluginRegistry:
             for field, value in routing.items():
                 setattr(row, field, value)
             self._touch(session, row)
-            return self._view(row)
+            after = self._view(row)
+            audit.record(session, actor, "instance.route", str(row.id), before, _audited(after))
+            return after
 
-    def activate(self, instance_id: uuid.UUID, *, exclusive: bool = False) -> InstanceView:
+    def activate(
+        self, instance_id: uuid.UUID, *, exclusive: bool = False, actor: str = "code"
+    ) -> InstanceView:
         """Switch an instance on. ``exclusive``: switch off its siblings (same tenant and
         type) in the same transaction, so routing flips from one to the other at once."""
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
+            before = _audited(self._view(row))
             if exclusive:
                 siblings = select(PluginInstance).where(
                     PluginInstance.id != row.id,
@@ -246,35 +263,52 @@ class PluginRegistry:
                     PluginInstance.is_active.is_(True),
                 )
                 for sibling in session.execute(siblings).scalars():
+                    was = _audited(self._view(sibling))
                     self._switch(sibling, on=False)
                     self._touch(session, sibling, bump=False)
+                    audit.record(
+                        session, actor, "instance.deactivate", str(sibling.id), was,
+                        _audited(self._view(sibling)),
+                    )  # fmt: skip
             self._switch(row, on=True)
             self._touch(session, row)
-            return self._view(row)
+            after = self._view(row)
+            audit.record(session, actor, "instance.activate", str(row.id), before, _audited(after))
+            return after
 
-    def deactivate(self, instance_id: uuid.UUID) -> InstanceView:
+    def deactivate(self, instance_id: uuid.UUID, *, actor: str = "code") -> InstanceView:
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
+            before = _audited(self._view(row))
             self._switch(row, on=False)
             self._touch(session, row)
-            return self._view(row)
+            after = self._view(row)
+            audit.record(
+                session, actor, "instance.deactivate", str(row.id), before, _audited(after)
+            )
+            return after
 
     def mark_error(self, instance_id: uuid.UUID, message: str) -> InstanceView:
         """Stop routing to an instance whose keys or config were rejected."""
         with self.database.transaction() as session:
             row = self._row(session, instance_id)
+            before = _audited(self._view(row))
             row.status = InstanceStatus.ERROR
             row.status_message = message
             self._touch(session, row)
             view = self._view(row)
+            audit.record(session, "tender", "instance.error", str(row.id), before, _audited(view))
         log.warning("provider instance %s marked error: %s", view.label, message)
         return view
 
-    def retire(self, instance_id: uuid.UUID) -> None:
+    def retire(self, instance_id: uuid.UUID, *, actor: str = "code") -> None:
         """Delete an instance (its payments keep their history)."""
         with self.database.transaction() as session:
-            session.delete(self._row(session, instance_id))
+            row = self._row(session, instance_id)
+            before = _audited(self._view(row))
+            session.delete(row)
             self._bump(session)
+            audit.record(session, actor, "instance.retire", str(instance_id), before, None)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -506,6 +540,18 @@ class PluginRegistry:
         except RegistryError:
             model = None
         return to_view(row, secrets.mask(model, row.config))
+
+
+def _audited(view: InstanceView) -> dict[str, Any]:
+    """What an audit record keeps of an instance: what an operator changes, secrets masked
+    (the view's config is already masked)."""
+    return view.model_dump(
+        mode="json",
+        include={
+            "display_name", "tenant_id", "plugin_name", "status", "is_active", "priority",
+            "weight", "currencies", "config",
+        },
+    )  # fmt: skip
 
 
 def _fresh(expires: float | None) -> bool:

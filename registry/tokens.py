@@ -29,6 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from config.settings import get_settings
 from providers.base import utcnow
+from registry import audit
 from registry.db import Base, Database, UTCDateTime
 from registry.errors import RegistryError
 
@@ -83,7 +84,12 @@ def _granted(scopes: frozenset[Scope]) -> frozenset[Scope]:
 
 
 def create_token(
-    database: Database, name: str, scopes: list[str], expires_in_s: float | None = None
+    database: Database,
+    name: str,
+    scopes: list[str],
+    expires_in_s: float | None = None,
+    *,
+    actor: str = "code",
 ) -> tuple[uuid.UUID, str]:
     """A new token: (its id, the token itself, shown this once)."""
     try:
@@ -104,15 +110,28 @@ def create_token(
     with database.transaction() as session:
         session.add(row)
         session.flush()
+        audit.record(session, actor, "token.create", str(row.id), None, _audited(row))
         return row.id, token
 
 
-def revoke_token(database: Database, token_id: uuid.UUID) -> None:
+def revoke_token(database: Database, token_id: uuid.UUID, *, actor: str = "code") -> None:
     with database.transaction() as session:
         row = session.get(ApiToken, token_id)
         if row is None:
             raise RegistryError(f"no token {token_id}")
+        before = _audited(row)
         row.revoked_at = utcnow()
+        audit.record(session, actor, "token.revoke", str(token_id), before, _audited(row))
+
+
+def _audited(row: ApiToken) -> dict[str, str | None]:
+    """A token as the audit keeps it: never the token or its hash."""
+    return {
+        "name": row.name,
+        "scopes": row.scopes,
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "revoked": "yes" if row.revoked_at else "no",
+    }
 
 
 def list_tokens(database: Database) -> list[ApiToken]:

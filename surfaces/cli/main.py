@@ -93,6 +93,16 @@ def _parse_config(pairs: list[str]) -> dict[str, Any]:
     return config
 
 
+def _actor() -> str:
+    """The audit trail's name for changes made from this command line."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 def _registry() -> Any:
     from workers import runtime
 
@@ -213,6 +223,40 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@app.command("audit")
+def audit_list(
+    target: Annotated[str | None, typer.Option(help="An instance or token id.")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. instance.configure")] = None,
+    actor: Annotated[str | None, typer.Option(help="A token's name, or cli:<user>.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Who changed which instance, token or key, when, before and after (secrets masked)."""
+    from registry.audit import list_audit
+    from registry.db import get_database
+
+    with user_errors():
+        rows = list_audit(get_database(), target=target, action=action, actor=actor, limit=limit)
+    if as_json:
+        _json([
+            {"at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
+             "before": r.before, "after": r.after}
+            for r in rows
+        ])  # fmt: skip
+        return
+    table = Table(title="Audit trail (newest first)")
+    for column in ("at", "actor", "action", "target", "change"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        before, after = r.before or {}, r.after or {}
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        table.add_row(
+            f"{r.at:%Y-%m-%d %H:%M:%S}", escape(r.actor), r.action, r.target[:8],
+            escape(", ".join(changed)),
+        )  # fmt: skip
+    console.print(table)
+
+
 @tokens_app.command("create")
 def tokens_create(
     name: Annotated[str, typer.Option(help="Who or what holds it (shown in the audit).")],
@@ -225,7 +269,11 @@ def tokens_create(
 
     with user_errors():
         token_id, token = create_token(
-            get_database(), name, scope, expires_in_days * 86400 if expires_in_days else None
+            get_database(),
+            name,
+            scope,
+            expires_in_days * 86400 if expires_in_days else None,
+            actor=_actor(),
         )
     console.print(f"token {token_id} ({escape(name)}: {', '.join(scope)}); shown once:")
     print(token)
@@ -238,7 +286,7 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument()]) -> None:
     from registry.tokens import revoke_token
 
     with user_errors():
-        revoke_token(get_database(), uuid.UUID(token_id))
+        revoke_token(get_database(), uuid.UUID(token_id), actor=_actor())
     console.print(f"[yellow]revoked[/] {token_id}")
 
 
@@ -287,7 +335,7 @@ def secrets_rotate() -> None:
     from workers.ledger.rotation import rotate_stored_secrets
 
     with user_errors():
-        done = rotate_stored_secrets(get_database(), _registry().box)
+        done = rotate_stored_secrets(get_database(), _registry().box, actor=_actor())
     console.print(
         f"re-encrypted {done.fields} secret field(s) of {done.instances} instance(s) and "
         f"{done.payment_tokens} saved payment token(s) with the newest key"
@@ -358,6 +406,7 @@ def plugins_add(
             weight=weight,
             currencies=currency,
             is_active=activate,
+            actor=_actor(),
         )
     console.print(
         f"[green]added[/] {escape(view.label)} active={view.is_active} "
@@ -372,7 +421,9 @@ def plugins_configure(
 ) -> None:
     """Change config fields (others, including stored secrets, are kept)."""
     with user_errors():
-        view = _registry().update_config(_instance_id(instance), _parse_config(config))
+        view = _registry().update_config(
+            _instance_id(instance), _parse_config(config), actor=_actor()
+        )
     console.print(f"[green]configured[/] {escape(view.label)} config={escape(str(view.config))}")
 
 
@@ -385,7 +436,7 @@ def plugins_activate(
 ) -> None:
     """Switch an instance on; workers follow within a second."""
     with user_errors():
-        view = _registry().activate(_instance_id(instance), exclusive=exclusive)
+        view = _registry().activate(_instance_id(instance), exclusive=exclusive, actor=_actor())
     console.print(f"[green]activated[/] {escape(view.label)}")
 
 
@@ -395,7 +446,7 @@ def plugins_deactivate(
 ) -> None:
     """Switch an instance off; workers stop routing to it within a second."""
     with user_errors():
-        view = _registry().deactivate(_instance_id(instance))
+        view = _registry().deactivate(_instance_id(instance), actor=_actor())
     console.print(f"[yellow]deactivated[/] {escape(view.label)}")
 
 

@@ -89,6 +89,12 @@ class ScopeRequirement:
         return caller
 
 
+def actor_of(request: Request) -> str:
+    """Who the audit trail names for this request: the token's name."""
+    caller = getattr(request.state, "caller", None)
+    return caller.name if caller is not None else "anonymous (auth off)"
+
+
 def require(*scopes: Scope, console: bool = False) -> Any:
     """``Depends(...)`` of a route that needs one of ``scopes``."""
     return Depends(ScopeRequirement(*scopes, console=console))

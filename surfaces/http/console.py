@@ -20,6 +20,7 @@ from registry.service import PluginRegistry
 from registry.tokens import Scope
 from surfaces.http.auth import (
     CSRF_FIELD,
+    actor_of,
     check_console_post,
     csrf_token,
     keep_csrf_token,
@@ -64,16 +65,19 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     ) -> RedirectResponse:
         form = parse_qs((await request.body()).decode("latin-1"))
         check_console_post(request, next(iter(form.get(CSRF_FIELD, [])), None))
-        return await run_in_threadpool(_apply, registry, instance_id, action, exclusive)
+        actor = actor_of(request)
+        return await run_in_threadpool(_apply, registry, instance_id, action, exclusive, actor)
 
     def _apply(
-        registry: PluginRegistry, instance_id: str, action: str, exclusive: bool
+        registry: PluginRegistry, instance_id: str, action: str, exclusive: bool, actor: str
     ) -> RedirectResponse:
         with operator_errors():
             if action == "activate":
-                view = registry.activate(parse_instance_id(instance_id), exclusive=exclusive)
+                view = registry.activate(
+                    parse_instance_id(instance_id), exclusive=exclusive, actor=actor
+                )
             elif action == "deactivate":
-                view = registry.deactivate(parse_instance_id(instance_id))
+                view = registry.deactivate(parse_instance_id(instance_id), actor=actor)
             else:
                 raise HTTPException(404, f"no admin action {action!r}")
         done = f"{view.label} {'activated' if view.is_active else 'deactivated'}"

@@ -28,17 +28,20 @@ development and test only.
 # No ``from __future__ import annotations``: FastAPI reads the route signatures, and the
 # registry dependency is an alias local to create_router.
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.audit import list_audit
+from registry.db import get_database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
 from registry.text import PG_INTEGER_MAX
 from registry.tokens import Scope
-from surfaces.http.auth import require
+from surfaces.http.auth import actor_of, require
 from surfaces.http.errors import error_responses, operator_errors, parse_instance_id
 
 # What the INTEGER columns hold (PostgreSQL), checked here so OpenAPI says it too.
@@ -69,6 +72,15 @@ class RoutingUpdate(BaseModel):
     priority: Priority | None = None
     weight: Weight | None = None
     currencies: list[str] | None = None
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
 
 
 class ConfigField(BaseModel):
@@ -128,6 +140,7 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         responses=error_responses(400, 401, 403, 404, 413, 422, 503),
     )
     Registry = Annotated[PluginRegistry, Depends(get_registry)]
+    Actor = Annotated[str, Depends(actor_of)]
 
     @router.get("/plugins", tags=["registry"], dependencies=[require(Scope.READ)])
     def list_plugins(registry: Registry) -> list[PluginInfo]:
@@ -148,7 +161,7 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     @router.post(
         "/instances", status_code=201, tags=["registry"], dependencies=[require(Scope.ADMIN)]
     )
-    def create_instance(body: InstanceCreate, registry: Registry) -> InstanceView:
+    def create_instance(body: InstanceCreate, registry: Registry, actor: Actor) -> InstanceView:
         with operator_errors():
             return registry.create_instance(
                 body.plugin_name,
@@ -160,6 +173,7 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
                 weight=body.weight,
                 currencies=body.currencies,
                 is_active=body.is_active,
+                actor=actor,
             )
 
     @router.get("/instances/{instance_id}", tags=["registry"], dependencies=[require(Scope.READ)])
@@ -171,22 +185,31 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         "/instances/{instance_id}/config", tags=["registry"], dependencies=[require(Scope.ADMIN)]
     )
     def update_config(
-        instance_id: str, config: dict[str, Any], registry: Registry, replace: bool = False
+        instance_id: str,
+        config: dict[str, Any],
+        registry: Registry,
+        actor: Actor,
+        replace: bool = False,
     ) -> InstanceView:
         with operator_errors():
             # A masked secret sent back (a GET's config, edited) keeps the stored one.
-            return registry.update_config(parse_instance_id(instance_id), config, merge=not replace)
+            return registry.update_config(
+                parse_instance_id(instance_id), config, merge=not replace, actor=actor
+            )
 
     @router.patch(
         "/instances/{instance_id}", tags=["registry"], dependencies=[require(Scope.OPERATE)]
     )
-    def update_routing(instance_id: str, body: RoutingUpdate, registry: Registry) -> InstanceView:
+    def update_routing(
+        instance_id: str, body: RoutingUpdate, registry: Registry, actor: Actor
+    ) -> InstanceView:
         with operator_errors():
             return registry.update_routing(
                 parse_instance_id(instance_id),
                 priority=body.priority,
                 weight=body.weight,
                 currencies=body.currencies,
+                actor=actor,
             )
 
     @router.post(
@@ -194,18 +217,22 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         tags=["registry"],
         dependencies=[require(Scope.OPERATE)],
     )
-    def activate(instance_id: str, registry: Registry, exclusive: bool = False) -> InstanceView:
+    def activate(
+        instance_id: str, registry: Registry, actor: Actor, exclusive: bool = False
+    ) -> InstanceView:
         with operator_errors():
-            return registry.activate(parse_instance_id(instance_id), exclusive=exclusive)
+            return registry.activate(
+                parse_instance_id(instance_id), exclusive=exclusive, actor=actor
+            )
 
     @router.post(
         "/instances/{instance_id}/deactivate",
         tags=["registry"],
         dependencies=[require(Scope.OPERATE)],
     )
-    def deactivate(instance_id: str, registry: Registry) -> InstanceView:
+    def deactivate(instance_id: str, registry: Registry, actor: Actor) -> InstanceView:
         with operator_errors():
-            return registry.deactivate(parse_instance_id(instance_id))
+            return registry.deactivate(parse_instance_id(instance_id), actor=actor)
 
     @router.delete(
         "/instances/{instance_id}",
@@ -213,9 +240,20 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         tags=["registry"],
         dependencies=[require(Scope.ADMIN)],
     )
-    def retire(instance_id: str, registry: Registry) -> Response:
+    def retire(instance_id: str, registry: Registry, actor: Actor) -> Response:
         with operator_errors():
-            registry.retire(parse_instance_id(instance_id))
+            registry.retire(parse_instance_id(instance_id), actor=actor)
         return Response(status_code=204)
+
+    @router.get("/api/audit", tags=["registry"], dependencies=[require(Scope.ADMIN)])
+    def read_audit(
+        target: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[AuditEntry]:
+        """Changes to instances, routing, activation, tokens and keys; newest first."""
+        rows = list_audit(get_database(), target=target, action=action, actor=actor, limit=limit)
+        return [AuditEntry.model_validate(row, from_attributes=True) for row in rows]
 
     return router

@@ -6,6 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import registry.audit
 import registry.models
 import registry.tokens  # noqa: F401
 import workers.core.locks

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from registry import audit
 from registry.db import Database
 from registry.models import PluginInstance
 from registry.secrets import ENCRYPTED, SecretBox
@@ -27,7 +28,7 @@ class Rotation:
     payment_tokens: int  # saved payment tokens re-encrypted
 
 
-def rotate_stored_secrets(database: Database, box: SecretBox) -> Rotation:
+def rotate_stored_secrets(database: Database, box: SecretBox, *, actor: str = "code") -> Rotation:
     instances = fields = tokens = 0
     with database.transaction() as session:
         for row in session.execute(select(PluginInstance)).scalars():
@@ -51,4 +52,6 @@ def rotate_stored_secrets(database: Database, box: SecretBox) -> Rotation:
                 .values(payment_token=box.rotate_text(token))
             )
             tokens += 1
+        counts = {"instances": instances, "fields": fields, "payment_tokens": tokens}
+        audit.record(session, actor, "secrets.rotate", "TENDER_SECRETS_KEY", None, counts)
     return Rotation(instances, fields, tokens)
