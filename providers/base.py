@@ -9,8 +9,9 @@ Errors are the classes in :mod:`providers.errors`.
 from __future__ import annotations
 
 import hashlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -26,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-from providers.errors import ConfigurationError
+from providers.errors import ConfigurationError, ProviderError
 from providers.money import MAX_MINOR, normalize_currency
 from providers.redaction import sanitize
 
@@ -180,6 +181,30 @@ def describe_validation_error(exc: ValidationError, *, prefix: str = "config") -
         where = ".".join(str(p) for p in error["loc"]) or "(root)"
         parts.append(f"{prefix}.{where}: {error['msg']}")
     return "; ".join(parts)
+
+
+async def probe_health(probe: Awaitable[object], *, slow_after_s: float) -> HealthCheck:
+    """A provider's health from one cheap authenticated call: UNHEALTHY with the reason when
+    the provider errs, DEGRADED when it answers slower than ``slow_after_s``. A rejected key
+    is raised (ConfigurationError): no health status fixes it, the instance is in error."""
+    started = time.perf_counter()
+    try:
+        await probe
+    except ConfigurationError:
+        raise
+    except ProviderError as exc:
+        return HealthCheck(
+            status=HealthStatus.UNHEALTHY,
+            message=exc.message,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+    latency_ms = (time.perf_counter() - started) * 1000
+    slow = latency_ms > slow_after_s * 1000
+    return HealthCheck(
+        status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
+        message=f"slow: {latency_ms:.0f} ms" if slow else "ok",
+        latency_ms=latency_ms,
+    )
 
 
 class Capability(StrEnum):

@@ -28,7 +28,6 @@ import hmac
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -39,7 +38,6 @@ from pydantic import Field, SecretStr, field_validator
 from providers.base import (
     Capability,
     HealthCheck,
-    HealthStatus,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -48,6 +46,7 @@ from providers.base import (
     RefundOutcome,
     RefundStatus,
     WebhookEvent,
+    probe_health,
 )
 from providers.errors import (
     ConfigurationError,
@@ -391,23 +390,10 @@ class FlutterwaveProvider(PaymentProvider):
     # --- health ------------------------------------------------------------------------------
 
     async def health_check(self) -> HealthCheck:
-        """Wallet balances: a cheap authenticated read. A rejected key raises
-        ConfigurationError (the instance is in error, not down)."""
-        started = time.perf_counter()
-        try:
-            await self._request("GET", "/v3/balances", moves_money=False)
-        except (ProviderUnavailable, PaymentDeclined) as exc:
-            return HealthCheck(
-                status=HealthStatus.UNHEALTHY,
-                message=exc.message,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
-        latency_ms = (time.perf_counter() - started) * 1000
-        slow = latency_ms > SLOW_HEALTH_FRACTION * self.settings.timeout_s * 1000
-        return HealthCheck(
-            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
-            message=f"slow: {latency_ms:.0f} ms" if slow else "ok",
-            latency_ms=latency_ms,
+        """Wallet balances: a cheap authenticated read (see providers.base.probe_health)."""
+        return await probe_health(
+            self._request("GET", "/v3/balances", moves_money=False),
+            slow_after_s=SLOW_HEALTH_FRACTION * self.settings.timeout_s,
         )
 
     # --- webhooks ----------------------------------------------------------------------------

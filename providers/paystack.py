@@ -33,7 +33,6 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Any, ClassVar
@@ -49,7 +48,6 @@ from pypaystack2.models import Response
 from providers.base import (
     Capability,
     HealthCheck,
-    HealthStatus,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -58,6 +56,7 @@ from providers.base import (
     RefundOutcome,
     RefundStatus,
     WebhookEvent,
+    probe_health,
 )
 from providers.errors import (
     ConfigurationError,
@@ -500,31 +499,13 @@ class PaystackProvider(PaymentProvider):
         )
 
     async def health_check(self) -> HealthCheck:
-        """List one transaction: proves Paystack answers and accepts the secret key.
-
-        Raises :class:`ConfigurationError` ("secret key rejected") on a 401, because no
-        health status fixes a wrong key: the caller should mark the instance ``error``.
-        Any other failure is an UNHEALTHY result; slower than 80% of timeout_s, DEGRADED.
-        """
-        started = time.perf_counter()
-        try:
-            await self._call(
+        """List one transaction: proves Paystack answers and accepts the secret key
+        (see providers.base.probe_health: a 401 raises ConfigurationError)."""
+        return await probe_health(
+            self._call(
                 _Call.READ, "health check", self._sdk.transactions.get_transactions(pagination=1)
-            )
-        except ConfigurationError:
-            raise
-        except ProviderError as exc:
-            return HealthCheck(
-                status=HealthStatus.UNHEALTHY,
-                message=exc.message,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
-        latency_ms = (time.perf_counter() - started) * 1000
-        slow = latency_ms > self.settings.timeout_s * 1000 * SLOW_HEALTH_FRACTION
-        return HealthCheck(
-            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
-            message="slow" if slow else "ok",
-            latency_ms=latency_ms,
+            ),
+            slow_after_s=SLOW_HEALTH_FRACTION * self.settings.timeout_s,
         )
 
     # --- webhooks ---------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -36,7 +35,6 @@ from pydantic import Field, SecretStr, field_validator
 from providers.base import (
     Capability,
     HealthCheck,
-    HealthStatus,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -45,6 +43,7 @@ from providers.base import (
     RefundOutcome,
     RefundStatus,
     WebhookEvent,
+    probe_health,
 )
 from providers.errors import (
     ConfigurationError,
@@ -467,23 +466,10 @@ class StripeProvider(PaymentProvider):
     # --- health ----------------------------------------------------------------------------
 
     async def health_check(self) -> HealthCheck:
-        """The balance: a cheap authenticated read. A rejected key raises
-        ConfigurationError (the instance is in error, not down)."""
-        started = time.perf_counter()
-        try:
-            await self._call(self._sdk.v1.balance.retrieve_async(), moves_money=False)
-        except ProviderUnavailable as exc:
-            return HealthCheck(
-                status=HealthStatus.UNHEALTHY,
-                message=exc.message,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
-        latency_ms = (time.perf_counter() - started) * 1000
-        slow = latency_ms > SLOW_HEALTH_FRACTION * self.settings.timeout_s * 1000
-        return HealthCheck(
-            status=HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
-            message=f"slow: {latency_ms:.0f} ms" if slow else "ok",
-            latency_ms=latency_ms,
+        """The balance: a cheap authenticated read (see providers.base.probe_health)."""
+        return await probe_health(
+            self._call(self._sdk.v1.balance.retrieve_async(), moves_money=False),
+            slow_after_s=SLOW_HEALTH_FRACTION * self.settings.timeout_s,
         )
 
     # --- webhooks --------------------------------------------------------------------------
