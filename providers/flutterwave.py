@@ -18,6 +18,9 @@ the old ``rave_python`` targets the retired v2 API), the way its own server SDKs
   instance's secret hash: it is compared in constant time, and then, as Flutterwave's docs
   require, the transaction is verified through the API; the event reports what the API
   says, not what the body claims.
+  Refund events are handled the same way: only the refund's id is read from the body (v3
+  documents no refund webhook body), the refund is read back with ``GET /v3/refunds/{id}``
+  and its payment with ``GET /v3/transactions/{tx_id}/verify``.
 * **Errors** (``{"status": "error", "message", "data"}``) are classified at one seam by what
   is safe next (``_answer``).
 """
@@ -88,11 +91,17 @@ _STATUS = {
     "failed": OutcomeStatus.FAILED,
     "cancelled": OutcomeStatus.FAILED,
 }
-_REFUND_STATUS = {
-    "completed": RefundStatus.SUCCEEDED,
-    "pending": RefundStatus.PENDING,
-    "failed": RefundStatus.FAILED,
-}
+
+
+def refund_status(text: str) -> RefundStatus:
+    """Flutterwave's refund status: ``completed`` and its ``completed-<rail>`` variants
+    (``completed-momo``, ``completed-offline``...) are done, any ``*failed`` is not,
+    everything else (``new``, ``pending``) is still on its way."""
+    if text.startswith("completed"):
+        return RefundStatus.SUCCEEDED
+    return RefundStatus.FAILED if text.endswith("failed") else RefundStatus.PENDING
+
+
 _NOT_FOUND = re.compile(r"no transaction was found", re.IGNORECASE)
 _DUPLICATE = re.compile(r"duplicate", re.IGNORECASE)
 
@@ -380,7 +389,7 @@ class FlutterwaveProvider(PaymentProvider):
         )
         refunded = refund.get("amount_refunded")
         return RefundOutcome(
-            status=_REFUND_STATUS.get(str(refund.get("status")), RefundStatus.PENDING),
+            status=refund_status(str(refund.get("status"))),
             reference=reference,
             refund_id=str(refund.get("id")),
             amount_minor=to_minor(Decimal(str(refunded)), currency) if refunded else amount_minor,
@@ -407,15 +416,18 @@ class FlutterwaveProvider(PaymentProvider):
             body = json.loads(raw_body)
             kind = str(body.get("event") or body.get("event.type") or "unknown")
             data = body["data"]
-            event_id = f"{kind}:{data['id']}"
+            object_id = str(data["id"])
             reference = data.get("tx_ref")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise WebhookPayloadError(
                 f"unreadable Flutterwave event: {type(exc).__name__}"
             ) from None
+        # The body is not signed: what it says is only a prompt to ask the API.
+        if kind.lower().startswith("refund"):
+            return await self._refund_event(kind, object_id)
+        event_id = f"{kind}:{object_id}"
         if not reference:
             return WebhookEvent(provider=self.name, event_id=event_id, event_type=kind)
-        # The body is not signed: what it says is only a prompt to ask the API.
         verified = await self.verify_payment(str(reference))
         status = verified.status if verified.status is not OutcomeStatus.PENDING else None
         return WebhookEvent(
@@ -426,4 +438,37 @@ class FlutterwaveProvider(PaymentProvider):
             status=None if verified.status is OutcomeStatus.NOT_FOUND else status,
             amount_minor=verified.amount_minor,
             currency=verified.currency,
+        )
+
+    async def _refund_event(self, kind: str, refund_id: str) -> WebhookEvent:
+        """A refund as the API reports it: the refund by id, then its transaction for the
+        payment's reference and currency."""
+        try:
+            refund = await self._request("GET", f"/v3/refunds/{refund_id}", moves_money=False)
+            tx = await self._request(
+                "GET", f"/v3/transactions/{refund['tx_id']}/verify", moves_money=False
+            )
+            reference, currency = str(tx["tx_ref"]), str(tx["currency"]).upper()
+            amount_minor = to_minor(Decimal(str(refund["amount_refunded"])), currency)
+        except PaymentDeclined as exc:  # the API does not know the refund or its payment
+            raise WebhookPayloadError(f"Flutterwave has no such refund: {exc.message}") from None
+        except (KeyError, MoneyError, ArithmeticError) as exc:
+            raise WebhookPayloadError(
+                f"unreadable Flutterwave refund: {type(exc).__name__}"
+            ) from None
+        status = refund_status(str(refund.get("status")))
+        return WebhookEvent(
+            provider=self.name,
+            # The API's status is part of the id: a refund announced while still pending is
+            # announced again when it completes, and that must not be dropped as a duplicate.
+            event_id=f"refund:{refund_id}:{status.value}",
+            event_type=kind,
+            reference=reference,
+            refund=RefundOutcome(
+                status=status,
+                reference=reference,
+                refund_id=refund_id,
+                amount_minor=amount_minor,
+                currency=currency,
+            ),
         )

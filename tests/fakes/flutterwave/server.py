@@ -3,8 +3,8 @@ repositories document (``Flutterwave/Node-v3``: ``documentation/tokenization.md`
 ``transactions.md``, ``misc.md``; Flutterwave Standard's ``"Hosted Link"`` answer).
 
 Endpoints: ``POST /v3/tokenized-charges``, ``POST /v3/payments``,
-``GET /v3/transactions/verify_by_reference?tx_ref=``, ``POST /v3/transactions/{id}/refund``,
-``GET /v3/balances``. Every answer is the envelope ``{"status", "message", "data"}``;
+``GET /v3/transactions/verify_by_reference?tx_ref=``, ``GET /v3/transactions/{id}/verify``,
+``POST /v3/transactions/{id}/refund``, ``GET /v3/refunds/{id}``, ``GET /v3/balances``. Every answer is the envelope ``{"status", "message", "data"}``;
 errors are ``{"status": "error", "message", "data": null}``; a wrong key is 401.
 
 Test tokens: ``flw-t1nf-good`` (successful), ``flw-t1nf-declined`` (failed, "Declined"),
@@ -13,6 +13,12 @@ Test tokens: ``flw-t1nf-good`` (successful), ``flw-t1nf-declined`` (failed, "Dec
 (successful, in USD whatever was asked). A ``tx_ref`` is unique: a second charge with the
 same one is refused and charges nothing, as Flutterwave refuses duplicate references.
 Amounts are decimal major units, kept as ``Decimal``.
+
+Refunds complete at once, as in Flutterwave's documented sample, unless
+``refunds_settle_later`` is set: then they stay ``pending`` until :meth:`settle_refund`, and
+:meth:`refund_webhook` announces the change (Flutterwave documents no v3 refund webhook
+body; the fake sends the refund object under ``refund.completed``, and the plugin trusts
+only its id).
 
 ``FakeFlutterwave.fault``: ``"slow"`` (do the work, hold the answer ``slow_s``), ``"5xx"``
 (500, nothing done), ``"429"`` (nothing done).
@@ -59,6 +65,8 @@ class FakeFlutterwave:
         self._ids = itertools.count(8_000_000 + secrets.randbelow(10**6))
         self._transactions: dict[str, dict[str, Any]] = {}  # tx_ref -> transaction
         self._refunded: dict[str, Decimal] = {}
+        self._refunds: dict[str, dict[str, Any]] = {}  # refund id -> refund
+        self.refunds_settle_later = False
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
@@ -111,6 +119,17 @@ class FakeFlutterwave:
         body = json.dumps({"event": "charge.completed", "data": data}).encode()
         return body, {"Content-Type": "application/json", "verif-hash": self.secret_hash}
 
+    def settle_refund(self, refund_id: str, status: str = "completed") -> None:
+        with self._lock:
+            self._refunds[refund_id]["status"] = status
+
+    def refund_webhook(self, refund_id: str, **overrides: Any) -> tuple[bytes, dict[str, str]]:
+        """A refund event with the verif-hash; ``overrides`` change what the body claims."""
+        with self._lock:
+            data = {k: _number(v) for k, v in self._refunds[refund_id].items()} | overrides
+        body = json.dumps({"event": "refund.completed", "data": data}).encode()
+        return body, {"Content-Type": "application/json", "verif-hash": self.secret_hash}
+
     # --- the API ----------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
@@ -130,6 +149,24 @@ class FakeFlutterwave:
             }
         if method == "POST" and path.startswith("/v3/transactions/") and path.endswith("/refund"):
             return self._refund(path.split("/")[3], body)
+        if method == "GET" and path.startswith("/v3/transactions/") and path.endswith("/verify"):
+            with self._lock:
+                found = [
+                    t for t in self._transactions.values() if str(t["id"]) == path.split("/")[3]
+                ]
+            if not found:
+                return error(400, "No transaction was found for this id")
+            return 200, {
+                "status": "success",
+                "message": "Transaction fetched successfully",
+                "data": found[0],
+            }
+        if method == "GET" and path.startswith("/v3/refunds/"):
+            with self._lock:
+                refund = self._refunds.get(path.split("/")[3])
+            if refund is None:
+                return error(404, "Refund not found")
+            return 200, {"status": "success", "message": "Refund fetched", "data": dict(refund)}
         if method == "GET" and path == "/v3/balances":
             return 200, {
                 "status": "success",
@@ -200,18 +237,19 @@ class FakeFlutterwave:
             if amount <= 0 or amount > left:
                 return error(400, "Refund amount cannot be greater than the transaction amount")
             self._refunded[tx_id] = self._refunded.get(tx_id, Decimal(0)) + amount
+            refund = {
+                "id": next(self._ids), "account_id": 73362, "tx_id": tx["id"],
+                "flw_ref": f"URF_{secrets.token_hex(6)}", "wallet_id": 74639,
+                "amount_refunded": amount,
+                "status": "pending" if self.refunds_settle_later else "completed",
+                "destination": "payment_source", "meta": {"source": "availablebalance"},
+                "created_at": "2020-01-24T09:18:37.366Z",
+            }  # fmt: skip
+            self._refunds[str(refund["id"])] = refund
         return 200, {
             "status": "success",
             "message": "Transaction refund initiated",
-            "data": {
-                "id": next(self._ids),
-                "tx_id": tx["id"],
-                "flw_ref": f"URF_{secrets.token_hex(6)}",
-                "amount_refunded": amount,
-                "status": "completed",
-                "destination": "payment_source",
-                "meta": {"source": "availablebalance"},
-            },
+            "data": dict(refund),
         }
 
 
