@@ -215,6 +215,9 @@ class Capability(StrEnum):
     PARTIAL_REFUNDS = "partial_refunds"
     RETRY_HINTS = "retry_hints"  # a rate limit says when to come back
     SIGNED_BODY = "signed_body"  # webhook signatures cover the raw body
+    # Webhook signatures cover the event's content, checked by the provider's own API
+    # (PayPal's verify-webhook-signature): a changed field is refused, a reformatted body not.
+    SIGNED_CONTENT = "signed_content"
     SIGNED_TIMESTAMPS = "signed_timestamps"  # webhook signatures cover a timestamp
 
 

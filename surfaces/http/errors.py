@@ -27,7 +27,7 @@ _MEANINGS = {
     409: "conflicts with what is already recorded",
     413: "the body is larger than this route takes",
     422: "a field is invalid; the detail names it",
-    503: "a dependency (Vault) did not answer; try again",
+    503: "a dependency (Vault, a provider's API) did not answer; try again",
 }
 
 

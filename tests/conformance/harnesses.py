@@ -20,10 +20,12 @@ from typing import Any, ClassVar, Literal
 
 from providers.base import PaymentProvider, PaymentRequest, derive_reference
 from providers.flutterwave import FlutterwaveProvider
+from providers.paypal import PayPalProvider
 from providers.paystack import PaystackProvider
 from providers.sandbox import SIGNATURE_HEADER, SandboxProvider, charge_book
 from providers.stripe import StripeProvider
 from tests.fakes.flutterwave.server import FakeFlutterwave
+from tests.fakes.paypal.server import FakePayPal
 from tests.fakes.paystack.server import (
     DECLINED_AUTHORIZATION,
     GOOD_AUTHORIZATION,
@@ -67,6 +69,12 @@ class Harness(ABC):
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
         """A payment-success webhook for a charged ``reference``, signed as the provider
         signs it ``age_s`` ago (where signatures carry a time): (raw body, headers)."""
+
+    def tamper(self, raw: bytes) -> bytes:
+        """The webhook body claiming a different amount."""
+        event = json.loads(raw)
+        event["data"]["amount"] = 1
+        return json.dumps(event).encode()
 
     @abstractmethod
     def fault(self, kind: Fault) -> contextlib.AbstractContextManager[PaymentProvider]:
@@ -267,9 +275,53 @@ class FlutterwaveHarness(FakeServerHarness):
         return self.fake.webhook(reference)
 
 
+class PayPalHarness(FakeServerHarness):
+    revoked: ClassVar[dict[str, str]] = {"client_secret": "E" + "0" * 40}
+    plugin_class = PayPalProvider
+    currency = "USD"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.fake = FakePayPal(slow_s=TIMEOUT_S * 2).start()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "client_id": self.fake.client_id,
+            "client_secret": self.fake.client_secret,
+            "webhook_id": self.fake.webhook_id,
+            "base_url": self.fake.base_url,
+            "timeout_s": TIMEOUT_S,
+        }
+
+    def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
+        token = {"succeed": "pp-vault-good", "decline": "pp-vault-declined"}.get(outcome)
+        return self.new_request(payment_token=token, amount_minor=amount_minor)
+
+    def charges(self, reference: str) -> int:
+        return self.fake.charges_count(reference)
+
+    def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook("PAYMENT.CAPTURE.COMPLETED", self.fake.capture_of(reference))
+
+    def tamper(self, raw: bytes) -> bytes:
+        event = json.loads(raw)
+        event["resource"]["amount"]["value"] = "0.01"
+        return json.dumps(event).encode()
+
+    @contextlib.contextmanager
+    def slow_health(self) -> Iterator[PaymentProvider]:
+        """PayPal's health check is a token request: the OAuth endpoint answers slowly."""
+        self.fake.token_delay_s = TIMEOUT_S * 0.9
+        try:
+            yield self.plugin()
+        finally:
+            self.fake.token_delay_s = 0.0
+
+
 HARNESSES: dict[str, type[Harness]] = {
     "sandbox": SandboxHarness,
     "paystack": PaystackHarness,
     "stripe": StripeHarness,
     "flutterwave": FlutterwaveHarness,
+    "paypal": PayPalHarness,
 }

@@ -1,0 +1,807 @@
+"""PayPal, through PayPal's official Server SDK (``paypal-server-sdk``, Orders v2 and
+Payments v2).
+
+* **One SDK client per instance**, with the instance's client credentials; the base address
+  comes from the SDK's own hook (a :class:`Configuration` whose ``get_base_uri`` answers the
+  instance's address), so tests reach a local fake without patching anything global. The
+  SDK is synchronous: each call runs in a thread, off the worker's event loop.
+* **One OAuth token per instance** (:class:`_TokenCache`), requested once and reused by
+  every call and thread until a minute before it expires; a call PayPal answers ``401``
+  (the token was revoked or expired early) fetches a new one and is repeated once, which is
+  safe because PayPal processed nothing.
+* **Charges.** Every payment starts as an order (intent ``CAPTURE``) whose ``reference_id``
+  and ``invoice_id`` are Tender's reference. Without a saved payment source the order waits
+  on the payer (``pending``, the ``payer-action`` link as ``authorization_url``) and is
+  captured when approved (the ``CHECKOUT.ORDER.APPROVED`` webhook, or a verify). With one
+  (``payment_token``, a PayPal vault id) the order is captured at once with that source.
+* **At most once.** Create, capture and refund each carry a ``PayPal-Request-Id`` derived
+  from the reference and the operation, so PayPal answers a repeat with the first answer;
+  and ``invoice_id`` makes PayPal refuse a second capture for the same reference even after
+  request ids expire (``DUPLICATE_INVOICE_ID``, then an unknown outcome, never a charge).
+* **Verify** finds the order through the idempotent create (:meth:`_find_order`) and reads
+  it, with its capture, by id.
+* **Money.** PayPal's amounts are decimal strings in major units; HUF, JPY and TWD take no
+  decimals at PayPal (ISO gives HUF and TWD two). Amounts PayPal cannot carry exactly are
+  refused before sending; nothing is rounded.
+* **Webhooks** are verified by PayPal's ``verify-webhook-signature`` call with the
+  transmission headers and the instance's ``webhook_id``; the certificate URL is never
+  fetched by Tender (PayPal checks it), and one that is not PayPal's is refused outright.
+* **Errors** (``name``, ``message``, ``debug_id``, ``details[].issue``) are classified at
+  one seam by what is safe next (:meth:`PayPalProvider._classify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import requests
+from paypalserversdk.configuration import Configuration, Server
+from paypalserversdk.exceptions.api_exception import ApiException
+from paypalserversdk.exceptions.o_auth_provider_exception import OAuthProviderException
+from paypalserversdk.http.api_response import ApiResponse
+from paypalserversdk.http.auth.o_auth_2 import ClientCredentialsAuthCredentials, OAuth2
+from paypalserversdk.models.amount_with_breakdown import AmountWithBreakdown
+from paypalserversdk.models.card_request import CardRequest
+from paypalserversdk.models.checkout_payment_intent import CheckoutPaymentIntent
+from paypalserversdk.models.money import Money
+from paypalserversdk.models.o_auth_token import OAuthToken
+from paypalserversdk.models.order_capture_request import OrderCaptureRequest
+from paypalserversdk.models.order_request import OrderRequest
+from paypalserversdk.models.payment_source import PaymentSource
+from paypalserversdk.models.paypal_wallet import PaypalWallet
+from paypalserversdk.models.paypal_wallet_experience_context import (
+    PaypalWalletExperienceContext,
+)
+from paypalserversdk.models.purchase_unit_request import PurchaseUnitRequest
+from paypalserversdk.models.refund_request import RefundRequest
+from paypalserversdk.paypal_serversdk_client import PaypalServersdkClient
+from pydantic import Field, SecretStr, field_validator
+from urllib3.exceptions import NewConnectionError
+
+from providers.base import (
+    Capability,
+    HealthCheck,
+    OutcomeStatus,
+    PaymentOutcome,
+    PaymentProvider,
+    PaymentRequest,
+    ProviderConfig,
+    RefundOutcome,
+    RefundStatus,
+    WebhookEvent,
+    probe_health,
+)
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderError,
+    ProviderUnavailable,
+    WebhookPayloadError,
+    WebhookSignatureError,
+)
+from providers.money import MoneyError, from_minor, to_minor
+
+logger = logging.getLogger(__name__)
+
+ADDRESSES = {"sandbox": "https://api-m.sandbox.paypal.com", "live": "https://api-m.paypal.com"}
+TOKEN_EARLY_S = 60  # a token is renewed this long before PayPal says it expires
+SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
+WHOLE_UNITS_AT_PAYPAL = frozenset({"HUF", "JPY", "TWD"})  # no decimals at PayPal
+PAYPAL_CURRENCIES = frozenset(
+    {
+        "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "HUF", "ILS",
+        "JPY", "MXN", "MYR", "NOK", "NZD", "PHP", "PLN", "SEK", "SGD", "THB", "TWD", "USD",
+    }
+)  # fmt: skip
+# Issues that mean "the payer's money said no": final for this payment.
+DECLINE_ISSUES = frozenset(
+    {
+        "INSTRUMENT_DECLINED",
+        "PAYER_CANNOT_PAY",
+        "TRANSACTION_REFUSED",
+        "PAYER_ACCOUNT_LOCKED_OR_CLOSED",
+        "PAYER_ACCOUNT_RESTRICTED",
+        "REFERENCED_CARD_EXPIRED",
+        "TOKEN_ID_NOT_FOUND",
+        "MAX_NUMBER_OF_PAYMENT_ATTEMPTS_EXCEEDED",
+        "TRANSACTION_LIMIT_EXCEEDED",
+        "COMPLIANCE_VIOLATION",
+    }
+)
+CAPTURED = frozenset({"COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
+_CAPTURE_STATUS = {
+    "COMPLETED": OutcomeStatus.SUCCEEDED,
+    "PARTIALLY_REFUNDED": OutcomeStatus.SUCCEEDED,
+    "REFUNDED": OutcomeStatus.SUCCEEDED,
+    "PENDING": OutcomeStatus.PENDING,
+    "DECLINED": OutcomeStatus.FAILED,
+    "FAILED": OutcomeStatus.FAILED,
+}
+_REFUND_STATUS = {
+    "COMPLETED": RefundStatus.SUCCEEDED,
+    "PENDING": RefundStatus.PENDING,
+    "FAILED": RefundStatus.FAILED,
+    "CANCELLED": RefundStatus.FAILED,
+}
+Flow = Literal["checkout", "saved", "probe"]
+
+
+class PayPalConfig(ProviderConfig):
+    """One PayPal REST app.
+
+    Parameters:
+        client_id: the REST app's client id.
+        client_secret: the REST app's secret.
+        webhook_id: the id PayPal gave the webhook pointing at Tender
+            (``https://<your-host>/webhooks/paypal``); signatures are verified against it.
+        environment: ``sandbox`` or ``live``: which PayPal the keys belong to.
+        base_url: PayPal's API root, when it is neither of those (a local fake in tests).
+        saved_payment_source: what a ``payment_token`` is: a vaulted ``paypal`` wallet or
+            a vaulted ``card``.
+        brand_name: the name the payer sees at PayPal.
+        return_url: where the payer lands after approving.
+        cancel_url: where the payer lands after cancelling.
+        timeout_s: seconds one API call may take.
+    """
+
+    client_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")
+    client_secret: SecretStr
+    webhook_id: str = Field(pattern=r"^[A-Za-z0-9]{1,50}$")
+    environment: Literal["sandbox", "live"] = "sandbox"
+    base_url: str | None = None
+    saved_payment_source: Literal["paypal", "card"] = "paypal"
+    brand_name: str | None = Field(default=None, max_length=127)
+    return_url: str = "https://example.com/paid"
+    cancel_url: str = "https://example.com/cancelled"
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_present(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("base_url", "return_url", "cancel_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value else value
+
+    @property
+    def address(self) -> str:
+        return self.base_url or ADDRESSES[self.environment]
+
+
+# --- money at PayPal's seam --------------------------------------------------------------
+
+
+def to_paypal_value(amount_minor: int, currency: str) -> str:
+    """Tender's ISO minor units as PayPal's ``value``; ProviderUnavailable (nothing sent)
+    when PayPal cannot carry the amount exactly: it is never rounded."""
+    major = from_minor(amount_minor, currency)
+    if currency in WHOLE_UNITS_AT_PAYPAL:
+        if major != major.to_integral_value():
+            # Not sent, so provably not charged: another instance may carry the amount.
+            raise ProviderUnavailable(
+                f"PayPal takes {currency} in whole units only; {major} cannot be charged exactly",
+                provider="paypal",
+                code="amount_not_representable",
+            )
+        return str(major.quantize(Decimal(1)))
+    return str(major)
+
+
+def from_paypal_value(value: str, currency: str) -> int:
+    return to_minor(Decimal(value), currency)
+
+
+# --- the SDK, wired for Tender ----------------------------------------------------------
+
+
+class _AddressedConfiguration(Configuration):
+    """The SDK's configuration, answering the instance's address (its base-URI hook)."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        self._address = address
+        super().__init__(**kwargs)
+
+    def get_base_uri(self, server: Server = Server.DEFAULT) -> str:
+        return self._address
+
+
+class _TokenFailure(Exception):
+    """Getting a token failed; ``cause`` says how. Nothing else was sent."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
+class _TokenCache:
+    """The instance's OAuth token, shared by all its calls and threads (the SDK's token
+    provider hook). One request renews it, however many calls find it missing at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._token: OAuthToken | None = None
+
+    def __call__(self, last: OAuthToken | None, auth: OAuth2) -> OAuthToken:
+        with self._lock:
+            if self._token is not None and not auth.is_token_expired(self._token):
+                return self._token
+            return self._fetch(auth)
+
+    def _fetch(self, auth: OAuth2) -> OAuthToken:
+        try:
+            token = auth.fetch_token()
+        except Exception as exc:  # every failure is classified at the seam
+            raise _TokenFailure(exc) from exc
+        # Renew ahead of PayPal's expiry (half the lifetime for a short-lived token), so a
+        # call never leaves with a token that expires on the way.
+        lifetime_s = int(getattr(token, "expires_in", 0) or 0)
+        if getattr(token, "expiry", None) is not None:
+            token.expiry -= min(TOKEN_EARLY_S, lifetime_s // 2)
+        self._token = token
+        return token
+
+    def renew(self, auth: OAuth2) -> OAuthToken:
+        """A new token now (the health check: proves the credentials still work)."""
+        with self._lock:
+            return self._fetch(auth)
+
+    @property
+    def current(self) -> OAuthToken | None:
+        return self._token
+
+    def expire(self, token: OAuthToken | None) -> None:
+        """PayPal refused ``token``: make the SDK (which keeps the same object) and this
+        cache ask for a new one; a token another thread already renewed is left alone."""
+        with self._lock:
+            if token is not None:
+                token.expiry = 0
+            if self._token is token:
+                self._token = None
+
+
+# --- the provider -------------------------------------------------------------------------
+
+
+class PayPalProvider(PaymentProvider):
+    """PayPal Orders v2: approval checkout, or a capture with a vaulted payment source."""
+
+    name: ClassVar[str] = "paypal"
+    display_name: ClassVar[str] = "PayPal"
+    supported_currencies: ClassVar[frozenset[str]] = PAYPAL_CURRENCIES
+    config_model: ClassVar[type[ProviderConfig]] = PayPalConfig
+    api_hosts: ClassVar[frozenset[str]] = frozenset(
+        {"api-m.paypal.com", "api-m.sandbox.paypal.com"}
+    )
+    # PayPal's verify call checks the signature over the event's content (not its bytes)
+    # and gives no Retry-After on a rate limit.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.SIGNED_CONTENT}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: PaypalServersdkClient | None = None
+        self._tokens = _TokenCache()
+
+    @property
+    def settings(self) -> PayPalConfig:
+        config = self.config
+        assert isinstance(config, PayPalConfig)
+        return config
+
+    def on_configured(self) -> None:
+        settings = self.settings
+        self._tokens = _TokenCache()
+        credentials = ClientCredentialsAuthCredentials(
+            o_auth_client_id=settings.client_id,
+            o_auth_client_secret=settings.client_secret.get_secret_value(),
+            o_auth_token_provider=self._tokens,
+        )
+        self._client = PaypalServersdkClient(
+            config=_AddressedConfiguration(
+                settings.address,
+                timeout=settings.timeout_s,
+                max_retries=0,  # Tender owns retries: a retried capture is a decision
+                client_credentials_auth_credentials=credentials,
+            )
+        )
+
+    async def aclose(self) -> None:
+        self._client = None
+
+    @property
+    def _sdk(self) -> PaypalServersdkClient:
+        if self._client is None:
+            raise ConfigurationError("paypal provider used after aclose()", provider=self.name)
+        return self._client
+
+    # --- the seam ------------------------------------------------------------------------
+
+    async def _call(self, call: Callable[[], ApiResponse], *, moves_money: bool) -> ApiResponse:
+        """One SDK call in a thread: its response, or the error its failure means."""
+        for attempt in (1, 2):
+            token = self._tokens.current
+            try:
+                return await asyncio.to_thread(call)
+            except _TokenFailure as exc:
+                raise self._token_error(exc.cause) from None
+            except ApiException as exc:
+                if exc.response_code == 401 and attempt == 1:
+                    # PayPal refused the token (revoked, or expired early) and processed
+                    # nothing: a new token and one more try.
+                    self._tokens.expire(token)
+                    continue
+                raise self._classify(exc, moves_money) from None
+            except requests.RequestException as exc:
+                raise self._transport_error(exc, moves_money) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transport_error(self, exc: requests.RequestException, moves_money: bool) -> ProviderError:
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(exc, requests.ConnectTimeout) or isinstance(reason, NewConnectionError):
+            return ProviderUnavailable(
+                "could not reach PayPal", provider=self.name, code="connection_failed"
+            )
+        error = OutcomeUnknown if moves_money else ProviderUnavailable
+        return error(
+            f"no answer from PayPal ({type(exc).__name__})", provider=self.name, code="no_answer"
+        )
+
+    def _token_error(self, cause: Exception) -> ProviderError:
+        if isinstance(cause, OAuthProviderException):
+            return ConfigurationError(
+                "PayPal rejected the client id or secret key: "
+                + self.scrub(str(getattr(cause, "error_description", None) or cause.reason)),
+                provider=self.name,
+                code="key_rejected",
+            )
+        if isinstance(cause, requests.RequestException):
+            # Only the token request was sent: nothing was charged.
+            return self._transport_error(cause, moves_money=False)
+        if isinstance(cause, ApiException):
+            return self._classify(cause, moves_money=False)
+        return ProviderUnavailable(
+            f"no PayPal token ({type(cause).__name__})", provider=self.name, code="no_token"
+        )
+
+    def _classify(self, exc: ApiException, moves_money: bool) -> ProviderError:
+        try:
+            body = json.loads(exc.response.text or "{}")
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        details: list[Any] = body["details"] if isinstance(body.get("details"), list) else []
+        issue = next((str(d.get("issue")) for d in details if isinstance(d, dict)), None)
+        name = str(body.get("name") or "")
+        text = (details[0].get("description") if details else None) or body.get("message")
+        message = self.scrub(f"{issue or name or exc.response_code}: {text or exc.reason}")
+        if body.get("debug_id"):
+            message += f" (debug_id {self.scrub(str(body['debug_id']))})"
+        status = exc.response_code
+        if status in (401, 403):
+            return ConfigurationError(
+                f"PayPal refused the app's credentials (key rejected): {message}",
+                provider=self.name,
+                code="key_rejected",
+            )
+        if status == 429:
+            return ProviderUnavailable(
+                f"rate limited by PayPal: {message}", provider=self.name, code="rate_limited"
+            )
+        if status >= 500:
+            error = OutcomeUnknown if moves_money else ProviderUnavailable
+            return error(f"PayPal error: {message}", provider=self.name, code=name or "api_error")
+        if status == 404:
+            return PaymentDeclined(message, provider=self.name, code="not_found")
+        if issue in DECLINE_ISSUES:
+            return PaymentDeclined(message, provider=self.name, code=issue)
+        # UNPROCESSABLE_ENTITY and 400s: PayPal refused the request and did nothing. The
+        # issue is the code, so callers can act on the ones that mean more (below).
+        return PaymentDeclined(message, provider=self.name, code=issue or name or "refused")
+
+    def _request_id(self, reference: str, operation: str) -> str:
+        return f"tender-{reference}-{operation}"
+
+    # --- payments --------------------------------------------------------------------------
+
+    def _order_request(
+        self, reference: str, amount_minor: int, currency: str, order_id: str, flow: Flow
+    ) -> OrderRequest:
+        unit = PurchaseUnitRequest(
+            amount=AmountWithBreakdown(
+                currency_code=currency, value=to_paypal_value(amount_minor, currency)
+            ),
+            reference_id=reference,
+            invoice_id=reference,
+            # The flow travels with the order: a verify must tell an order waiting on its
+            # payer (pending) from one whose capture never landed (not charged).
+            custom_id=f"{reference},{flow}",
+            description=f"Order {order_id}"[:127],
+        )
+        if flow != "checkout":
+            return OrderRequest(intent=CheckoutPaymentIntent.CAPTURE, purchase_units=[unit])
+        settings = self.settings
+        context = PaypalWalletExperienceContext(
+            return_url=settings.return_url,
+            cancel_url=settings.cancel_url,
+            user_action="PAY_NOW",  # the payer's approval is the payment: capture follows
+            shipping_preference="NO_SHIPPING",
+            **({"brand_name": settings.brand_name} if settings.brand_name else {}),
+        )
+        return OrderRequest(
+            intent=CheckoutPaymentIntent.CAPTURE,
+            purchase_units=[unit],
+            payment_source=PaymentSource(paypal=PaypalWallet(experience_context=context)),
+        )
+
+    async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+        if not self.supports(request.currency):
+            raise ProviderUnavailable(
+                f"paypal does not take {request.currency}", provider=self.name
+            )
+        flow: Flow = "checkout" if request.payment_token is None else "saved"
+        body = self._order_request(
+            request.reference, request.amount_minor, request.currency, request.order_id, flow
+        )
+        # Creating an order moves no money: a failure here is never ambiguous.
+        created = await self._call(
+            lambda: self._sdk.orders.create_order(
+                {
+                    "body": body,
+                    "paypal_request_id": self._request_id(request.reference, "create"),
+                    "prefer": "return=representation",
+                }
+            ),
+            moves_money=False,
+        )
+        order = created.body
+        if request.payment_token is None:
+            return PaymentOutcome(
+                status=OutcomeStatus.PENDING,
+                reference=request.reference,
+                provider_transaction_id=order.id,
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                authorization_url=_link(order, "payer-action", "approve"),
+            )
+        outcome = await self._capture(
+            order.id, request.reference, vault_id=request.payment_token.get_secret_value()
+        )
+        if outcome.status is OutcomeStatus.FAILED:
+            raise PaymentDeclined(
+                outcome.message or "declined by PayPal",
+                provider=self.name,
+                code=outcome.code or "DECLINED",
+            )
+        return outcome
+
+    async def _capture(
+        self, order_id: str, reference: str, *, vault_id: str | None = None
+    ) -> PaymentOutcome:
+        options: dict[str, Any] = {
+            "id": order_id,
+            "paypal_request_id": self._request_id(reference, "capture"),
+            "prefer": "return=representation",
+        }
+        if vault_id is not None:
+            source = (
+                PaymentSource(card=CardRequest(vault_id=vault_id))
+                if self.settings.saved_payment_source == "card"
+                else PaymentSource(paypal=PaypalWallet(vault_id=vault_id))
+            )
+            options["body"] = OrderCaptureRequest(payment_source=source)
+        try:
+            captured = await self._call(
+                lambda: self._sdk.orders.capture_order(options), moves_money=True
+            )
+        except PaymentDeclined as exc:
+            if exc.code == "ORDER_ALREADY_CAPTURED":  # by an earlier call: report it
+                return self._order_outcome(await self._get_order(order_id), reference)
+            if exc.code == "PAYER_ACTION_REQUIRED":  # 3-D Secure or a wallet step
+                order = await self._get_order(order_id)
+                return PaymentOutcome(
+                    status=OutcomeStatus.PENDING,
+                    reference=reference,
+                    provider_transaction_id=order_id,
+                    authorization_url=_link(order, "payer-action", "approve"),
+                    code=exc.code,
+                )
+            if exc.code == "DUPLICATE_INVOICE_ID":
+                # PayPal already took a payment for this reference under an order Tender
+                # cannot name now: never charge again; reconcile and the operator decide.
+                raise OutcomeUnknown(
+                    f"PayPal already has a payment for {reference}: {exc.message}",
+                    provider=self.name,
+                    code="DUPLICATE_INVOICE_ID",
+                ) from None
+            raise
+        return self._order_outcome(captured.body, reference)
+
+    async def _get_order(self, order_id: str) -> Any:
+        response = await self._call(
+            lambda: self._sdk.orders.get_order({"id": order_id}), moves_money=False
+        )
+        return response.body
+
+    async def _find_order(self, reference: str) -> Any | None:
+        """The order for ``reference``, read by id; None when PayPal has none.
+
+        Found through the idempotent create: a create repeated with the payment's
+        ``PayPal-Request-Id`` returns the existing order (``200``) instead of making one.
+        That is safe when the first create never arrived (``201``): creating an order never
+        moves money, and that new order is a probe nobody can pay (its approval link is
+        never shown) and that Tender never captures (:meth:`_order_outcome`).
+        """
+        probe = self._order_request(reference, 100, "USD", "probe", "probe")
+        try:
+            created = await self._call(
+                lambda: self._sdk.orders.create_order(
+                    {
+                        "body": probe,
+                        "paypal_request_id": self._request_id(reference, "create"),
+                        "prefer": "return=minimal",
+                    }
+                ),
+                moves_money=False,
+            )
+        except PaymentDeclined:
+            return None  # a refused create (the first one's answer, or the probe's): no order
+        if created.status_code == 201:
+            return None
+        return await self._get_order(created.body.id)
+
+    def _order_outcome(self, order: Any, reference: str) -> PaymentOutcome:
+        unit = (getattr(order, "purchase_units", None) or [None])[0]
+        payments = getattr(unit, "payments", None)
+        capture = (getattr(payments, "captures", None) or [None])[0]
+        flow = str(getattr(unit, "custom_id", "") or "").rpartition(",")[2]
+        base: dict[str, Any] = {"reference": reference, "provider_transaction_id": order.id}
+        amount = getattr(capture, "amount", None) or getattr(unit, "amount", None)
+        if amount is not None:
+            base["currency"] = str(amount.currency_code).upper()
+            with contextlib.suppress(MoneyError, ArithmeticError):  # unreadable: left out
+                base["amount_minor"] = from_paypal_value(str(amount.value), base["currency"])
+        status = str(order.status)
+        if capture is not None:
+            capture_status = str(capture.status)
+            details = getattr(capture, "status_details", None)
+            return PaymentOutcome(
+                status=_CAPTURE_STATUS.get(capture_status, OutcomeStatus.PENDING),
+                message=str(getattr(details, "reason", None) or capture_status),
+                code=capture_status if capture_status in ("DECLINED", "FAILED") else None,
+                **base,
+            )
+        if status == "VOIDED":
+            return PaymentOutcome(status=OutcomeStatus.FAILED, code="VOIDED", **base)
+        if flow in ("saved", "probe") and status in ("CREATED", "SAVED"):
+            # Tender captures these orders itself, at once: one still uncaptured was never
+            # charged (reconcile waits until a capture in flight would have landed).
+            return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
+        return PaymentOutcome(
+            status=OutcomeStatus.PENDING,
+            authorization_url=_link(order, "payer-action", "approve"),
+            message=f"order {status}",
+            **base,
+        )
+
+    async def verify_payment(self, reference: str) -> PaymentOutcome:
+        order = await self._find_order(reference)
+        if order is None:
+            return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
+        if str(order.status) == "APPROVED":
+            # The payer approved and no webhook captured it yet: capture now, under the
+            # payment's capture request id, so a webhook doing the same charges nothing more.
+            return await self._capture(order.id, reference)
+        return self._order_outcome(order, reference)
+
+    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+        order = await self._find_order(reference)
+        unit = (getattr(order, "purchase_units", None) or [None])[0]
+        captures = getattr(getattr(unit, "payments", None), "captures", None) or []
+        capture = next((c for c in captures if str(c.status) in CAPTURED), None)
+        if capture is None:
+            raise PaymentDeclined(
+                f"no captured PayPal payment {reference} to refund",
+                provider=self.name,
+                code="not_found",
+            )
+        currency = str(capture.amount.currency_code).upper()
+        body = RefundRequest(custom_id=reference)
+        operation = "refund-all"
+        if amount_minor is not None:
+            body = RefundRequest(
+                amount=Money(currency_code=currency, value=to_paypal_value(amount_minor, currency)),
+                custom_id=reference,
+            )
+            operation = f"refund-{amount_minor}"
+        response = await self._call(
+            lambda: self._sdk.payments.refund_captured_payment(
+                {
+                    "capture_id": capture.id,
+                    "body": body,
+                    "paypal_request_id": self._request_id(reference, operation),
+                    "prefer": "return=representation",
+                }
+            ),
+            moves_money=True,
+        )
+        refund = response.body
+        return RefundOutcome(
+            status=_REFUND_STATUS.get(str(refund.status), RefundStatus.PENDING),
+            reference=reference,
+            refund_id=refund.id,
+            amount_minor=from_paypal_value(str(refund.amount.value), currency),
+            currency=currency,
+        )
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def health_check(self) -> HealthCheck:
+        """A new OAuth token: proves PayPal answers and still takes the app's credentials."""
+
+        async def renew() -> None:
+            try:
+                await asyncio.to_thread(self._tokens.renew, self._sdk.oauth_2)
+            except _TokenFailure as exc:
+                raise self._token_error(exc.cause) from None
+
+        return await probe_health(
+            renew(), slow_after_s=SLOW_HEALTH_FRACTION * self.settings.timeout_s
+        )
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        sent = {k.lower(): v for k, v in headers.items()}
+        names = (
+            "auth-algo",
+            "cert-url",
+            "transmission-id",
+            "transmission-sig",
+            "transmission-time",
+        )
+        transmission = {n: sent.get(f"paypal-{n}", "") for n in names}
+        if not all(transmission.values()):
+            raise WebhookSignatureError("missing PayPal transmission headers")
+        cert = urlsplit(transmission["cert-url"])
+        host = (cert.hostname or "").lower()
+        if cert.scheme != "https" or not (host == "paypal.com" or host.endswith(".paypal.com")):
+            # PayPal's verify call fetches the certificate, Tender never does; an address
+            # that is not PayPal's is a forgery whatever the rest says.
+            raise WebhookSignatureError("PAYPAL-CERT-URL is not a paypal.com address")
+        try:
+            event = json.loads(raw_body)
+            if not isinstance(event, dict):
+                raise TypeError("not an object")
+        except (ValueError, TypeError) as exc:
+            raise WebhookPayloadError(f"unreadable PayPal event: {type(exc).__name__}") from None
+        if not await self._signature_verified(transmission, event):
+            raise WebhookSignatureError("PayPal says the signature does not match")
+        try:
+            return await self._event(event)
+        except (KeyError, TypeError, AttributeError, MoneyError, ArithmeticError) as exc:
+            raise WebhookPayloadError(f"unreadable PayPal event: {type(exc).__name__}") from None
+
+    async def _signature_verified(self, transmission: dict[str, str], event: Any) -> bool:
+        """PayPal's own answer on the signature (``POST
+        /v1/notifications/verify-webhook-signature``; the SDK has no call for it)."""
+        payload = {
+            "auth_algo": transmission["auth-algo"],
+            "cert_url": transmission["cert-url"],
+            "transmission_id": transmission["transmission-id"],
+            "transmission_sig": transmission["transmission-sig"],
+            "transmission_time": transmission["transmission-time"],
+            "webhook_id": self.settings.webhook_id,
+            "webhook_event": event,
+        }
+        for attempt in (1, 2):
+            try:
+                token = await asyncio.to_thread(self._tokens, None, self._sdk.oauth_2)
+            except _TokenFailure as exc:
+                raise self._token_error(exc.cause) from None
+            try:
+                async with httpx.AsyncClient(
+                    base_url=self.settings.address, timeout=self.settings.timeout_s
+                ) as http:
+                    answer = await http.post(
+                        "/v1/notifications/verify-webhook-signature",
+                        json=payload,
+                        headers={"Authorization": f"Bearer {token.access_token}"},
+                    )
+            except httpx.HTTPError as exc:
+                raise ProviderUnavailable(
+                    f"PayPal did not answer the signature check ({type(exc).__name__})",
+                    provider=self.name,
+                    code="no_answer",
+                ) from None
+            if answer.status_code == 401 and attempt == 1:
+                self._tokens.expire(token)
+                continue
+            if answer.status_code != 200:
+                raise ProviderUnavailable(
+                    f"PayPal's signature check answered {answer.status_code}",
+                    provider=self.name,
+                    code="verify_failed",
+                )
+            return bool(answer.json().get("verification_status") == "SUCCESS")
+        return False  # pragma: no cover
+
+    async def _event(self, event: dict[str, Any]) -> WebhookEvent:
+        kind = str(event["event_type"])
+        resource = event["resource"]
+        base = {"provider": self.name, "event_id": str(event["id"]), "event_type": kind}
+        if kind == "CHECKOUT.ORDER.APPROVED":
+            unit = resource["purchase_units"][0]
+            approved_ref = str(unit.get("invoice_id") or unit["reference_id"])
+            # The payer approved: capture (idempotent under the payment's request id).
+            try:
+                outcome = await self._capture(str(resource["id"]), approved_ref)
+            except PaymentDeclined as exc:
+                return WebhookEvent(
+                    **base, reference=approved_ref, status=OutcomeStatus.FAILED, message=exc.message
+                )
+            return WebhookEvent(
+                **base,
+                reference=approved_ref,
+                status=outcome.status
+                if outcome.status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED)
+                else None,
+                amount_minor=outcome.amount_minor,
+                currency=outcome.currency,
+            )
+        if kind.startswith("PAYMENT.CAPTURE.") and kind != "PAYMENT.CAPTURE.REFUNDED":
+            reference = _reference_of(resource)
+            currency = str(resource["amount"]["currency_code"]).upper()
+            status = _CAPTURE_STATUS.get(str(resource["status"]))
+            return WebhookEvent(
+                **base,
+                reference=reference,
+                status=status if status is not OutcomeStatus.PENDING else None,
+                amount_minor=from_paypal_value(str(resource["amount"]["value"]), currency),
+                currency=currency,
+            )
+        if kind == "PAYMENT.CAPTURE.REFUNDED":
+            reference = _reference_of(resource)
+            currency = str(resource["amount"]["currency_code"]).upper()
+            return WebhookEvent(
+                **base,
+                reference=reference,
+                refund=RefundOutcome(
+                    status=_REFUND_STATUS.get(str(resource.get("status")), RefundStatus.PENDING),
+                    reference=reference or "",
+                    refund_id=str(resource["id"]),
+                    amount_minor=from_paypal_value(str(resource["amount"]["value"]), currency),
+                    currency=currency,
+                ),
+            )
+        return WebhookEvent(**base)
+
+
+def _link(order: Any, *rels: str) -> str | None:
+    links = {str(link.rel): str(link.href) for link in getattr(order, "links", None) or []}
+    return next((links[rel] for rel in rels if rel in links), None)
+
+
+def _reference_of(resource: Mapping[str, Any]) -> str | None:
+    """Tender's reference on a capture or a refund: its ``invoice_id``, else the part of
+    ``custom_id`` before the flow."""
+    if resource.get("invoice_id"):
+        return str(resource["invoice_id"])
+    custom = str(resource.get("custom_id") or "")
+    return custom.rpartition(",")[0] or custom or None

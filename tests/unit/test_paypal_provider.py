@@ -1,0 +1,343 @@
+"""The PayPal plugin's own rules beyond the conformance suite: one OAuth token per instance,
+request ids on every money call, PayPal's currency rules, its error issues, verify through
+the idempotent create, and webhooks PayPal vouches for (approval captured, refunds settled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from config.settings import get_settings
+from providers.base import OutcomeStatus, PaymentRequest, RefundStatus, derive_reference
+from providers.errors import (
+    ConfigurationError,
+    OutcomeUnknown,
+    PaymentDeclined,
+    ProviderUnavailable,
+    WebhookSignatureError,
+)
+from providers.paypal import PayPalProvider, from_paypal_value, to_paypal_value
+from registry.db import get_database
+from tests.fakes.paypal.server import FakePayPal
+from workers import runtime
+from workers.events.relay import InlineRelay
+from workers.payments.client import _validated, get_payment, record_payment
+from workers.payments.processor import PaymentProcessor
+from workers.payments.refunds import RefundState, list_refunds, refund_payment
+from workers.payments.webhooks import WebhookResult, receive_webhook
+
+
+@pytest.fixture
+def fake() -> Iterator[FakePayPal]:
+    with FakePayPal() as running:
+        yield running
+
+
+def config(fake: FakePayPal, **changes: Any) -> dict[str, Any]:
+    return {
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "webhook_id": fake.webhook_id,
+        "base_url": fake.base_url,
+        "timeout_s": 2,
+    } | changes
+
+
+def provider(fake: FakePayPal, **changes: Any) -> PayPalProvider:
+    plugin = PayPalProvider()
+    plugin.configure(config(fake, **changes))
+    return plugin
+
+
+def request(token: str | None = "pp-vault-good", **fields: Any) -> PaymentRequest:
+    values: dict[str, Any] = {
+        "payment_id": uuid.uuid4(),
+        "reference": derive_reference(str(uuid.uuid4())),
+        "order_id": "order-9",
+        "amount_minor": 1250,
+        "currency": "USD",
+        "customer_email": "ada@example.com",
+        "payment_token": token,
+    }
+    return PaymentRequest(**(values | fields))
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+def test_many_payments_share_one_token(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+
+    async def pay_all() -> list[Any]:
+        first = await plugin.process_payment(request())  # then 19 at once, on many threads
+        rest = await asyncio.gather(*(plugin.process_payment(request()) for _ in range(19)))
+        return [first, *rest]
+
+    outcomes = asyncio.run(pay_all())
+    assert {o.status for o in outcomes} == {OutcomeStatus.SUCCEEDED}
+    assert fake.token_requests == 1
+
+
+def test_a_refused_token_is_renewed_once_and_the_call_repeated(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+    asyncio.run(plugin.process_payment(request()))
+    fake.revoke_tokens()  # PayPal drops the token before its expiry
+    again = request()
+    assert asyncio.run(plugin.process_payment(again)).status is OutcomeStatus.SUCCEEDED
+    assert fake.token_requests == 2 and fake.charges_count(again.reference) == 1
+
+
+def test_an_expiring_token_is_renewed_before_paypal_refuses_it() -> None:
+    with FakePayPal(token_ttl_s=2) as fake:  # renewed after half its life, at 1 s
+        plugin = provider(fake)
+        asyncio.run(plugin.process_payment(request()))
+        time.sleep(2.1)  # PayPal's clock is whole seconds
+        asyncio.run(plugin.process_payment(request()))
+        assert fake.token_requests == 2
+        assert len(fake.request_ids("/v2/checkout/orders")) == 2  # no call was refused
+
+
+def test_rejected_credentials_are_a_configuration_error_without_the_secret(
+    fake: FakePayPal,
+) -> None:
+    wrong = "E" + "x" * 40
+    with pytest.raises(ConfigurationError, match="key") as rejected:
+        asyncio.run(provider(fake, client_secret=wrong).process_payment(request()))
+    assert wrong not in str(rejected.value) and fake.client_secret not in str(rejected.value)
+    assert fake.charges_count(request().reference) == 0
+
+
+# --- at most once ----------------------------------------------------------------------------
+
+
+def test_every_create_capture_and_refund_carries_a_request_id_from_the_reference(
+    fake: FakePayPal,
+) -> None:
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    asyncio.run(plugin.refund(paid.reference, 250))
+    ref = paid.reference
+    assert fake.request_ids("/v2/checkout/orders") == [f"tender-{ref}-create"] * 2
+    assert fake.request_ids("/capture") == [f"tender-{ref}-capture"]
+    assert fake.request_ids("/refund") == [f"tender-{ref}-refund-250"]
+    [order] = fake.orders_for(ref)
+    unit = order["purchase_units"][0]
+    assert unit["reference_id"] == unit["invoice_id"] == ref
+
+
+def test_after_request_ids_expire_the_invoice_id_still_stops_a_second_charge(
+    fake: FakePayPal,
+) -> None:
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    fake.forget_request_ids()  # six hours later: PayPal no longer knows the request ids
+    with pytest.raises(OutcomeUnknown) as unknown:
+        asyncio.run(plugin.process_payment(paid))
+    assert unknown.value.code == "DUPLICATE_INVOICE_ID"
+    assert fake.charges_count(paid.reference) == 1
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+
+def test_verify_finds_the_order_through_the_idempotent_create(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+    fake.fault = "slow"  # the capture is applied, its answer lost
+    paid = request()
+    with pytest.raises(OutcomeUnknown):
+        asyncio.run(provider(fake, timeout_s=0.5).process_payment(paid))
+    fake.fault = None
+    verified = asyncio.run(plugin.verify_payment(paid.reference))
+    assert verified.status is OutcomeStatus.SUCCEEDED
+    assert (verified.amount_minor, verified.currency) == (1250, "USD")
+    assert fake.charges_count(paid.reference) == 1 and len(fake.orders_for(paid.reference)) == 1
+
+
+def test_an_order_paypal_never_got_or_never_captured_is_not_found(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+    never = request()
+    assert asyncio.run(plugin.verify_payment(never.reference)).status is OutcomeStatus.NOT_FOUND
+    # The verify's create made a probe order; a second verify finds it, still not charged.
+    assert asyncio.run(plugin.verify_payment(never.reference)).status is OutcomeStatus.NOT_FOUND
+    assert fake.charges_count(never.reference) == 0
+
+    fake.fault = "5xx"  # the saved-source capture fails after the order exists
+    lost = request()
+    with pytest.raises(OutcomeUnknown):
+        asyncio.run(plugin.process_payment(lost))
+    fake.fault = None
+    assert asyncio.run(plugin.verify_payment(lost.reference)).status is OutcomeStatus.NOT_FOUND
+
+
+def test_a_checkout_waits_for_approval_and_verify_captures_an_approved_order(
+    fake: FakePayPal,
+) -> None:
+    plugin = provider(fake)
+    checkout = request(token=None)
+    pending = asyncio.run(plugin.process_payment(checkout))
+    assert pending.status is OutcomeStatus.PENDING and pending.provider_transaction_id
+    assert pending.authorization_url == (
+        f"https://www.sandbox.paypal.com/checkoutnow?token={pending.provider_transaction_id}"
+    )
+    waiting = asyncio.run(plugin.verify_payment(checkout.reference))
+    assert waiting.status is OutcomeStatus.PENDING and fake.charges_count(checkout.reference) == 0
+    fake.approve(pending.provider_transaction_id)
+    assert asyncio.run(plugin.verify_payment(checkout.reference)).status is OutcomeStatus.SUCCEEDED
+    assert asyncio.run(plugin.verify_payment(checkout.reference)).status is OutcomeStatus.SUCCEEDED
+    assert fake.charges_count(checkout.reference) == 1
+
+
+# --- money and errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "value"),
+    [(1250, "USD", "12.50"), (1500, "JPY", "1500"), (150_000, "HUF", "1500"), (9900, "TWD", "99")],
+)
+def test_amounts_follow_paypals_decimals_both_ways(minor: int, currency: str, value: str) -> None:
+    assert to_paypal_value(minor, currency) == value
+    assert from_paypal_value(value, currency) == minor
+
+
+def test_an_amount_paypal_cannot_carry_is_refused_before_sending(fake: FakePayPal) -> None:
+    with pytest.raises(ProviderUnavailable) as refused:
+        asyncio.run(provider(fake).process_payment(request(amount_minor=150_050, currency="HUF")))
+    assert refused.value.code == "amount_not_representable"
+    assert not fake.request_ids("/v2/checkout/orders")
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        ("pp-vault-nofunds", "INSTRUMENT_DECLINED"),
+        ("pp-vault-declined", "DECLINED"),
+        ("pp-vault-unknown", "TOKEN_ID_NOT_FOUND"),
+    ],
+)
+def test_declines_keep_paypals_issue(fake: FakePayPal, token: str, code: str) -> None:
+    with pytest.raises(PaymentDeclined) as declined:
+        asyncio.run(provider(fake).process_payment(request(token=token)))
+    assert declined.value.code == code
+
+
+def test_payer_action_required_is_pending_with_the_payers_link(fake: FakePayPal) -> None:
+    outcome = asyncio.run(provider(fake).process_payment(request(token="pp-vault-payer-action")))
+    assert outcome.status is OutcomeStatus.PENDING and outcome.code == "PAYER_ACTION_REQUIRED"
+    assert (outcome.authorization_url or "").startswith("https://www.sandbox.paypal.com/")
+
+
+def test_a_saved_card_source_goes_as_a_card_vault_id(fake: FakePayPal) -> None:
+    asyncio.run(provider(fake, saved_payment_source="card").process_payment(request()))
+    [capture] = [body for m, path, _, body in fake.requests if path.endswith("/capture")]
+    assert capture["payment_source"] == {"card": {"vault_id": "pp-vault-good"}}
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def test_a_certificate_url_that_is_not_paypals_is_refused_without_a_call(
+    fake: FakePayPal,
+) -> None:
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    raw, headers = fake.webhook("PAYMENT.CAPTURE.COMPLETED", fake.capture_of(paid.reference))
+    sent = len(fake.requests)
+    for cert in (
+        "https://evil.example/cert.pem",
+        "http://api.paypal.com/cert",
+        "https://paypal.com.evil.example/c",
+    ):
+        with pytest.raises(WebhookSignatureError, match="CERT-URL"):
+            asyncio.run(plugin.parse_webhook(raw, {**headers, "PAYPAL-CERT-URL": cert}))
+    assert len(fake.requests) == sent
+
+
+def test_an_event_signed_for_another_webhook_is_refused(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    raw, headers = fake.webhook(
+        "PAYMENT.CAPTURE.COMPLETED", fake.capture_of(paid.reference), webhook_id="8PT597110X687430L"
+    )
+    with pytest.raises(WebhookSignatureError):
+        asyncio.run(plugin.parse_webhook(raw, headers))
+
+
+class _Quiet:
+    def publish(self, rows: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def ledger(sqlite_url: str, fake: FakePayPal) -> PaymentProcessor:
+    registry = runtime.registry()
+    registry.create_instance("paypal", config(fake), is_active=True)
+    return PaymentProcessor(
+        get_database(), registry, runtime.provider_loop(),
+        InlineRelay(get_database(), _Quiet()), get_settings(),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def pay(ledger: PaymentProcessor, token: str | None) -> uuid.UUID:
+    fields = _validated("o-5", "25.00", "USD", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(
+        get_database(), fields, payment_token=token, box=ledger.registry.box
+    )
+    ledger.process(payment.id)
+    return payment.id
+
+
+def test_an_approval_webhook_captures_the_order_and_settles_the_payment(
+    ledger: PaymentProcessor, fake: FakePayPal
+) -> None:
+    payment_id = pay(ledger, None)
+    view = get_payment(payment_id)
+    assert view.status.value == "pending"
+    [order] = fake.orders_for(view.provider_reference)
+    raw, headers = fake.webhook("CHECKOUT.ORDER.APPROVED", fake.approve(order["id"]))
+
+    reply = receive_webhook("paypal", raw, headers, publisher=_Quiet())  # type: ignore[arg-type]
+    assert reply.result is WebhookResult.APPLIED
+    assert get_payment(payment_id).status.value == "succeeded"
+    again = receive_webhook("paypal", raw, headers, publisher=_Quiet())  # type: ignore[arg-type]
+    assert again.result is WebhookResult.DUPLICATE
+    assert fake.charges_count(view.provider_reference) == 1
+
+
+def test_a_refund_webhook_settles_the_pending_refund(
+    ledger: PaymentProcessor, fake: FakePayPal
+) -> None:
+    fake.refunds_settle_later = True
+    payment_id = pay(ledger, "pp-vault-good")
+    assert get_payment(payment_id).status.value == "succeeded"
+    pending = refund_payment(payment_id, Decimal("10.00"), publisher=_Quiet())  # type: ignore[arg-type]
+    assert pending.status is RefundState.PENDING
+    refund_id = str(pending.provider_refund_id)
+    fake.settle_refund(refund_id)
+    raw, headers = fake.webhook("PAYMENT.CAPTURE.REFUNDED", fake.refund_resource(refund_id))
+    reply = receive_webhook("paypal", raw, headers, publisher=_Quiet())  # type: ignore[arg-type]
+    assert reply.result is WebhookResult.APPLIED
+    [settled] = list_refunds(payment_id)
+    assert settled.status is RefundState.SUCCEEDED
+    assert get_payment(payment_id).status.value == "partially_refunded"
+
+
+def test_refunds_map_paypals_statuses(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    fake.refunds_settle_later = True
+    assert asyncio.run(plugin.refund(paid.reference, 250)).status is RefundStatus.PENDING
+    fake.refunds_settle_later = False
+    whole = asyncio.run(plugin.refund(paid.reference))
+    assert whole.status is RefundStatus.SUCCEEDED and whole.amount_minor == 1000
