@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # Bearer token for the HTTP API's operator and billing routes. Unset: no auth in
     # development and test; the API refuses to start in production without one.
     api_token: SecretStr | None = None
+    # Signs the console's session cookies; unset, a key derived from api_token is used
+    # (every API process of a deployment shares it, so a session works on any of them).
+    console_secret: SecretStr | None = None
+    console_session_s: PositiveSeconds = 8 * 3600  # a console sign-in lasts this long
     # Vault (or OpenBao) for vault:<mount>/<path>#<field> references (registry.vault).
     vault_addr: str | None = None
     vault_token: SecretStr | None = None
@@ -171,7 +175,9 @@ class Settings(BaseSettings):
         return (self.data_dir / "broker").resolve()
 
 
-_SECRET_FIELDS = frozenset({"secrets_key", "api_token", "vault_token", "vault_secret_id"})
+_SECRET_FIELDS = frozenset(
+    {"secrets_key", "api_token", "console_secret", "vault_token", "vault_secret_id"}
+)
 
 
 def _describe(error: dict[str, Any]) -> str:

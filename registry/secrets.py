@@ -169,6 +169,16 @@ def mask(model: type[ProviderConfig] | None, stored: Mapping[str, Any]) -> dict[
     return shown
 
 
+def hint(secret: str) -> str:
+    """A secret as a person may see it, to tell keys apart: its kind prefix and last four
+    characters for a long key (``sk_live_••••1234``), nothing of a short one."""
+    if len(secret) < 16:
+        return "••••••••"
+    head, sep, _ = secret.rpartition("_") if "_" in secret[:12] else ("", "", "")
+    prefix = head + sep if sep and len(head) <= 10 else ""
+    return f"{prefix}••••{secret[-4:]}"
+
+
 def secret_values(plugin: PaymentProvider | None) -> list[str]:
     """The secret config values of a configured plugin, for :func:`redact`."""
     return plugin.secret_values() if plugin is not None else []

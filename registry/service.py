@@ -312,6 +312,26 @@ class PluginRegistry:
 
     # -- reads -----------------------------------------------------------------------
 
+    def secret_hints(self, instance_id: uuid.UUID) -> dict[str, str]:
+        """Each secret field of an instance as an operator may see it: a reference as it is
+        (``env:...``, ``vault:...``), a stored key as its prefix and last four characters
+        (``secrets.hint``); never the key."""
+        with self.database.sessions() as session:
+            row = self._row(session, instance_id)
+            plugin_cls = self._plugin_class(row.plugin_name, row.provider_type)
+            stored = dict(row.config)
+        hints: dict[str, str] = {}
+        for field in plugin_cls.config_model.secret_fields():
+            value = stored.get(field)
+            if secrets.is_reference(value):
+                hints[field] = str(value)
+            elif isinstance(value, Mapping) and secrets.ENCRYPTED in value:
+                try:
+                    hints[field] = secrets.hint(self.box.decrypt(value))
+                except Exception:  # a key this process cannot open: say so, show nothing
+                    hints[field] = "(stored, not readable with this process's key)"
+        return hints
+
     def get_instance(self, instance_id: uuid.UUID) -> InstanceView:
         with self.database.sessions() as session:
             return self._view(self._row(session, instance_id))

@@ -141,18 +141,27 @@ def list_tokens(database: Database) -> list[ApiToken]:
 
 def authenticate(database: Database, presented: str) -> Caller | None:
     """The caller a presented token belongs to, or None (unknown, revoked or expired).
-    The bootstrap TENDER_API_TOKEN is compared in constant time; stored tokens are found by
-    their hash, so no stored value is ever compared with the presented one."""
+    Tokens are found by their hash, so no stored value is ever compared with the presented
+    one."""
+    return caller_of_digest(database, token_digest(presented))
+
+
+def token_digest(token: str) -> str:
+    """What a token is known by once presented: the console's session keeps this, never
+    the token."""
+    return _digest(token)
+
+
+def caller_of_digest(database: Database, digest: str) -> Caller | None:
+    """The caller whose token has this digest, checked now (revoked or expired: None)."""
     bootstrap = get_settings().api_token
     if bootstrap is not None and hmac.compare_digest(
-        presented.encode(), bootstrap.get_secret_value().encode()
+        digest.encode(), _digest(bootstrap.get_secret_value()).encode()
     ):
         return Caller("TENDER_API_TOKEN", frozenset(Scope))
-    if not presented.startswith(PREFIX):
-        return None
     with database.sessions() as session:
         row = session.execute(
-            select(ApiToken).where(ApiToken.token_hash == _digest(presented))
+            select(ApiToken).where(ApiToken.token_hash == digest)
         ).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None

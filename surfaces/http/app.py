@@ -27,7 +27,7 @@ from fastapi_offline import FastAPIOffline
 from config.settings import get_settings
 from surfaces.http.auth import check_api_auth
 from surfaces.http.billing import billing_router
-from surfaces.http.console import console_router
+from surfaces.http.console import SignInRequired, console_router, sign_in_redirect
 from surfaces.http.errors import request_validation_handler
 from surfaces.http.guards import RequestGuard
 from surfaces.http.registry import create_router
@@ -45,6 +45,7 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(RequestGuard)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.add_exception_handler(SignInRequired, sign_in_redirect)
     app.include_router(create_router(runtime.registry))
     app.include_router(console_router(runtime.registry))
     app.include_router(billing_router())

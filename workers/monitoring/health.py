@@ -301,6 +301,40 @@ class HealthMonitor:
         }
         return report, raised
 
+    def check_one(self, instance_id: uuid.UUID) -> Observation:
+        """Check one instance now ("Test connection"), record the result like a scheduled
+        check (history, circuit, alerts for that instance) and return it."""
+        self.registry.refresh(force=True)
+        view = next((v for v in self.registry.snapshot() if v.id == instance_id), None)
+        if view is None:
+            raise InstanceNotFound(f"no provider instance {instance_id}")
+        timeout_s = self.settings.health_check_timeout_s
+        try:
+            plugin = self.registry.plugin_for(view)
+            observation = self.loop.run(observe_all({view.id: plugin}, timeout_s), timeout_s + 5)[
+                view.id
+            ]
+        except ConfigurationError as exc:
+            observation = Observation(
+                HealthStatus.UNHEALTHY,
+                sanitize(f"configuration rejected: {exc}"),
+                None,
+                configuration_error=True,
+            )
+        except CallTimeout:
+            observation = Observation(
+                HealthStatus.UNHEALTHY, "the provider loop did not answer", None
+            )
+        if observation.configuration_error:
+            self.registry.mark_error(instance_id, observation.message)
+        now = self.clock()
+        recorded = self._record(instance_id, observation, now)
+        if recorded is not None and recorded[1] is not None:
+            publish_now(self.database, self.publisher, [recorded[1]])
+        raised = self.raise_alerts(now, only={instance_id})
+        alerts.deliver_in_background(raised, self.sinks, self.settings)
+        return observation
+
     # -- live failures ---------------------------------------------------------------
 
     def record_live_failure(self, instance_id: uuid.UUID, message: str) -> Transition | None:
@@ -548,6 +582,11 @@ def record_live_failure(instance: InstanceView, message: str) -> None:
         monitor().record_live_failure(instance.id, message)
     except Exception:
         log.exception("could not record a live failure of %s", instance.label)
+
+
+def check_instance_now(instance_id: uuid.UUID) -> Observation:
+    """Check one instance now (the console's "Test connection")."""
+    return monitor().check_one(instance_id)
 
 
 def health_check_all(*, force: bool = False) -> dict[str, Any]:
