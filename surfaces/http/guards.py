@@ -30,7 +30,10 @@ API_BODY_LIMIT = 64 * 1024  # bytes: an operator's config or a payment request w
 SECURITY_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: under it a browser sends "Origin: null" even on the console's own
+    # form posts, which check_console_post must then refuse. same-origin gives other sites
+    # nothing and this one its own origin.
+    (b"referrer-policy", b"same-origin"),
 )
 DEFAULT_CSP = b"frame-ancestors 'none'"  # pages that need more (the console) set their own
 

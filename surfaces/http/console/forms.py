@@ -93,7 +93,13 @@ def docstring_help(model: type[ProviderConfig]) -> dict[str, str]:
             found[current] = match.group(2)
         elif current is not None:
             found[current] += " " + stripped
-    return found
+    return {name: _plain(text) for name, text in found.items()}
+
+
+def _plain(text: str) -> str:
+    """Docstring markup (``code``, :class:`Name`) as plain text."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
 
 
 def _shown(value: Any) -> str:

@@ -98,24 +98,36 @@ class Split:
 
 
 def splits(views: list[InstanceView], supported: dict[str, frozenset[str]]) -> list[Split]:
-    """The A/B split per tenant and currency, as the router would draw it now."""
-    by_key: dict[tuple[str, str], list[InstanceView]] = defaultdict(list)
+    """The A/B split per tenant and currency, as the router would draw it now: one bar per
+    currency some instance names, and one for the currencies none names."""
+    by_tenant: dict[str, list[InstanceView]] = defaultdict(list)
     for view in views:
-        if not view.routable:
-            continue
-        currencies = view.currencies or sorted(supported.get(view.plugin_name, frozenset()))
-        for currency in currencies[:12]:  # a plugin taking every currency: its first few
-            by_key[(view.tenant_id or "(global)", currency)].append(view)
+        if view.routable:
+            by_tenant[view.tenant_id or "(global)"].append(view)
     result: list[Split] = []
-    for (tenant, currency), candidates in sorted(by_key.items()):
-        top = min(v.priority for v in candidates)
-        first = [v for v in candidates if v.priority == top]
-        if len(first) < 2:
-            continue  # no split to draw: one instance takes them all
-        total = sum(max(v.weight, 0) for v in first) or 1
-        result.append(
-            Split(tenant, currency, [Share(v, 100.0 * max(v.weight, 0) / total) for v in first])
-        )
+    for tenant, candidates in sorted(by_tenant.items()):
+        named = sorted({c for v in candidates for c in v.currencies})
+        for currency in [*named, None]:
+            if currency is None:
+                takers = [v for v in candidates if not v.currencies]
+                label = "other currencies" if named else "every currency"
+            else:
+                takers = [
+                    v
+                    for v in candidates
+                    if currency in v.currencies
+                    or (not v.currencies and currency in supported.get(v.plugin_name, ()))
+                ]
+                label = currency
+            if not takers:
+                continue
+            top = min(v.priority for v in takers)
+            first = [v for v in takers if v.priority == top]
+            if len(first) < 2:
+                continue  # no split to draw: one instance takes them all
+            total = sum(max(v.weight, 0) for v in first) or 1
+            shares = [Share(v, 100.0 * max(v.weight, 0) / total) for v in first]
+            result.append(Split(tenant, label, shares))
     return result
 
 
