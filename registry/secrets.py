@@ -12,6 +12,7 @@ annotations), never from a list of names. Stored form of a secret field:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -174,9 +175,8 @@ def hint(secret: str) -> str:
     characters for a long key (``sk_live_••••1234``), nothing of a short one."""
     if len(secret) < 16:
         return "••••••••"
-    head, sep, _ = secret.rpartition("_") if "_" in secret[:12] else ("", "", "")
-    prefix = head + sep if sep and len(head) <= 10 else ""
-    return f"{prefix}••••{secret[-4:]}"
+    kind = re.match(r"[A-Za-z]{2,10}_(?:test_|live_)?", secret)
+    return f"{kind.group(0) if kind else ''}••••{secret[-4:]}"
 
 
 def secret_values(plugin: PaymentProvider | None) -> list[str]:
