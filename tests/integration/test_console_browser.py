@@ -298,3 +298,33 @@ def test_a_read_only_token_sees_no_edit_controls_and_cannot_post(
     )
     assert refused.status == 403
     assert runtime.registry().get_instance(view.id).is_active
+
+
+# --- payments ------------------------------------------------------------------------------
+
+
+def test_a_payment_is_found_and_refunded_after_confirming(
+    api_base: str, context: Any, tenant: str, book_path: str, worker: Any
+) -> None:
+    runtime.registry().create_instance(
+        "sandbox", {"charge_book": book_path}, tenant_id=tenant, is_active=True
+    )
+    order = f"ord-{uuid.uuid4().hex[:8]}"
+    receipt = request_payment(order, Decimal("20.00"), "NGN", "ada@example.com", tenant_id=tenant)
+    wait_status(receipt.payment_id, "succeeded")
+    page = context.new_page()
+    sign_in(page, api_base)
+    page.click("text=Payments")
+    page.fill("#q", order)
+    page.click("text=Search")
+    page.click(f"a[href='/admin/payments/{receipt.payment_id}']")
+    assert page.locator("#status").inner_text() == "succeeded"
+    assert "charge at sandbox: succeeded" in page.locator("table").inner_text()
+    page.click("text=Refund…")
+    assert "left to refund" in page.content()  # a confirmation first
+    page.fill("#amount", "5.00")
+    page.click("button.danger")
+    assert "Refund succeeded: 5.00 NGN" in page.locator(".message").inner_text()
+    assert page.locator("#status").inner_text() == "partially_refunded"
+    shot(page, "payment-refunded")
+    assert get_payment(receipt.payment_id).refunded_minor == 500

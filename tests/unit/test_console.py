@@ -5,11 +5,17 @@ refunding, payment search and timeline, and the audit of console changes."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,10 +23,12 @@ from config.settings import reset_settings
 from providers.paypal import PayPalConfig
 from providers.stripe import StripeConfig
 from registry.db import get_database
+from registry.migrate import upgrade
 from registry.secrets import hint
 from registry.tokens import create_token, revoke_token
 from surfaces.http.console.forms import config_fields, field_errors, parse_config_form
 from surfaces.http.console.session import FREE_FAILURES, SignInThrottle
+from tests.integration.test_api_limits import free_port
 from workers import runtime
 from workers.payments.client import request_payment
 
@@ -219,3 +227,31 @@ def test_payments_are_found_by_any_of_their_keys_and_show_a_timeline(client: Tes
     detail = client.get(f"/admin/payments/{receipt.payment_id}").text
     assert "Timeline" in detail and "12.50 NGN" in detail
     assert client.get(f"/admin/payments/{uuid.uuid4()}").status_code == 404
+
+
+def test_tender_api_prints_the_consoles_address_and_serves_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tender.db'}"
+    upgrade(url)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENDER_")} | {
+        "TENDER_ENV": "test", "TENDER_DATA_DIR": str(tmp_path), "TENDER_DATABASE_URL": url,
+        "COLUMNS": "200",
+    }  # fmt: skip
+    tender = Path(sys.executable).with_name("tender")
+    process = subprocess.Popen(
+        [str(tender), "api", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"Tender console: http://127.0.0.1:{port}/admin" in line
+        for _ in range(100):
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/admin")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert answer.status_code == 200 and "Payment providers" in answer.text
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
