@@ -50,6 +50,11 @@ class Settings(BaseSettings):
 
     env: Environment = Environment.DEVELOPMENT
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # console: readable lines; json: one JSON object per line (for a log pipeline).
+    log_format: Literal["console", "json"] = "console"
+    # Each worker process serves its Prometheus metrics here (0: not served).
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    metrics_addr: str = "0.0.0.0"
     # The per-user data folder (Linux: ~/.local/share/tender), never the current directory:
     # a relative default made a command run elsewhere find an empty database.
     data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("tender", appauthor=False)))

@@ -11,6 +11,7 @@ billing    POST /payments/{id}/refunds  refund all (no body) or ``{"amount": "5.
 billing    GET /payments/{id}/refunds   its refunds
 operator   POST /refunds/{id}/settle    settle by hand a refund no answer came for
 provider   POST /webhooks/{plugin}      signed events (:mod:`workers.payments.webhooks`)
+operator   GET /metrics                 Prometheus metrics (:mod:`surfaces.http.metrics`)
 anyone     GET /healthz                 the process answers
 =========  ===========================  =============================================
 
@@ -30,6 +31,7 @@ from surfaces.http.billing import billing_router
 from surfaces.http.console import SignInRequired, console_router, sign_in_redirect
 from surfaces.http.errors import request_validation_handler
 from surfaces.http.guards import RequestGuard
+from surfaces.http.metrics import metrics_router, register_ledger_collector
 from surfaces.http.registry import create_router
 from surfaces.http.webhooks import webhook_router
 from workers import runtime
@@ -50,6 +52,8 @@ def create_app() -> FastAPI:
     app.include_router(console_router(runtime.registry))
     app.include_router(billing_router())
     app.include_router(webhook_router())
+    app.include_router(metrics_router())
+    register_ledger_collector()
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -20,6 +20,7 @@ from registry.db import get_database
 from registry.tokens import IMPLIES, Scope, create_token, list_tokens, revoke_token
 from surfaces.cli.main import app as cli
 from surfaces.http.auth import ScopeRequirement
+from surfaces.http.console.session import ConsoleAccess
 from workers import runtime
 
 BOOTSTRAP = "bootstrap-token-for-scope-tests"
@@ -30,6 +31,10 @@ UNSCOPED = {
     "/docs",
     "/redoc",
     "/docs/oauth2-redirect",
+    # the console's way in and out, and its stylesheet (surfaces.http.console)
+    "/admin/sign-in",
+    "/admin/sign-out",
+    "/admin/static/console.css",
 }
 
 
@@ -59,10 +64,16 @@ def api_routes(routes: list[Any]) -> list[APIRoute]:
     return found
 
 
-def requirement(route: APIRoute) -> ScopeRequirement | None:
-    found = [d.call for d in route.dependant.dependencies]
-    found = [d for d in found if isinstance(d, ScopeRequirement)]
-    return found[0] if found else None
+def requirement(route: APIRoute) -> ScopeRequirement | ConsoleAccess | None:
+    """The route's scope check: the API's ScopeRequirement, or the console's ConsoleAccess
+    (a parameter's dependency, wherever it sits in the route's dependency tree)."""
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if isinstance(dependency.call, ScopeRequirement | ConsoleAccess):
+            return dependency.call
+        pending += dependency.dependencies
+    return None
 
 
 def test_every_operator_and_billing_route_declares_a_scope(client: TestClient) -> None:

@@ -11,7 +11,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_i
 
 from config.celery import REQUEUE_LOST, celery_options, worker_transport_options
 from config.settings import get_settings
-from workers.core import broker_transport
+from workers.core import broker_transport, metrics
 from workers.core.affinity import pin_worker
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,15 @@ def _pin_to_a_core(sender: Any = None, **_: Any) -> None:
     would otherwise pin the test process and every process it starts."""
     settings = get_settings()
     pin_worker(getattr(sender, "pool", None), settings.worker_cpu, settings.worker_cpu_lock_dir)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    """Each real worker process serves its metrics (workers.core.metrics); the embedded
+    test worker does not send worker_ready, and its tests read the process's registry."""
+    settings = get_settings()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.metrics_addr)
 
 
 @worker_ready.connect

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from providers.base import utcnow
 from registry.db import Database
+from workers.core import metrics
 from workers.core.threads import in_helper_thread, niced
 from workers.events.broker import OutageLog, reuse_one_client
 from workers.ledger.group_commit import LedgerWriter, OutboxItem
@@ -253,6 +254,7 @@ def deliver(publisher: EventPublisher, items: Sequence[OutboxItem], writer: Ledg
         publisher.publish([(event_type, payload) for _, event_type, payload in items])
         writer.mark_published([event_id for event_id, _, _ in items])
     except Exception as exc:
+        metrics.OUTBOX_PUBLISH_FAILURES.inc()
         _outage.failed(f"{len(items)} event(s) not published; the outbox sweep will retry", exc)
         return 0
     _outage.succeeded()

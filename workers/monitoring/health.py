@@ -45,6 +45,7 @@ from registry.instances import InstanceStatus, InstanceView
 from registry.models import PluginHealth, PluginInstance
 from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
+from workers.core import metrics
 from workers.core.locks import hold
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
@@ -264,6 +265,7 @@ class HealthMonitor:
         transitions: list[Transition] = []
         outbox: list[int] = []
         for instance_id, observation in observations.items():
+            _count_check(by_id[instance_id], observation)
             if observation.configuration_error:
                 try:
                     self.registry.mark_error(instance_id, observation.message)
@@ -325,6 +327,7 @@ class HealthMonitor:
             observation = Observation(
                 HealthStatus.UNHEALTHY, "the provider loop did not answer", None
             )
+        _count_check(view, observation)
         if observation.configuration_error:
             self.registry.mark_error(instance_id, observation.message)
         now = self.clock()
@@ -555,6 +558,16 @@ def _columns(memory: AlertMemory) -> dict[str, Any]:
         "alerted_at": memory.alerted_at,
         "reminders": memory.reminders,
     }
+
+
+def _count_check(view: InstanceView, observation: Observation) -> None:
+    metrics.HEALTH_CHECKS.labels(
+        view.plugin_name, view.display_name, observation.status.value
+    ).inc()
+    if observation.latency_ms is not None:
+        metrics.PROVIDER_CALL_SECONDS.labels(view.plugin_name, "health").observe(
+            observation.latency_ms / 1000
+        )
 
 
 # -- the public entry points (wired to this process's runtime) -------------------

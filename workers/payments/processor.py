@@ -36,6 +36,7 @@ from registry.db import Database
 from registry.instances import InstanceStatus, InstanceView
 from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
+from workers.core import metrics
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventRelay, InlineRelay
 from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
@@ -201,6 +202,10 @@ class PaymentProcessor:
                     self._mark_hop(claim, route[0] if route else None)
             except LeaseLost:
                 return Done(None)
+        if charging and route:
+            first = route[0]
+            metrics.PAYMENTS_STARTED.labels(first.plugin_name, first.display_name).inc()
+            metrics.ROUTING_DECISIONS.labels(first.plugin_name, first.display_name).inc()
         try:
             decision = self._decide(payment, claim, route or [])
             return Done(self._finish(payment, claim, decision))
@@ -537,6 +542,7 @@ class PaymentProcessor:
         )
         if not finished:
             raise LeaseLost()
+        _count(decision, instance)
         if decision.error_code == "amount_mismatch":
             self._alert_mismatch(payment, decision)
         if log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
@@ -548,3 +554,21 @@ class PaymentProcessor:
                 f": {decision.error_message}" if decision.error_message else "",
             )
         return decision.state
+
+
+def _count(decision: _Decision, instance: InstanceView | None) -> None:
+    """The finished payment's metrics: its provider calls, hops and verifications."""
+    for attempt in decision.attempts:
+        provider = attempt.instance.plugin_name
+        metrics.PROVIDER_CALL_SECONDS.labels(provider, attempt.operation).observe(
+            attempt.latency_ms / 1000
+        )
+        if attempt.operation == "verify":
+            metrics.VERIFICATIONS.labels(provider, attempt.outcome).inc()
+        elif attempt.outcome in ("unavailable", "config_error"):
+            metrics.FALLBACKS.labels(provider, attempt.instance.display_name).inc()
+    metrics.PAYMENTS_FINISHED.labels(
+        instance.plugin_name if instance else "none",
+        instance.display_name if instance else "none",
+        decision.state.value,
+    ).inc()

@@ -34,6 +34,7 @@ from providers.base import OutcomeStatus, utcnow
 from providers.money import from_minor
 from registry.db import Database
 from registry.service import PluginRegistry
+from workers.core import metrics
 from workers.core.threads import ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
 from workers.ledger.outbox import add_event
@@ -65,6 +66,7 @@ def reconcile(
     enqueue: Callable[[uuid.UUID], bool],
 ) -> ReconcileReport:
     report = ReconcileReport()
+    metrics.RECONCILE_RUNS.inc()
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.reconcile_age_s)
     deadline = time.monotonic() + verify_budget_s(settings)
@@ -90,6 +92,7 @@ def reconcile(
             _touch(database, [payment.id], payment.status)
         else:
             report.resolved[payment.id] = state.value
+            metrics.RECONCILE_FIXED.labels(state.value).inc()
     _alert_stuck_refunds(database, publisher, settings, utcnow(), report)
     if report.reenqueued or report.resolved:
         log.info(

@@ -49,6 +49,7 @@ from registry.db import Database, get_database
 from registry.instances import InstanceView
 from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
+from workers.core import metrics
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
 from workers.ledger.outbox import OutboxEvent, add_event
@@ -374,6 +375,9 @@ def _call_provider(
         answer = _unknown(exc, elapsed_ms())
     else:
         answer = _answered(outcome, reservation, elapsed_ms())
+    metrics.PROVIDER_CALL_SECONDS.labels(reservation.instance.plugin_name, "refund").observe(
+        answer.latency_ms / 1000
+    )
     # The provider's words go into the ledger and events: never a piece of a key.
     message = answer.message and sanitize(answer.message, secret_values(plugin))
     return dataclasses.replace(answer, message=message)

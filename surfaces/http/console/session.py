@@ -110,6 +110,7 @@ class ConsoleAccess:
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
+        self.scopes = (scope,)
         self._header_check = ScopeRequirement(scope, console=True)
 
     def __call__(self, request: Request) -> ConsoleUser:
