@@ -20,6 +20,7 @@ from typing import Any, Final
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from config.logging import remember_secrets
 from config.settings import Environment, get_settings
 from providers.base import PaymentProvider, ProviderConfig, utcnow
 from providers.destinations import UnsafeDestination, check_destination
@@ -434,6 +435,7 @@ class PluginRegistry:
                 secrets.resolve(plugin_cls.config_model, stored, self.box, self._vault(stored))
             )
             _check_destinations(plugin_cls, plugin.config)  # a row written some other way
+            remember_secrets(plugin.secret_values())  # never to appear in this process's logs
             expires = None
             if any(isinstance(v, str) and v.startswith(VAULT_PREFIX) for v in stored.values()):
                 expires = time.monotonic() + get_settings().vault_cache_s

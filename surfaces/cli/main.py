@@ -176,9 +176,11 @@ def api(
     """Serve the HTTP app: operator API, console, billing API and provider webhooks."""
     import uvicorn
 
+    from config.logging import configure_logging
     from surfaces.http.app import create_app
 
     _preflight(broker=True)
+    configure_logging()  # payment context on every line, secrets masked, JSON if configured
     served = create_app()  # here, so a bad setting is one line, not uvicorn's traceback
     console.print(f"Tender console: http://{host}:{port}/admin  (API docs: /docs)")
     uvicorn.run(served, host=host, port=port, proxy_headers=True)

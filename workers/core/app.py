@@ -10,6 +10,7 @@ from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready
 
 from config.celery import REQUEUE_LOST, celery_options, worker_transport_options
+from config.logging import install as install_log_handler
 from config.settings import get_settings
 from workers.core import broker_transport, metrics
 from workers.core.affinity import pin_worker
@@ -138,6 +139,7 @@ def _quiet_outages(logger: logging.Logger | None = None, **_: Any) -> None:
     for handler in (logger or logging.getLogger()).handlers:
         if not any(isinstance(f, OneLineOutages) for f in handler.filters):
             handler.addFilter(OneLineOutages())
+        install_log_handler(handler)  # payment context, secrets masked, JSON if configured
 
 
 @worker_ready.connect

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy import bindparam, update
 
 from config.celery import MAX_REDELIVERIES
+from config.logging import bind_log_context, log_context
 from config.settings import Settings
 from providers.base import OutcomeStatus, PaymentOutcome, PaymentProvider, PaymentRequest, utcnow
 from providers.errors import (
@@ -177,10 +178,13 @@ class PaymentProcessor:
         if claimed is None:
             return self._busy_or_done(payment_id)
         claim, payment = claimed
-        if self.leases is None:
-            return self._process_claimed(claim, payment, route, hint)
-        with self.leases.holding(payment.id, claim.token):
-            return self._process_claimed(claim, payment, route, hint)
+        with log_context(
+            payment_id=payment.id, tenant=payment.tenant_id, reference=payment.reference
+        ):
+            if self.leases is None:
+                return self._process_claimed(claim, payment, route, hint)
+            with self.leases.holding(payment.id, claim.token):
+                return self._process_claimed(claim, payment, route, hint)
 
     def _process_claimed(
         self,
@@ -287,6 +291,7 @@ class PaymentProcessor:
         self, instance: InstanceView, request: PaymentRequest, attempts: list[_Attempt]
     ) -> _Decision | None:
         """One hop. None means: provably not charged, try the next instance."""
+        bind_log_context(instance=instance.display_name)
         started = time.perf_counter()
 
         def attempt(outcome: str, code: str | None = None, message: str | None = None) -> None:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from config.logging import log_context
 from config.settings import Settings, get_settings
 from providers.base import PaymentProvider, RefundOutcome, RefundStatus, utcnow
 from providers.errors import (
@@ -252,7 +253,11 @@ def refund_payment(
         publisher = EventPublisher(app)
 
     reservation = _reserve(database, registry, payment_key(payment_id), amount)
-    answer = _call_provider(registry, loop, settings, reservation)
+    with log_context(
+        payment_id=payment_id, reference=reservation.reference,
+        instance=reservation.instance.display_name,
+    ):  # fmt: skip
+        answer = _call_provider(registry, loop, settings, reservation)
     view, outbox_ids = _settle(database, reservation, answer)
     publish_now(database, publisher, outbox_ids)
     log.info(

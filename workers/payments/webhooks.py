@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config.logging import log_context
 from config.settings import Settings, get_settings
 from providers.base import OutcomeStatus, PaymentProvider, RefundStatus, WebhookEvent, utcnow
 from providers.errors import ConfigurationError, WebhookSignatureError
@@ -121,6 +122,18 @@ def receive_webhook(
 
     verifier = _Verifier(plugin_name, raw_body, headers, registry, loop, settings)
     instance, event = verifier.authenticate()
+    with log_context(reference=event.reference, instance=instance.display_name):
+        return _receive(database, publisher, plugin_name, instance, event, verifier)
+
+
+def _receive(
+    database: Database,
+    publisher: EventPublisher,
+    plugin_name: str,
+    instance: InstanceView,
+    event: WebhookEvent,
+    verifier: _Verifier,
+) -> WebhookReply:
     try:
         with database.transaction() as session:
             reply, outbox_ids = _apply(session, event, instance, verifier)
