@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # console: readable lines; json: one JSON object per line (for a log pipeline).
     log_format: Literal["console", "json"] = "console"
+    # Count the payment path's metrics (off only to measure what they cost: bench.compare).
+    metrics_enabled: bool = True
     # Each worker process serves its Prometheus metrics here (0: not served).
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
     metrics_addr: str = "0.0.0.0"

@@ -206,7 +206,7 @@ class PaymentProcessor:
                     self._mark_hop(claim, route[0] if route else None)
             except LeaseLost:
                 return Done(None)
-        if charging and route:
+        if charging and route and self.settings.metrics_enabled:
             first = route[0]
             metrics.PAYMENTS_STARTED.labels(first.plugin_name, first.display_name).inc()
             metrics.ROUTING_DECISIONS.labels(first.plugin_name, first.display_name).inc()
@@ -547,7 +547,8 @@ class PaymentProcessor:
         )
         if not finished:
             raise LeaseLost()
-        _count(decision, instance)
+        if self.settings.metrics_enabled:
+            _count(decision, instance)
         if decision.error_code == "amount_mismatch":
             self._alert_mismatch(payment, decision)
         if log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
