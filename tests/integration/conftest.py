@@ -75,13 +75,21 @@ def integration_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 
 
 def _reset_process() -> None:
-    from workers import runtime
     from workers.core.app import reconfigure
+
+    use_new_database()
+    reconfigure()
+
+
+def use_new_database() -> None:
+    """Re-read the settings and drop this process's database objects, but keep the Celery
+    app's broker connections: reconfiguring the app while the session's embedded worker
+    runs left that worker consuming nothing (its messages stayed unprocessed)."""
+    from workers import runtime
 
     reset_settings()
     forget_databases()
     runtime.reset()
-    reconfigure()
 
 
 @pytest.fixture(scope="session")

@@ -129,6 +129,9 @@ def test_sign_in_gives_a_strict_session_and_a_wrong_token_is_refused(
     assert ADMIN_TOKEN not in session["value"]
     assert page.locator("h1").inner_text() == "Payment providers"
     shot(page, "signed-in")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways page
+    shot(page, "signed-in-phone")
 
     page.click("text=Sign out")
     page.wait_for_url(re.compile(r".*/admin/sign-in$"))

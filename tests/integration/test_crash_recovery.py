@@ -19,7 +19,7 @@ from providers.sandbox import charge_book
 from registry.db import get_database
 from registry.migrate import upgrade
 from tests.conftest import drop_postgres_schema, fresh_postgres_schema
-from tests.integration.conftest import WorkerProcess, _reset_process, redis_db_url, wait_for
+from tests.integration.conftest import WorkerProcess, redis_db_url, use_new_database, wait_for
 from workers import runtime
 from workers.core.app import app
 from workers.events.relay import EventPublisher
@@ -177,13 +177,13 @@ def own_schema(
     url = fresh_postgres_schema()
     upgrade(url)
     monkeypatch.setenv("TENDER_DATABASE_URL", url)
-    _reset_process()
+    use_new_database()  # the broker stays: the embedded worker keeps consuming
     try:
         yield crash_env | {"TENDER_DATABASE_URL": url}
     finally:
         monkeypatch.setenv("TENDER_DATABASE_URL", crash_env["TENDER_DATABASE_URL"])
         monkeypatch.delenv("TENDER_RECONCILE_AGE_S", raising=False)
-        _reset_process()
+        use_new_database()
         drop_postgres_schema(url)
 
 
