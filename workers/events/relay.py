@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.pools import producers
 from sqlalchemy import select
 
 from providers.base import utcnow
@@ -39,14 +40,32 @@ default_events_queue = Queue(DEFAULT_QUEUE, events_exchange, routing_key="#", du
 
 
 class EventPublisher:
-    """Publishes event payloads through the Celery app's producer pool."""
+    """Publishes event payloads through the Celery app's producer pool.
+
+    On RabbitMQ the events go on connections of their own with publisher confirms: an event
+    counts as published (and leaves the outbox) only once the broker has taken it. Without
+    them a publish into a broker that is going down succeeded and was lost (the chaos
+    suite saw it); payment messages keep the app's pool without confirms (an enqueue must
+    not wait on them, and the requeue sweep covers their loss)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._confirming: Any = None  # the confirm-mode connection the pool clones (AMQP)
+
+    def _producer(self) -> Any:
+        url = str(self.app.conf.broker_write_url or self.app.conf.broker_url or "")
+        if not url.startswith(("amqp", "pyamqp")):
+            return self.app.producer_or_acquire()
+        if self._confirming is None:
+            options = dict(self.app.conf.broker_transport_options or {})
+            self._confirming = self.app.connection_for_write(
+                transport_options=options | {"confirm_publish": True}
+            )
+        return producers[self._confirming].acquire(block=True)
 
     def publish(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Publish (event_type, payload) pairs; raises if the broker refuses."""
-        with self.app.producer_or_acquire() as producer:
+        with self._producer() as producer:
             # kombu remembers declarations per connection (and forgets them when it
             # reconnects), but asking it costs ~0.1 ms a publish: one mark of ours in
             # the same memory answers for both entities.
@@ -83,9 +102,11 @@ class EventPublisher:
             headers={"event_id": payload.get("event_id"), "event_type": event_type},
             retry=retry,
             retry_policy=_RETRY,
+            timeout=CONFIRM_TIMEOUT_S,  # AMQP: how long to wait for the broker's confirm
         )
 
 
+CONFIRM_TIMEOUT_S = 5.0
 _RETRY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
 _DECLARED = "tender.events: exchange and default queue declared"
 
