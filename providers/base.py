@@ -292,8 +292,14 @@ class PaymentProvider(ABC):
         """Ask the provider what happened to ``reference`` (NOT_FOUND if it never arrived)."""
 
     @abstractmethod
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
-        """Refund the whole payment (``None``) or part of it."""
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
+        """Refund the whole payment (``None``) or part of it.
+
+        ``refund_key`` is Tender's id of this refund: where the provider takes an
+        idempotency key, the plugin derives it from this, so a retry of one refund is one
+        refund and two refunds of the same amount are two."""
 
     @abstractmethod
     async def health_check(self) -> HealthCheck:

@@ -372,7 +372,9 @@ class FlutterwaveProvider(PaymentProvider):
             return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
         return self._outcome(data, reference)
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         data = await self._transaction(reference)
         if data is None or data.get("status") != "successful":
             raise PaymentDeclined(

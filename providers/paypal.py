@@ -610,7 +610,9 @@ class PayPalProvider(PaymentProvider):
             return await self._capture(order.id, reference)
         return self._order_outcome(order, reference)
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         order = await self._find_order(reference)
         unit = (getattr(order, "purchase_units", None) or [None])[0]
         captures = getattr(getattr(unit, "payments", None), "captures", None) or []
@@ -623,13 +625,13 @@ class PayPalProvider(PaymentProvider):
             )
         currency = str(capture.amount.currency_code).upper()
         body = RefundRequest(custom_id=reference)
-        operation = "refund-all"
+        operation = f"refund-{refund_key}" if refund_key else "refund-all"
         if amount_minor is not None:
             body = RefundRequest(
                 amount=Money(currency_code=currency, value=to_paypal_value(amount_minor, currency)),
                 custom_id=reference,
             )
-            operation = f"refund-{amount_minor}"
+            operation = f"refund-{refund_key}" if refund_key else f"refund-{amount_minor}"
         response = await self._call(
             lambda: self._sdk.payments.refund_captured_payment(
                 {

@@ -475,7 +475,9 @@ class PaystackProvider(PaymentProvider):
             raise self._error(_Call.READ, _Failure.UNREADABLE, "verify: no data", None)
         return self._payment_outcome(data, reference)
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         """Refund all (``None``) or ``amount_minor`` of the transaction ``reference``.
         Paystack queues refunds, so the usual answer is PENDING; a webhook settles it."""
         if amount_minor is not None and amount_minor <= 0:

@@ -287,7 +287,9 @@ class SandboxProvider(PaymentProvider):
             return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
         return self._outcome(charge)
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         await self._call()
         charge = self.book.get(reference)
         if charge is None or charge.status is not OutcomeStatus.SUCCEEDED:
@@ -302,7 +304,7 @@ class SandboxProvider(PaymentProvider):
                 code="invalid_refund_amount",
             )
         try:
-            self.book.refund(reference, amount)
+            refunded = self.book.refund(reference, amount)
         except ValueError as exc:
             raise PaymentDeclined(
                 str(exc), provider=self.name, code="refund_exceeds_charge"
@@ -310,7 +312,8 @@ class SandboxProvider(PaymentProvider):
         return RefundOutcome(
             status=RefundStatus.SUCCEEDED,
             reference=reference,
-            refund_id=f"sbx_rf_{reference}_{amount}",
+            # One id per refund: two refunds of one amount are two refunds in the ledger.
+            refund_id=f"sbx_rf_{reference}_{refunded}",
             amount_minor=amount,
             currency=charge.currency,
         )

@@ -432,7 +432,9 @@ class StripeProvider(PaymentProvider):
             )
         return self._intent_outcome(intent, reference)
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         intent = await self._find_intent(reference)
         if intent is None or intent.status != "succeeded":
             raise PaymentDeclined(
@@ -444,10 +446,10 @@ class StripeProvider(PaymentProvider):
             "payment_intent": intent.id,
             "metadata": {REFERENCE_KEY: reference},
         }
-        operation = "refund-all"
+        operation = f"refund-{refund_key}" if refund_key else "refund-all"
         if amount_minor is not None:
             params["amount"] = to_stripe_amount(amount_minor, intent.currency.upper())
-            operation = f"refund-{amount_minor}"
+            operation = f"refund-{refund_key}" if refund_key else f"refund-{amount_minor}"
         refund = await self._call(
             self._sdk.v1.refunds.create_async(
                 params,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Coroutine, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -185,6 +186,21 @@ def test_full_partial_and_over_refunds(harness: Harness) -> None:
     else:
         with pytest.raises(PaymentDeclined):
             run(plugin.refund(part.reference, part.amount_minor // 2))
+
+
+def test_two_refunds_of_the_same_amount_are_two_refunds(harness: Harness) -> None:
+    """Each refund carries Tender's own key: a provider that dedupes by idempotency key
+    must not take the second of two equal partial refunds for a retry of the first."""
+    if Capability.PARTIAL_REFUNDS not in harness.plugin_class.capabilities:
+        return  # one full refund only: refused twice above
+    plugin = harness.plugin()
+    paid = harness.request("succeed")
+    run(plugin.process_payment(paid))
+    quarter = paid.amount_minor // 4
+    first = run(plugin.refund(paid.reference, quarter, refund_key=f"rf-{uuid.uuid4()}"))
+    second = run(plugin.refund(paid.reference, quarter, refund_key=f"rf-{uuid.uuid4()}"))
+    assert first.amount_minor == second.amount_minor == quarter
+    assert first.refund_id and second.refund_id and first.refund_id != second.refund_id
 
 
 def test_a_refund_of_an_unknown_payment_is_refused(harness: Harness) -> None:

@@ -226,7 +226,9 @@ class AcmeProvider(PaymentProvider):
     async def verify_payment(self, reference: str) -> PaymentOutcome:
         raise NotImplementedError
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         raise NotImplementedError
 
     async def health_check(self) -> HealthCheck:

@@ -161,7 +161,9 @@ class ScriptedProvider(PaymentProvider):
     async def verify_payment(self, reference: str) -> PaymentOutcome:
         raise NotImplementedError
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         raise NotImplementedError
 
     async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:

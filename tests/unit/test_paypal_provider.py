@@ -341,3 +341,14 @@ def test_refunds_map_paypals_statuses(fake: FakePayPal) -> None:
     fake.refunds_settle_later = False
     whole = asyncio.run(plugin.refund(paid.reference))
     assert whole.status is RefundStatus.SUCCEEDED and whole.amount_minor == 1000
+
+
+def test_a_refund_repeated_under_its_key_is_one_refund(fake: FakePayPal) -> None:
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    first = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-1"))
+    again = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-1"))  # a retry
+    other = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-2"))
+    assert first.refund_id == again.refund_id != other.refund_id
+    assert fake.request_ids("/refund")[-1] == f"tender-{paid.reference}-refund-rf-2"

@@ -85,7 +85,9 @@ class EchoProvider(PaymentProvider):
     async def verify_payment(self, reference: str) -> PaymentOutcome:
         return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
 
-    async def refund(self, reference: str, amount_minor: int | None = None) -> RefundOutcome:
+    async def refund(
+        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+    ) -> RefundOutcome:
         raise NotImplementedError
 
     async def health_check(self) -> HealthCheck:

@@ -364,7 +364,11 @@ def _call_provider(
     try:
         plugin = registry.plugin_for(reservation.instance)
         outcome = loop.run(
-            plugin.refund(reservation.reference, reservation.amount_minor),
+            plugin.refund(
+                reservation.reference,
+                reservation.amount_minor,
+                refund_key=str(reservation.refund_id),  # the provider's idempotency key
+            ),
             settings.provider_timeout_s,
         )
     except ConfigurationError as exc:
