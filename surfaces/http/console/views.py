@@ -66,19 +66,16 @@ def figures(database: Database, now: datetime | None = None) -> dict[uuid.UUID, 
         ):
             if instance_id is not None:
                 latencies[instance_id].append(latency)
+    settled = ("succeeded", "refunded", "partially_refunded")
     return {
         instance_id: Figures(
-            succeeded=sum(n for s, n in by_status.items() if s in ("succeeded", "refunded", "partially_refunded")),
-            declined=by_status.get("failed", 0),
-            unknown=by_status.get("unknown", 0),
-            p95_ms=_p95(latencies.get(instance_id, [])),
+            succeeded=sum(counts[instance_id].get(s, 0) for s in settled),
+            declined=counts[instance_id].get("failed", 0),
+            unknown=counts[instance_id].get("unknown", 0),
+            p95_ms=_p95(latencies[instance_id]),
         )
-        for instance_id, by_status in counts.items()
-    } | {
-        instance_id: Figures(p95_ms=_p95(values))
-        for instance_id, values in latencies.items()
-        if instance_id not in counts
-    }  # fmt: skip
+        for instance_id in counts.keys() | latencies.keys()
+    }
 
 
 @dataclass(frozen=True)

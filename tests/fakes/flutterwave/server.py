@@ -31,9 +31,11 @@ import json
 import secrets
 import threading
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.loopback import JsonHandler, LoopbackFake, QuietServer
 
 Fault = Literal["slow", "5xx", "429"]
 TOKENS = {
@@ -54,8 +56,9 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, Decimal) and value == value.to_integral() else value
 
 
-class FakeFlutterwave:
+class FakeFlutterwave(LoopbackFake):
     def __init__(self, *, slow_s: float = 1.5) -> None:
+        super().__init__()
         self.secret_key = f"FLWSECK_TEST-{secrets.token_hex(16)}-X"
         self.secret_hash = secrets.token_hex(16)
         self.fault: Fault | None = None
@@ -67,32 +70,11 @@ class FakeFlutterwave:
         self._refunded: dict[str, Decimal] = {}
         self._refunds: dict[str, dict[str, Any]] = {}  # refund id -> refund
         self.refunds_settle_later = False
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> FakeFlutterwave:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="fake-flutterwave", daemon=True).start()
-        return self
+    thread_name = "fake-flutterwave"
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeFlutterwave:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     # --- what tests read and do -------------------------------------------------------
 
@@ -260,30 +242,12 @@ class _Encoder(json.JSONEncoder):
         return super().default(o)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeFlutterwave
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up is not an error worth printing."""
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_version = "cloudflare"
-    sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent."""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        assert isinstance(self.server, _Server)
-        fake = self.server.fake
+    def serve(self, method: str) -> None:
+        assert isinstance(self.server, QuietServer)
+        fake: FakeFlutterwave = self.server.fake
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -307,11 +271,4 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, payload: Any) -> None:
         data = json.dumps(payload, cls=_Encoder).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True
+        self.send_json(status, data, content_type="application/json; charset=utf-8")

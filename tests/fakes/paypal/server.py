@@ -49,9 +49,11 @@ import time
 import zlib
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.loopback import JsonHandler, LoopbackFake, QuietServer
 
 Fault = Literal["slow", "5xx", "429"]
 WHOLE_UNITS = frozenset({"HUF", "JPY", "TWD"})
@@ -114,10 +116,11 @@ def canonical(event: Any) -> bytes:
     return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
 
 
-class FakePayPal:
+class FakePayPal(LoopbackFake):
     """A running fake PayPal account: ``client_id``, ``client_secret`` and ``webhook_id``."""
 
     def __init__(self, *, slow_s: float = 1.5, token_ttl_s: int = 32_400) -> None:
+        super().__init__()
         self.client_id = f"A{secrets.token_urlsafe(30)}"
         self.client_secret = f"E{secrets.token_urlsafe(30)}"
         self.webhook_id = paypal_id()
@@ -135,34 +138,13 @@ class FakePayPal:
         self._captures: dict[str, tuple[str, dict[str, Any]]] = {}  # id -> (order id, capture)
         self._refunds: dict[str, dict[str, Any]] = {}
         self._replays: dict[tuple[str, str], tuple[int, Any]] = {}
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> FakePayPal:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="fake-paypal", daemon=True).start()
-        return self
+    thread_name = "fake-paypal"
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakePayPal:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     # --- what tests read and do -------------------------------------------------------
 
@@ -566,31 +548,13 @@ def _money_refused(amount: dict[str, Any]) -> tuple[int, Any] | None:
     return None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakePayPal
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up is not an error worth printing."""
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_version = "nginx"
-    sys_version = ""
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent."""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        assert isinstance(self.server, _Server)
-        fake = self.server.fake
+    def serve(self, method: str) -> None:
+        assert isinstance(self.server, QuietServer)
+        fake: FakePayPal = self.server.fake
         split = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
         length = int(headers.get("content-length") or 0)
@@ -641,13 +605,5 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(status, payload)
 
     def _answer(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Paypal-Debug-Id", secrets.token_hex(7))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True
+        headers = {"Paypal-Debug-Id": secrets.token_hex(7)}
+        self.send_json(status, json.dumps(payload).encode(), headers)

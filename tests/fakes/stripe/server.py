@@ -39,10 +39,12 @@ import re
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.loopback import JsonHandler, LoopbackFake, QuietServer
 
 Fault = Literal["slow", "5xx", "429"]
 OBJECTS = json.loads((Path(__file__).with_name("objects.json")).read_text())["resources"]
@@ -87,10 +89,11 @@ def stripe_error(status: int, type_: str, message: str, **fields: Any) -> tuple[
     return status, {"error": error}
 
 
-class FakeStripe:
+class FakeStripe(LoopbackFake):
     """A running fake Stripe. ``secret_key`` and ``webhook_secret`` are its account's."""
 
     def __init__(self, *, slow_s: float = 1.5) -> None:
+        super().__init__()
         self.secret_key = f"sk_test_{secrets.token_hex(24)}"
         self.webhook_secret = f"whsec_{secrets.token_hex(24)}"
         self.fault: Fault | None = None
@@ -103,34 +106,13 @@ class FakeStripe:
         self._refunded: dict[str, int] = {}
         self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (request, status, body)
         self._in_flight: set[str] = set()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> FakeStripe:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="fake-stripe", daemon=True).start()
-        return self
+    thread_name = "fake-stripe"
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeStripe:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     # --- what tests read ------------------------------------------------------------
 
@@ -409,30 +391,12 @@ class FakeStripe:
                 self._in_flight.discard(key)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeStripe
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up is not an error worth printing."""
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_version = "nginx"
-    sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: tests read FakeStripe.requests."""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        assert isinstance(self.server, _Server)
-        fake = self.server.fake
+    def serve(self, method: str) -> None:
+        assert isinstance(self.server, QuietServer)
+        fake: FakeStripe = self.server.fake
         split = urlsplit(self.path)
         query = dict(parse_qsl(split.query))
         length = int(self.headers.get("Content-Length") or 0)
@@ -472,15 +436,5 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(status, body, extra={"Idempotent-Replayed": "true"} if replayed else {})
 
     def _answer(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True
+        headers = {"Request-Id": f"req_{secrets.token_hex(7)}", **(extra or {})}
+        self.send_json(status, json.dumps(payload).encode(), headers)

@@ -1,0 +1,94 @@
+"""What every provider fake shares: an HTTP server on a free loopback port, run on a daemon
+thread, started and stopped by the test (or as a context manager)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A threading server whose handlers reach their fake as ``self.server.fake``."""
+
+    daemon_threads = True
+    fake: Any
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up is not an error worth printing."""
+
+
+class LoopbackFake:
+    """Lifecycle of a fake: ``start`` on 127.0.0.1 (a free port), ``stop``, ``base_url``.
+    Subclasses call ``super().__init__()`` and name their request handler."""
+
+    thread_name = "fake-provider"
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()  # set on stop: a held ("slow") answer gives up
+        self._server: QuietServer | None = None
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        server = QuietServer(("127.0.0.1", 0), self.handler())
+        server.fake = self
+        self._server = server
+        threading.Thread(target=server.serve_forever, name=self.thread_name, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A fake's request handler: silent (tests read the fake's own request log), GET and
+    POST both to :meth:`serve`, and JSON answers that survive a client that gave up."""
+
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent."""
+
+    def do_GET(self) -> None:
+        self.serve("GET")
+
+    def do_POST(self) -> None:
+        self.serve("POST")
+
+    def serve(self, method: str) -> None:
+        raise NotImplementedError
+
+    def send_json(
+        self,
+        status: int,
+        data: bytes,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
