@@ -325,6 +325,11 @@ def test_a_payment_is_found_and_refunded_after_confirming(
     assert "charge at sandbox: succeeded" in page.locator("table").inner_text()
     page.click("text=Refund…")
     assert "left to refund" in page.content()  # a confirmation first
+    page.fill("#amount", "5,00")  # not an amount the ledger reads: refused, nothing sent
+    page.click("button.danger")
+    assert "Refund refused" in page.locator(".message").inner_text()
+    assert get_payment(receipt.payment_id).refunded_minor == 0
+    page.click("text=Refund…")
     page.fill("#amount", "5.00")
     page.click("button.danger")
     assert "Refund succeeded: 5.00 NGN" in page.locator(".message").inner_text()
