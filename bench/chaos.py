@@ -99,6 +99,17 @@ class PrivateRedis:
         time.sleep(down_s)
         self.start()
 
+    def describe(self) -> list[str]:
+        """The queues as the broker holds them: waiting, and reserved but unacknowledged."""
+        lines = []
+        for command in (["llen", "payments"], ["llen", "maintenance"], ["hlen", "unacked"]):
+            answer = subprocess.run(
+                ["redis-cli", "-p", str(self.port), *command],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+            lines.append(f"redis {' '.join(command)}: {answer.stdout.strip()}")
+        return lines
+
 
 class PrivateRabbit:
     """A RabbitMQ node of our own (its own name, ports and data folder)."""
@@ -160,6 +171,21 @@ class PrivateRabbit:
         time.sleep(down_s)
         self.start()
 
+    def describe(self) -> list[str]:
+        """The queues and their consumers as the node holds them."""
+        lines = []
+        for what in (
+            ["list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers"],
+            ["list_consumers", "queue_name", "channel_pid", "prefetch_count", "ack_required"],
+            ["list_channels", "pid", "connection", "messages_unacknowledged", "consumer_count"],
+        ):
+            answer = subprocess.run(
+                ["rabbitmqctl", "-n", self.node, "-q", *what],
+                env=self.env, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            lines += [f"rabbitmq {what[0]}: {line}" for line in answer.stdout.splitlines()]
+        return lines
+
 
 class PrivatePostgres:
     """A PostgreSQL cluster of our own on a spare port, run as the postgres user."""
@@ -205,9 +231,10 @@ class PrivatePostgres:
 class Tender:
     """Workers and one beat, as separate processes on the private services."""
 
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
+    def __init__(self, env: dict[str, str], folder: Path, loglevel: str = "WARNING") -> None:
         self.env = env
         self.folder = folder
+        self.loglevel = loglevel
         self.workers: list[subprocess.Popen[bytes]] = []
         self.beat: subprocess.Popen[bytes] | None = None
         self.started = 0
@@ -242,12 +269,12 @@ class Tender:
         arguments = ["worker", "--pool", "threads", "--concurrency", "32"]
         arguments += ["--queues", "payments,maintenance", "--hostname", f"chaos{self.started}@%h"]
         arguments += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-        arguments += ["--loglevel", "WARNING"]
+        arguments += ["--loglevel", self.loglevel]
         self.workers.append(self._spawn(*arguments, name=f"worker{self.started}"))
 
     def start_beat(self) -> None:
         self.beat = self._spawn(
-            "beat", "--schedule", str(self.folder / "beat-schedule"), "--loglevel", "WARNING",
+            "beat", "--schedule", str(self.folder / "beat-schedule"), "--loglevel", self.loglevel,
             name="beat",
         )  # fmt: skip
 
@@ -358,6 +385,7 @@ class Report:
     rows: list[tuple[str, str, bool]]  # (measure, value, ok)
     settle_s: float
     bound_s: float
+    evidence: list[str] = field(default_factory=list)  # for a failed round: what to look at
 
     @property
     def ok(self) -> bool:
@@ -376,7 +404,14 @@ class Report:
         Console().print(table)
 
 
-def run(payments: int, broker: str, bound_s: float, rate: float, keep: bool = False) -> Report:
+def run(
+    payments: int,
+    broker: str,
+    bound_s: float,
+    rate: float,
+    keep: bool = False,
+    loglevel: str = "WARNING",
+) -> Report:
     folder = Path(tempfile.mkdtemp(prefix=f"tender-chaos-{broker}-"))
     shutil.chown(folder, "postgres") if os.geteuid() == 0 else None
     os.chmod(folder, 0o755)
@@ -393,7 +428,7 @@ def run(payments: int, broker: str, bound_s: float, rate: float, keep: bool = Fa
         _apply(env)
         book = str(folder / "charges.db")
         primary, _standby = _register_providers(book)
-        tender = Tender(env | {"PYTHONPATH": str(REPO_ROOT)}, folder)
+        tender = Tender(env | {"PYTHONPATH": str(REPO_ROOT)}, folder, loglevel)
         for _ in range(2):
             tender.start_worker()
         tender.start_beat()
@@ -413,6 +448,10 @@ def run(payments: int, broker: str, bound_s: float, rate: float, keep: bool = Fa
         report.rows.insert(
             -1, ("workers that exited on their own", str(tender.died), tender.died == 0)
         )
+        if not report.ok:
+            report.evidence = _evidence(faults, folder)
+            with contextlib.suppress(Exception):
+                report.evidence += bus.describe()
         return report
     finally:
         if consumer is not None:
@@ -487,7 +526,8 @@ class Fault:
     at_fraction: float  # of the submission window
     name: str
     inject: Callable[[], None]
-    ended_at: float = 0.0  # monotonic, once injected
+    started_at: float = 0.0  # monotonic, once injected
+    ended_at: float = 0.0
 
 
 def _fault_plan(tender: Tender, bus: Any, database: Any, primary: uuid.UUID) -> list[Fault]:
@@ -548,6 +588,7 @@ def _submit_with_faults(
             if delay > 0:
                 time.sleep(delay)
             log(f"fault: {fault.name}")
+            fault.started_at = time.monotonic()
             fault.inject()
             fault.ended_at = last_fault_end = time.monotonic()
 
@@ -649,6 +690,50 @@ def _unsettled() -> str:
     return ", ".join(f"{status}/{code or '-'}: {count}" for status, code, count in rows)
 
 
+def _evidence(faults: list[Fault], folder: Path) -> list[str]:
+    """What a failed round leaves to read: each unsettled payment with its history (rows,
+    attempts, the log lines that name it, errors in the logs), and the faults' timeline
+    on the same clock as the payment's."""
+    from sqlalchemy import select
+
+    from registry.db import get_database
+    from workers.ledger.records import Payment, PaymentAttempt
+
+    lines: list[str] = []
+    wall_minus_mono = time.time() - time.monotonic()
+    for fault in faults:
+        start = time.strftime("%H:%M:%S", time.gmtime(fault.started_at + wall_minus_mono))
+        lines.append(
+            f"fault {fault.name}: {start} UTC, {fault.ended_at - fault.started_at:.1f} s long"
+        )
+    database = get_database()
+    with database.sessions() as session:
+        stuck = list(
+            session.execute(
+                select(Payment).where(Payment.status.not_in(TERMINAL)).limit(5)
+            ).scalars()
+        )
+        for payment in stuck:
+            lines.append(
+                f"payment {payment.id} {payment.status}: created {payment.created_at:%H:%M:%S.%f}, "
+                f"updated {payment.updated_at:%H:%M:%S.%f}, claims {payment.claims}, "
+                f"lease until {payment.lease_expires_at}, error {payment.error_message!r}"
+            )
+            for attempt in session.execute(
+                select(PaymentAttempt).where(PaymentAttempt.payment_id == payment.id)
+            ).scalars():
+                lines.append(
+                    f"  attempt {attempt.operation}/{attempt.outcome} at {attempt.created_at:%H:%M:%S.%f}"
+                )
+    names = [str(payment.id) for payment in stuck]
+    for log_file in sorted(folder.glob("*.log")):
+        with contextlib.suppress(OSError):
+            for line in log_file.read_text(errors="replace").splitlines():
+                if any(name in line for name in names) or "Traceback" in line or "rror" in line:
+                    lines.append(f"  {log_file.name}: {line[:300]}")
+    return lines[:200]
+
+
 def _report(
     submissions: Submissions,
     consumer: EventConsumer,
@@ -722,15 +807,51 @@ def main(argv: list[str] | None = None) -> int:
         "--bound-s", type=float, default=30.0, help="settling bound after the last fault"
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and data folder")
+    parser.add_argument("--loglevel", default="WARNING", help="the workers' and beat's")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds per broker; prints the settle times' spread"
+    )
     args = parser.parse_args(argv)
     brokers = ("redis", "rabbitmq") if args.broker == "both" else (args.broker,)
     failed = False
+    summaries: list[str] = []
     for broker in brokers:
-        log(f"{broker}: {args.payments} payments at {args.rate:g}/s")
-        report = run(args.payments, broker, args.bound_s, args.rate, args.keep)
-        report.print(f"chaos, {broker}: {args.payments} payments")
-        failed |= not report.ok
+        settles: list[float] = []
+        failures: list[tuple[int, Report]] = []
+        for round_no in range(1, args.repeat + 1):
+            log(
+                f"{broker}, round {round_no}/{args.repeat}: {args.payments} payments at {args.rate:g}/s"
+            )
+            report = run(args.payments, broker, args.bound_s, args.rate, args.keep, args.loglevel)
+            report.print(f"chaos, {broker}: {args.payments} payments, round {round_no}")
+            settles.append(report.settle_s)
+            if not report.ok:
+                failures.append((round_no, report))
+                for line in report.evidence:
+                    log(f"evidence, {broker} round {round_no}: {line}")
+        failed |= bool(failures)
+        summaries.append(_spread(broker, settles, failures))
+    if args.repeat > 1:
+        for summary in summaries:
+            print(summary)
     return 1 if failed else 0
+
+
+def _spread(broker: str, settles: list[float], failures: list[tuple[int, Report]]) -> str:
+    """One line per broker: rounds, failed rounds, settle time p50 / p95 / max."""
+    ordered = sorted(settles)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    failed = ", ".join(
+        f"round {n} ({'; '.join(m for m, _, ok in r.rows if not ok)})" for n, r in failures
+    )
+    return (
+        f"chaos {broker}: {len(settles)} rounds, {len(failures)} failed{': ' + failed if failed else ''}; "
+        f"settle after the last fault p50 {quantile(0.5):.1f} s, p95 {quantile(0.95):.1f} s, "
+        f"max {ordered[-1]:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def process_payment_task(
 def relay_outbox_task() -> int:
     """Sweep events the inline publish missed (older than 2 s)."""
     database = get_database()
-    with hold(database, "relay_outbox", ttl_s=60) as held:
+    with hold(database, "relay_outbox") as held:
         if not held:
             return 0
         return relay_outbox(database, publisher(), older_than_s=2.0)
@@ -92,7 +92,7 @@ def requeue_lost_task() -> int:
     settings = get_settings()
     database = get_database()
     try:
-        with hold(database, "requeue_lost", ttl_s=settings.requeue_interval_s + 60) as held:
+        with hold(database, "requeue_lost") as held:
             if not held:
                 return 0
             return len(requeue_lost(database, settings, enqueue_payment))
@@ -104,13 +104,11 @@ def requeue_lost_task() -> int:
 @app.task(name="tender.reconcile")
 def reconcile_task() -> dict[str, Any]:
     from workers.payments.client import enqueue_payment
-    from workers.payments.reconcile import reconcile, verify_budget_s
+    from workers.payments.reconcile import reconcile
 
     settings = get_settings()
     database = get_database()
-    # The lock outlives the run's verify budget plus one slow call and the re-enqueue pass.
-    ttl_s = verify_budget_s(settings) + settings.provider_timeout_s + 60
-    with hold(database, "reconcile", ttl_s=ttl_s) as held:
+    with hold(database, "reconcile") as held:
         if not held:
             return {"skipped": "another reconcile is running"}
         report = reconcile(

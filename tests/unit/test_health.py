@@ -576,7 +576,7 @@ def test_a_slow_run_does_not_make_the_next_tick_skip(harness: Harness) -> None:
 
 def test_runs_never_overlap(harness: Harness) -> None:
     harness.add("primary")
-    with hold(harness.reg.database, LOCK_NAME, ttl_s=60) as held:
+    with hold(harness.reg.database, LOCK_NAME) as held:
         assert held
         assert harness.run()["skipped"] == "another health run is in progress"
 

@@ -9,7 +9,6 @@ from alembic.migration import MigrationContext
 import registry.audit
 import registry.models
 import registry.tokens  # noqa: F401
-import workers.core.locks
 import workers.ledger.outbox
 import workers.ledger.records
 import workers.monitoring.alerts

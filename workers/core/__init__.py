@@ -1,1 +1,1 @@
-"""The Celery app, the helper threads (provider loop), CPU pinning and database lease locks."""
+"""The Celery app, the helper threads (provider loop), CPU pinning and the sweeps' locks."""

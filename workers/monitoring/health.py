@@ -209,8 +209,7 @@ class HealthMonitor:
     def run(self, *, force: bool = False) -> dict[str, Any]:
         """One health run, unless another is running or the last began < interval/2 ago."""
         settings = self.settings
-        ttl_s = max(settings.health_interval_s * 2, settings.health_check_timeout_s + 120)
-        with hold(self.database, LOCK_NAME, ttl_s=ttl_s) as held:
+        with hold(self.database, LOCK_NAME) as held:
             if not held:
                 return {"skipped": "another health run is in progress"}
             started = self.clock()

@@ -85,7 +85,7 @@ def reconcile(
         )
     for payment in open_payments:
         if time.monotonic() > deadline:
-            break  # the rest wait for the next run; the lock must not outlive us
+            break  # the rest wait for the next run
         state = _verify_one(database, registry, loop, publisher, settings, payment)
         if state is None:
             report.still_open.append(payment.id)
@@ -120,7 +120,13 @@ def requeue_lost(
     deadline = time.monotonic() + max(settings.requeue_interval_s * 0.8, 1.0)
     _reenqueue_lost(database, now, cutoff, deadline, enqueue, report)
     if report.reenqueued:
-        log.info("requeue sweep: enqueued %d payment(s) again", len(report.reenqueued))
+        shown = ", ".join(str(payment_id) for payment_id in report.reenqueued[:10])
+        log.info(
+            "requeue sweep: enqueued %d payment(s) again: %s%s",
+            len(report.reenqueued),
+            shown,
+            ", ..." if len(report.reenqueued) > 10 else "",
+        )
     return report.reenqueued
 
 
@@ -251,7 +257,7 @@ def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
 
 
 def verify_budget_s(settings: Settings) -> float:
-    """How long one run may spend verifying: most of an interval, never past the lock."""
+    """How long one run may spend verifying: most of an interval, so runs keep their pace."""
     return max(settings.reconcile_interval_s * 0.8, settings.provider_timeout_s)
 
 
