@@ -76,6 +76,15 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         # until its task ends, so a warm shutdown gives them back, and so does a crash
         # under Redis's ack emulation (see worker_transport_options).
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # Off: after a broker reconnect Celery lowers the prefetch count and raises it
+        # again from each task's ack, which on the threads pool sends AMQP basic.qos from
+        # a pool thread while the consumer thread reads the same py-amqp connection. The
+        # two readers deadlock and the worker holds its reserved payments unprocessed
+        # while the broker keeps handing it more (issue 32: the RabbitMQ chaos round's
+        # payment stuck `requested`; both threads seen blocked in basic_qos). Without the
+        # reduction a reconnected worker may reserve its full prefetch at once, which is
+        # what it does on a first connect anyway.
+        "worker_enable_prefetch_count_reduction": False,
         "task_time_limit": time_limit_s,
         "task_soft_time_limit": max(time_limit_s - 10, time_limit_s * 0.9),
         "task_queues": (

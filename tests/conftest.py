@@ -23,11 +23,32 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def service_missing(what: str, error: Exception) -> None:
-    """Under CI a missing service fails the run; on a laptop it skips the test."""
+    """A service that is not reachable fails the run under CI (``.ci/run`` sets ``CI``) and
+    skips the test on a laptop. Any other error is the test's failure, never a skip."""
+    if not unreachable(error):
+        raise error
     message = f"{what} is not reachable: {error}"
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+_UNREACHABLE_TEXT = ("connection refused", "could not connect", "timeout expired", "timed out")
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says nothing answered at the
+    service's address: refused, reset or timed out, whatever client library wraps it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError):  # refused, reset, timed out
+            return True
+        if any(text in str(current).lower() for text in _UNREACHABLE_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def fresh_postgres_schema() -> str:
@@ -38,7 +59,7 @@ def fresh_postgres_schema() -> str:
         with engine.begin() as connection:
             connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         engine.dispose()
-    except Exception as exc:  # psycopg.OperationalError and friends
+    except Exception as exc:  # psycopg.OperationalError and friends; others re-raised
         service_missing("PostgreSQL at 127.0.0.1:5432", exc)
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
 

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,6 +156,9 @@ class WorkerProcess:
         queues: str = "payments,maintenance",
     ) -> None:
         self.hostname = f"crash-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a worker
+        # whose pipe fills (64 KiB of INFO lines) blocks on its next log line.
+        self.log = tempfile.NamedTemporaryFile(prefix="tender-worker-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -177,9 +181,8 @@ class WorkerProcess:
                 self.hostname,
             ],
             env={**os.environ, **env},
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
-            text=True,
         )
 
     def children(self) -> list[int]:
@@ -187,13 +190,16 @@ class WorkerProcess:
         return [int(pid) for pid in out.stdout.split()]
 
     def stop(self) -> str:
+        """Stop the worker; its output."""
         self.process.terminate()
         try:
-            output, _ = self.process.communicate(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output, _ = self.process.communicate()
-        return output or ""
+            self.process.wait()
+        output = Path(self.log.name).read_text(errors="replace")
+        self.log.close()
+        return output
 
 
 class EventTap:

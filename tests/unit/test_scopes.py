@@ -38,6 +38,25 @@ UNSCOPED = {
 }
 
 
+# The console's routes and the scope each must demand (surfaces/http/console/routes.py);
+# the admin-only actions behind the operate route (edit, delete) are checked in the route
+# itself (tests/unit/test_console.py).
+CONSOLE_SCOPES = {
+    ("GET", "/admin"): Scope.READ,
+    ("GET", "/admin/instances/new/{plugin}"): Scope.ADMIN,
+    ("POST", "/admin/instances/new/{plugin}"): Scope.ADMIN,
+    ("GET", "/admin/instances/{instance_id}"): Scope.READ,
+    ("GET", "/admin/instances/{instance_id}/edit"): Scope.ADMIN,
+    ("GET", "/admin/instances/{instance_id}/delete"): Scope.ADMIN,
+    ("POST", "/admin/instances/{instance_id}/{action}"): Scope.OPERATE,
+    ("GET", "/admin/payments"): Scope.READ,
+    ("GET", "/admin/payments/{payment_id}"): Scope.READ,
+    ("GET", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
+    ("POST", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
+    ("GET", "/admin/audit"): Scope.READ,
+}
+
+
 @pytest.fixture
 def client(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     from surfaces.http.app import create_app
@@ -83,7 +102,17 @@ def test_every_operator_and_billing_route_declares_a_scope(client: TestClient) -
     assert undeclared == []
 
 
+def scope_refused(answer: Any) -> bool:
+    """A 403 for the token's scope (a console form may also be refused for its CSRF
+    token or origin, which says so: that is not this check's refusal)."""
+    if answer.status_code != 403:
+        return False
+    return "scope" in answer.text
+
+
 def test_each_route_refuses_the_scopes_it_must(client: TestClient) -> None:
+    """Every route the app serves, the API's (in the OpenAPI description) and the
+    console's (left out of it), walked with a token of each scope and with none."""
     tokens = {
         scope: create_token(get_database(), f"{scope.value}-holder", [scope.value])[1]
         for scope in Scope
@@ -94,22 +123,36 @@ def test_each_route_refuses_the_scopes_it_must(client: TestClient) -> None:
         for r in api_routes(client.app.routes)  # type: ignore[attr-defined]
         for method in r.methods
     }
-    checked = 0
-    for path, operations in spec["paths"].items():
-        for method in operations:
-            needed = routes[(path, method.upper())]
-            if needed is None:
-                continue
-            url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
-            for scope, token in tokens.items():
-                answer = client.request(
-                    method.upper(), url, headers={"Authorization": f"Bearer {token}"}, json={}
-                )
-                allowed = any(s in IMPLIES[scope] for s in needed.scopes)
-                assert (answer.status_code == 403) is (not allowed), (method, path, scope)
-            assert client.request(method.upper(), url).status_code == 401
-            checked += 1
-    assert checked >= 12
+    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    assert documented <= set(routes)
+    checked: set[tuple[str, str]] = set()
+    for (path, method), needed in sorted(routes.items()):
+        if needed is None:
+            assert path in UNSCOPED, path
+            continue
+        url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
+        for scope, token in tokens.items():
+            answer = client.request(
+                method,
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                json={},
+                follow_redirects=False,
+            )
+            allowed = any(s in IMPLIES[scope] for s in needed.scopes)
+            assert scope_refused(answer) is (not allowed), (method, path, scope, answer.text)
+        anonymous = client.request(method, url, follow_redirects=False)
+        if path.startswith("/admin"):  # the console sends a person to its sign-in page
+            assert anonymous.status_code == 303, (method, path)
+            assert anonymous.headers["location"].startswith("/admin/sign-in")
+        else:
+            assert anonymous.status_code == 401, (method, path)
+        checked.add((path, method))
+    console = {(m, p): routes[(p, m)] for p, m in checked if p.startswith("/admin")}
+    assert len(checked) - len(console) >= 12
+    assert {key: needed.scopes for key, needed in console.items() if needed} == {
+        key: (scope,) for key, scope in CONSOLE_SCOPES.items()
+    }
 
 
 def test_unknown_revoked_and_expired_tokens_are_401(client: TestClient) -> None:
