@@ -173,7 +173,8 @@ class FlutterwaveProvider(PaymentProvider):
     # No signature over the body (only a shared hash) and no documented retry hint: the
     # body is never trusted, the API is asked instead.
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS}
+        # RETRY_HINTS: a 429's standard Retry-After is passed on when present.
+        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.RETRY_HINTS}
     )
 
     def __init__(self) -> None:

@@ -38,6 +38,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -79,6 +80,7 @@ from providers.base import (
     RefundStatus,
     WebhookEvent,
     probe_health,
+    utcnow,
 )
 from providers.errors import (
     ConfigurationError,
@@ -152,6 +154,11 @@ class PayPalConfig(ProviderConfig):
         return_url: where the payer lands after approving.
         cancel_url: where the payer lands after cancelling.
         timeout_s: seconds one API call may take.
+        webhook_tolerance_s: how old a delivery's signed ``PAYPAL-TRANSMISSION-TIME`` may
+            be. PayPal retries a delivery "up to 25 times over 3 days"
+            (https://developer.paypal.com/api/rest/webhooks/rest/) and does not say that
+            a retry is stamped anew, so the default is that window and a day: anything
+            older is a replay. Younger replays are caught by the event id.
     """
 
     client_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")
@@ -164,6 +171,7 @@ class PayPalConfig(ProviderConfig):
     return_url: str = "https://example.com/paid"
     cancel_url: str = "https://example.com/cancelled"
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_tolerance_s: int = Field(default=4 * 86_400, ge=300, le=30 * 86_400)
 
     @field_validator("client_secret")
     @classmethod
@@ -289,9 +297,14 @@ class PayPalProvider(PaymentProvider):
         {"api-m.paypal.com", "api-m.sandbox.paypal.com"}
     )
     # PayPal's verify call checks the signature over the event's content (not its bytes)
-    # and gives no Retry-After on a rate limit.
+    # and its transmission time, and PayPal gives no Retry-After on a rate limit.
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.SIGNED_CONTENT}
+        {
+            Capability.PENDING_CHECKOUT,
+            Capability.PARTIAL_REFUNDS,
+            Capability.SIGNED_CONTENT,
+            Capability.SIGNED_TIMESTAMPS,
+        }
     )
 
     def __init__(self) -> None:
@@ -687,6 +700,7 @@ class PayPalProvider(PaymentProvider):
             # PayPal's verify call fetches the certificate, Tender never does; an address
             # that is not PayPal's is a forgery whatever the rest says.
             raise WebhookSignatureError("PAYPAL-CERT-URL is not a paypal.com address")
+        self._check_transmission_age(transmission["transmission-time"])
         try:
             event = json.loads(raw_body)
             if not isinstance(event, dict):
@@ -699,6 +713,22 @@ class PayPalProvider(PaymentProvider):
             return await self._event(event)
         except (KeyError, TypeError, AttributeError, MoneyError, ArithmeticError) as exc:
             raise WebhookPayloadError(f"unreadable PayPal event: {type(exc).__name__}") from None
+
+    def _check_transmission_age(self, transmitted: str) -> None:
+        """Refuse a delivery older than ``webhook_tolerance_s`` before asking PayPal: the
+        time is part of what PayPal signs, so an old one cannot be passed off as new."""
+        try:
+            at = datetime.fromisoformat(transmitted.replace("Z", "+00:00"))
+        except ValueError:
+            raise WebhookSignatureError("PAYPAL-TRANSMISSION-TIME is not a time") from None
+        if at.tzinfo is None:
+            raise WebhookSignatureError("PAYPAL-TRANSMISSION-TIME has no time zone")
+        age_s = (utcnow() - at).total_seconds()
+        if age_s > self.settings.webhook_tolerance_s:
+            raise WebhookSignatureError(
+                f"PayPal transmission is {age_s / 3600:.0f} h old, older than the "
+                f"{self.settings.webhook_tolerance_s / 3600:.0f} h tolerance: a replay"
+            )
 
     async def _signature_verified(self, transmission: dict[str, str], event: Any) -> bool:
         """PayPal's own answer on the signature (``POST

@@ -71,6 +71,9 @@ class SandboxConfig(ProviderConfig):
     ambiguous_timeout: bool = False  # charge, then raise OutcomeUnknown
     pending_methods: list[str] = Field(default_factory=lambda: ["bank_transfer"])
     charge_book: str | None = None  # a file path shared by processes; None: process memory
+    # The sandbox's own client timeout, as the HTTP providers have one: an answer delayed
+    # past it is OutcomeUnknown. None: no timeout of its own (the worker's call bound).
+    timeout_s: float | None = Field(default=None, gt=0, le=120)
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,16 @@ class SandboxProvider(PaymentProvider):
         charge, _created = self.book.charge(
             request.reference, request.amount_minor, request.currency, status
         )
-        if self.settings.response_delay_ms:
-            await asyncio.sleep(self.settings.response_delay_ms / 1000)
+        delay_s = self.settings.response_delay_ms / 1000
+        if self.settings.timeout_s is not None and delay_s > self.settings.timeout_s:
+            # as an HTTP client would: wait out its timeout, then say it does not know
+            await asyncio.sleep(self.settings.timeout_s)
+            raise OutcomeUnknown(
+                f"sandbox did not answer in {self.settings.timeout_s} s after charging",
+                provider=self.name,
+            )
+        if delay_s:
+            await asyncio.sleep(delay_s)
         if self.settings.ambiguous_timeout:
             raise OutcomeUnknown("sandbox timed out after charging", provider=self.name)
         if charge.status is OutcomeStatus.FAILED:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from providers.base import PaymentProvider, PaymentRequest, derive_reference
+from providers.base import OutcomeStatus, PaymentProvider, PaymentRequest, derive_reference
 from providers.flutterwave import FlutterwaveProvider
 from providers.paypal import PayPalProvider
 from providers.paystack import PaystackProvider
@@ -44,6 +44,7 @@ class Harness(ABC):
 
     plugin_class: ClassVar[type[PaymentProvider]]
     currency: ClassVar[str] = "NGN"
+    stale_s: ClassVar[float] = 3600  # a webhook this old is a replay (SIGNED_TIMESTAMPS)
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -106,7 +107,11 @@ class SandboxHarness(Harness):
         self.book_path = str(folder / "conformance-charges.db")
 
     def config(self) -> dict[str, Any]:
-        return {"charge_book": self.book_path, "api_key": "sk_sandbox_conformance_0123456789"}
+        return {
+            "charge_book": self.book_path,
+            "api_key": "sk_sandbox_conformance_0123456789",
+            "timeout_s": TIMEOUT_S,
+        }
 
     def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
         email = "decline-me@example.com" if outcome == "decline" else "ada@example.com"
@@ -116,7 +121,8 @@ class SandboxHarness(Harness):
         )
 
     def charges(self, reference: str) -> int:
-        return 1 if charge_book(self.book_path).get(reference) is not None else 0
+        charge = charge_book(self.book_path).get(reference)
+        return 1 if charge is not None and charge.status is OutcomeStatus.SUCCEEDED else 0
 
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
         charge = charge_book(self.book_path).get(reference)
@@ -174,10 +180,12 @@ class FakeServerHarness(Harness):
             yield self.plugin(**self.revoked)
             return
         self.fake.fault = self.faults[kind]
+        self.fake.retry_after_s = 2 if kind == "rate_limited" else None
         try:
             yield self.plugin()
         finally:
             self.fake.fault = None
+            self.fake.retry_after_s = None
 
     @contextlib.contextmanager
     def slow_health(self) -> Iterator[PaymentProvider]:
@@ -211,6 +219,11 @@ class PaystackHarness(FakeServerHarness):
         return self.new_request(payment_token=token, amount_minor=amount_minor)
 
     def charges(self, reference: str) -> int:
+        """Accepted charges whose transaction took the money (a declined authorization
+        leaves a ``failed`` transaction in Paystack's books, and no money)."""
+        transaction = self.fake.transaction(reference)
+        if transaction is None or transaction["status"] != "success":
+            return 0
         return self.fake.charges_count(reference)
 
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
@@ -277,6 +290,7 @@ class FlutterwaveHarness(FakeServerHarness):
 
 class PayPalHarness(FakeServerHarness):
     revoked: ClassVar[dict[str, str]] = {"client_secret": "E" + "0" * 40}
+    stale_s: ClassVar[float] = 5 * 86_400  # past PayPal's 3-day retry window and a day
     plugin_class = PayPalProvider
     currency = "USD"
 
@@ -301,7 +315,8 @@ class PayPalHarness(FakeServerHarness):
         return self.fake.charges_count(reference)
 
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
-        return self.fake.webhook("PAYMENT.CAPTURE.COMPLETED", self.fake.capture_of(reference))
+        capture = self.fake.capture_of(reference)
+        return self.fake.webhook("PAYMENT.CAPTURE.COMPLETED", capture, age_s=age_s)
 
     def tamper(self, raw: bytes) -> bytes:
         event = json.loads(raw)

@@ -28,6 +28,10 @@ class LoopbackFake:
     def __init__(self) -> None:
         self._stopping = threading.Event()  # set on stop: a held ("slow") answer gives up
         self._server: QuietServer | None = None
+        # A probe: when set, every 429 carries ``Retry-After`` (RFC 9110 section 10.2.3),
+        # so a plugin that declares it passes hints on is held to it, and one that does
+        # not is seen inventing none (tests/conformance).
+        self.retry_after_s: int | None = None
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
@@ -82,6 +86,9 @@ class JsonHandler(BaseHTTPRequestHandler):
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> None:
+        hint = getattr(getattr(self.server, "fake", None), "retry_after_s", None)
+        if status == 429 and hint is not None and "Retry-After" not in (headers or {}):
+            headers = {**(headers or {}), "Retry-After": str(hint)}
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -47,7 +47,7 @@ import string
 import threading
 import time
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
@@ -202,9 +202,15 @@ class FakePayPal(LoopbackFake):
             )
 
     def webhook(
-        self, event_type: str, resource: dict[str, Any], *, webhook_id: str | None = None
+        self,
+        event_type: str,
+        resource: dict[str, Any],
+        *,
+        webhook_id: str | None = None,
+        age_s: float = 0,
     ) -> tuple[bytes, dict[str, str]]:
-        """An event as PayPal POSTs it, with its transmission headers."""
+        """An event as PayPal POSTs it, with its transmission headers (transmitted
+        ``age_s`` ago, as a replayed delivery would carry it)."""
         resource_type = "checkout-order" if event_type.startswith("CHECKOUT.") else "capture"
         if event_type.endswith("REFUNDED"):
             resource_type = "refund"
@@ -222,7 +228,7 @@ class FakePayPal(LoopbackFake):
         transmission_id = (
             f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-11ef-{secrets.token_hex(6)}"
         )
-        transmitted = now_iso()
+        transmitted = (datetime.now(UTC) - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
         signature = self._sign(transmission_id, transmitted, webhook_id or self.webhook_id, event)
         raw = json.dumps(event).encode()
         return raw, {
