@@ -7,6 +7,7 @@ with the ledger on a fresh PostgreSQL schema. Under CI a missing service fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.signals import task_postrun
 
 from config.settings import reset_settings
 from registry.db import forget_databases
@@ -142,6 +144,24 @@ def wait_for(predicate: Any, timeout_s: float = 20.0, interval_s: float = 0.05) 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def finished_tasks() -> Iterator[set[str]]:
+    """The ids of tasks the session's embedded worker (a thread of this process) has run
+    to an end: succeeded or failed, not merely retried. Lets a test wait for duplicate
+    deliveries to finish instead of sleeping."""
+    done: set[str] = set()
+
+    def record(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+        if task_id is not None and state != "RETRY":
+            done.add(task_id)
+
+    task_postrun.connect(record, weak=False)
+    try:
+        yield done
+    finally:
+        task_postrun.disconnect(record)
 
 
 class WorkerProcess:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from providers.money import FloatAmount, UnknownCurrency
 from providers.sandbox import charge_book
 from registry.db import get_database
-from tests.integration.conftest import EventTap, wait_for
+from tests.integration.conftest import EventTap, finished_tasks, wait_for
 from workers import runtime
 from workers.ledger.records import Payment
 from workers.payments.client import (
@@ -72,12 +72,13 @@ def test_same_idempotency_key_and_duplicate_task_charge_once(worker, tenant, boo
     again = request_payment(
         "ord-2", "10", "NGN", "ada@example.com", tenant_id=tenant, idempotency_key="k-2"
     )
-    for _ in range(3):  # the broker delivering the same task several times
-        process_payment_task.apply_async(args=[str(first.payment_id)])
-
-    assert again.payment_id == first.payment_id and again.created is False
-    assert wait_for(lambda: settled(first.payment_id)).status == "succeeded"
-    time.sleep(1.0)  # let every duplicate delivery run to its end
+    with finished_tasks() as done:
+        duplicates = {  # the broker delivering the same task several times
+            process_payment_task.apply_async(args=[str(first.payment_id)]).id for _ in range(3)
+        }
+        assert again.payment_id == first.payment_id and again.created is False
+        assert wait_for(lambda: settled(first.payment_id)).status == "succeeded"
+        wait_for(lambda: duplicates <= done, timeout_s=30)  # every duplicate ran to its end
     book = charge_book(book_path)
     assert book.count() == 1 and book.refused_repeats() == 0
     with get_database().sessions() as session:

@@ -9,7 +9,6 @@ import os
 import random
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -25,7 +24,7 @@ from providers.base import derive_reference
 from registry.db import get_database
 from registry.instances import InstanceView
 from tests.fakes.paystack import DECLINED_AUTHORIZATION, GOOD_AUTHORIZATION, FakePaystack
-from tests.integration.conftest import EventTap, wait_for
+from tests.integration.conftest import EventTap, finished_tasks, wait_for
 from workers import runtime
 from workers.ledger.outbox import OutboxEvent
 from workers.ledger.records import WebhookReceipt
@@ -297,12 +296,15 @@ def test_reference_paystack_already_has_reports_its_real_outcome(
 
     receipt = pay(tenant, token=GOOD_AUTHORIZATION, order=order)
     assert receipt.reference == reference
-    view = wait_status(receipt.payment_id, outcome)
-    for _ in range(2):  # the broker delivering the task again changes nothing
-        process_payment_task.apply_async(args=[str(receipt.payment_id)])
-    time.sleep(0.5)
+    wait_status(receipt.payment_id, outcome)
+    with finished_tasks() as done:  # the broker delivering the task again changes nothing
+        again = {
+            process_payment_task.apply_async(args=[str(receipt.payment_id)]).id for _ in range(2)
+        }
+        wait_for(lambda: again <= done, timeout_s=30)
 
-    assert get_payment(receipt.payment_id).status == outcome
+    view = get_payment(receipt.payment_id)
+    assert view.status == outcome
     assert [(a.operation, a.outcome) for a in view.attempts] == [("charge", outcome)]
     assert fake_paystack.charges_count(reference) == 1
     assert outbox_of(receipt.payment_id) == [f"payment.{outcome}"]

@@ -58,11 +58,12 @@ def test_cli_adds_stripe_pays_through_the_sdk_and_a_webhook_settles_it(
     assert added.exit_code == 0, added.output
     assert fake_stripe.webhook_secret not in added.output
 
+    order_id = f"ord-{uuid.uuid4().hex[:6]}"
     paid = runner.invoke(
         cli,
         [
             "pay",
-            f"ord-{uuid.uuid4().hex[:6]}",
+            order_id,
             "25.00",
             "USD",
             "ada@example.com",
@@ -83,7 +84,7 @@ def test_cli_adds_stripe_pays_through_the_sdk_and_a_webhook_settles_it(
         form for method, path, form in fake_stripe.requests if path == "/v1/checkout/sessions"
     )
     assert sent["line_items"][0]["price_data"] == {
-        "currency": "usd", "unit_amount": "2500", "product_data": {"name": sent["line_items"][0]["price_data"]["product_data"]["name"]},
+        "currency": "usd", "unit_amount": "2500", "product_data": {"name": f"Order {order_id}"},
     }  # fmt: skip
 
     session = fake_stripe.complete_checkout(view.provider_reference)

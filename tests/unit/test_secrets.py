@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -204,12 +205,25 @@ def test_a_key_list_that_cannot_open_a_secret_leaves_everything_as_it_was(
     reset_settings()
     runtime.reset()
     runtime.registry().create_instance("sandbox", {"api_key": "sk_sandbox_keep_me_22"})
+    before = stored_instance_rows()
     monkeypatch.setenv("TENDER_SECRETS_KEY", Fernet.generate_key().decode())  # the old one lost
     reset_settings()
     runtime.reset()
     result = CliRunner().invoke(app, ["secrets", "rotate"])
     assert result.exit_code == 1 and "TENDER_SECRETS_KEY" in result.output
     assert "Traceback" not in result.output
+    assert stored_instance_rows() == before  # not one row re-encrypted, half or whole
     # and a worker refuses to start with it, in one line naming the setting
     started = CliRunner().invoke(app, ["worker"])
     assert started.exit_code == 1 and "TENDER_SECRETS_KEY" in started.output
+
+
+def stored_instance_rows() -> list[tuple[Any, ...]]:
+    """Every instance row as stored: its config, secrets sealed, exactly as written."""
+    from sqlalchemy import text
+
+    from registry.db import get_database
+
+    with get_database().sessions() as session:
+        rows = session.execute(text("SELECT id, config, version FROM plugin_instances ORDER BY id"))
+        return [tuple(row) for row in rows]

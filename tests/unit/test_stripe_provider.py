@@ -99,13 +99,19 @@ def test_not_found_by_search_is_unknown_never_not_charged(fake: FakeStripe) -> N
 
 
 def test_partial_refunds_have_keys_of_their_own(fake: FakeStripe) -> None:
+    """Each refund's Idempotency-Key comes from Tender's refund id: two equal partial
+    refunds are two refunds at Stripe, and a retry of one replays it."""
     plugin = provider(fake)
     req = request()
     asyncio.run(plugin.process_payment(req))
-    asyncio.run(plugin.refund(req.reference, 250))
-    asyncio.run(plugin.refund(req.reference, 300))
-    refunds = [form for _, path, form in fake.requests if path == "/v1/refunds"]
-    assert [r["amount"] for r in refunds] == ["250", "300"]
+    first = asyncio.run(plugin.refund(req.reference, 250, refund_key="rf-first"))
+    second = asyncio.run(plugin.refund(req.reference, 250, refund_key="rf-second"))
+    retried = asyncio.run(plugin.refund(req.reference, 250, refund_key="rf-first"))
+    keys = [key for path, key in fake.idempotency_keys if path == "/v1/refunds"]
+    assert len(keys) == 3 and all(keys)
+    assert keys[0] != keys[1] and keys[2] == keys[0]
+    assert first.refund_id != second.refund_id and retried.refund_id == first.refund_id
+    assert fake._refunded[fake.intent_for(req.reference)["id"]] == 500
 
 
 def test_the_fake_decodes_stripes_bracket_notation() -> None:

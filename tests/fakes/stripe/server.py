@@ -99,6 +99,7 @@ class FakeStripe(LoopbackFake):
         self.fault: Fault | None = None
         self.slow_s = slow_s
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.idempotency_keys: list[tuple[str, str | None]] = []  # (path, key) of each POST
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._intents: dict[str, dict[str, Any]] = {}
@@ -403,6 +404,8 @@ class _Handler(JsonHandler):
         raw = self.rfile.read(length).decode() if length else ""
         form = decode_form(raw)
         fake.requests.append((method, split.path, form))
+        if method == "POST":
+            fake.idempotency_keys.append((split.path, self.headers.get("Idempotency-Key")))
         if fake.fault == "5xx":
             return self._answer(*stripe_error(500, "api_error", "An unknown error occurred"))
         if fake.fault == "429":
