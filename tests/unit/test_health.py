@@ -126,6 +126,10 @@ class ScriptedConfig(ProviderConfig):
     behaviour: str = "healthy"  # healthy | degraded | down | hang | raise | garbage | reject
 
 
+HANGING: list[int] = []  # "hang" checks in flight now
+HANGING_PEAK = [0]  # the most in flight at once
+
+
 class ScriptedProvider(PaymentProvider):
     """A provider whose health check does what its config says."""
 
@@ -143,7 +147,12 @@ class ScriptedProvider(PaymentProvider):
     async def health_check(self) -> HealthCheck:
         behaviour = self.behaviour
         if behaviour == "hang":
-            await asyncio.sleep(3600)
+            HANGING.append(1)
+            HANGING_PEAK[0] = max(HANGING_PEAK[0], len(HANGING))
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                HANGING.pop()
         if behaviour == "raise":
             raise RuntimeError("socket exploded")
         if behaviour == "garbage":
@@ -202,10 +211,9 @@ def test_a_rejected_key_is_a_configuration_error_and_the_key_never_shows() -> No
 
 def test_checks_run_at_once_and_a_hanging_one_times_out() -> None:
     plugins = {uuid.uuid4(): scripted(b) for b in ("hang", "healthy", "hang", "degraded")}
-    started = time.perf_counter()
+    HANGING_PEAK[0] = 0
     observations = asyncio.run(observe_all(plugins, timeout_s=0.3))
-    elapsed = time.perf_counter() - started
-    assert elapsed < 1.0  # concurrently: not 2 x 0.3 s plus the rest
+    assert HANGING_PEAK[0] == 2  # both hanging checks were in flight at once, not in turn
     statuses = [observations[i].status for i in plugins]
     assert statuses == [UNHEALTHY, HEALTHY, UNHEALTHY, DEGRADED]
     hung = observations[next(iter(plugins))]
@@ -213,10 +221,11 @@ def test_checks_run_at_once_and_a_hanging_one_times_out() -> None:
 
 
 def test_a_check_that_ignores_cancellation_cannot_hold_up_the_run() -> None:
+    released = threading.Event()  # the stubborn check runs until the test lets it go
+
     class Stubborn(ScriptedProvider):
         async def health_check(self) -> HealthCheck:
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
+            while not released.is_set():
                 try:
                     await asyncio.sleep(0.05)
                 except asyncio.CancelledError:
@@ -227,11 +236,11 @@ def test_a_check_that_ignores_cancellation_cannot_hold_up_the_run() -> None:
     stubborn.configure({})
     loop = ProviderLoop()
     try:
-        started = time.perf_counter()
-        result = loop.run(observe_all({uuid.uuid4(): stubborn}, timeout_s=0.2), timeout_s=5)
-        assert time.perf_counter() - started < 1.0
+        result = loop.run(observe_all({uuid.uuid4(): stubborn}, timeout_s=0.2), timeout_s=30)
+        assert not released.is_set()  # the run answered while the check still ran
         assert next(iter(result.values())).message.startswith("health check timed out")
     finally:
+        released.set()
         loop.close()
 
 
@@ -436,9 +445,7 @@ def test_every_change_of_health_is_an_event_in_the_outbox_and_published(
 def test_hanging_raising_and_garbage_checks_count_as_failures(harness: Harness) -> None:
     behaviours = ("hang", "raise", "garbage", "healthy")
     ids = {b: harness.add(b, plugin="scripted", config={"behaviour": b}) for b in behaviours}
-    started = time.perf_counter()
-    report = harness.run()
-    assert time.perf_counter() - started < 3
+    report = harness.run()  # returns: the hanging check's timeout ended it (message below)
     assert report["unhealthy"] == 3 and report["healthy"] == 1
     messages = {b: harness.history(i)[0].message for b, i in ids.items()}
     assert messages["hang"] == "health check timed out after 0.5 s"

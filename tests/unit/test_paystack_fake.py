@@ -265,7 +265,7 @@ def test_stop_does_not_wait_for_a_held_answer() -> None:
     started = time.perf_counter()
     fake.stop()
 
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 15  # the held answer would take 30 s
 
 
 class _Receiver(BaseHTTPRequestHandler):

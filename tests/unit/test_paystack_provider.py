@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -269,10 +268,9 @@ def test_answer_slower_than_timeout_is_unknown_and_verify_finds_one_charge(
     request = payment(token=GOOD_AUTHORIZATION)
     fake_paystack.fault = "slow"
 
-    started = time.perf_counter()
+    # The fake answers success after 1.5 s: only the client's own timeout makes this unknown.
     with pytest.raises(OutcomeUnknown):
         run(provider.process_payment(request))
-    assert time.perf_counter() - started < 1.2  # bounded by timeout_s, not the fake's 1.5 s
 
     fake_paystack.fault = None
     outcome = run(provider.verify_payment(request.reference))
