@@ -265,9 +265,18 @@ class _TokenCache:
         return token
 
     def renew(self, auth: OAuth2) -> OAuthToken:
-        """A new token now (the health check: proves the credentials still work)."""
+        """A new token now (the health check: proves the credentials still work).
+
+        The SDK keeps the token this cache last handed it and asks again only once that
+        one has expired; the old one is marked expired, so the SDK's next call takes the
+        new one. Otherwise a 401 on the old token would expire the new one (the cache's),
+        and the retry would send the refused token again (issue 33)."""
         with self._lock:
-            return self._fetch(auth)
+            handed = self._token
+            token = self._fetch(auth)
+            if handed is not None and handed is not token:
+                handed.expiry = 0
+            return token
 
     @property
     def current(self) -> OAuthToken | None:

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from config.settings import get_settings
-from providers.base import OutcomeStatus, PaymentRequest, RefundStatus, derive_reference
+from providers.base import (
+    HealthStatus,
+    OutcomeStatus,
+    PaymentRequest,
+    RefundStatus,
+    derive_reference,
+)
 from providers.errors import (
     ConfigurationError,
     OutcomeUnknown,
@@ -92,6 +98,20 @@ def test_a_refused_token_is_renewed_once_and_the_call_repeated(fake: FakePayPal)
     again = request()
     assert asyncio.run(plugin.process_payment(again)).status is OutcomeStatus.SUCCEEDED
     assert fake.token_requests == 2 and fake.charges_count(again.reference) == 1
+
+
+def test_a_token_refused_after_a_health_check_renewed_it_is_renewed_again(
+    fake: FakePayPal,
+) -> None:
+    """The health check renews the instance's token while the SDK still holds the one
+    before it: a 401 must renew what the SDK sends, not only the cache's (issue 33)."""
+    plugin = provider(fake)
+    asyncio.run(plugin.process_payment(request()))  # the SDK now holds token 1
+    assert asyncio.run(plugin.health_check()).status is HealthStatus.HEALTHY  # token 2
+    fake.revoke_tokens()  # PayPal drops both before their expiry
+    again = request()
+    assert asyncio.run(plugin.process_payment(again)).status is OutcomeStatus.SUCCEEDED
+    assert fake.token_requests == 3 and fake.charges_count(again.reference) == 1
 
 
 def test_an_expiring_token_is_renewed_before_paypal_refuses_it() -> None:
