@@ -37,6 +37,8 @@ from tests.fakes.stripe.server import FakeStripe
 Outcome = Literal["succeed", "decline", "pending"]
 Fault = Literal["stall_after_recording", "server_error", "rate_limited", "down", "revoked_key"]
 TIMEOUT_S = 0.6  # the client timeout harnesses configure; a "stall" outlasts it
+HEALTH_TIMEOUT_S = 3.0  # the slow health check's client timeout (DEGRADED past 2.4 s)
+HEALTH_HOLD_S = 2.5  # how long the fake holds that check's answer
 
 
 class Harness(ABC):
@@ -189,10 +191,12 @@ class FakeServerHarness(Harness):
 
     @contextlib.contextmanager
     def slow_health(self) -> Iterator[PaymentProvider]:
-        self.fake.slow_s = TIMEOUT_S * 0.9
+        # Slower than 80% of the timeout (DEGRADED) by the fake's own hold, and half a
+        # second inside it, so a loaded machine does not turn slow into timed out.
+        self.fake.slow_s = HEALTH_HOLD_S
         self.fake.fault = "slow"
         try:
-            yield self.plugin()
+            yield self.plugin(timeout_s=HEALTH_TIMEOUT_S)
         finally:
             self.fake.fault = None
             self.fake.slow_s = TIMEOUT_S * 2
@@ -326,9 +330,9 @@ class PayPalHarness(FakeServerHarness):
     @contextlib.contextmanager
     def slow_health(self) -> Iterator[PaymentProvider]:
         """PayPal's health check is a token request: the OAuth endpoint answers slowly."""
-        self.fake.token_delay_s = TIMEOUT_S * 0.9
+        self.fake.token_delay_s = HEALTH_HOLD_S
         try:
-            yield self.plugin()
+            yield self.plugin(timeout_s=HEALTH_TIMEOUT_S)
         finally:
             self.fake.token_delay_s = 0.0
 

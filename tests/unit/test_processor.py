@@ -183,14 +183,26 @@ def test_tokens_differ_across_forked_processes() -> None:
     assert os.read(read, 16) != new_token().bytes
 
 
-def test_success_for_another_amount_is_never_reported_as_paid(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("paid", "currency"),
+    [(-1, "same"), (None, "same"), (0, None)],
+    ids=["a-kobo-short", "no-amount", "no-currency"],
+)
+def test_success_for_another_or_no_amount_is_never_reported_as_paid(  # type: ignore[no-untyped-def]
+    processor, tmp_path, paid, currency
+) -> None:
+    """A success for another amount, or one that does not say what was paid (a plugin that
+    could not read the provider's amount), is ``unknown`` with an alert (issue 33, item 7)."""
     from typing import ClassVar
+
+    from sqlalchemy import select
 
     from providers.base import OutcomeStatus, PaymentOutcome, PaymentRequest
     from providers.sandbox import SandboxProvider
+    from workers.ledger.outbox import outbox_table
 
     class ShortPaying(SandboxProvider):
-        """Answers success, for one kobo less than asked (a provider bug or a forged checkout)."""
+        """Answers success, for less than asked or for an amount it does not give."""
 
         name: ClassVar[str] = "shortpaying"
 
@@ -198,8 +210,8 @@ def test_success_for_another_amount_is_never_reported_as_paid(processor, tmp_pat
             return PaymentOutcome(
                 status=OutcomeStatus.SUCCEEDED,
                 reference=request.reference,
-                amount_minor=request.amount_minor - 1,
-                currency=request.currency,
+                amount_minor=None if paid is None else request.amount_minor + paid,
+                currency=request.currency if currency == "same" else None,
             )
 
     proc, publisher = processor
@@ -210,6 +222,9 @@ def test_success_for_another_amount_is_never_reported_as_paid(processor, tmp_pat
     view = get_payment(payment_id)
     assert view.status == "unknown" and view.error_code == "amount_mismatch"
     assert [t for t, _ in publisher.published] == ["payment.unknown"]
+    with get_database().sessions() as session:
+        types = session.execute(select(outbox_table.c.event_type)).scalars().all()
+    assert "alert.raised" in types
 
 
 def test_provider_error_text_is_scrubbed_of_secrets(processor, tmp_path) -> None:  # type: ignore[no-untyped-def]

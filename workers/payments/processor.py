@@ -107,12 +107,21 @@ _MARK_HOP = (
 
 
 def outcome_mismatch(outcome: PaymentOutcome, amount_minor: int, currency: str) -> str | None:
-    """Why a successful outcome disagrees with the ledger's amount or currency, if it does."""
+    """Why a successful outcome disagrees with the ledger's amount or currency, if it does.
+
+    A success that does not say what was paid is not taken on trust either (a plugin that
+    could not read the provider's amount sets None): the payment goes to ``unknown`` with
+    an alert, as the webhook path already does, never to ``succeeded``."""
     if outcome.status is not OutcomeStatus.SUCCEEDED:
         return None
-    if outcome.amount_minor is not None and outcome.amount_minor != amount_minor:
+    if outcome.amount_minor is None or outcome.currency is None:
+        return (
+            f"provider reports success without the amount paid ({outcome.amount_minor} "
+            f"{outcome.currency}), ledger expects {amount_minor} {currency}"
+        )
+    if outcome.amount_minor != amount_minor:
         return f"provider reports {outcome.amount_minor} minor units paid, ledger expects {amount_minor}"
-    if outcome.currency is not None and outcome.currency != currency:
+    if outcome.currency != currency:
         return f"provider reports currency {outcome.currency}, ledger expects {currency}"
     return None
 
