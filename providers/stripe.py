@@ -198,6 +198,12 @@ def to_stripe_amount(amount_minor: int, currency: str) -> int:
     return amount_minor
 
 
+def _metadata_of(intent: Any) -> dict[str, Any]:
+    """An SDK PaymentIntent's metadata as a plain dict (the SDK wraps it in a StripeObject)."""
+    metadata = getattr(intent, "metadata", None)
+    return metadata.to_dict() if metadata is not None else {}
+
+
 def from_stripe_amount(amount: int, currency: str) -> int:
     """Stripe's ``amount`` as ISO minor units."""
     currency = currency.upper()
@@ -206,15 +212,44 @@ def from_stripe_amount(amount: int, currency: str) -> int:
 
 # --- the provider ----------------------------------------------------------------------------
 
-_PI_STATUS = {
-    "succeeded": OutcomeStatus.SUCCEEDED,
-    "processing": OutcomeStatus.PENDING,
-    "requires_action": OutcomeStatus.PENDING,
-    "requires_confirmation": OutcomeStatus.PENDING,
-    "requires_capture": OutcomeStatus.PENDING,
-    "requires_payment_method": OutcomeStatus.FAILED,
-    "canceled": OutcomeStatus.FAILED,
+# A PaymentIntent's status as Tender's outcome, by the flow that made the intent: Stripe's
+# PaymentIntent lifecycle (https://docs.stripe.com/payments/paymentintents/lifecycle).
+# "After a failed payment attempt, the PaymentIntent returns to requires_payment_method":
+# on a Checkout page the customer can still try another card until the session expires
+# (https://docs.stripe.com/api/checkout/sessions/object#checkout_session_object-expires_at),
+# so it is not final; on a saved method charged off-session nobody is there to, so it is.
+FLOW_KEY = "tender_flow"  # metadata: "checkout" or "saved"
+_PI_STATUS: dict[str, dict[str, OutcomeStatus]] = {
+    "checkout": {
+        "succeeded": OutcomeStatus.SUCCEEDED,
+        "processing": OutcomeStatus.PENDING,
+        "requires_action": OutcomeStatus.PENDING,
+        "requires_confirmation": OutcomeStatus.PENDING,
+        "requires_capture": OutcomeStatus.PENDING,
+        "requires_payment_method": OutcomeStatus.PENDING,  # the customer may try again
+        "canceled": OutcomeStatus.FAILED,
+    },
+    "saved": {
+        "succeeded": OutcomeStatus.SUCCEEDED,
+        "processing": OutcomeStatus.PENDING,
+        "requires_action": OutcomeStatus.PENDING,
+        "requires_confirmation": OutcomeStatus.PENDING,
+        "requires_capture": OutcomeStatus.PENDING,
+        "requires_payment_method": OutcomeStatus.FAILED,  # declined, and nobody to retry
+        "canceled": OutcomeStatus.FAILED,
+    },
 }
+
+
+def intent_status(status: str, metadata: Mapping[str, Any] | None) -> OutcomeStatus:
+    """Tender's outcome for a PaymentIntent ``status``, by the flow in its ``metadata``
+    (an intent without one is read as a checkout's: a payable order is never failed on a
+    guess). An unknown status waits (PENDING)."""
+    flow = (metadata or {}).get(FLOW_KEY)
+    table = _PI_STATUS["saved" if flow == "saved" else "checkout"]
+    return table.get(status, OutcomeStatus.PENDING)
+
+
 _REFUND_STATUS = {
     "succeeded": RefundStatus.SUCCEEDED,
     "pending": RefundStatus.PENDING,
@@ -347,7 +382,7 @@ class StripeProvider(PaymentProvider):
                 "payment_method": request.payment_token.get_secret_value(),
                 "confirm": True,
                 "return_url": self.settings.return_url,
-                "metadata": metadata,
+                "metadata": metadata | {FLOW_KEY: "saved"},
                 "receipt_email": request.customer_email,
             }
             if self.settings.statement_descriptor:
@@ -378,7 +413,7 @@ class StripeProvider(PaymentProvider):
                     "client_reference_id": request.reference,
                     "customer_email": request.customer_email,
                     "metadata": metadata,
-                    "payment_intent_data": {"metadata": metadata},
+                    "payment_intent_data": {"metadata": metadata | {FLOW_KEY: "checkout"}},
                 },
                 self._options(request.reference, "checkout"),
             ),
@@ -394,7 +429,7 @@ class StripeProvider(PaymentProvider):
         )
 
     def _intent_outcome(self, intent: Any, reference: str) -> PaymentOutcome:
-        status = _PI_STATUS.get(intent.status, OutcomeStatus.PENDING)
+        status = intent_status(intent.status, _metadata_of(intent))
         action_url = None
         if intent.status == "requires_action" and intent.next_action is not None:
             redirect = getattr(intent.next_action, "redirect_to_url", None)
@@ -498,7 +533,7 @@ class StripeProvider(PaymentProvider):
         obj = event["data"]["object"]
         base = {"provider": self.name, "event_id": str(event["id"]), "event_type": kind}
         if obj.get("object") == "payment_intent":
-            status = _PI_STATUS.get(obj["status"])
+            status = intent_status(obj["status"], obj.get("metadata"))
             return WebhookEvent(
                 **base,
                 reference=(obj.get("metadata") or {}).get(REFERENCE_KEY),

@@ -120,3 +120,45 @@ def test_the_fake_decodes_stripes_bracket_notation() -> None:
         "a": {"b": "1"},
         "line_items": [{"price_data": {"currency": "usd"}, "quantity": "1"}],
     }
+
+
+def test_a_declined_attempt_in_checkout_is_not_final_and_the_next_card_pays(
+    fake: FakeStripe,
+) -> None:
+    """Stripe returns the intent to ``requires_payment_method`` after a failed attempt and
+    Checkout lets the customer try another card
+    (https://docs.stripe.com/payments/paymentintents/lifecycle): the decline's webhook
+    changes nothing, and the later success is the payment's outcome (issue 33, item 2)."""
+    plugin = provider(fake)
+    checkout = request(token=None)
+    pending = asyncio.run(plugin.process_payment(checkout))
+    assert pending.status is OutcomeStatus.PENDING
+
+    declined = fake.fail_checkout_attempt(checkout.reference)
+    raw, headers = fake.webhook("payment_intent.payment_failed", declined)
+    event = asyncio.run(plugin.parse_webhook(raw, headers))
+    assert event.reference == checkout.reference and event.status is None  # still payable
+    assert asyncio.run(plugin.verify_payment(checkout.reference)).status is OutcomeStatus.PENDING
+
+    session = fake.complete_checkout(checkout.reference)
+    raw, headers = fake.webhook("checkout.session.completed", session)
+    paid = asyncio.run(plugin.parse_webhook(raw, headers))
+    assert paid.status is OutcomeStatus.SUCCEEDED and paid.amount_minor == checkout.amount_minor
+    verified = asyncio.run(plugin.verify_payment(checkout.reference))
+    assert verified.status is OutcomeStatus.SUCCEEDED
+
+
+def test_a_declined_saved_card_is_final(fake: FakeStripe) -> None:
+    """Off the checkout page nobody is there to try another card: the same Stripe status
+    (``requires_payment_method``) means the payment failed."""
+    from providers.errors import PaymentDeclined
+
+    plugin = provider(fake)
+    saved = request(token="pm_card_chargeDeclined")
+    with pytest.raises(PaymentDeclined):
+        asyncio.run(plugin.process_payment(saved))
+    intent = fake.intent_for(saved.reference)
+    assert intent["status"] == "requires_payment_method"
+    raw, headers = fake.webhook("payment_intent.payment_failed", intent)
+    assert asyncio.run(plugin.parse_webhook(raw, headers)).status is OutcomeStatus.FAILED
+    assert asyncio.run(plugin.verify_payment(saved.reference)).status is OutcomeStatus.FAILED

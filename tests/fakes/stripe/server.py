@@ -100,6 +100,8 @@ class FakeStripe(LoopbackFake):
         self.slow_s = slow_s
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.idempotency_keys: list[tuple[str, str | None]] = []  # (path, key) of each POST
+        # a Checkout Session's payment_intent_data.metadata, for the intent it makes later
+        self._intent_metadata: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._intents: dict[str, dict[str, Any]] = {}
@@ -136,21 +138,56 @@ class FakeStripe(LoopbackFake):
 
     def complete_checkout(self, reference: str) -> dict[str, Any]:
         """The customer pays the open Checkout Session of ``reference``: the session is
-        complete and paid, with a succeeded PaymentIntent carrying its metadata."""
+        complete and paid, its PaymentIntent (the one a failed attempt made, if any)
+        succeeded."""
         with self._lock:
-            session = next(
-                cs for cs in self._sessions.values() if cs["client_reference_id"] == reference
-            )
-            intent = copy.deepcopy(OBJECTS["payment_intent"])
+            session = self._session_of(reference)
+            intent = self._session_intent(session)
             intent.update(
-                id=self._id("pi"), amount=session["amount_total"], currency=session["currency"],
-                metadata=dict(session["metadata"]), status="succeeded",
-                amount_received=session["amount_total"], latest_charge=self._id("ch"),
-                last_payment_error=None, next_action=None, created=int(time.time()),
+                status="succeeded", amount_received=session["amount_total"],
+                latest_charge=self._id("ch"), last_payment_error=None, next_action=None,
             )  # fmt: skip
-            self._intents[intent["id"]] = intent
-            session.update(status="complete", payment_status="paid", payment_intent=intent["id"])
+            session.update(status="complete", payment_status="paid")
             return copy.deepcopy(session)
+
+    def fail_checkout_attempt(
+        self, reference: str, decline_code: str = "insufficient_funds"
+    ) -> dict[str, Any]:
+        """The customer's card is declined on the Checkout page of ``reference``: the
+        PaymentIntent goes back to ``requires_payment_method`` with the decline as its
+        ``last_payment_error``, and the session stays open for another card (Stripe's
+        PaymentIntent lifecycle: https://docs.stripe.com/payments/paymentintents/lifecycle;
+        since API version 2022-08-01 Checkout makes the intent at the first attempt).
+        Returns the intent, as ``payment_intent.payment_failed`` carries it."""
+        with self._lock:
+            session = self._session_of(reference)
+            intent = self._session_intent(session)
+            intent.update(
+                status="requires_payment_method",
+                last_payment_error={
+                    "type": "card_error", "code": "card_declined", "decline_code": decline_code,
+                    "message": "Your card has insufficient funds.",
+                },
+            )  # fmt: skip
+            return copy.deepcopy(intent)
+
+    def _session_of(self, reference: str) -> dict[str, Any]:
+        return next(cs for cs in self._sessions.values() if cs["client_reference_id"] == reference)
+
+    def _session_intent(self, session: dict[str, Any]) -> dict[str, Any]:
+        """The session's PaymentIntent, made at its first payment attempt."""
+        if session["payment_intent"] is not None:
+            return self._intents[session["payment_intent"]]
+        intent = copy.deepcopy(OBJECTS["payment_intent"])
+        intent.update(
+            id=self._id("pi"), amount=session["amount_total"], currency=session["currency"],
+            metadata=dict(self._intent_metadata[session["id"]]), status="requires_payment_method",
+            amount_received=0, latest_charge=None, last_payment_error=None, next_action=None,
+            created=int(time.time()),
+        )  # fmt: skip
+        self._intents[intent["id"]] = intent
+        session["payment_intent"] = intent["id"]
+        return intent
 
     def intent_for(self, reference: str) -> dict[str, Any]:
         with self._lock:
@@ -303,8 +340,11 @@ class FakeStripe(LoopbackFake):
             success_url=form.get("success_url"),
             payment_intent=None,
         )
+        # what the session's PaymentIntent will carry (payment_intent_data.metadata)
+        intent_metadata = (form.get("payment_intent_data") or {}).get("metadata")
         with self._lock:
             self._sessions[session_id] = session
+            self._intent_metadata[session_id] = intent_metadata or session["metadata"]
         return 200, session
 
     def _create_refund(self, form: dict[str, Any]) -> tuple[int, Any]:
