@@ -533,25 +533,25 @@ class StripeProvider(PaymentProvider):
         obj = event["data"]["object"]
         base = {"provider": self.name, "event_id": str(event["id"]), "event_type": kind}
         if obj.get("object") == "payment_intent":
-            status = intent_status(obj["status"], obj.get("metadata"))
+            outcome = intent_status(obj["status"], obj.get("metadata"))
             return WebhookEvent(
                 **base,
                 reference=(obj.get("metadata") or {}).get(REFERENCE_KEY),
-                status=status if status is not OutcomeStatus.PENDING else None,
+                status=outcome if outcome is not OutcomeStatus.PENDING else None,
                 amount_minor=from_stripe_amount(obj["amount"], obj["currency"]),
                 currency=obj["currency"].upper(),
             )
         if obj.get("object") == "checkout.session":
             paid = obj.get("payment_status") == "paid"
             expired = obj.get("status") == "expired"
-            status = (
+            settled = (
                 OutcomeStatus.SUCCEEDED if paid else (OutcomeStatus.FAILED if expired else None)
             )
             amount = obj.get("amount_total")
             return WebhookEvent(
                 **base,
                 reference=obj.get("client_reference_id"),
-                status=status,
+                status=settled,
                 amount_minor=from_stripe_amount(amount, obj["currency"]) if amount else None,
                 currency=str(obj["currency"]).upper() if obj.get("currency") else None,
             )
