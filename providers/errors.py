@@ -9,6 +9,9 @@ error                  when                                       safe next step
 ConfigurationError     bad or rejected keys, invalid config       mark instance ``error``, alert
 ProviderUnavailable    provably not charged (refused, 5xx before  try the next instance
                        acceptance, circuit open)
+RequestRefused         this request refused for the merchant's    try the next instance, alert;
+                       account settings (an amount limit, a       the instance stays on
+                       method or permission not enabled)
 PaymentDeclined        the customer's money said no               final: fail the payment
 OutcomeUnknown         the request was sent, no answer came back  verify with the same provider
 =====================  =========================================  ===========================
@@ -58,6 +61,17 @@ class ProviderUnavailable(ProviderError):
     ):
         super().__init__(message, provider=provider, code=code)
         self.retry_after_s = retry_after_s
+
+
+class RequestRefused(ProviderError):
+    """The provider refused this one request because of the merchant account's own
+    settings: an amount outside the account's limits, a currency, method or permission
+    the account or key does not have. Nothing was charged and the key works.
+
+    Neither a decline (the customer's money was never asked) nor an outage (the provider
+    answered): safe next is the next instance in the route, with an alert naming this
+    instance and the refusal, for an operator to fix the account or the route.
+    """
 
 
 class PaymentDeclined(ProviderError):

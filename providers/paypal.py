@@ -88,6 +88,7 @@ from providers.errors import (
     PaymentDeclined,
     ProviderError,
     ProviderUnavailable,
+    RequestRefused,
     WebhookPayloadError,
     WebhookSignatureError,
 )
@@ -106,6 +107,20 @@ PAYPAL_CURRENCIES = frozenset(
     }
 )  # fmt: skip
 # Issues that mean "the payer's money said no": final for this payment.
+# Orders v2 issues about the merchant's (payee's) own account, not the payer's money
+# (openapi/checkout_orders_v2.json in paypal/paypal-rest-api-specifications): the next
+# instance may take the payment, and an operator has the account to fix.
+ACCOUNT_ISSUES = frozenset(
+    {
+        "PAYEE_ACCOUNT_RESTRICTED",
+        "PAYEE_ACCOUNT_LOCKED_OR_CLOSED",
+        "PAYEE_ACCOUNT_NOT_VERIFIED",
+        "PAYEE_NOT_ENABLED_FOR_CARD_PROCESSING",
+        "NOT_ENABLED_FOR_CARD_PROCESSING",
+        "CURRENCY_NOT_SUPPORTED_FOR_COUNTRY",
+        "PERMISSION_DENIED",
+    }
+)
 DECLINE_ISSUES = frozenset(
     {
         "INSTRUMENT_DECLINED",
@@ -416,7 +431,11 @@ class PayPalProvider(PaymentProvider):
         if body.get("debug_id"):
             message += f" (debug_id {self.scrub(str(body['debug_id']))})"
         status = exc.response_code
-        if status in (401, 403):
+        if status == 403 or issue in ACCOUNT_ISSUES:
+            # The app lacks a permission, or the payee account cannot take this payment:
+            # nothing was charged and the credentials work (a 401 says they do not).
+            return RequestRefused(message, provider=self.name, code=issue or name or "403")
+        if status == 401:
             return ConfigurationError(
                 f"PayPal refused the app's credentials (key rejected): {message}",
                 provider=self.name,

@@ -50,6 +50,7 @@ from providers.errors import (
     OutcomeUnknown,
     PaymentDeclined,
     ProviderUnavailable,
+    RequestRefused,
     WebhookPayloadError,
     WebhookSignatureError,
 )
@@ -258,6 +259,16 @@ _REFUND_STATUS = {
     "canceled": RefundStatus.FAILED,
 }
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing reached Stripe
+# Error codes (https://docs.stripe.com/error-codes) that refuse a request for the account's
+# own limits or settings, not the customer's card: another provider may take the payment.
+ACCOUNT_REFUSALS = frozenset(
+    {
+        "amount_too_large",  # over the account's maximum for the currency
+        "amount_too_small",  # under Stripe's minimum charge for the currency
+        "payment_method_unactivated",  # the method is not activated on the account
+        "testmode_charges_only",  # the account is not activated for live charges
+    }
+)
 
 
 class StripeProvider(PaymentProvider):
@@ -321,7 +332,15 @@ class StripeProvider(PaymentProvider):
         message = self.scrub(exc.user_message or str(exc.__class__.__name__))
         if isinstance(exc, stripe.CardError):
             return PaymentDeclined(message, provider=self.name, code=code or "card_declined")
-        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        if isinstance(exc, stripe.PermissionError):
+            # A restricted key without this call's permission: the key works, the account
+            # may not do this (https://docs.stripe.com/keys#limit-access).
+            return RequestRefused(
+                f"Stripe refused the key this call: {message}",
+                provider=self.name,
+                code="permission_error",
+            )
+        if isinstance(exc, stripe.AuthenticationError):
             return ConfigurationError(
                 f"Stripe rejected the secret key: {message}",
                 provider=self.name,
@@ -352,6 +371,8 @@ class StripeProvider(PaymentProvider):
             return (OutcomeUnknown if moves_money else ProviderUnavailable)(
                 "no answer from Stripe", provider=self.name, code="no_answer"
             )
+        if isinstance(exc, stripe.InvalidRequestError) and code in ACCOUNT_REFUSALS:
+            return RequestRefused(message, provider=self.name, code=code)
         if isinstance(exc, stripe.InvalidRequestError) and (exc.http_status or 0) < 500:
             status = exc.http_status or 400
             if status == 404:

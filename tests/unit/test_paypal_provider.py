@@ -372,3 +372,24 @@ def test_a_refund_repeated_under_its_key_is_one_refund(fake: FakePayPal) -> None
     other = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-2"))
     assert first.refund_id == again.refund_id != other.refund_id
     assert fake.request_ids("/refund")[-1] == f"tender-{paid.reference}-refund-rf-2"
+
+
+@pytest.mark.parametrize(
+    ("issue", "status"),
+    [("NOT_AUTHORIZED", 403), ("PAYEE_NOT_ENABLED_FOR_CARD_PROCESSING", 422)],
+)
+def test_an_account_refusal_is_neither_a_decline_nor_a_rejected_key(
+    fake: FakePayPal, issue: str, status: int
+) -> None:
+    """A 403 (the app lacks a permission) or a 422 about the payee account charged nothing
+    and leaves the key good: RequestRefused, for the next instance (issue 33, item 6)."""
+    from providers.errors import RequestRefused
+
+    plugin = provider(fake)
+    fake.refuse_orders(issue)
+    with pytest.raises(RequestRefused) as refused:
+        asyncio.run(plugin.process_payment(request()))
+    assert refused.value.code in (issue, "PERMISSION_DENIED")
+    assert fake.account_refusal is not None and fake.account_refusal[0] == status
+    fake.refuse_orders(None)
+    assert asyncio.run(plugin.process_payment(request())).status is OutcomeStatus.SUCCEEDED

@@ -253,3 +253,53 @@ def test_provider_error_text_is_scrubbed_of_secrets(processor, tmp_path) -> None
     everything = view.model_dump_json() + repr(publisher.published)
     assert "sk_leaky_secret_1234" not in everything
     assert "***" in (view.error or "")
+
+
+@pytest.mark.parametrize("refusal", ["amount_too_small", "permission_error"])
+def test_a_refusal_of_one_payment_falls_through_and_alerts_but_leaves_the_instance_on(  # type: ignore[no-untyped-def]
+    processor, tmp_path, refusal
+) -> None:
+    """A merchant-configuration refusal (an amount under Stripe's minimum, a restricted key
+    without the permission) charged nothing: the next instance takes the payment, an
+    alert names the instance and the refusal, and the instance stays usable for the
+    payments it can take (issue 33, item 6). Only a refused key puts it in ``error``."""
+    from sqlalchemy import select
+
+    from tests.fakes.stripe.server import FakeStripe
+    from workers.ledger.outbox import outbox_table
+
+    proc, _ = processor
+    with FakeStripe() as fake:
+        key = fake.restricted_key if refusal == "permission_error" else fake.secret_key
+        stripe_view = runtime.registry().create_instance(
+            "stripe",
+            {"secret_key": key, "webhook_secret": fake.webhook_secret, "base_url": fake.base_url},
+            priority=1,
+            is_active=True,
+        )
+        runtime.registry().create_instance(
+            "sandbox", {"charge_book": str(tmp_path / "b.db")}, priority=2, is_active=True
+        )
+        amount = "0.30" if refusal == "amount_too_small" else "10.00"
+        fields = _validated("o-small", amount, "USD", "ada@example.com", "card", None, None, None)
+        payment, _ = record_payment(
+            get_database(), fields, payment_token="pm_card_visa", box=runtime.registry().box
+        )
+        proc.process(payment.id)
+    view = get_payment(payment.id)
+    assert view.status == "succeeded" and view.provider == "sandbox"
+    assert [(a.operation, a.outcome) for a in view.attempts] == [
+        ("charge", "refused"),
+        ("charge", "succeeded"),
+    ]
+    assert runtime.registry().get_instance(stripe_view.id).status == "active"
+    with get_database().sessions() as session:
+        alerts = [
+            row.payload
+            for row in session.execute(
+                select(outbox_table.c.event_type, outbox_table.c.payload)
+            ).all()
+            if row.event_type == "alert.raised"
+        ]
+    assert len(alerts) == 1 and stripe_view.display_name in str(alerts[0])
+    assert refusal.split("_")[0] in str(alerts[0]).lower()

@@ -15,6 +15,7 @@ The rules, from DESIGN.md:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from providers.errors import (
     OutcomeUnknown,
     PaymentDeclined,
     ProviderUnavailable,
+    RequestRefused,
 )
 from registry.db import Database
 from registry.instances import InstanceStatus, InstanceView
@@ -170,6 +172,9 @@ class PaymentProcessor:
         # Renews the leases of claims in progress (workers.ledger.leases); None: the lease
         # runs its course (tests, and processes that hold claims briefly).
         self.leases = leases
+        # (instance, refusal code) -> when it was last alerted (time.monotonic)
+        self._refusals_alerted: dict[tuple[uuid.UUID, str | None], float] = {}
+        self._refusals_lock = threading.Lock()
 
     # -- entry point -------------------------------------------------------------
 
@@ -328,6 +333,14 @@ class PaymentProcessor:
             attempt("unavailable", exc.code, str(exc))
             if self.on_unavailable is not None:
                 self.on_unavailable(instance, plugin.scrub(str(exc)))
+            return None
+        except RequestRefused as exc:
+            # The account's own settings refused this payment: nothing was charged and
+            # the instance works for others. Neither a decline nor an outage (no circuit
+            # count, no `error`): the next instance tries, and an operator is told.
+            message = plugin.scrub(str(exc))
+            attempt("refused", exc.code, message)
+            self._alert_refusal(instance, request, exc.code, message)
             return None
         except PaymentDeclined as exc:
             attempt("failed", exc.code, exc.message)
@@ -504,6 +517,35 @@ class PaymentProcessor:
         if decision.error_message:
             decision.error_message = sanitize(decision.error_message, secrets)
 
+    def _alert_refusal(
+        self, instance: InstanceView, request: PaymentRequest, code: str | None, message: str
+    ) -> None:
+        """One ``alert.raised`` per instance and refusal code per ``alert_cooldown_s`` in
+        this process: a route that keeps sending small amounts to an instance with a
+        minimum must not page someone for every payment."""
+        key = (instance.id, code)
+        now = time.monotonic()
+        with self._refusals_lock:
+            last = self._refusals_alerted.get(key)
+            if last is not None and now - last < self.settings.alert_cooldown_s:
+                return
+            self._refusals_alerted[key] = now
+        with self.database.transaction() as session:
+            add_event(
+                session,
+                AlertEvent(
+                    severity="warning",
+                    title=f"{instance.label} refused a payment: {code or 'refused'}",
+                    text=(
+                        f"{instance.label} refused payment {request.payment_id} "
+                        f"({request.amount_minor} {request.currency}) for its account's "
+                        f"settings, charging nothing; the next instance was tried. {message}"
+                    ),
+                    instance_id=instance.id,
+                    tenant_id=request.tenant_id,
+                ),
+            )
+
     def _alert_mismatch(self, payment: PaymentRecord, decision: _Decision) -> None:
         """A provider reported success for another amount or currency: the payment is
         ``unknown`` for a person to look at, and they are told (``alert.raised``, relayed by
@@ -580,7 +622,7 @@ def _count(decision: _Decision, instance: InstanceView | None) -> None:
         )
         if attempt.operation == "verify":
             metrics.VERIFICATIONS.labels(provider, attempt.outcome).inc()
-        elif attempt.outcome in ("unavailable", "config_error"):
+        elif attempt.outcome in ("unavailable", "config_error", "refused"):
             metrics.FALLBACKS.labels(provider, attempt.instance.display_name).inc()
     metrics.PAYMENTS_FINISHED.labels(
         instance.plugin_name if instance else "none",

@@ -44,6 +44,7 @@ from providers.errors import (
     OutcomeUnknown,
     PaymentDeclined,
     ProviderUnavailable,
+    RequestRefused,
 )
 from providers.money import from_minor, to_minor
 from registry.db import Database, get_database
@@ -375,7 +376,7 @@ def _call_provider(
         answer = _Answer(RefundState.FAILED, "config_error", elapsed_ms(), None, exc.code, str(exc))
     except ProviderUnavailable as exc:  # provably not sent: nothing was refunded
         answer = _Answer(RefundState.FAILED, "unavailable", elapsed_ms(), None, exc.code, str(exc))
-    except PaymentDeclined as exc:  # the provider refused the refund
+    except (PaymentDeclined, RequestRefused) as exc:  # refused (the refund, or the account)
         answer = _Answer(RefundState.FAILED, "failed", elapsed_ms(), None, exc.code, exc.message)
     except (OutcomeUnknown, CallTimeout) as exc:  # sent, no answer: maybe refunded
         answer = _unknown(exc, elapsed_ms())

@@ -125,6 +125,9 @@ class FakePayPal(LoopbackFake):
         self.client_secret = f"E{secrets.token_urlsafe(30)}"
         self.webhook_id = paypal_id()
         self.fault: Fault | None = None
+        # What the merchant account refuses every create-order with, as PayPal answers it
+        # (Orders v2's issues, openapi/checkout_orders_v2.json), or None: see refuse_orders
+        self.account_refusal: tuple[int, Any] | None = None
         self.slow_s = slow_s
         self.token_ttl_s = token_ttl_s
         self.token_delay_s = 0.0
@@ -178,6 +181,26 @@ class FakePayPal(LoopbackFake):
         """PayPal keeps request ids for 6 hours (72 on request): after that, a repeat is new."""
         with self._lock:
             self._replays.clear()
+
+    def refuse_orders(self, issue: str | None) -> None:
+        """The account refuses orders: ``NOT_AUTHORIZED`` (403: the app lacks the
+        permission), or a 422 issue about the payee account such as
+        ``PAYEE_NOT_ENABLED_FOR_CARD_PROCESSING``; None: orders are taken again."""
+        if issue is None:
+            self.account_refusal = None
+        elif issue == "NOT_AUTHORIZED":
+            self.account_refusal = error(
+                403, "NOT_AUTHORIZED", "Authorization failed due to insufficient permissions.",
+                ("PERMISSION_DENIED", "You do not have permission to access or perform "
+                 "operations on this resource."),
+            )  # fmt: skip
+        else:
+            self.account_refusal = error(
+                422, "UNPROCESSABLE_ENTITY",
+                "The requested action could not be performed, semantically incorrect, or "
+                "failed business validation.",
+                (issue, "Payee account is not setup to be able to process card payments."),
+            )  # fmt: skip
 
     def revoke_tokens(self) -> None:
         with self._lock:
@@ -301,6 +324,8 @@ class FakePayPal(LoopbackFake):
             replayed = self._replay("create", request_id)
             if replayed:
                 return 200, replayed[1]  # an idempotent request: 200, the first order
+            if self.account_refusal is not None:
+                return self.account_refusal
             answer = self._create(body)
         elif parts[:3] == ["v2", "checkout", "orders"] and parts[4:] == ["capture"]:
             replayed = self._replay("capture", request_id)

@@ -89,12 +89,16 @@ def stripe_error(status: int, type_: str, message: str, **fields: Any) -> tuple[
     return status, {"error": error}
 
 
+MINIMUM_CHARGE = {"usd": 50, "eur": 50, "gbp": 30}  # minor units, Stripe's published minimums
+
+
 class FakeStripe(LoopbackFake):
     """A running fake Stripe. ``secret_key`` and ``webhook_secret`` are its account's."""
 
     def __init__(self, *, slow_s: float = 1.5) -> None:
         super().__init__()
         self.secret_key = f"sk_test_{secrets.token_hex(24)}"
+        self.restricted_key = f"rk_test_{secrets.token_hex(24)}"  # may read the balance only
         self.webhook_secret = f"whsec_{secrets.token_hex(24)}"
         self.fault: Fault | None = None
         self.slow_s = slow_s
@@ -253,6 +257,17 @@ class FakeStripe(LoopbackFake):
 
     def _create_intent(self, form: dict[str, Any]) -> tuple[int, Any]:
         amount, currency = int(form["amount"]), form["currency"]
+        minimum = MINIMUM_CHARGE.get(currency)
+        if minimum is not None and amount < minimum:
+            # Stripe's minimum charge amounts, by settlement currency
+            # (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts)
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                f"Amount must be at least {minimum} {currency}",
+                code="amount_too_small",
+                param="amount",
+            )
         intent = copy.deepcopy(OBJECTS["payment_intent"])
         intent.update(
             id=self._id("pi"),
@@ -459,6 +474,20 @@ class _Handler(JsonHandler):
                 extra={"Retry-After": "1"},
             )
         auth = self.headers.get("Authorization", "")
+        if auth == f"Bearer {fake.restricted_key}" and split.path != "/v1/balance":
+            # a restricted key (rk_) without this resource's permission: Stripe's 403
+            # permission_error (https://docs.stripe.com/keys#limit-access)
+            return self._answer(
+                *stripe_error(
+                    403,
+                    "permission_error",
+                    "The provided key does not have the required permissions for this "
+                    f"endpoint on account 'acct_fake'. Having the '{split.path}' permission "
+                    "would allow this request to continue.",
+                )
+            )
+        if auth == f"Bearer {fake.restricted_key}":
+            auth = f"Bearer {fake.secret_key}"  # it may read the balance
         if auth != f"Bearer {fake.secret_key}":
             shown = auth.removeprefix("Bearer ")
             return self._answer(
