@@ -288,8 +288,15 @@ class PaymentProvider(ABC):
         """Charge once. Succeeded, pending (redirect/webhook) or failed; errors per errors.py."""
 
     @abstractmethod
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
-        """Ask the provider what happened to ``reference`` (NOT_FOUND if it never arrived)."""
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
+        """Ask the provider what happened to ``reference`` (NOT_FOUND if it never arrived).
+
+        ``provider_id`` is the provider's own id for the payment when the ledger holds one
+        (an order, PaymentIntent, Checkout Session or transaction id): a plugin reads the
+        payment by it, and looks it up by reference only without one. Verify never
+        creates anything at the provider."""
 
     @abstractmethod
     async def refund(

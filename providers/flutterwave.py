@@ -367,7 +367,9 @@ class FlutterwaveProvider(PaymentProvider):
                 return None
             raise ProviderUnavailable(exc.message, provider=self.name, code=exc.code) from None
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
         data = await self._transaction(reference)
         if data is None:
             return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)

@@ -641,8 +641,23 @@ class PayPalProvider(PaymentProvider):
             **base,
         )
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
-        order = await self._find_order(reference)
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
+        """The order by its id when the ledger holds it (``GET /v2/checkout/orders/{id}``:
+        nothing created, however old the payment); without one, by the create's request
+        id, which PayPal keeps for 6 hours (:meth:`_find_order`)."""
+        if provider_id:
+            try:
+                order = await self._get_order(provider_id)
+            except PaymentDeclined as exc:  # 404: an id PayPal does not know is not "never sent"
+                raise OutcomeUnknown(
+                    f"PayPal has no order {provider_id}: {exc.message}",
+                    provider=self.name,
+                    code="order_not_found",
+                ) from None
+        else:
+            order = await self._find_order(reference)
         if order is None:
             return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
         if str(order.status) == "APPROVED":

@@ -463,8 +463,12 @@ class PaystackProvider(PaymentProvider):
             code=raw_status or None,
         )
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
-        """Paystack's view of ``reference``: SUCCEEDED, FAILED, PENDING or NOT_FOUND."""
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
+        """Paystack's view of ``reference``: SUCCEEDED, FAILED, PENDING or NOT_FOUND. The
+        reference is Paystack's own key for a transaction (``GET /transaction/verify/
+        {reference}``), so ``provider_id`` adds nothing."""
         try:
             data = await self._call(
                 _Call.READ, "verify", self._sdk.transactions.verify(reference=reference)

@@ -291,7 +291,9 @@ class SandboxProvider(PaymentProvider):
             else None,
         )
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
         await self._call()
         charge = self.book.get(reference)
         if charge is None:

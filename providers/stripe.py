@@ -477,7 +477,19 @@ class StripeProvider(PaymentProvider):
         )
         return found.data[0] if found.data else None
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
+        """By the id the ledger holds (a Checkout Session ``cs_`` or a PaymentIntent
+        ``pi_``: read at once), else by the Search API, which lags writes
+        (https://docs.stripe.com/search#data-freshness)."""
+        if provider_id and provider_id.startswith("cs_"):
+            return await self._session_outcome(provider_id, reference)
+        if provider_id and provider_id.startswith("pi_"):
+            by_id = await self._call(
+                self._sdk.v1.payment_intents.retrieve_async(provider_id), moves_money=False
+            )
+            return self._intent_outcome(by_id, reference)
         intent = await self._find_intent(reference)
         if intent is None:
             raise OutcomeUnknown(
@@ -487,6 +499,31 @@ class StripeProvider(PaymentProvider):
                 code="not_searchable_yet",
             )
         return self._intent_outcome(intent, reference)
+
+    async def _session_outcome(self, session_id: str, reference: str) -> PaymentOutcome:
+        """A Checkout Session read by id: its PaymentIntent's outcome once the customer has
+        tried to pay (Checkout makes the intent then), pending while it is open and
+        untried, failed once it expired unpaid."""
+        session = await self._call(
+            self._sdk.v1.checkout.sessions.retrieve_async(session_id), moves_money=False
+        )
+        intent_id = session.payment_intent
+        if isinstance(intent_id, str) and intent_id:
+            intent = await self._call(
+                self._sdk.v1.payment_intents.retrieve_async(intent_id), moves_money=False
+            )
+            return self._intent_outcome(intent, reference)
+        amount = session.amount_total
+        currency = str(session.currency or "").upper() or None
+        return PaymentOutcome(
+            status=OutcomeStatus.FAILED if session.status == "expired" else OutcomeStatus.PENDING,
+            reference=reference,
+            provider_transaction_id=session.id,
+            amount_minor=from_stripe_amount(amount, currency) if amount and currency else None,
+            currency=currency,
+            authorization_url=session.url if session.status == "open" else None,
+            code="expired" if session.status == "expired" else None,
+        )
 
     async def refund(
         self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None

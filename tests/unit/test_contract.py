@@ -223,7 +223,9 @@ class AcmeProvider(PaymentProvider):
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
         raise NotImplementedError
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
         raise NotImplementedError
 
     async def refund(

@@ -167,7 +167,9 @@ class ScriptedProvider(PaymentProvider):
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
         raise ProviderUnavailable("not for payments", provider=self.name)
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
         raise NotImplementedError
 
     async def refund(

@@ -393,3 +393,24 @@ def test_an_account_refusal_is_neither_a_decline_nor_a_rejected_key(
     assert fake.account_refusal is not None and fake.account_refusal[0] == status
     fake.refuse_orders(None)
     assert asyncio.run(plugin.process_payment(request())).status is OutcomeStatus.SUCCEEDED
+
+
+def test_verify_by_the_order_id_creates_nothing_after_paypal_forgot_the_request_id(
+    fake: FakePayPal,
+) -> None:
+    """PayPal keeps request ids for 6 hours; a verify by create-order replay after that made
+    a new "probe" order and read the payment as never sent (issue 33, item 1). With the
+    order id the ledger holds, verify reads the order and creates nothing."""
+    plugin = provider(fake)
+    checkout = request(token=None)
+    pending = asyncio.run(plugin.process_payment(checkout))
+    order_id = pending.provider_transaction_id
+    assert order_id
+    fake.forget_request_ids()  # six hours on
+    orders = fake.orders_count()
+    waiting = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+    assert waiting.status is OutcomeStatus.PENDING and fake.orders_count() == orders
+    fake.approve(order_id)
+    paid = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+    assert paid.status is OutcomeStatus.SUCCEEDED and fake.orders_count() == orders
+    assert fake.charges_count(checkout.reference) == 1

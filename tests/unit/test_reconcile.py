@@ -160,3 +160,42 @@ def test_expired_leases_are_each_enqueued_once_a_run(fast_reconcile, monkeypatch
     sent: list[Any] = []
     reenqueued(lambda p: sent.append(p) or True)
     assert sorted(sent) == sorted(ids)
+
+
+def test_reconcile_verifies_by_the_providers_own_id(fast_reconcile, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Reconcile hands verify the id the ledger holds (a PayPal order, a Stripe Checkout
+    Session), so the plugin reads the payment by it instead of searching or re-creating
+    (issue 33, item 1 and 4)."""
+    from typing import ClassVar
+
+    from providers.base import PaymentOutcome, PaymentRequest
+    from providers.sandbox import SandboxProvider
+
+    asked: list[str | None] = []
+
+    class ById(SandboxProvider):
+        name: ClassVar[str] = "byid"
+
+        async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+            return PaymentOutcome(
+                status=OutcomeStatus.PENDING,
+                reference=request.reference,
+                provider_transaction_id="ORDER-8NV12345",
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+            )
+
+        async def verify_payment(
+            self, reference: str, *, provider_id: str | None = None
+        ) -> PaymentOutcome:
+            asked.append(provider_id)
+            return PaymentOutcome(status=OutcomeStatus.PENDING, reference=reference)
+
+    runtime.registry().register_plugin("byid", ById)
+    runtime.registry().create_instance("byid", {}, is_active=True)
+    fields = _validated("o-id", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    processor().process(payment.id)
+    assert get_payment(payment.id).status == "pending"
+    run(Recording())
+    assert asked == ["ORDER-8NV12345"]

@@ -82,7 +82,9 @@ class EchoProvider(PaymentProvider):
             currency=request.currency,
         )
 
-    async def verify_payment(self, reference: str) -> PaymentOutcome:
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
         return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
 
     async def refund(

@@ -162,3 +162,22 @@ def test_a_declined_saved_card_is_final(fake: FakeStripe) -> None:
     raw, headers = fake.webhook("payment_intent.payment_failed", intent)
     assert asyncio.run(plugin.parse_webhook(raw, headers)).status is OutcomeStatus.FAILED
     assert asyncio.run(plugin.verify_payment(saved.reference)).status is OutcomeStatus.FAILED
+
+
+def test_verify_reads_a_checkout_by_its_session_id_while_search_lags(fake: FakeStripe) -> None:
+    """Stripe's search is eventually consistent ("data is searchable in less than a minute",
+    https://docs.stripe.com/search#data-freshness): with the Checkout Session id the ledger
+    holds, verify reads the session and its PaymentIntent by id (issue 33, item 4)."""
+    plugin = provider(fake)
+    fake.search_lag_s = 3600  # nothing is searchable during this test
+    checkout = request(token=None)
+    pending = asyncio.run(plugin.process_payment(checkout))
+    session_id = pending.provider_transaction_id
+    assert session_id and session_id.startswith("cs_")
+    open_session = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=session_id))
+    assert open_session.status is OutcomeStatus.PENDING
+    fake.complete_checkout(checkout.reference)
+    paid = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=session_id))
+    assert paid.status is OutcomeStatus.SUCCEEDED and paid.amount_minor == checkout.amount_minor
+    with pytest.raises(OutcomeUnknown):  # without the id, the lagging search finds nothing
+        asyncio.run(plugin.verify_payment(checkout.reference))

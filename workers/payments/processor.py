@@ -368,12 +368,15 @@ class PaymentProcessor:
         attempts: list[_Attempt],
         *,
         reason: str,
+        provider_id: str | None = None,
     ) -> _Decision:
-        """After an ambiguous charge: ask the same provider. Unresolved: state unknown."""
+        """After an ambiguous charge: ask the same provider (by its own id for the payment,
+        when the ledger holds one). Unresolved: state unknown."""
         started = time.perf_counter()
         try:
             outcome = self.loop.run(
-                plugin.verify_payment(request.reference), self.settings.provider_timeout_s
+                plugin.verify_payment(request.reference, provider_id=provider_id),
+                self.settings.provider_timeout_s,
             )
         except Exception as exc:
             latency = (time.perf_counter() - started) * 1000
@@ -420,7 +423,12 @@ class PaymentProcessor:
                 PaymentState.UNKNOWN, instance, error_code="config_error", error_message=str(exc)
             )
         decision = self._verify(
-            instance, plugin, request, attempts, reason="worker crashed mid-payment"
+            instance,
+            plugin,
+            request,
+            attempts,
+            reason="worker crashed mid-payment",
+            provider_id=payment.provider_transaction_id,
         )
         never_charged = attempts[-1].outcome == OutcomeStatus.NOT_FOUND.value
         usable = instance.is_active and instance.status != InstanceStatus.ERROR

@@ -292,7 +292,11 @@ def _verify_one(
     started = time.perf_counter()
     try:
         plugin = registry.plugin_for(instance)
-        outcome = loop.run(plugin.verify_payment(payment.reference), settings.provider_timeout_s)
+        # by the provider's own id when the ledger holds one: never a search, never a create
+        verify = plugin.verify_payment(
+            payment.reference, provider_id=payment.provider_transaction_id
+        )
+        outcome = loop.run(verify, settings.provider_timeout_s)
     except Exception as exc:
         log.warning("reconcile could not verify payment %s: %s", payment.id, exc)
         return None

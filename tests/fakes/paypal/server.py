@@ -177,6 +177,11 @@ class FakePayPal(LoopbackFake):
             if method == "POST" and path.endswith(path_end)
         ]
 
+    def orders_count(self) -> int:
+        """Orders created so far, whatever their state."""
+        with self._lock:
+            return len(self._orders)
+
     def forget_request_ids(self) -> None:
         """PayPal keeps request ids for 6 hours (72 on request): after that, a repeat is new."""
         with self._lock:

@@ -99,6 +99,9 @@ class FakeStripe(LoopbackFake):
         super().__init__()
         self.secret_key = f"sk_test_{secrets.token_hex(24)}"
         self.restricted_key = f"rk_test_{secrets.token_hex(24)}"  # may read the balance only
+        # Stripe's search is eventually consistent: an object is searchable "in less than a
+        # minute" after a write (https://docs.stripe.com/search#data-freshness); tests set it
+        self.search_lag_s = 0.0
         self.webhook_secret = f"whsec_{secrets.token_hex(24)}"
         self.fault: Fault | None = None
         self.slow_s = slow_s
@@ -244,6 +247,15 @@ class FakeStripe(LoopbackFake):
             return 200, intent
         if method == "POST" and path == "/v1/checkout/sessions":
             return self._create_session(form)
+        if method == "GET" and path.startswith("/v1/checkout/sessions/"):
+            with self._lock:
+                session = self._sessions.get(path.rsplit("/", 1)[1])
+                if session is not None:
+                    return 200, copy.deepcopy(session)
+            return stripe_error(
+                404, "invalid_request_error", "No such checkout.session",
+                code="resource_missing", param="session",
+            )  # fmt: skip
         if method == "POST" and path == "/v1/refunds":
             return self._create_refund(form)
         if method == "GET" and path == "/v1/balance":
@@ -325,8 +337,13 @@ class FakeStripe(LoopbackFake):
                 400, "invalid_request_error", "Unsupported search query.", param="query"
             )
         key, value = match.groups()
+        visible_before = time.time() - self.search_lag_s
         with self._lock:
-            found = [pi for pi in self._intents.values() if pi["metadata"].get(key) == value]
+            found = [
+                pi
+                for pi in self._intents.values()
+                if pi["metadata"].get(key) == value and pi["created"] <= visible_before
+            ]
         found.sort(key=lambda pi: pi["created"], reverse=True)
         return 200, {
             "object": "search_result",
