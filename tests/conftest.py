@@ -127,3 +127,15 @@ def sqlite_url(tender_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def registry(database_url: str) -> PluginRegistry:
     return PluginRegistry(get_database(database_url), poll_s=0)
+
+
+SUITE_ORDER = {"unit": 0, "conformance": 1, "services": 2, "integration": 3}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The suite's groups run in their order (pyproject's testpaths): the integration
+    session's embedded worker runs in this process until the end, and a unit test after it
+    would reset the settings, engines and Celery app under it. An order plugin
+    (pytest-randomly) shuffles before this hook; the sort is stable, so tests stay shuffled
+    within each group and only the groups keep their order."""
+    items.sort(key=lambda item: SUITE_ORDER.get(Path(item.path).parent.name, 0))
