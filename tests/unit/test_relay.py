@@ -28,6 +28,10 @@ def payload(event_type: str) -> dict[str, Any]:
 
 @pytest.fixture
 def app() -> Celery:
+    # kombu's memory transport keeps one broker per process whatever the URL: forget the
+    # queues, messages and bindings earlier tests left, or a queue here holds their events.
+    memory.Channel.queues.clear()
+    memory.Transport.global_state.clear()
     broker = f"memory://{uuid.uuid4().hex}"
     return Celery("relay-test", broker=broker)
 
