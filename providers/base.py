@@ -237,6 +237,12 @@ class PaymentProvider(ABC):
     # The provider's official API hosts: in production the only ones its keys may go to.
     api_hosts: ClassVar[frozenset[str]] = frozenset()
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # How long a checkout may wait on its customer before Tender gives up on it: a hosted
+    # page may have no transaction at the provider until the customer's first attempt, so
+    # "not found" is not "not paid" until then. 24 h is Stripe Checkout's documented
+    # lifetime (https://docs.stripe.com/api/checkout/sessions/create, expires_at); a plugin
+    # whose provider documents another sets its own.
+    checkout_lifetime_s: ClassVar[float] = 24 * 3600
 
     def __init__(self) -> None:
         self._config: ProviderConfig | None = None

@@ -199,3 +199,56 @@ def test_reconcile_verifies_by_the_providers_own_id(fast_reconcile, tmp_path) ->
     assert get_payment(payment.id).status == "pending"
     run(Recording())
     assert asked == ["ORDER-8NV12345"]
+
+
+def test_a_checkout_with_no_transaction_yet_waits_out_its_lifetime(
+    fast_reconcile, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A hosted checkout may have no transaction at the provider until the customer's
+    first attempt (Flutterwave's "No transaction was found"): reconcile leaves it pending
+    while the checkout lives, and only then fails it as expired (issue 33, item 3)."""
+    from typing import ClassVar
+
+    from sqlalchemy import update
+
+    from providers.base import PaymentOutcome, PaymentRequest
+    from providers.sandbox import SandboxProvider
+    from workers.ledger.records import Payment
+
+    class HostedPage(SandboxProvider):
+        name: ClassVar[str] = "hostedpage"
+        checkout_lifetime_s: ClassVar[float] = 3600
+
+        async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+            return PaymentOutcome(
+                status=OutcomeStatus.PENDING,
+                reference=request.reference,
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                authorization_url="https://checkout.example/pay/abc",
+            )
+
+        async def verify_payment(
+            self, reference: str, *, provider_id: str | None = None
+        ) -> PaymentOutcome:
+            return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
+
+    runtime.registry().register_plugin("hostedpage", HostedPage)
+    runtime.registry().create_instance("hostedpage", {}, is_active=True)
+    fields = _validated("o-page", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    processor().process(payment.id)
+    publisher = Recording()
+    assert run(publisher).still_open == [payment.id]
+    assert get_payment(payment.id).status == "pending" and publisher.published == []
+
+    with get_database().transaction() as session:  # an hour and a minute later
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment.id)
+            .values(created_at=utcnow() - timedelta(seconds=3660))
+        )
+    assert run(publisher).resolved == {payment.id: "failed"}
+    view = get_payment(payment.id)
+    assert view.status == "failed" and view.error_code == "expired"
+    assert [t for t, _ in publisher.published] == ["payment.failed"]

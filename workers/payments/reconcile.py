@@ -256,6 +256,15 @@ def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
     )
 
 
+def _checkout_open(payment: Payment, plugin: Any) -> bool:
+    """Whether ``payment`` is a checkout still within its plugin's ``checkout_lifetime_s``
+    (``pending`` with a page for the customer)."""
+    if payment.status != PaymentState.PENDING.value or not payment.authorization_url:
+        return False
+    lifetime_s = float(getattr(plugin, "checkout_lifetime_s", 0.0))
+    return (utcnow() - payment.created_at).total_seconds() < lifetime_s
+
+
 def verify_budget_s(settings: Settings) -> float:
     """How long one run may spend verifying: most of an interval, so runs keep their pace."""
     return max(settings.reconcile_interval_s * 0.8, settings.provider_timeout_s)
@@ -303,12 +312,22 @@ def _verify_one(
     latency_ms = (time.perf_counter() - started) * 1000
     code: str | None
     message: str | None
+    if outcome.status is OutcomeStatus.NOT_FOUND and _checkout_open(payment, plugin):
+        # A checkout waiting on its customer: the provider may have no transaction until
+        # the first attempt (Flutterwave's hosted page, issue 33). Not paid is not final
+        # until the checkout's lifetime is over.
+        return None
     if outcome.status is OutcomeStatus.NOT_FOUND:
         # Old enough that a request in flight would have landed: it was never charged.
+        expired = payment.status == PaymentState.PENDING.value and payment.authorization_url
         new, code, message = (
-            PaymentState.FAILED,
-            "not_charged",
-            "the provider has no record of this payment",
+            (PaymentState.FAILED, "expired", "the checkout expired with no payment at the provider")
+            if expired
+            else (
+                PaymentState.FAILED,
+                "not_charged",
+                "the provider has no record of this payment",
+            )
         )
     else:
         mismatch = outcome_mismatch(outcome, payment.amount_minor, payment.currency)
