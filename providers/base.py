@@ -306,13 +306,20 @@ class PaymentProvider(ABC):
 
     @abstractmethod
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
         """Refund the whole payment (``None``) or part of it.
 
         ``refund_key`` is Tender's id of this refund: where the provider takes an
         idempotency key, the plugin derives it from this, so a retry of one refund is one
-        refund and two refunds of the same amount are two."""
+        refund and two refunds of the same amount are two. ``provider_id`` is the
+        provider's own id for the payment when the ledger holds one (as for verify): the
+        payment is read by it, never searched for or re-created."""
 
     @abstractmethod
     async def health_check(self) -> HealthCheck:

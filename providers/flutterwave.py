@@ -376,7 +376,12 @@ class FlutterwaveProvider(PaymentProvider):
         return self._outcome(data, reference)
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
         data = await self._transaction(reference)
         if data is None or data.get("status") != "successful":

@@ -667,9 +667,16 @@ class PayPalProvider(PaymentProvider):
         return self._order_outcome(order, reference)
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
-        order = await self._find_order(reference)
+        # by the order id the ledger holds: a refund any time after PayPal forgot the
+        # create's request id (6 hours), with nothing created
+        order = await (self._get_order(provider_id) if provider_id else self._find_order(reference))
         unit = (getattr(order, "purchase_units", None) or [None])[0]
         captures = getattr(getattr(unit, "payments", None), "captures", None) or []
         capture = next((c for c in captures if str(c.status) in CAPTURED), None)

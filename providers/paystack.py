@@ -480,7 +480,12 @@ class PaystackProvider(PaymentProvider):
         return self._payment_outcome(data, reference)
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
         """Refund all (``None``) or ``amount_minor`` of the transaction ``reference``.
         Paystack queues refunds, so the usual answer is PENDING; a webhook settles it."""

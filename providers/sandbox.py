@@ -301,7 +301,12 @@ class SandboxProvider(PaymentProvider):
         return self._outcome(charge)
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
         await self._call()
         charge = self.book.get(reference)

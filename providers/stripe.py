@@ -500,6 +500,20 @@ class StripeProvider(PaymentProvider):
             )
         return self._intent_outcome(intent, reference)
 
+    async def _intent_by_id(self, provider_id: str) -> Any | None:
+        """The PaymentIntent of a ``pi_`` id, or of a ``cs_`` Checkout Session once it has
+        one; None for any other id, or a session not yet tried."""
+        if provider_id.startswith("cs_"):
+            session = await self._call(
+                self._sdk.v1.checkout.sessions.retrieve_async(provider_id), moves_money=False
+            )
+            provider_id = session.payment_intent if isinstance(session.payment_intent, str) else ""
+        if not provider_id.startswith("pi_"):
+            return None
+        return await self._call(
+            self._sdk.v1.payment_intents.retrieve_async(provider_id), moves_money=False
+        )
+
     async def _session_outcome(self, session_id: str, reference: str) -> PaymentOutcome:
         """A Checkout Session read by id: its PaymentIntent's outcome once the customer has
         tried to pay (Checkout makes the intent then), pending while it is open and
@@ -526,9 +540,16 @@ class StripeProvider(PaymentProvider):
         )
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
-        intent = await self._find_intent(reference)
+        intent = await self._intent_by_id(provider_id) if provider_id else None
+        if intent is None:  # no id held: the Search API, which lags writes
+            intent = await self._find_intent(reference)
         if intent is None or intent.status != "succeeded":
             raise PaymentDeclined(
                 f"no succeeded Stripe payment {reference} to refund",

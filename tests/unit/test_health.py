@@ -173,7 +173,12 @@ class ScriptedProvider(PaymentProvider):
         raise NotImplementedError
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
         raise NotImplementedError
 

@@ -414,3 +414,21 @@ def test_verify_by_the_order_id_creates_nothing_after_paypal_forgot_the_request_
     paid = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
     assert paid.status is OutcomeStatus.SUCCEEDED and fake.orders_count() == orders
     assert fake.charges_count(checkout.reference) == 1
+
+
+def test_a_refund_after_paypal_forgot_the_request_id_finds_the_order_by_id(
+    fake: FakePayPal,
+) -> None:
+    """A refund more than 6 hours after the payment found no order (the create replay made
+    a probe instead, issue 33, item 1): by the ledger's order id it refunds, creating none."""
+    plugin = provider(fake)
+    saved = request()
+    paid = asyncio.run(plugin.process_payment(saved))
+    fake.forget_request_ids()
+    orders = fake.orders_count()
+    refunded = asyncio.run(
+        plugin.refund(
+            saved.reference, refund_key="rf-late", provider_id=paid.provider_transaction_id
+        )
+    )
+    assert refunded.amount_minor == saved.amount_minor and fake.orders_count() == orders

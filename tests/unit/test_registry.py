@@ -88,7 +88,12 @@ class EchoProvider(PaymentProvider):
         return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
 
     async def refund(
-        self, reference: str, amount_minor: int | None = None, *, refund_key: str | None = None
+        self,
+        reference: str,
+        amount_minor: int | None = None,
+        *,
+        refund_key: str | None = None,
+        provider_id: str | None = None,
     ) -> RefundOutcome:
         raise NotImplementedError
 

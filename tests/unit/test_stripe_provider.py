@@ -181,3 +181,30 @@ def test_verify_reads_a_checkout_by_its_session_id_while_search_lags(fake: FakeS
     assert paid.status is OutcomeStatus.SUCCEEDED and paid.amount_minor == checkout.amount_minor
     with pytest.raises(OutcomeUnknown):  # without the id, the lagging search finds nothing
         asyncio.run(plugin.verify_payment(checkout.reference))
+
+
+def test_a_refund_right_after_the_payment_finds_it_by_id_while_search_lags(
+    fake: FakeStripe,
+) -> None:
+    """A refund found its payment through the lagging Search API and was refused right
+    after the charge (issue 33, item 4): with the ledger's id it is read at once."""
+    plugin = provider(fake)
+    fake.search_lag_s = 3600
+    paid_with_card = request()
+    paid = asyncio.run(plugin.process_payment(paid_with_card))
+    refunded = asyncio.run(
+        plugin.refund(
+            paid_with_card.reference,
+            500,
+            refund_key="rf-at-once",
+            provider_id=paid.provider_transaction_id,
+        )
+    )
+    assert refunded.amount_minor == 500
+    checkout = request(token=None)
+    session = asyncio.run(plugin.process_payment(checkout))
+    fake.complete_checkout(checkout.reference)
+    whole = asyncio.run(
+        plugin.refund(checkout.reference, provider_id=session.provider_transaction_id)
+    )
+    assert whole.amount_minor == checkout.amount_minor

@@ -210,6 +210,7 @@ class _Reservation:
     reference: str
     amount_minor: int
     instance: InstanceView
+    provider_id: str | None = None  # the payment's own id at the provider, if held
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,14 @@ def _reserve(
             status=RefundState.REQUESTED.value,
         )
         session.add(refund)
-        return _Reservation(refund.id, payment.id, payment.reference, amount_minor, instance)
+        return _Reservation(
+            refund.id,
+            payment.id,
+            payment.reference,
+            amount_minor,
+            instance,
+            payment.provider_transaction_id,
+        )
 
 
 def _money(amount_minor: int, payment: Payment) -> str:
@@ -369,6 +377,7 @@ def _call_provider(
                 reservation.reference,
                 reservation.amount_minor,
                 refund_key=str(reservation.refund_id),  # the provider's idempotency key
+                provider_id=reservation.provider_id,
             ),
             settings.provider_timeout_s,
         )
