@@ -500,18 +500,7 @@ class PayPalProvider(PaymentProvider):
         body = self._order_request(
             request.reference, request.amount_minor, request.currency, request.order_id, flow
         )
-        # Creating an order moves no money: a failure here is never ambiguous.
-        created = await self._call(
-            lambda: self._sdk.orders.create_order(
-                {
-                    "body": body,
-                    "paypal_request_id": self._request_id(request.reference, "create"),
-                    "prefer": "return=representation",
-                }
-            ),
-            moves_money=False,
-        )
-        order = created.body
+        order = await self._create_order(body, request.reference)
         if request.payment_token is None:
             return PaymentOutcome(
                 status=OutcomeStatus.PENDING,
@@ -531,6 +520,38 @@ class PayPalProvider(PaymentProvider):
                 code=outcome.code or "DECLINED",
             )
         return outcome
+
+    def _creating(
+        self, body: OrderRequest, reference: str, operation: str, prefer: str
+    ) -> Callable[[], ApiResponse]:
+        """The SDK's create-order call under ``operation``'s request id, to run in a thread."""
+        options = {
+            "body": body,
+            "paypal_request_id": self._request_id(reference, operation),
+            "prefer": prefer,
+        }
+        return lambda: self._sdk.orders.create_order(options)
+
+    async def _create_order(self, body: OrderRequest, reference: str) -> Any:
+        """Create the payment's order (idempotent under its request id). Creating an order
+        moves no money: a failure here is never ambiguous.
+
+        If a recovery's verify got there first and left a probe under that request id
+        (:meth:`_find_order`: the first create had never arrived), PayPal answers with the
+        probe: the real order is then made under a request id of its own
+        (``create-after-probe``), never the probe captured for 1.00 USD."""
+        order: Any = None
+        for operation in ("create", AFTER_PROBE):
+            created = await self._call(
+                self._creating(body, reference, operation, "return=representation"),
+                moves_money=False,
+            )
+            order = created.body
+            if not _is_probe(order):
+                return order
+        raise OutcomeUnknown(  # both request ids hold probes: nothing created for real
+            "PayPal answered with verify probes only", provider=self.name, code="probe_only"
+        )
 
     async def _capture(
         self, order_id: str, reference: str, *, vault_id: str | None = None
@@ -590,22 +611,20 @@ class PayPalProvider(PaymentProvider):
         never shown) and that Tender never captures (:meth:`_order_outcome`).
         """
         probe = self._order_request(reference, 100, "USD", "probe", "probe")
-        try:
-            created = await self._call(
-                lambda: self._sdk.orders.create_order(
-                    {
-                        "body": probe,
-                        "paypal_request_id": self._request_id(reference, "create"),
-                        "prefer": "return=minimal",
-                    }
-                ),
-                moves_money=False,
-            )
-        except PaymentDeclined:
-            return None  # a refused create (the first one's answer, or the probe's): no order
-        if created.status_code == 201:
-            return None
-        return await self._get_order(created.body.id)
+        for operation in ("create", AFTER_PROBE):  # see _create_order
+            try:
+                created = await self._call(
+                    self._creating(probe, reference, operation, "return=minimal"),
+                    moves_money=False,
+                )
+            except PaymentDeclined:
+                return None  # a refused create (the first one's answer, or the probe's)
+            if created.status_code == 201:
+                return None
+            order = await self._get_order(created.body.id)
+            if not _is_probe(order):
+                return order
+        return None  # probes only: the payment's real order was never created
 
     def _order_outcome(self, order: Any, reference: str) -> PaymentOutcome:
         unit = (getattr(order, "purchase_units", None) or [None])[0]
@@ -873,6 +892,15 @@ class PayPalProvider(PaymentProvider):
                 ),
             )
         return WebhookEvent(**base)
+
+
+AFTER_PROBE = "create-after-probe"  # the real order's request id once a probe holds "create"
+
+
+def _is_probe(order: Any) -> bool:
+    """Whether ``order`` is a verify's probe (its ``custom_id`` names the flow)."""
+    unit = (getattr(order, "purchase_units", None) or [None])[0]
+    return str(getattr(unit, "custom_id", "") or "").rpartition(",")[2] == "probe"
 
 
 def _link(order: Any, *rels: str) -> str | None:

@@ -432,3 +432,19 @@ def test_a_refund_after_paypal_forgot_the_request_id_finds_the_order_by_id(
         )
     )
     assert refunded.amount_minor == saved.amount_minor and fake.orders_count() == orders
+
+
+def test_a_create_after_a_recovery_probe_makes_the_real_order(fake: FakePayPal) -> None:
+    """A worker died after claiming and before create-order was sent; recovery's id-less
+    verify probed with a 1.00 USD order under the payment's own request id, and the real
+    create then got the probe back: the customer was charged 1.00 USD (issue 33, item 1).
+    The create now sees the probe and makes the real order under a request id of its own."""
+    plugin = provider(fake)
+    saved = request()
+    assert asyncio.run(plugin.verify_payment(saved.reference)).status is OutcomeStatus.NOT_FOUND
+    paid = asyncio.run(plugin.process_payment(saved))
+    assert paid.status is OutcomeStatus.SUCCEEDED
+    assert (paid.amount_minor, paid.currency) == (saved.amount_minor, saved.currency)
+    assert fake.charges_count(saved.reference) == 1
+    again = asyncio.run(plugin.verify_payment(saved.reference))  # id-less: the real order
+    assert again.status is OutcomeStatus.SUCCEEDED and again.amount_minor == saved.amount_minor
