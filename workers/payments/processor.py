@@ -128,6 +128,11 @@ def outcome_mismatch(outcome: PaymentOutcome, amount_minor: int, currency: str) 
     return None
 
 
+# (instance, refusal code) -> when this process last alerted it (time.monotonic)
+_REFUSALS_ALERTED: dict[tuple[uuid.UUID, str | None], float] = {}
+_REFUSALS_LOCK = threading.Lock()
+
+
 class LeaseLost(Exception):
     """Our claim expired and another worker took the payment over."""
 
@@ -172,9 +177,6 @@ class PaymentProcessor:
         # Renews the leases of claims in progress (workers.ledger.leases); None: the lease
         # runs its course (tests, and processes that hold claims briefly).
         self.leases = leases
-        # (instance, refusal code) -> when it was last alerted (time.monotonic)
-        self._refusals_alerted: dict[tuple[uuid.UUID, str | None], float] = {}
-        self._refusals_lock = threading.Lock()
 
     # -- entry point -------------------------------------------------------------
 
@@ -529,15 +531,15 @@ class PaymentProcessor:
         self, instance: InstanceView, request: PaymentRequest, code: str | None, message: str
     ) -> None:
         """One ``alert.raised`` per instance and refusal code per ``alert_cooldown_s`` in
-        this process: a route that keeps sending small amounts to an instance with a
+        this process (a processor is made per task, so the memory is the module's): a route that keeps sending small amounts to an instance with a
         minimum must not page someone for every payment."""
         key = (instance.id, code)
         now = time.monotonic()
-        with self._refusals_lock:
-            last = self._refusals_alerted.get(key)
+        with _REFUSALS_LOCK:
+            last = _REFUSALS_ALERTED.get(key)
             if last is not None and now - last < self.settings.alert_cooldown_s:
                 return
-            self._refusals_alerted[key] = now
+            _REFUSALS_ALERTED[key] = now
         with self.database.transaction() as session:
             add_event(
                 session,
