@@ -89,7 +89,25 @@ class Settings(BaseSettings):
     health_check_timeout_s: PositiveSeconds = 10.0
     circuit_failure_threshold: Annotated[int, Field(ge=1)] = 2
     reconcile_interval_s: PositiveSeconds = 60.0
-    reconcile_age_s: PositiveSeconds = 120.0  # how old pending/unknown must be to verify
+    # How old a `requested` payment (its message lost) or an unanswered refund must be
+    # before reconcile acts on it.
+    reconcile_age_s: PositiveSeconds = 120.0
+    # When reconcile verifies a payment left unknown or pending: this long after it entered
+    # the state, then after each check. Kill Bill's payment janitor's defaults
+    # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).
+    # Unknown: after the last check, one alert names the payment and no more checks are
+    # made. Pending: the last delay repeats until the payment's expiry ends it.
+    reconcile_unknown_backoff_s: Annotated[tuple[PositiveSeconds, ...], Field(min_length=1)] = (
+        300.0,
+        3600.0,
+        86400.0,
+        86400.0,
+        86400.0,
+    )
+    reconcile_pending_backoff_s: Annotated[tuple[PositiveSeconds, ...], Field(min_length=1)] = (
+        3600.0,
+        86400.0,
+    )
     relay_interval_s: PositiveSeconds = 5.0  # outbox sweep for events not published inline
     registry_poll_s: PositiveSeconds = 0.25  # how often a process checks for registry changes
     provider_timeout_s: PositiveSeconds = 15.0  # per provider call

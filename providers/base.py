@@ -154,6 +154,16 @@ class ProviderConfig(BaseModel):
     # secrets are given again in the same change: an address alone must not redirect keys.
     destination_fields: ClassVar[frozenset[str]] = frozenset({"base_url"})
 
+    # How long a checkout waits on its customer before Tender ends it, in seconds. None:
+    # the plugin's documented default (PaymentProvider.checkout_lifetime_s), also the most
+    # a plugin accepts. An hour at least: shorter lets pages expire under customers' hands.
+    checkout_lifetime_s: float | None = Field(
+        default=None,
+        ge=3600,
+        description="How long a checkout waits on its customer, in seconds (default: the "
+        "provider's documented lifetime).",
+    )
+
     @classmethod
     def secret_fields(cls) -> frozenset[str]:
         """Field names whose values are secret, read from the type annotations."""
@@ -219,6 +229,15 @@ class Capability(StrEnum):
     # (PayPal's verify-webhook-signature): a changed field is refused, a reformatted body not.
     SIGNED_CONTENT = "signed_content"
     SIGNED_TIMESTAMPS = "signed_timestamps"  # webhook signatures cover a timestamp
+    # Lifecycles (issue 33), each played by the plugin's fake and checked by conformance:
+    # a checkout can be made unpayable at expiry (expire_checkout does it)
+    EXPIRES_CHECKOUT = "expires_checkout"
+    # a declined attempt on a checkout leaves it payable: verify says pending, not failed
+    RETRY_AFTER_DECLINE = "retry_after_decline"
+    # a hosted checkout has no transaction at the provider until the customer's first try
+    LAZY_CHECKOUT = "lazy_checkout"
+    # a capture or charge can stay pending at the provider and complete later
+    PENDING_CAPTURE = "pending_capture"
 
 
 class PaymentProvider(ABC):
@@ -253,11 +272,19 @@ class PaymentProvider(ABC):
         if isinstance(raw, cls.config_model):
             return raw
         try:
-            return cls.config_model.model_validate(dict(raw))
+            config = cls.config_model.model_validate(dict(raw))
         except ValidationError as exc:
             raise ConfigurationError(
                 f"invalid {cls.name} config: {describe_validation_error(exc)}", provider=cls.name
             ) from None
+        lifetime = config.checkout_lifetime_s
+        if lifetime is not None and lifetime > cls.checkout_lifetime_s:
+            raise ConfigurationError(
+                f"invalid {cls.name} config: checkout_lifetime_s: at most "
+                f"{cls.checkout_lifetime_s:.0f} (the provider's own limit), got {lifetime:.0f}",
+                provider=cls.name,
+            )
+        return config
 
     def configure(self, config: Mapping[str, Any] | ProviderConfig) -> None:
         """Validate and apply the instance's config; raise ConfigurationError if bad."""
@@ -288,6 +315,20 @@ class PaymentProvider(ABC):
     @classmethod
     def supports(cls, currency: str) -> bool:
         return currency in cls.supported_currencies
+
+    @property
+    def lifetime_s(self) -> float:
+        """How long this instance's checkouts wait on the customer (its config, else the
+        plugin's documented default)."""
+        configured = self._config.checkout_lifetime_s if self._config is not None else None
+        return configured or type(self).checkout_lifetime_s
+
+    async def expire_checkout(self, reference: str, *, provider_id: str | None = None) -> bool:
+        """Make the payment's checkout unpayable, where the provider allows it; True if it
+        did. Called by reconcile at expiry before its last verify. The default does
+        nothing: a provider with no such call (or whose page expires by itself) relies on
+        that last verify, and a success reported later still wins."""
+        return False
 
     @abstractmethod
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:

@@ -86,7 +86,21 @@ class OutcomeUnknown(ProviderError):
 
     The customer may or may not have been charged. Safe next: verify with the same
     provider by reference before anything else; never fall through to another one.
+    ``provider_id``: the provider's own id for the payment when one was given before the
+    answer was lost (an order created, then its capture timed out). The ledger stores it
+    at once, so every later verify reads the payment by it.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        code: str | None = None,
+        provider_id: str | None = None,
+    ):
+        super().__init__(message, provider=provider, code=code)
+        self.provider_id = provider_id
 
 
 class WebhookError(Exception):

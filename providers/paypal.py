@@ -572,6 +572,11 @@ class PayPalProvider(PaymentProvider):
             captured = await self._call(
                 lambda: self._sdk.orders.capture_order(options), moves_money=True
             )
+        except OutcomeUnknown as exc:
+            # The order exists: name it, so the ledger keeps its id and every later verify
+            # reads it by id (the create's request id is only kept 6 hours).
+            exc.provider_id = exc.provider_id or order_id
+            raise
         except PaymentDeclined as exc:
             if exc.code == "ORDER_ALREADY_CAPTURED":  # by an earlier call: report it
                 return self._order_outcome(await self._get_order(order_id), reference)

@@ -232,14 +232,20 @@ def test_wrong_key_marks_the_instance_error_and_charges_nothing(
 @pytest.fixture
 def reconcile_now() -> Iterator[None]:
     """Reconcile treats every open payment as old enough to verify."""
-    saved = os.environ.get("TENDER_RECONCILE_AGE_S")
-    os.environ["TENDER_RECONCILE_AGE_S"] = "0.01"
+    names = {
+        "TENDER_RECONCILE_AGE_S": "0.01",
+        "TENDER_RECONCILE_UNKNOWN_BACKOFF_S": "[0.01]",
+        "TENDER_RECONCILE_PENDING_BACKOFF_S": "[0.01]",
+    }
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
     reset_settings()
     yield
-    if saved is None:
-        os.environ.pop("TENDER_RECONCILE_AGE_S", None)
-    else:
-        os.environ["TENDER_RECONCILE_AGE_S"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     reset_settings()
 
 

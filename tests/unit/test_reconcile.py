@@ -30,6 +30,8 @@ class Recording(EventPublisher):
 @pytest.fixture
 def fast_reconcile(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TENDER_RECONCILE_AGE_S", "0.05")
+    monkeypatch.setenv("TENDER_RECONCILE_UNKNOWN_BACKOFF_S", "[0.05, 0.05, 0.05]")
+    monkeypatch.setenv("TENDER_RECONCILE_PENDING_BACKOFF_S", "[0.05]")
     reset_settings()
 
 
@@ -206,7 +208,8 @@ def test_a_checkout_with_no_transaction_yet_waits_out_its_lifetime(
 ) -> None:  # type: ignore[no-untyped-def]
     """A hosted checkout may have no transaction at the provider until the customer's
     first attempt (Flutterwave's "No transaction was found"): reconcile leaves it pending
-    while the checkout lives, and only then fails it as expired (issue 33, item 3)."""
+    while the checkout lives; at its expiry it first asks the provider to end the
+    checkout, verifies once more, and only then fails it as expired (issue 33)."""
     from typing import ClassVar
 
     from sqlalchemy import update
@@ -215,9 +218,11 @@ def test_a_checkout_with_no_transaction_yet_waits_out_its_lifetime(
     from providers.sandbox import SandboxProvider
     from workers.ledger.records import Payment
 
+    calls: list[str] = []
+
     class HostedPage(SandboxProvider):
         name: ClassVar[str] = "hostedpage"
-        checkout_lifetime_s: ClassVar[float] = 3600
+        checkout_lifetime_s: ClassVar[float] = 7200
 
         async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
             return PaymentOutcome(
@@ -228,27 +233,158 @@ def test_a_checkout_with_no_transaction_yet_waits_out_its_lifetime(
                 authorization_url="https://checkout.example/pay/abc",
             )
 
+        async def expire_checkout(self, reference: str, *, provider_id: str | None = None) -> bool:
+            calls.append("expire")
+            return True
+
         async def verify_payment(
             self, reference: str, *, provider_id: str | None = None
         ) -> PaymentOutcome:
+            calls.append("verify")
             return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
 
     runtime.registry().register_plugin("hostedpage", HostedPage)
-    runtime.registry().create_instance("hostedpage", {}, is_active=True)
+    # the instance's own lifetime (an hour) wins over the plugin's default (two)
+    runtime.registry().create_instance(
+        "hostedpage", {"checkout_lifetime_s": 3600}, is_active=True
+    )
     fields = _validated("o-page", "10.00", "NGN", "ada@example.com", "card", None, None, None)
     payment, _ = record_payment(get_database(), fields)
     processor().process(payment.id)
+    pending = get_payment(payment.id)
+    expires_at = pending.expires_at
+    assert expires_at is not None
+    assert abs((expires_at - payment.created_at).total_seconds() - 3600) < 1
     publisher = Recording()
     assert run(publisher).still_open == [payment.id]
     assert get_payment(payment.id).status == "pending" and publisher.published == []
+    assert calls == ["verify"]
 
     with get_database().transaction() as session:  # an hour and a minute later
         session.execute(
             update(Payment)
             .where(Payment.id == payment.id)
-            .values(created_at=utcnow() - timedelta(seconds=3660))
+            .values(expires_at=utcnow() - timedelta(seconds=60))
         )
     assert run(publisher).resolved == {payment.id: "failed"}
+    assert calls == ["verify", "expire", "verify"]  # ended at the provider, then verified
     view = get_payment(payment.id)
     assert view.status == "failed" and view.error_code == "expired"
     assert [t for t, _ in publisher.published] == ["payment.failed"]
+
+
+def test_an_expired_checkout_paid_at_the_last_moment_succeeds(fast_reconcile, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The last verify after expiry is the truth: a payment made just before the checkout
+    ended is succeeded, not expired."""
+    from sqlalchemy import update
+
+    from workers.ledger.records import Payment
+
+    instance = runtime.registry().create_instance(
+        "sandbox", {"charge_book": str(tmp_path / "b.db")}, is_active=True
+    )
+    payment_id = pending_payment("o-last")
+    plugin = runtime.registry().plugin_for(instance)
+    plugin.settle(get_payment(payment_id).provider_reference, OutcomeStatus.SUCCEEDED)  # type: ignore[attr-defined]
+    with get_database().transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    publisher = Recording()
+    assert run(publisher).resolved == {payment_id: "succeeded"}
+    assert [t for t, _ in publisher.published] == ["payment.succeeded"]
+
+
+def _place(payment_id: Any, status: str, checks: int, age_s: float) -> None:
+    from sqlalchemy import update
+
+    from workers.ledger.records import Payment
+
+    with get_database().transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(
+                status=status,
+                checks=checks,
+                updated_at=utcnow() - timedelta(seconds=age_s),
+                expires_at=utcnow() + timedelta(days=30),
+            )
+        )
+
+
+def test_the_backoff_schedule_decides_which_payments_are_verified(sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """Kill Bill's janitor schedule: unknown at 5 min, 1 h, then daily (three times),
+    pending at 1 h, then daily until its expiry; nothing in between (issue 33)."""
+    from sqlalchemy import select
+
+    from workers.ledger.records import Payment
+
+    reset_settings()
+    settings = get_settings()
+    assert settings.reconcile_unknown_backoff_s == (300, 3600, 86400, 86400, 86400)
+    assert settings.reconcile_pending_backoff_s == (3600, 86400)
+    cases = {
+        # (status, checks, seconds since the last change or check): due?
+        ("unknown", 0, 200): False,
+        ("unknown", 0, 400): True,
+        ("unknown", 1, 400): False,
+        ("unknown", 1, 3700): True,
+        ("unknown", 2, 3700): False,
+        ("unknown", 4, 90000): True,  # the last check
+        ("unknown", 5, 10**7): False,  # past the last: alerted, never again
+        ("pending", 0, 400): False,
+        ("pending", 0, 3700): True,
+        ("pending", 1, 3700): False,
+        ("pending", 1, 90000): True,
+        ("pending", 9, 90000): True,  # daily until the expiry
+        ("pending", 9, 3700): False,
+    }
+    ids = {}
+    for n, case in enumerate(cases):
+        fields = _validated(f"o-b{n}", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+        payment, _ = record_payment(get_database(), fields)
+        _place(payment.id, *case)
+        ids[payment.id] = case
+    with get_database().sessions() as session:
+        due = set(
+            session.execute(
+                select(Payment.id).where(reconcile_module._due(utcnow(), settings))
+            ).scalars()
+        )
+    assert {ids[i] for i in due} == {case for case, want in cases.items() if want}
+
+
+def test_an_unknown_payment_alerts_once_after_its_last_check(fast_reconcile, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typing import ClassVar
+
+    from providers.base import PaymentOutcome, PaymentRequest
+    from providers.errors import OutcomeUnknown
+    from providers.sandbox import SandboxProvider
+
+    class Silent(SandboxProvider):
+        name: ClassVar[str] = "silent"
+
+        async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+            raise OutcomeUnknown("read timeout", provider=self.name, provider_id="ch_given_1")
+
+        async def verify_payment(
+            self, reference: str, *, provider_id: str | None = None
+        ) -> PaymentOutcome:
+            raise OutcomeUnknown("still no answer", provider=self.name)
+
+    runtime.registry().register_plugin("silent", Silent)
+    runtime.registry().create_instance("silent", {}, is_active=True)
+    fields = _validated("o-silent", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    processor().process(payment.id)
+    view = get_payment(payment.id)
+    # the id the provider gave before its answer was lost is kept at once
+    assert view.status == "unknown" and view.provider_transaction_id == "ch_given_1"
+    publisher = Recording()
+    alerts = [a for _ in range(5) for a in run(publisher).alerts]  # schedule of three checks
+    assert len(alerts) == 1 and str(payment.id) in alerts[0].title
+    assert [t for t, _ in publisher.published] == ["alert.raised"]
+    assert get_payment(payment.id).status == "unknown"

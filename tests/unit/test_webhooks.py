@@ -287,11 +287,25 @@ def test_success_already_recorded_by_the_worker_is_no_change(env, publisher) -> 
     assert outbox_types() == [] and receipts() == [("charge.success", "no_change")]
 
 
-def test_success_for_a_failed_payment_is_a_conflict_that_alerts(env, publisher) -> None:
+def test_a_success_reported_after_a_failure_wins_with_an_alert(env, publisher) -> None:
+    """Money at the provider is the truth (issue 33): a payment Tender failed (an expired
+    checkout, a decline the customer retried past) that the provider reports paid becomes
+    succeeded, and billing is told what it left."""
     key = secret()
     pay = payment(paystack_instance(key), status="failed")
-    assert deliver(charge_body(pay), key, publisher).result == "conflict"
-    assert status_of(pay) == "failed" and outbox_types() == ["alert.raised"]
+    assert deliver(charge_body(pay), key, publisher).result == "applied"
+    assert status_of(pay) == "succeeded"
+    assert outbox_types() == ["payment.succeeded", "alert.raised"]
+    event = next(p for t, p in publisher.published if t == "payment.succeeded")
+    assert event["previous_status"] == "failed" and event["error"] is None
+
+
+def test_a_failure_for_a_succeeded_payment_is_a_conflict_that_alerts(env, publisher) -> None:
+    key = secret()
+    pay = payment(paystack_instance(key), status="succeeded")
+    reply = deliver(charge_body(pay, "charge.failed"), key, publisher)
+    assert reply.result == "conflict"
+    assert status_of(pay) == "succeeded" and outbox_types() == ["alert.raised"]
 
 
 def test_payment_still_processing_is_answered_409_so_the_provider_retries(env, publisher) -> None:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -97,6 +97,7 @@ class FinishWrite:
     error_message: str | None = None
     provider_transaction_id: str | None = None
     authorization_url: str | None = None
+    expires_at: datetime | None = None  # when a pending payment ends (None: not pending)
     # Called with the event, as (event_id, event_type, payload), once this finish has
     # committed: in one call with every other finish of its batch that names the same
     # callable (an event relay's ``submit``), so the relay publishes them as one batch.
@@ -450,7 +451,7 @@ WITH v AS (
     SELECT * FROM json_to_recordset(%(finishes)s::json) AS v(
         id uuid, token uuid, status text, error_code text, error_message text,
         instance_id uuid, plugin_name text, provider_transaction_id text,
-        authorization_url text)
+        authorization_url text, expires_at timestamptz)
 ), done AS (
     UPDATE payments AS p
     SET status = v.status, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL,
@@ -458,7 +459,8 @@ WITH v AS (
         instance_id = COALESCE(v.instance_id, p.instance_id),
         plugin_name = COALESCE(v.plugin_name, p.plugin_name),
         provider_transaction_id = COALESCE(v.provider_transaction_id, p.provider_transaction_id),
-        authorization_url = COALESCE(v.authorization_url, p.authorization_url)
+        authorization_url = COALESCE(v.authorization_url, p.authorization_url),
+        expires_at = v.expires_at, checks = 0
     FROM v
     WHERE p.id = ANY(%(ids)s::uuid[]) AND p.id = v.id
       AND (p.status = 'processing' AND p.lease_token = v.token) IS TRUE
@@ -630,6 +632,7 @@ def _finish_postgres(
             "plugin_name": w.plugin_name,
             "provider_transaction_id": w.provider_transaction_id,
             "authorization_url": w.authorization_url,
+            "expires_at": w.expires_at.isoformat() if w.expires_at else None,
         }
         for w in writes
     ]
@@ -698,6 +701,7 @@ def _finish_core(connection: Connection, write: FinishWrite) -> bool:
         error_message=write.error_message,
         provider_transaction_id=write.provider_transaction_id,
         authorization_url=write.authorization_url,
+        expires_at=write.expires_at,
     ):
         return False
     if write.attempts:

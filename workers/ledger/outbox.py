@@ -66,6 +66,10 @@ class PaymentEvent(Event):
     refunded_minor: int = 0
     error: str | None = None
     error_code: str | None = None
+    # Set when the payment left a state billing may already have acted on: "failed" on a
+    # payment.succeeded means the provider reported the money after Tender had failed it.
+    previous_status: str | None = None
+    expires_at: datetime | None = None  # payment.pending: when the checkout ends
 
 
 class HealthChangedEvent(Event):

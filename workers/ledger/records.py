@@ -73,6 +73,12 @@ class Payment(Base):
     claims: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A payment waiting on its customer (pending) ends at this time: reconcile makes the
+    # checkout unpayable where the provider allows it, verifies once more, then fails it.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reconcile's verifications since the payment entered its pending or unknown state:
+    # its place on the backoff schedule (workers.payments.reconcile).
+    checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_payments_status_updated", "status", "updated_at"),
@@ -205,6 +211,8 @@ class PaymentRecord:
     claims: int
     created_at: datetime
     updated_at: datetime
+    expires_at: datetime | None
+    checks: int
 
     @classmethod
     def from_row(cls, row: Any) -> PaymentRecord:
@@ -317,6 +325,8 @@ _FINISH = (
         authorization_url=func.coalesce(
             bindparam("authorization_url", type_=Text()), _payments.c.authorization_url
         ),
+        expires_at=bindparam("expires_at", type_=UTCDateTime()),
+        checks=0,
     )
 )
 
@@ -332,6 +342,7 @@ def finish_claim(
     error_message: str | None,
     provider_transaction_id: str | None,
     authorization_url: str | None,
+    expires_at: datetime | None = None,
 ) -> bool:
     """processing -> ``new`` for the holder of ``claim`` (compare-and-set on status and
     lease). Unset provider fields keep their stored values. True if this call moved it."""
@@ -350,6 +361,7 @@ def finish_claim(
             "plugin_name": plugin_name,
             "provider_transaction_id": provider_transaction_id,
             "authorization_url": authorization_url,
+            "expires_at": expires_at,
         },
     )
     return result.rowcount == 1
@@ -361,9 +373,14 @@ def read_payment(connection: Connection, payment_id: uuid.UUID) -> PaymentRecord
 
 
 def payment_event(
-    payment: Payment | PaymentRecord, state: PaymentState, **changed: Any
+    payment: Payment | PaymentRecord,
+    state: PaymentState,
+    *,
+    previous_status: PaymentState | None = None,
+    **changed: Any,
 ) -> PaymentEvent:
-    """The result event for ``payment`` entering ``state`` (``changed``: fields just written)."""
+    """The result event for ``payment`` entering ``state`` (``changed``: fields just written;
+    ``previous_status``: set when billing may have acted on the state it leaves)."""
 
     def value(name: str) -> Any:
         return changed[name] if name in changed else getattr(payment, name)
@@ -383,4 +400,6 @@ def payment_event(
         refunded_minor=value("refunded_minor"),
         error=value("error_message"),
         error_code=value("error_code"),
+        previous_status=previous_status.value if previous_status else None,
+        expires_at=value("expires_at") if state is PaymentState.PENDING else None,
     )

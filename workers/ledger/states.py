@@ -33,14 +33,16 @@ TRANSITIONS: dict[PaymentState, frozenset[PaymentState]] = {
     S.UNKNOWN: frozenset({S.SUCCEEDED, S.FAILED, S.PENDING}),
     S.SUCCEEDED: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
     S.PARTIALLY_REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED}),
-    S.FAILED: frozenset(),
+    # failed -> succeeded: money at the provider is the truth. A success reported after
+    # Tender recorded a failure (a checkout it expired, a decline the customer retried
+    # past) makes the payment succeeded, with an alert and a payment.succeeded event.
+    S.FAILED: frozenset({S.SUCCEEDED}),
     S.REFUNDED: frozenset(),
 }
 
-FINAL_STATES = frozenset(state for state, nexts in TRANSITIONS.items() if not nexts) | {
-    S.SUCCEEDED,
-    S.PARTIALLY_REFUNDED,
-}
+# Final for billing: no worker, webhook or reconcile moves them again on its own
+# initiative (only a provider's late success moves failed, see above).
+FINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.REFUNDED, S.PARTIALLY_REFUNDED})
 
 # What a provider's answer means for the payment.
 OUTCOME_STATE: dict[OutcomeStatus, PaymentState] = {

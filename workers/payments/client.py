@@ -104,6 +104,9 @@ class PaymentView(BaseModel):
     refunded_minor: int
     created_at: datetime
     updated_at: datetime
+    # A payment waiting on its customer ends then: failed with error_code "expired"
+    # unless the provider has the money (which always wins, even later).
+    expires_at: datetime | None = None
     attempts: list[AttemptView] = []
 
 
@@ -203,6 +206,7 @@ def record_payment(
         "status": PaymentState.REQUESTED.value,
         "refunded_minor": 0,
         "claims": 0,
+        "checks": 0,
         "created_at": now,
         "updated_at": now,
     }
@@ -375,6 +379,7 @@ def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> P
         refunded_minor=payment.refunded_minor,
         created_at=payment.created_at,
         updated_at=payment.updated_at,
+        expires_at=payment.expires_at if payment.status == PaymentState.PENDING.value else None,
         attempts=[
             AttemptView(
                 plugin_name=a.plugin_name,

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
@@ -94,6 +95,14 @@ class _Decision:
     error_code: str | None = None
     error_message: str | None = None
     attempts: list[_Attempt] = field(default_factory=list)
+    # The provider's id for the payment when no outcome carries it (an order made before
+    # its capture's answer was lost): stored at once, so later verifies read by it.
+    provider_id: str | None = None
+
+    @property
+    def provider_transaction_id(self) -> str | None:
+        given = self.outcome.provider_transaction_id if self.outcome is not None else None
+        return given or self.provider_id
 
 
 _MARK_HOP = (
@@ -354,7 +363,12 @@ class PaymentProcessor:
             )
         except (OutcomeUnknown, CallTimeout) as exc:
             attempt("unknown", getattr(exc, "code", None), str(exc))
-            return self._verify(instance, plugin, request, attempts, reason=str(exc))
+            given = getattr(exc, "provider_id", None)
+            decision = self._verify(
+                instance, plugin, request, attempts, reason=str(exc), provider_id=given
+            )
+            decision.provider_id = decision.provider_id or given
+            return decision
         except Exception as exc:  # a plugin bug after sending is as ambiguous as a timeout
             log.exception("plugin %s raised unexpectedly", instance.plugin_name)
             attempt("unknown", "plugin_error", f"{type(exc).__name__}: {exc}")
@@ -586,10 +600,14 @@ class PaymentProcessor:
         if instance is not None:
             fields |= {"instance_id": instance.id, "plugin_name": instance.plugin_name}
         if outcome is not None:
-            fields |= {
-                "provider_transaction_id": outcome.provider_transaction_id,
-                "authorization_url": outcome.authorization_url,
-            }
+            fields |= {"authorization_url": outcome.authorization_url}
+        provider_id = decision.provider_transaction_id
+        if provider_id is not None:
+            fields["provider_transaction_id"] = provider_id
+        expires_at = None
+        if decision.state is PaymentState.PENDING and instance is not None:
+            expires_at = self._expiry(payment, instance)
+            fields["expires_at"] = expires_at
         event = outbox_row(payment_event(payment, decision.state, **fields))
         finished = self.writer.finish(
             FinishWrite(
@@ -601,8 +619,9 @@ class PaymentProcessor:
                 plugin_name=instance.plugin_name if instance else None,
                 error_code=decision.error_code,
                 error_message=decision.error_message,
-                provider_transaction_id=outcome.provider_transaction_id if outcome else None,
+                provider_transaction_id=provider_id,
                 authorization_url=outcome.authorization_url if outcome else None,
+                expires_at=expires_at,
                 publish=self.relay.submit,  # with the rest of its batch, once committed
             )
         )
@@ -621,6 +640,16 @@ class PaymentProcessor:
                 f": {decision.error_message}" if decision.error_message else "",
             )
         return decision.state
+
+
+    def _expiry(self, payment: PaymentRecord, instance: InstanceView) -> datetime:
+        """When a payment that waits on its customer ends: its instance's checkout lifetime
+        after the payment was asked for."""
+        try:
+            lifetime_s = self.registry.plugin_for(instance).lifetime_s
+        except Exception:  # the plugin answered a moment ago; a default beats no expiry
+            lifetime_s = PaymentProvider.checkout_lifetime_s
+        return payment.created_at + timedelta(seconds=lifetime_s)
 
 
 def _count(decision: _Decision, instance: InstanceView | None) -> None:

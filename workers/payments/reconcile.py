@@ -8,9 +8,15 @@ Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
   (the task verifies with the instance that was being called before anything else);
   both oldest first, up to ``LOST_BATCHES`` x ``BATCH`` a run, a ``requested`` one
   moving to the back once enqueued so that a backlog cannot starve the rest;
-* ``pending`` and ``unknown`` payments older than ``reconcile_age_s``: verify with
-  their provider and move them to what the provider says. Each compare-and-set
-  succeeds once, so each payment resolves (and emits its event) exactly once;
+* ``pending`` and ``unknown`` payments on a backoff schedule (Kill Bill's janitor:
+  unknown 5 min, 1 h, then daily three times; pending 1 h, then daily; both settings):
+  verify with their provider by its own id and move them to what the provider says.
+  Each compare-and-set succeeds once, so each payment resolves (and emits its event)
+  exactly once. An unknown one still unresolved after its last check raises one alert;
+* ``pending`` payments past their expiry: make the checkout unpayable where the provider
+  allows it (``expire_checkout``), verify once more, and only then fail them with reason
+  ``expired``. A success the provider reports later still wins (webhooks: failed ->
+  succeeded);
 * refunds with no provider answer ``reconcile_age_s`` after their last change (still
   ``requested``: their caller stopped mid-call; ``pending`` with no provider refund id:
   the call timed out): one alert a run lists them, each again every ``alert_cooldown_s``,
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 
 from config.settings import Settings
 from providers.base import OutcomeStatus, utcnow
@@ -75,10 +81,7 @@ def reconcile(
         open_payments = list(
             session.execute(
                 select(Payment)
-                .where(
-                    Payment.status.in_([PaymentState.PENDING.value, PaymentState.UNKNOWN.value]),
-                    Payment.updated_at < cutoff,
-                )
+                .where(_due(now, settings))
                 .order_by(Payment.updated_at)
                 .limit(BATCH)
             ).scalars()
@@ -86,10 +89,9 @@ def reconcile(
     for payment in open_payments:
         if time.monotonic() > deadline:
             break  # the rest wait for the next run
-        state = _verify_one(database, registry, loop, publisher, settings, payment)
+        state = _verify_one(database, registry, loop, publisher, settings, payment, report)
         if state is None:
             report.still_open.append(payment.id)
-            _touch(database, [payment.id], payment.status)
         else:
             report.resolved[payment.id] = state.value
             metrics.RECONCILE_FIXED.labels(state.value).inc()
@@ -256,13 +258,36 @@ def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
     )
 
 
-def _checkout_open(payment: Payment, plugin: Any) -> bool:
-    """Whether ``payment`` is a checkout still within its plugin's ``checkout_lifetime_s``
-    (``pending`` with a page for the customer)."""
-    if payment.status != PaymentState.PENDING.value or not payment.authorization_url:
-        return False
-    lifetime_s = float(getattr(plugin, "checkout_lifetime_s", 0.0))
-    return (utcnow() - payment.created_at).total_seconds() < lifetime_s
+def _due(now: datetime, settings: Settings) -> ColumnElement[bool]:
+    """Pending and unknown payments whose next check is due: ``checks`` is a payment's
+    place on its schedule, ``updated_at`` the time of its last change or check."""
+    due: list[ColumnElement[bool]] = []
+    for state, schedule, repeat_last in (
+        (PaymentState.UNKNOWN, settings.reconcile_unknown_backoff_s, False),
+        (PaymentState.PENDING, settings.reconcile_pending_backoff_s, True),
+    ):
+        for index, delay_s in enumerate(schedule):
+            place = (
+                Payment.checks >= index
+                if repeat_last and index == len(schedule) - 1
+                else Payment.checks == index
+            )
+            due.append(
+                and_(
+                    Payment.status == state.value,
+                    place,
+                    Payment.updated_at < now - timedelta(seconds=delay_s),
+                )
+            )
+    due.append(and_(Payment.status == PaymentState.PENDING.value, Payment.expires_at <= now))
+    return or_(*due)
+
+
+def _expires_at(payment: Payment, plugin: Any) -> datetime:
+    """The payment's expiry; rows written before expiries were stored get the plugin's."""
+    if payment.expires_at is not None:
+        return payment.expires_at
+    return payment.created_at + timedelta(seconds=float(plugin.lifetime_s))
 
 
 def verify_budget_s(settings: Settings) -> float:
@@ -271,9 +296,8 @@ def verify_budget_s(settings: Settings) -> float:
 
 
 def _touch(database: Database, ids: list[uuid.UUID], status: str) -> None:
-    """Move these payments, if still in ``status``, to the back of reconcile's queue
-    (looked at again after reconcile_age_s), so payments that stay pending, or whose
-    messages wait in a backlog, cannot starve the rest."""
+    """Move these payments, if still in ``status``, to the back of the lost-message
+    queue, so that payments whose messages wait in a backlog cannot starve the rest."""
     if not ids:
         return
     with database.transaction() as session:
@@ -285,6 +309,58 @@ def _touch(database: Database, ids: list[uuid.UUID], status: str) -> None:
         )
 
 
+def _checked(
+    database: Database,
+    publisher: EventPublisher,
+    settings: Settings,
+    payment: Payment,
+    provider_id: str | None,
+    report: ReconcileReport,
+) -> None:
+    """A check that left the payment where it was: one step along its schedule, and the
+    provider's id kept if the ledger had none. An unknown payment past its last check
+    raises one alert naming it and its instance, and is not checked again."""
+    checks = payment.checks + 1
+    last = (
+        payment.status == PaymentState.UNKNOWN.value
+        and checks == len(settings.reconcile_unknown_backoff_s)
+    )
+    with database.transaction() as session:
+        moved = session.execute(
+            update(Payment)
+            .where(Payment.id == payment.id, Payment.status == payment.status)
+            .values(
+                updated_at=utcnow(),
+                checks=checks,
+                provider_transaction_id=payment.provider_transaction_id or provider_id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if not last or moved.rowcount != 1:  # type: ignore[attr-defined]
+            return
+        alert = Alert(
+            severity="critical",
+            title=f"Payment {payment.id} still unknown after {checks} verifications",
+            text=(
+                f"Payment {payment.id} (order {payment.order_id}, {payment.amount_minor} "
+                f"minor units of {payment.currency}, reference {payment.reference}) at "
+                f"{payment.plugin_name} instance {payment.instance_id} could not be "
+                f"resolved by {checks} verifications since "
+                f"{payment.created_at:%Y-%m-%d %H:%M} UTC, and will not be verified again. "
+                "Check it at the provider: a webhook still settles it; otherwise "
+                "settle it by hand."
+            ),
+            instance_id=payment.instance_id,
+            tenant_id=payment.tenant_id,
+        )
+        event = add_event(session, alert.event())
+        session.flush()
+        outbox_id = event.id
+    log.error("reconcile: %s", alert.title)
+    report.alerts.append(alert)
+    publish_now(database, publisher, [outbox_id])
+
+
 def _verify_one(
     database: Database,
     registry: PluginRegistry,
@@ -292,15 +368,21 @@ def _verify_one(
     publisher: EventPublisher,
     settings: Settings,
     payment: Payment,
+    report: ReconcileReport,
 ) -> PaymentState | None:
     current = PaymentState(payment.status)
     instance = next((v for v in registry.snapshot() if v.id == payment.instance_id), None)
     if instance is None:
         log.warning("payment %s is %s but its provider instance is gone", payment.id, current.value)
+        _checked(database, publisher, settings, payment, None, report)
         return None
     started = time.perf_counter()
+    expired = False
     try:
         plugin = registry.plugin_for(instance)
+        expired = current is PaymentState.PENDING and _expires_at(payment, plugin) <= utcnow()
+        if expired:
+            _end_checkout(loop, settings, plugin, payment)
         # by the provider's own id when the ledger holds one: never a search, never a create
         verify = plugin.verify_payment(
             payment.reference, provider_id=payment.provider_transaction_id
@@ -308,37 +390,44 @@ def _verify_one(
         outcome = loop.run(verify, settings.provider_timeout_s)
     except Exception as exc:
         log.warning("reconcile could not verify payment %s: %s", payment.id, exc)
+        if not expired:  # an expired one is tried again next run, until its verify answers
+            _checked(database, publisher, settings, payment, None, report)
         return None
     latency_ms = (time.perf_counter() - started) * 1000
     code: str | None
     message: str | None
-    if outcome.status is OutcomeStatus.NOT_FOUND and _checkout_open(payment, plugin):
-        # A checkout waiting on its customer: the provider may have no transaction until
-        # the first attempt (Flutterwave's hosted page, issue 33). Not paid is not final
-        # until the checkout's lifetime is over.
+    open_status = outcome.status in (OutcomeStatus.PENDING, OutcomeStatus.NOT_FOUND)
+    if current is PaymentState.PENDING and open_status and not expired:
+        # Still waiting on its customer. "Not found" is not "not paid" before the expiry:
+        # a hosted page may have no transaction until the first attempt (Flutterwave).
+        _checked(database, publisher, settings, payment, outcome.provider_transaction_id, report)
         return None
-    if outcome.status is OutcomeStatus.NOT_FOUND:
-        # Old enough that a request in flight would have landed: it was never charged.
-        expired = payment.status == PaymentState.PENDING.value and payment.authorization_url
+    if expired and open_status:
         new, code, message = (
-            (PaymentState.FAILED, "expired", "the checkout expired with no payment at the provider")
-            if expired
-            else (
-                PaymentState.FAILED,
-                "not_charged",
-                "the provider has no record of this payment",
-            )
+            PaymentState.FAILED,
+            "expired",
+            f"the checkout expired at {_expires_at(payment, plugin):%Y-%m-%d %H:%M} UTC with "
+            "no payment at the provider",
+        )
+    elif outcome.status is OutcomeStatus.NOT_FOUND:
+        # Unknown, and old enough that a request in flight would have landed: never charged.
+        new, code, message = (
+            PaymentState.FAILED,
+            "not_charged",
+            "the provider has no record of this payment",
         )
     else:
         mismatch = outcome_mismatch(outcome, payment.amount_minor, payment.currency)
         if mismatch is not None:
             log.error("reconcile: payment %s left %s: %s", payment.id, current.value, mismatch)
+            _checked(database, publisher, settings, payment, None, report)
             return None
         new = OUTCOME_STATE[outcome.status]
         failed = new is PaymentState.FAILED
         code = (outcome.code or "declined") if failed else None
         message = outcome.message if failed else None
     if new is current:
+        _checked(database, publisher, settings, payment, outcome.provider_transaction_id, report)
         return None
     fields: dict[str, Any] = {
         "error_code": code,
@@ -346,7 +435,10 @@ def _verify_one(
         "provider_transaction_id": outcome.provider_transaction_id
         or payment.provider_transaction_id,
         "authorization_url": outcome.authorization_url or payment.authorization_url,
+        "checks": 0,
     }
+    if new is PaymentState.PENDING:  # unknown -> pending: the customer is mid-checkout
+        fields["expires_at"] = _expires_at(payment, plugin)
     with database.transaction() as session:
         if not apply_transition(session, payment.id, current, new, **fields):
             return None  # a webhook or another reconcile got there first
@@ -368,3 +460,19 @@ def _verify_one(
     publish_now(database, publisher, [outbox_id])
     log.info("reconcile: payment %s %s -> %s", payment.id, current.value, new.value)
     return new
+
+
+def _end_checkout(loop: ProviderLoop, settings: Settings, plugin: Any, payment: Payment) -> None:
+    """Make an expired checkout unpayable where the provider allows it, before the last
+    verify: a customer must not pay a checkout Tender is about to fail. A refusal (it was
+    completed or had expired already) is fine: the verify that follows tells which."""
+    try:
+        ended = loop.run(
+            plugin.expire_checkout(payment.reference, provider_id=payment.provider_transaction_id),
+            settings.provider_timeout_s,
+        )
+    except Exception as exc:
+        log.info("payment %s: the provider did not expire its checkout: %s", payment.id, exc)
+        return
+    if ended:
+        log.info("payment %s: checkout expired at the provider", payment.id)

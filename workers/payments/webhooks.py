@@ -307,7 +307,10 @@ def _apply_charge(
         return _reply(WebhookResult.IN_PROGRESS, payment, 409, "a worker is charging it"), []
     if current is new or (new is PaymentState.SUCCEEDED and current in REFUNDABLE):
         return _reply(WebhookResult.NO_CHANGE, payment, 200, f"already {current.value}"), []
-    if current not in _OPEN_PAYMENT:
+    # Money at the provider is the truth: a success for a payment Tender failed (a checkout
+    # it expired, a decline the customer retried past) makes it succeeded, loudly.
+    late_success = current is PaymentState.FAILED and new is PaymentState.SUCCEEDED
+    if current not in _OPEN_PAYMENT and not late_success:
         text = (
             f"{event.provider} says payment {payment.id} ({payment.reference}) "
             f"{event.status.value} but the ledger has it {current.value}"
@@ -330,10 +333,29 @@ def _apply_charge(
     if not apply_transition(session, payment.id, current, new, **fields):
         # Unreachable while the row is locked; answering 409 makes the provider retry.
         return _reply(WebhookResult.IN_PROGRESS, payment, 409, "payment changed meanwhile"), []
-    outbox = add_event(session, payment_event(payment, new, **fields))
+    previous = current if late_success else None
+    outbox = add_event(session, payment_event(payment, new, previous_status=previous, **fields))
+    rows = [outbox]
+    if late_success:
+        text = (
+            f"{event.provider} reports payment {payment.id} (order {payment.order_id}, "
+            f"{payment.reference}) paid after Tender recorded it failed "
+            f"({payment.error_code}: {payment.error_message}). It is succeeded now; billing "
+            "gets payment.succeeded with previous_status 'failed' and should fulfil the "
+            "order or refund it."
+        )
+        log.warning("webhook: %s", text)
+        alert = AlertEvent(
+            severity="warning",
+            title="payment succeeded after it was recorded failed",
+            text=text,
+            instance_id=payment.instance_id,
+            tenant_id=payment.tenant_id,
+        )
+        rows.append(add_event(session, alert))
     session.flush()
     log.info("webhook %s: payment %s %s -> %s", event.event_type, payment.id, current, new)
-    return _reply(WebhookResult.APPLIED, payment, 200, new.value), [outbox.id]
+    return _reply(WebhookResult.APPLIED, payment, 200, new.value), [row.id for row in rows]
 
 
 def _apply_refund(
