@@ -84,12 +84,29 @@ FLUTTERWAVE_CURRENCIES = frozenset(
     ]
 )
 SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
-_STATUS = {
-    "successful": OutcomeStatus.SUCCEEDED,
-    "completed": OutcomeStatus.SUCCEEDED,
-    "pending": OutcomeStatus.PENDING,
-    "failed": OutcomeStatus.FAILED,
-    "cancelled": OutcomeStatus.FAILED,
+# A transaction's status as Tender's outcome, by the flow that made it. A Standard (hosted)
+# checkout has no transaction before the customer's first attempt, and a failed attempt
+# can be retried on the same page under the same tx_ref
+# (https://developer.flutterwave.com/docs/flutterwave-standard-1: the page lives for
+# session_duration, 1440 minutes at most, and max_retry_attempt bounds "the number of times
+# that a customer can retry after a failed transaction"), so a failed checkout transaction is not
+# final until the checkout expires; a tokenized charge has nobody to retry it.
+FLOW_KEY = "tender_flow"  # meta: "checkout" (tokenized charges carry no meta)
+_STATUS: dict[str, dict[str, OutcomeStatus]] = {
+    "checkout": {
+        "successful": OutcomeStatus.SUCCEEDED,
+        "completed": OutcomeStatus.SUCCEEDED,
+        "pending": OutcomeStatus.PENDING,
+        "failed": OutcomeStatus.PENDING,  # the customer may try again on the page
+        "cancelled": OutcomeStatus.PENDING,  # closed the page; the link still works
+    },
+    "saved": {
+        "successful": OutcomeStatus.SUCCEEDED,
+        "completed": OutcomeStatus.SUCCEEDED,
+        "pending": OutcomeStatus.PENDING,
+        "failed": OutcomeStatus.FAILED,
+        "cancelled": OutcomeStatus.FAILED,
+    },
 }
 
 
@@ -174,7 +191,13 @@ class FlutterwaveProvider(PaymentProvider):
     # body is never trusted, the API is asked instead.
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         # RETRY_HINTS: a 429's standard Retry-After is passed on when present.
-        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.RETRY_HINTS}
+        {
+            Capability.PENDING_CHECKOUT,
+            Capability.PARTIAL_REFUNDS,
+            Capability.RETRY_HINTS,
+            Capability.LAZY_CHECKOUT,
+            Capability.RETRY_AFTER_DECLINE,
+        }
     )
 
     def __init__(self) -> None:
@@ -329,7 +352,9 @@ class FlutterwaveProvider(PaymentProvider):
                 "redirect_url": self.settings.redirect_url,
                 "customer": {"email": request.customer_email},
                 "customizations": {"title": f"Order {request.order_id}"},
-                "meta": {"order_id": request.order_id},
+                "meta": {"order_id": request.order_id, FLOW_KEY: "checkout"},
+                # minutes the page stays payable (Flutterwave Standard: 1440 at most)
+                "session_duration": int(min(self.lifetime_s, 24 * 3600) // 60),
             },
         )
         return PaymentOutcome(
@@ -346,8 +371,11 @@ class FlutterwaveProvider(PaymentProvider):
             amount_minor = to_minor(Decimal(str(data["amount"])), currency)
         except (KeyError, MoneyError, ArithmeticError):
             amount_minor = None
+        meta = data.get("meta")
+        flow = meta.get(FLOW_KEY) if isinstance(meta, Mapping) else None
+        table = _STATUS["checkout" if flow == "checkout" else "saved"]
         return PaymentOutcome(
-            status=_STATUS.get(str(data.get("status")), OutcomeStatus.PENDING),
+            status=table.get(str(data.get("status")), OutcomeStatus.PENDING),
             reference=reference,
             provider_transaction_id=str(data["id"]) if data.get("id") is not None else None,
             amount_minor=amount_minor,

@@ -327,6 +327,7 @@ class PayPalProvider(PaymentProvider):
             Capability.PENDING_CHECKOUT,
             Capability.PARTIAL_REFUNDS,
             Capability.SIGNED_CONTENT,
+            Capability.PENDING_CAPTURE,
             Capability.SIGNED_TIMESTAMPS,
         }
     )

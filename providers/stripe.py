@@ -284,6 +284,8 @@ class StripeProvider(PaymentProvider):
             Capability.PENDING_CHECKOUT,
             Capability.PARTIAL_REFUNDS,
             Capability.RETRY_HINTS,
+            Capability.EXPIRES_CHECKOUT,
+            Capability.RETRY_AFTER_DECLINE,
             Capability.SIGNED_BODY,
             Capability.SIGNED_TIMESTAMPS,
         }
@@ -514,6 +516,21 @@ class StripeProvider(PaymentProvider):
             self._sdk.v1.payment_intents.retrieve_async(provider_id), moves_money=False
         )
 
+    async def expire_checkout(self, reference: str, *, provider_id: str | None = None) -> bool:
+        """End an open Checkout Session (``POST /v1/checkout/sessions/{id}/expire``: "after
+        it expires, a customer can't complete a Checkout Session",
+        https://docs.stripe.com/api/checkout/sessions/expire). Stripe refuses it for a
+        session that is no longer open (paid, or expired already): False then."""
+        if not provider_id or not provider_id.startswith("cs_"):
+            return False
+        try:
+            await self._call(
+                self._sdk.v1.checkout.sessions.expire_async(provider_id), moves_money=False
+            )
+        except PaymentDeclined:  # Stripe's 400 invalid_request_error: not open any more
+            return False
+        return True
+
     async def _session_outcome(self, session_id: str, reference: str) -> PaymentOutcome:
         """A Checkout Session read by id: its PaymentIntent's outcome once the customer has
         tried to pay (Checkout makes the intent then), pending while it is open and
@@ -526,7 +543,13 @@ class StripeProvider(PaymentProvider):
             intent = await self._call(
                 self._sdk.v1.payment_intents.retrieve_async(intent_id), moves_money=False
             )
-            return self._intent_outcome(intent, reference)
+            outcome = self._intent_outcome(intent, reference)
+            if session.status == "expired" and outcome.status is OutcomeStatus.PENDING:
+                # an attempt declined, then the page ended: nobody can pay it any more
+                return outcome.model_copy(
+                    update={"status": OutcomeStatus.FAILED, "code": "expired"}
+                )
+            return outcome
         amount = session.amount_total
         currency = str(session.currency or "").upper() or None
         return PaymentOutcome(

@@ -34,7 +34,8 @@ from tests.fakes.paystack.server import (
 )
 from tests.fakes.stripe.server import FakeStripe
 
-Outcome = Literal["succeed", "decline", "pending"]
+# "pending_capture": a charge the provider accepts but completes later (PENDING_CAPTURE)
+Outcome = Literal["succeed", "decline", "pending", "pending_capture"]
 Fault = Literal["stall_after_recording", "server_error", "rate_limited", "down", "revoked_key"]
 TIMEOUT_S = 0.6  # the client timeout harnesses configure; a "stall" outlasts it
 HEALTH_TIMEOUT_S = 3.0  # the slow health check's client timeout (DEGRADED past 2.4 s)
@@ -88,6 +89,21 @@ class Harness(ABC):
         """A plugin whose health check answers slowly, but in time."""
         raise NotImplementedError
         yield  # pragma: no cover
+
+    # The customer on the provider's checkout page, and the provider finishing its own work:
+    # what the lifecycle checks drive (each harness whose plugin declares the capability).
+
+    def customer_declines(self, reference: str) -> None:
+        """The customer's attempt on the checkout of ``reference`` is declined."""
+        raise NotImplementedError
+
+    def customer_pays(self, reference: str) -> None:
+        """The customer pays the checkout of ``reference``; raises if it is not payable."""
+        raise NotImplementedError
+
+    def complete_capture(self, reference: str) -> None:
+        """The provider completes the pending capture of ``reference``."""
+        raise NotImplementedError
 
     def new_request(self, **fields: Any) -> PaymentRequest:
         defaults: dict[str, Any] = {
@@ -264,6 +280,12 @@ class StripeHarness(FakeServerHarness):
         intent = self.fake.intent_for(reference)
         return self.fake.webhook("payment_intent.succeeded", intent, at=time.time() - age_s)
 
+    def customer_declines(self, reference: str) -> None:
+        self.fake.fail_checkout_attempt(reference)
+
+    def customer_pays(self, reference: str) -> None:
+        self.fake.complete_checkout(reference)
+
 
 class FlutterwaveHarness(FakeServerHarness):
     revoked: ClassVar[dict[str, str]] = {"secret_key": "FLWSECK_TEST-revoked-X"}
@@ -291,6 +313,12 @@ class FlutterwaveHarness(FakeServerHarness):
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
         return self.fake.webhook(reference)
 
+    def customer_declines(self, reference: str) -> None:
+        self.fake.attempt(reference, "failed", "Declined")
+
+    def customer_pays(self, reference: str) -> None:
+        self.fake.complete(reference)
+
 
 class PayPalHarness(FakeServerHarness):
     revoked: ClassVar[dict[str, str]] = {"client_secret": "E" + "0" * 40}
@@ -312,7 +340,11 @@ class PayPalHarness(FakeServerHarness):
         }
 
     def request(self, outcome: Outcome, amount_minor: int = 50_000) -> PaymentRequest:
-        token = {"succeed": "pp-vault-good", "decline": "pp-vault-declined"}.get(outcome)
+        token = {
+            "succeed": "pp-vault-good",
+            "decline": "pp-vault-declined",
+            "pending_capture": "pp-vault-pending",
+        }.get(outcome)
         return self.new_request(payment_token=token, amount_minor=amount_minor)
 
     def charges(self, reference: str) -> int:
@@ -321,6 +353,9 @@ class PayPalHarness(FakeServerHarness):
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
         capture = self.fake.capture_of(reference)
         return self.fake.webhook("PAYMENT.CAPTURE.COMPLETED", capture, age_s=age_s)
+
+    def complete_capture(self, reference: str) -> None:
+        self.fake.complete_capture(reference)
 
     def tamper(self, raw: bytes) -> bytes:
         event = json.loads(raw)

@@ -138,6 +138,70 @@ def test_the_same_reference_twice_reaches_the_books_once(harness: Harness) -> No
     assert harness.charges(request.reference) == 1
 
 
+# --- lifecycles (issue 33): each declared one played by the fake ----------------------------
+
+
+def _open_checkout(harness: Harness) -> tuple[Any, str, str | None]:
+    plugin = harness.plugin()
+    request = harness.request("pending")
+    outcome = run(plugin.process_payment(request))
+    assert outcome.status is OutcomeStatus.PENDING
+    return plugin, request.reference, outcome.provider_transaction_id
+
+
+def test_a_declined_attempt_leaves_the_checkout_payable(harness: Harness) -> None:
+    if Capability.RETRY_AFTER_DECLINE not in harness.plugin_class.capabilities:
+        pytest.skip("the provider's checkout ends at a decline")
+    plugin, reference, provider_id = _open_checkout(harness)
+    harness.customer_declines(reference)
+    after_decline = run(plugin.verify_payment(reference, provider_id=provider_id))
+    assert after_decline.status is OutcomeStatus.PENDING  # never final while payable
+    harness.customer_pays(reference)
+    paid = run(plugin.verify_payment(reference, provider_id=provider_id))
+    assert paid.status is OutcomeStatus.SUCCEEDED and paid.amount_minor == 50_000
+    assert harness.charges(reference) == 1
+
+
+def test_an_expired_checkout_cannot_be_paid_and_reads_failed(harness: Harness) -> None:
+    plugin, reference, provider_id = _open_checkout(harness)
+    ended = run(plugin.expire_checkout(reference, provider_id=provider_id))
+    if Capability.EXPIRES_CHECKOUT not in harness.plugin_class.capabilities:
+        assert ended is False  # claims nothing it cannot do: reconcile relies on its verify
+        return
+    assert ended is True
+    with pytest.raises(Exception):  # noqa: B017 - the fake refuses the customer its way
+        harness.customer_pays(reference)
+    verified = run(plugin.verify_payment(reference, provider_id=provider_id))
+    assert verified.status is OutcomeStatus.FAILED
+    assert harness.charges(reference) == 0
+
+
+def test_a_checkout_with_no_attempt_yet_is_not_failed(harness: Harness) -> None:
+    if Capability.LAZY_CHECKOUT not in harness.plugin_class.capabilities:
+        pytest.skip("the provider records a checkout's transaction when it is made")
+    plugin, reference, provider_id = _open_checkout(harness)
+    untried = run(plugin.verify_payment(reference, provider_id=provider_id))
+    assert untried.status in (OutcomeStatus.NOT_FOUND, OutcomeStatus.PENDING)
+    harness.customer_pays(reference)
+    paid = run(plugin.verify_payment(reference, provider_id=provider_id))
+    assert paid.status is OutcomeStatus.SUCCEEDED
+
+
+def test_a_pending_capture_completes_later(harness: Harness) -> None:
+    if Capability.PENDING_CAPTURE not in harness.plugin_class.capabilities:
+        pytest.skip("the provider answers a charge with its final outcome")
+    plugin = harness.plugin()
+    request = harness.request("pending_capture")
+    outcome = run(plugin.process_payment(request))
+    assert outcome.status is OutcomeStatus.PENDING
+    provider_id = outcome.provider_transaction_id
+    waiting = run(plugin.verify_payment(request.reference, provider_id=provider_id))
+    assert waiting.status is OutcomeStatus.PENDING
+    harness.complete_capture(request.reference)
+    done = run(plugin.verify_payment(request.reference, provider_id=provider_id))
+    assert done.status is OutcomeStatus.SUCCEEDED and done.amount_minor == request.amount_minor
+
+
 # --- ambiguity ----------------------------------------------------------------------------
 
 

@@ -245,9 +245,7 @@ def test_a_checkout_with_no_transaction_yet_waits_out_its_lifetime(
 
     runtime.registry().register_plugin("hostedpage", HostedPage)
     # the instance's own lifetime (an hour) wins over the plugin's default (two)
-    runtime.registry().create_instance(
-        "hostedpage", {"checkout_lifetime_s": 3600}, is_active=True
-    )
+    runtime.registry().create_instance("hostedpage", {"checkout_lifetime_s": 3600}, is_active=True)
     fields = _validated("o-page", "10.00", "NGN", "ada@example.com", "card", None, None, None)
     payment, _ = record_payment(get_database(), fields)
     processor().process(payment.id)

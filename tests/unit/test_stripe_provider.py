@@ -208,3 +208,43 @@ def test_a_refund_right_after_the_payment_finds_it_by_id_while_search_lags(
         plugin.refund(checkout.reference, provider_id=session.provider_transaction_id)
     )
     assert whole.amount_minor == checkout.amount_minor
+
+
+def test_an_expired_checkout_is_ended_at_stripe_and_then_reads_failed(fake: FakeStripe) -> None:
+    """At its expiry Tender ends the Checkout Session with Stripe's expire call ("after it
+    expires, a customer can't complete a Checkout Session",
+    https://docs.stripe.com/api/checkout/sessions/expire); a session a declined attempt
+    left open is then failed, not pending (issue 33)."""
+    from tests.fakes.stripe.server import CheckoutClosed
+
+    plugin = provider(fake)
+    checkout = request(token=None)
+    pending = asyncio.run(plugin.process_payment(checkout))
+    session_id = pending.provider_transaction_id
+    fake.fail_checkout_attempt(checkout.reference)
+    assert asyncio.run(plugin.expire_checkout(checkout.reference, provider_id=session_id))
+    with pytest.raises(CheckoutClosed):  # the customer can no longer pay it
+        fake.complete_checkout(checkout.reference)
+    ended = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=session_id))
+    assert ended.status is OutcomeStatus.FAILED and ended.code == "expired"
+    # a second expire (a reconcile run repeated) is Stripe's 400, answered "not ended now"
+    assert not asyncio.run(plugin.expire_checkout(checkout.reference, provider_id=session_id))
+
+
+def test_a_checkout_that_lapsed_by_itself_reads_failed_and_a_paid_one_is_not_ended(
+    fake: FakeStripe,
+) -> None:
+    plugin = provider(fake)
+    lapsed = request(token=None)
+    session_id = asyncio.run(plugin.process_payment(lapsed)).provider_transaction_id
+    fake.lapse_checkout(lapsed.reference)
+    assert not asyncio.run(plugin.expire_checkout(lapsed.reference, provider_id=session_id))
+    verified = asyncio.run(plugin.verify_payment(lapsed.reference, provider_id=session_id))
+    assert verified.status is OutcomeStatus.FAILED
+
+    paid = request(token=None)
+    session_id = asyncio.run(plugin.process_payment(paid)).provider_transaction_id
+    fake.complete_checkout(paid.reference)
+    assert not asyncio.run(plugin.expire_checkout(paid.reference, provider_id=session_id))
+    verified = asyncio.run(plugin.verify_payment(paid.reference, provider_id=session_id))
+    assert verified.status is OutcomeStatus.SUCCEEDED

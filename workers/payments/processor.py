@@ -641,7 +641,6 @@ class PaymentProcessor:
             )
         return decision.state
 
-
     def _expiry(self, payment: PaymentRecord, instance: InstanceView) -> datetime:
         """When a payment that waits on its customer ends: its instance's checkout lifetime
         after the payment was asked for."""

@@ -80,10 +80,7 @@ def reconcile(
     with database.sessions() as session:
         open_payments = list(
             session.execute(
-                select(Payment)
-                .where(_due(now, settings))
-                .order_by(Payment.updated_at)
-                .limit(BATCH)
+                select(Payment).where(_due(now, settings)).order_by(Payment.updated_at).limit(BATCH)
             ).scalars()
         )
     for payment in open_payments:
@@ -321,9 +318,8 @@ def _checked(
     provider's id kept if the ledger had none. An unknown payment past its last check
     raises one alert naming it and its instance, and is not checked again."""
     checks = payment.checks + 1
-    last = (
-        payment.status == PaymentState.UNKNOWN.value
-        and checks == len(settings.reconcile_unknown_backoff_s)
+    last = payment.status == PaymentState.UNKNOWN.value and checks == len(
+        settings.reconcile_unknown_backoff_s
     )
     with database.transaction() as session:
         moved = session.execute(

@@ -14,6 +14,12 @@ Test tokens: ``flw-t1nf-good`` (successful), ``flw-t1nf-declined`` (failed, "Dec
 same one is refused and charges nothing, as Flutterwave refuses duplicate references.
 Amounts are decimal major units, kept as ``Decimal``.
 
+A Standard (hosted) checkout has no transaction until the customer's first attempt on the
+page (``verify_by_reference`` answers "No transaction was found" until then); a failed
+attempt can be retried on the same page, and the retry is a new transaction under the same
+``tx_ref`` (:meth:`attempt`). Transactions carry back the ``meta`` the checkout was made
+with, as in Flutterwave's verify sample (``Node-v3`` ``documentation/transactions.md``).
+
 Refunds complete at once, as in Flutterwave's documented sample, unless
 ``refunds_settle_later`` is set: then they stay ``pending`` until :meth:`settle_refund`, and
 :meth:`refund_webhook` announces the change (Flutterwave documents no v3 refund webhook
@@ -67,6 +73,7 @@ class FakeFlutterwave(LoopbackFake):
         self._lock = threading.RLock()
         self._ids = itertools.count(8_000_000 + secrets.randbelow(10**6))
         self._transactions: dict[str, dict[str, Any]] = {}  # tx_ref -> transaction
+        self._checkouts: dict[str, dict[str, Any]] = {}  # tx_ref -> Standard checkout body
         self._refunded: dict[str, Decimal] = {}
         self._refunds: dict[str, dict[str, Any]] = {}  # refund id -> refund
         self.refunds_settle_later = False
@@ -85,14 +92,26 @@ class FakeFlutterwave(LoopbackFake):
 
     def references(self) -> set[str]:
         with self._lock:
-            return set(self._transactions)
+            return set(self._transactions) | set(self._checkouts)
+
+    def attempt(
+        self, reference: str, status: str = "failed", response: str = "Declined"
+    ) -> dict[str, Any]:
+        """The customer tries to pay the Standard checkout of ``reference``: a new
+        transaction under its ``tx_ref`` (the first, or a retry after a failed one)."""
+        with self._lock:
+            body = self._checkouts[reference]
+            previous = self._transactions.pop(reference, None)
+            if previous is not None and previous["status"] != "failed":
+                self._transactions[reference] = previous
+                raise RuntimeError(f"checkout {reference} is {previous['status']}: not payable")
+            tx, _ = self._new(body, status, response)
+            assert tx is not None
+            return dict(tx)
 
     def complete(self, reference: str) -> dict[str, Any]:
         """The customer pays a Standard checkout."""
-        with self._lock:
-            tx = self._transactions[reference]
-            tx["status"] = "successful"
-            return dict(tx)
+        return self.attempt(reference, "successful", "Approved")
 
     def webhook(self, reference: str, **overrides: Any) -> tuple[bytes, dict[str, str]]:
         """A ``charge.completed`` event as Flutterwave POSTs it, with the verif-hash."""
@@ -181,6 +200,7 @@ class FakeFlutterwave(LoopbackFake):
                 "amount": amount, "charged_amount": amount, "currency": body.get("currency"),
                 "status": status, "processor_response": response, "payment_type": "card",
                 "customer": {"email": (body.get("customer") or {}).get("email") or body.get("email")},
+                "meta": body.get("meta"),
             }  # fmt: skip
             self._transactions[reference] = tx
         return tx, None
@@ -202,10 +222,15 @@ class FakeFlutterwave(LoopbackFake):
         return 200, {"status": "success", "message": message, "data": tx}
 
     def _standard(self, body: dict[str, Any]) -> tuple[int, Any]:
-        tx, refused = self._new(body, "pending", "Awaiting payment")
-        if refused:
-            return refused
-        assert tx is not None
+        reference = str(body.get("tx_ref") or "")
+        if not reference:
+            return error(400, "tx_ref is required")
+        if "amount" not in body:
+            return error(400, "amount is required")
+        with self._lock:
+            if reference in self._transactions or reference in self._checkouts:
+                return error(400, "Duplicate transaction reference")
+            self._checkouts[reference] = body  # no transaction until the first attempt
         link = f"https://checkout.flutterwave.com/v3/hosted/pay/{secrets.token_hex(10)}"
         return 200, {"status": "success", "message": "Hosted Link", "data": {"link": link}}
 

@@ -141,6 +141,10 @@ class FakePayPal(LoopbackFake):
         self._captures: dict[str, tuple[str, dict[str, Any]]] = {}  # id -> (order id, capture)
         self._refunds: dict[str, dict[str, Any]] = {}
         self._replays: dict[tuple[str, str], tuple[int, Any]] = {}
+        # "The server stores keys for 6 hours" (PayPal-Request-Id, Orders v2 OpenAPI
+        # description); a repeat after that is a new request. Tests shorten it.
+        self.request_id_ttl_s = 6 * 3600.0
+        self._replayed_at: dict[tuple[str, str], float] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -186,6 +190,21 @@ class FakePayPal(LoopbackFake):
         """PayPal keeps request ids for 6 hours (72 on request): after that, a repeat is new."""
         with self._lock:
             self._replays.clear()
+            self._replayed_at.clear()
+
+    def complete_capture(self, invoice_id: str) -> dict[str, Any]:
+        """A capture PayPal left ``PENDING`` (``status_details.reason``, e.g.
+        ``PENDING_REVIEW``) completes later, as PayPal announces with
+        ``PAYMENT.CAPTURE.COMPLETED`` (https://developer.paypal.com/api/rest/webhooks/event-names/).
+        Returns the capture as that event carries it."""
+        with self._lock:
+            _, capture = next(
+                (o, c) for o, c in self._captures.values() if c["invoice_id"] == invoice_id
+            )
+            capture["status"] = "COMPLETED"
+            capture.pop("status_details", None)
+            capture["update_time"] = now_iso()
+            return dict(capture)
 
     def refuse_orders(self, issue: str | None) -> None:
         """The account refuses orders: ``NOT_AUTHORIZED`` (403: the app lacks the
@@ -347,13 +366,18 @@ class FakePayPal(LoopbackFake):
         kind = "create" if path == "/v2/checkout/orders" else parts[-1]
         if request_id:
             with self._lock:
-                self._replays.setdefault((kind, request_id), answer)
+                if (kind, request_id) not in self._replays:
+                    self._replays[(kind, request_id)] = answer
+                    self._replayed_at[(kind, request_id)] = time.monotonic()
         return answer
 
     def _replay(self, kind: str, request_id: str | None) -> tuple[int, Any] | None:
         if not request_id:
             return None
         with self._lock:
+            stored = self._replayed_at.get((kind, request_id))
+            if stored is not None and time.monotonic() - stored > self.request_id_ttl_s:
+                del self._replays[(kind, request_id)], self._replayed_at[(kind, request_id)]
             return self._replays.get((kind, request_id))
 
     def _create(self, body: dict[str, Any]) -> tuple[int, Any]:

@@ -3,8 +3,9 @@
 Objects are built from Stripe's own example objects (``objects.json``, taken from the
 public ``stripe/openapi`` repository's ``fixtures3.json``) with the request's fields laid
 over them. Endpoints: ``POST /v1/payment_intents``, ``GET /v1/payment_intents/search``,
-``GET /v1/payment_intents/{id}``, ``POST /v1/checkout/sessions``, ``POST /v1/refunds``,
-``GET /v1/balance``.
+``GET /v1/payment_intents/{id}``, ``POST /v1/checkout/sessions``, ``GET
+/v1/checkout/sessions/{id}``, ``POST /v1/checkout/sessions/{id}/expire``, ``POST
+/v1/refunds``, ``GET /v1/balance``.
 
 The protocol as Stripe speaks it:
 
@@ -90,6 +91,10 @@ def stripe_error(status: int, type_: str, message: str, **fields: Any) -> tuple[
 
 
 MINIMUM_CHARGE = {"usd": 50, "eur": 50, "gbp": 30}  # minor units, Stripe's published minimums
+
+
+class CheckoutClosed(RuntimeError):
+    """The test acted as a customer on a Checkout Session that cannot be paid any more."""
 
 
 class FakeStripe(LoopbackFake):
@@ -178,8 +183,28 @@ class FakeStripe(LoopbackFake):
             )  # fmt: skip
             return copy.deepcopy(intent)
 
+    def lapse_checkout(self, reference: str) -> None:
+        """The Checkout Session of ``reference`` reaches its ``expires_at`` (24 hours after
+        creation unless set: https://docs.stripe.com/api/checkout/sessions/create): from
+        now on it reads ``expired`` and can no longer be paid."""
+        with self._lock:
+            self._session_of(reference)["expires_at"] = int(time.time()) - 1
+
     def _session_of(self, reference: str) -> dict[str, Any]:
-        return next(cs for cs in self._sessions.values() if cs["client_reference_id"] == reference)
+        session = next(
+            cs for cs in self._sessions.values() if cs["client_reference_id"] == reference
+        )
+        self._lapse(session)
+        if session["status"] != "open":
+            raise CheckoutClosed(session["status"])
+        return session
+
+    @staticmethod
+    def _lapse(session: dict[str, Any]) -> None:
+        """An open session past its ``expires_at`` is expired: the customer sees a page
+        saying so and cannot pay (https://docs.stripe.com/api/checkout/sessions/expire)."""
+        if session["status"] == "open" and session["expires_at"] <= time.time():
+            session.update(status="expired", url=None)
 
     def _session_intent(self, session: dict[str, Any]) -> dict[str, Any]:
         """The session's PaymentIntent, made at its first payment attempt."""
@@ -251,11 +276,15 @@ class FakeStripe(LoopbackFake):
             with self._lock:
                 session = self._sessions.get(path.rsplit("/", 1)[1])
                 if session is not None:
+                    self._lapse(session)
                     return 200, copy.deepcopy(session)
             return stripe_error(
                 404, "invalid_request_error", "No such checkout.session",
                 code="resource_missing", param="session",
             )  # fmt: skip
+        expire = re.fullmatch(r"/v1/checkout/sessions/([^/]+)/expire", path)
+        if method == "POST" and expire:
+            return self._expire_session(expire.group(1))
         if method == "POST" and path == "/v1/refunds":
             return self._create_refund(form)
         if method == "GET" and path == "/v1/balance":
@@ -371,6 +400,7 @@ class FakeStripe(LoopbackFake):
             metadata=form.get("metadata", {}),
             success_url=form.get("success_url"),
             payment_intent=None,
+            expires_at=int(form.get("expires_at") or time.time() + 24 * 3600),
         )
         # what the session's PaymentIntent will carry (payment_intent_data.metadata)
         intent_metadata = (form.get("payment_intent_data") or {}).get("metadata")
@@ -378,6 +408,29 @@ class FakeStripe(LoopbackFake):
             self._sessions[session_id] = session
             self._intent_metadata[session_id] = intent_metadata or session["metadata"]
         return 200, session
+
+    def _expire_session(self, session_id: str) -> tuple[int, Any]:
+        """Stripe's expire call: "A Checkout Session can be expired when it is in one of
+        these statuses: open ... Returns an error if the Checkout Session has already
+        expired or isn't in an expireable state"
+        (https://docs.stripe.com/api/checkout/sessions/expire)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return stripe_error(
+                    404, "invalid_request_error", "No such checkout.session",
+                    code="resource_missing", param="session",
+                )  # fmt: skip
+            self._lapse(session)
+            if session["status"] != "open":
+                return stripe_error(
+                    400,
+                    "invalid_request_error",
+                    'Only Checkout Sessions with a status in ["open"] can be expired. This '
+                    f'Checkout Session has a status of "{session["status"]}".',
+                )
+            session.update(status="expired", url=None)
+            return 200, copy.deepcopy(session)
 
     def _create_refund(self, form: dict[str, Any]) -> tuple[int, Any]:
         intent = self._intents.get(form.get("payment_intent", ""))
