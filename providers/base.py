@@ -12,6 +12,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -217,6 +218,45 @@ async def probe_health(probe: Awaitable[object], *, slow_after_s: float) -> Heal
     )
 
 
+Flow = Literal["checkout", "saved"]
+FLOWS: tuple[Flow, ...] = ("checkout", "saved")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of a provider's payment lifecycle: what one of its statuses means for Tender.
+
+    ``flows``: the flows it applies to (a hosted checkout the customer can still pay on, or
+    a saved method charged with nobody present); ``payable``: the customer can still pay
+    in this status, so it is never final; ``source``: the provider's documentation of it.
+    """
+
+    status: str
+    outcome: OutcomeStatus
+    source: str
+    flows: tuple[Flow, ...] = FLOWS
+    payable: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.outcome in (OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """A provider's payment lifecycle as data: one table read by charge, verify and
+    webhooks alike (docs/providers.md shows it). A status it does not list waits
+    (PENDING): a payable order is never failed on a guess."""
+
+    stages: tuple[Stage, ...]
+
+    def table(self, flow: Flow) -> dict[str, OutcomeStatus]:
+        return {stage.status: stage.outcome for stage in self.stages if flow in stage.flows}
+
+    def outcome(self, status: str, flow: Flow) -> OutcomeStatus:
+        return self.table(flow).get(status, OutcomeStatus.PENDING)
+
+
 class Capability(StrEnum):
     """What a provider can do or tell; the conformance suite checks each declared one and
     checks that an undeclared one is really absent (tests/conformance)."""
@@ -256,6 +296,9 @@ class PaymentProvider(ABC):
     # The provider's official API hosts: in production the only ones its keys may go to.
     api_hosts: ClassVar[frozenset[str]] = frozenset()
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # The provider's payment statuses and what each means (empty: the plugin has none of
+    # its own, e.g. the sandbox); the conformance suite checks every row.
+    lifecycle: ClassVar[Lifecycle] = Lifecycle(())
     # How long a checkout may wait on its customer before Tender gives up on it: a hosted
     # page may have no transaction at the provider until the customer's first attempt, so
     # "not found" is not "not paid" until then. 24 h is Stripe Checkout's documented

@@ -41,6 +41,7 @@ from pydantic import Field, SecretStr, field_validator
 from providers.base import (
     Capability,
     HealthCheck,
+    Lifecycle,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -48,6 +49,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    Stage,
     WebhookEvent,
     probe_health,
 )
@@ -92,21 +94,22 @@ SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is D
 # that a customer can retry after a failed transaction"), so a failed checkout transaction is not
 # final until the checkout expires; a tokenized charge has nobody to retry it.
 FLOW_KEY = "tender_flow"  # meta: "checkout" (tokenized charges carry no meta)
+_STANDARD_DOC = "https://developer.flutterwave.com/docs/flutterwave-standard-1"
+_VERIFY_DOC = "https://developer.flutterwave.com/docs/transaction-verification"
+LIFECYCLE = Lifecycle(
+    (
+        Stage("successful", OutcomeStatus.SUCCEEDED, _VERIFY_DOC),
+        Stage("completed", OutcomeStatus.SUCCEEDED, _VERIFY_DOC),
+        Stage("pending", OutcomeStatus.PENDING, _VERIFY_DOC),
+        # an attempt on the hosted page failed or was closed: the page takes a retry
+        Stage("failed", OutcomeStatus.PENDING, _STANDARD_DOC, flows=("checkout",), payable=True),
+        Stage("cancelled", OutcomeStatus.PENDING, _STANDARD_DOC, flows=("checkout",), payable=True),
+        Stage("failed", OutcomeStatus.FAILED, _VERIFY_DOC, flows=("saved",)),
+        Stage("cancelled", OutcomeStatus.FAILED, _VERIFY_DOC, flows=("saved",)),
+    )
+)
 _STATUS: dict[str, dict[str, OutcomeStatus]] = {
-    "checkout": {
-        "successful": OutcomeStatus.SUCCEEDED,
-        "completed": OutcomeStatus.SUCCEEDED,
-        "pending": OutcomeStatus.PENDING,
-        "failed": OutcomeStatus.PENDING,  # the customer may try again on the page
-        "cancelled": OutcomeStatus.PENDING,  # closed the page; the link still works
-    },
-    "saved": {
-        "successful": OutcomeStatus.SUCCEEDED,
-        "completed": OutcomeStatus.SUCCEEDED,
-        "pending": OutcomeStatus.PENDING,
-        "failed": OutcomeStatus.FAILED,
-        "cancelled": OutcomeStatus.FAILED,
-    },
+    flow: LIFECYCLE.table(flow) for flow in ("checkout", "saved")
 }
 
 
@@ -189,6 +192,7 @@ class FlutterwaveProvider(PaymentProvider):
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.flutterwave.com"})
     # No signature over the body (only a shared hash) and no documented retry hint: the
     # body is never trusted, the API is asked instead.
+    lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         # RETRY_HINTS: a 429's standard Retry-After is passed on when present.
         {

@@ -71,6 +71,7 @@ from urllib3.exceptions import NewConnectionError
 from providers.base import (
     Capability,
     HealthCheck,
+    Lifecycle,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -78,6 +79,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    Stage,
     WebhookEvent,
     probe_health,
     utcnow,
@@ -136,14 +138,21 @@ DECLINE_ISSUES = frozenset(
     }
 )
 CAPTURED = frozenset({"COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
-_CAPTURE_STATUS = {
-    "COMPLETED": OutcomeStatus.SUCCEEDED,
-    "PARTIALLY_REFUNDED": OutcomeStatus.SUCCEEDED,
-    "REFUNDED": OutcomeStatus.SUCCEEDED,
-    "PENDING": OutcomeStatus.PENDING,
-    "DECLINED": OutcomeStatus.FAILED,
-    "FAILED": OutcomeStatus.FAILED,
-}
+_ORDERS_DOC = "https://developer.paypal.com/docs/api/orders/v2/"
+_EVENTS_DOC = "https://developer.paypal.com/api/rest/webhooks/event-names/"
+# A capture's status (an order is read through its capture once it has one)
+LIFECYCLE = Lifecycle(
+    (
+        Stage("COMPLETED", OutcomeStatus.SUCCEEDED, _ORDERS_DOC),
+        Stage("PARTIALLY_REFUNDED", OutcomeStatus.SUCCEEDED, _ORDERS_DOC),
+        Stage("REFUNDED", OutcomeStatus.SUCCEEDED, _ORDERS_DOC),
+        # e.g. PENDING_REVIEW: PAYMENT.CAPTURE.COMPLETED (or DENIED) follows
+        Stage("PENDING", OutcomeStatus.PENDING, _EVENTS_DOC),
+        Stage("DECLINED", OutcomeStatus.FAILED, _ORDERS_DOC),
+        Stage("FAILED", OutcomeStatus.FAILED, _ORDERS_DOC),
+    )
+)
+_CAPTURE_STATUS = LIFECYCLE.table("checkout")
 _REFUND_STATUS = {
     "COMPLETED": RefundStatus.SUCCEEDED,
     "PENDING": RefundStatus.PENDING,
@@ -322,6 +331,7 @@ class PayPalProvider(PaymentProvider):
     )
     # PayPal's verify call checks the signature over the event's content (not its bytes)
     # and its transmission time, and PayPal gives no Retry-After on a rate limit.
+    lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

@@ -48,6 +48,7 @@ from pypaystack2.models import Response
 from providers.base import (
     Capability,
     HealthCheck,
+    Lifecycle,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -55,6 +56,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    Stage,
     WebhookEvent,
     probe_health,
 )
@@ -225,16 +227,21 @@ class _Call(Enum):
 
 # --- status tables --------------------------------------------------------------------
 
-_PAYMENT_STATUSES: dict[str, OutcomeStatus] = {
-    "success": OutcomeStatus.SUCCEEDED,
-    "failed": OutcomeStatus.FAILED,
-    "reversed": OutcomeStatus.FAILED,
-    "abandoned": OutcomeStatus.PENDING,  # initialized, the customer has not paid (yet)
-    "ongoing": OutcomeStatus.PENDING,
-    "pending": OutcomeStatus.PENDING,
-    "processing": OutcomeStatus.PENDING,
-    "queued": OutcomeStatus.PENDING,
-}
+_VERIFY_DOC = "https://paystack.com/docs/api/transaction/#verify"
+LIFECYCLE = Lifecycle(
+    (
+        Stage("success", OutcomeStatus.SUCCEEDED, _VERIFY_DOC),
+        Stage("failed", OutcomeStatus.FAILED, _VERIFY_DOC),
+        Stage("reversed", OutcomeStatus.FAILED, _VERIFY_DOC),
+        # initialized, the customer has not paid (yet): the checkout link still works
+        Stage("abandoned", OutcomeStatus.PENDING, _VERIFY_DOC, payable=True),
+        Stage("ongoing", OutcomeStatus.PENDING, _VERIFY_DOC, payable=True),
+        Stage("pending", OutcomeStatus.PENDING, _VERIFY_DOC),
+        Stage("processing", OutcomeStatus.PENDING, _VERIFY_DOC),
+        Stage("queued", OutcomeStatus.PENDING, _VERIFY_DOC),
+    )
+)
+_PAYMENT_STATUSES: dict[str, OutcomeStatus] = LIFECYCLE.table("checkout")
 _UNLISTED_PAYMENT_STATUS = OutcomeStatus.PENDING  # not final: reconcile asks again
 
 _REFUND_STATUSES: dict[str, RefundStatus] = {
@@ -274,6 +281,7 @@ class PaystackProvider(PaymentProvider):
     config_model: ClassVar[type[ProviderConfig]] = PaystackConfig
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.paystack.co"})
     # Paystack signs webhooks without a timestamp, and documents no Retry-After.
+    lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.SIGNED_BODY}
     )

@@ -35,6 +35,7 @@ from pydantic import Field, SecretStr, field_validator
 from providers.base import (
     Capability,
     HealthCheck,
+    Lifecycle,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
@@ -42,6 +43,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    Stage,
     WebhookEvent,
     probe_health,
 )
@@ -220,25 +222,28 @@ def from_stripe_amount(amount: int, currency: str) -> int:
 # (https://docs.stripe.com/api/checkout/sessions/object#checkout_session_object-expires_at),
 # so it is not final; on a saved method charged off-session nobody is there to, so it is.
 FLOW_KEY = "tender_flow"  # metadata: "checkout" or "saved"
+_LIFECYCLE_DOC = "https://docs.stripe.com/payments/paymentintents/lifecycle"
+LIFECYCLE = Lifecycle(
+    (
+        Stage("succeeded", OutcomeStatus.SUCCEEDED, _LIFECYCLE_DOC),
+        Stage("processing", OutcomeStatus.PENDING, _LIFECYCLE_DOC),
+        Stage("requires_action", OutcomeStatus.PENDING, _LIFECYCLE_DOC, payable=True),
+        Stage("requires_confirmation", OutcomeStatus.PENDING, _LIFECYCLE_DOC, payable=True),
+        Stage("requires_capture", OutcomeStatus.PENDING, _LIFECYCLE_DOC),
+        # after a failed attempt: the Checkout page takes another card; nobody off-session
+        Stage(
+            "requires_payment_method",
+            OutcomeStatus.PENDING,
+            _LIFECYCLE_DOC,
+            flows=("checkout",),
+            payable=True,
+        ),
+        Stage("requires_payment_method", OutcomeStatus.FAILED, _LIFECYCLE_DOC, flows=("saved",)),
+        Stage("canceled", OutcomeStatus.FAILED, _LIFECYCLE_DOC),
+    )
+)
 _PI_STATUS: dict[str, dict[str, OutcomeStatus]] = {
-    "checkout": {
-        "succeeded": OutcomeStatus.SUCCEEDED,
-        "processing": OutcomeStatus.PENDING,
-        "requires_action": OutcomeStatus.PENDING,
-        "requires_confirmation": OutcomeStatus.PENDING,
-        "requires_capture": OutcomeStatus.PENDING,
-        "requires_payment_method": OutcomeStatus.PENDING,  # the customer may try again
-        "canceled": OutcomeStatus.FAILED,
-    },
-    "saved": {
-        "succeeded": OutcomeStatus.SUCCEEDED,
-        "processing": OutcomeStatus.PENDING,
-        "requires_action": OutcomeStatus.PENDING,
-        "requires_confirmation": OutcomeStatus.PENDING,
-        "requires_capture": OutcomeStatus.PENDING,
-        "requires_payment_method": OutcomeStatus.FAILED,  # declined, and nobody to retry
-        "canceled": OutcomeStatus.FAILED,
-    },
+    flow: LIFECYCLE.table(flow) for flow in ("checkout", "saved")
 }
 
 
@@ -279,6 +284,7 @@ class StripeProvider(PaymentProvider):
     supported_currencies: ClassVar[frozenset[str]] = STRIPE_CURRENCIES
     config_model: ClassVar[type[ProviderConfig]] = StripeConfig
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.stripe.com"})
+    lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

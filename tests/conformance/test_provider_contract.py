@@ -141,6 +141,28 @@ def test_the_same_reference_twice_reaches_the_books_once(harness: Harness) -> No
 # --- lifecycles (issue 33): each declared one played by the fake ----------------------------
 
 
+def test_the_lifecycle_is_data_with_sources_and_nothing_payable_is_final(
+    harness: Harness,
+) -> None:
+    """Each plugin's statuses are one table (``PaymentProvider.lifecycle``), each row with
+    the provider's documentation, shown in docs/providers.md; a status in which the
+    customer can still pay is never final (issue 33)."""
+    plugin_class = harness.plugin_class
+    stages = plugin_class.lifecycle.stages
+    if plugin_class.name == "sandbox":
+        return  # Tender's own stand-in: its states are Tender's
+    assert stages, "declare the provider's statuses in `lifecycle`"
+    seen: set[tuple[str, str]] = set()
+    docs = (Path(__file__).parents[2] / "docs" / "providers.md").read_text()
+    for stage in stages:
+        assert stage.source.startswith("https://") and plugin_class.name in stage.source
+        assert not (stage.payable and stage.final), f"{stage.status} is payable, so not final"
+        for flow in stage.flows:
+            assert (stage.status, flow) not in seen, f"{stage.status} twice for {flow}"
+            seen.add((stage.status, flow))
+        assert f"`{stage.status}`" in docs, f"docs/providers.md does not show {stage.status}"
+
+
 def _open_checkout(harness: Harness) -> tuple[Any, str, str | None]:
     plugin = harness.plugin()
     request = harness.request("pending")
