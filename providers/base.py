@@ -110,6 +110,9 @@ class PaymentOutcome(_Model):
     authorization_url: str | None = None
     message: str | None = None
     code: str | None = None
+    # The provider's own status word, as the plugin's lifecycle lists it: tells a pending
+    # payment the customer can still pay from one whose money is in flight.
+    provider_status: str | None = None
 
 
 class RefundOutcome(_Model):
@@ -255,6 +258,11 @@ class Lifecycle:
 
     def outcome(self, status: str, flow: Flow) -> OutcomeStatus:
         return self.table(flow).get(status, OutcomeStatus.PENDING)
+
+    def payable(self, status: str) -> bool | None:
+        """Whether the customer can still pay in ``status`` (None: not listed)."""
+        stages = [stage for stage in self.stages if stage.status == status]
+        return any(stage.payable for stage in stages) if stages else None
 
 
 class Capability(StrEnum):

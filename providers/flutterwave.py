@@ -380,6 +380,7 @@ class FlutterwaveProvider(PaymentProvider):
         table = _STATUS["checkout" if flow == "checkout" else "saved"]
         return PaymentOutcome(
             status=table.get(str(data.get("status")), OutcomeStatus.PENDING),
+            provider_status=str(data.get("status") or "") or None,
             reference=reference,
             provider_transaction_id=str(data["id"]) if data.get("id") is not None else None,
             amount_minor=amount_minor,

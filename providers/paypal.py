@@ -140,7 +140,7 @@ DECLINE_ISSUES = frozenset(
 CAPTURED = frozenset({"COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
 _ORDERS_DOC = "https://developer.paypal.com/docs/api/orders/v2/"
 _EVENTS_DOC = "https://developer.paypal.com/api/rest/webhooks/event-names/"
-# A capture's status (an order is read through its capture once it has one)
+# A capture's status, or the order's before it has a capture
 LIFECYCLE = Lifecycle(
     (
         Stage("COMPLETED", OutcomeStatus.SUCCEEDED, _ORDERS_DOC),
@@ -150,6 +150,12 @@ LIFECYCLE = Lifecycle(
         Stage("PENDING", OutcomeStatus.PENDING, _EVENTS_DOC),
         Stage("DECLINED", OutcomeStatus.FAILED, _ORDERS_DOC),
         Stage("FAILED", OutcomeStatus.FAILED, _ORDERS_DOC),
+        # an order before its capture: the payer has yet to approve it (or a 3-D Secure step)
+        Stage("CREATED", OutcomeStatus.PENDING, _ORDERS_DOC, payable=True),
+        Stage("PAYER_ACTION_REQUIRED", OutcomeStatus.PENDING, _ORDERS_DOC, payable=True),
+        # approved: verify captures it at once, so the capture's status follows
+        Stage("APPROVED", OutcomeStatus.PENDING, _ORDERS_DOC),
+        Stage("VOIDED", OutcomeStatus.FAILED, _ORDERS_DOC),
     )
 )
 _CAPTURE_STATUS = LIFECYCLE.table("checkout")
@@ -520,6 +526,7 @@ class PayPalProvider(PaymentProvider):
                 amount_minor=request.amount_minor,
                 currency=request.currency,
                 authorization_url=_link(order, "payer-action", "approve"),
+                provider_status=str(order.status),
             )
         outcome = await self._capture(
             order.id, request.reference, vault_id=request.payment_token.get_secret_value()
@@ -599,6 +606,7 @@ class PayPalProvider(PaymentProvider):
                     provider_transaction_id=order_id,
                     authorization_url=_link(order, "payer-action", "approve"),
                     code=exc.code,
+                    provider_status="PAYER_ACTION_REQUIRED",
                 )
             if exc.code == "DUPLICATE_INVOICE_ID":
                 # PayPal already took a payment for this reference under an order Tender
@@ -661,6 +669,7 @@ class PayPalProvider(PaymentProvider):
                 status=_CAPTURE_STATUS.get(capture_status, OutcomeStatus.PENDING),
                 message=str(getattr(details, "reason", None) or capture_status),
                 code=capture_status if capture_status in ("DECLINED", "FAILED") else None,
+                provider_status=capture_status,
                 **base,
             )
         if status == "VOIDED":
@@ -673,6 +682,7 @@ class PayPalProvider(PaymentProvider):
             status=OutcomeStatus.PENDING,
             authorization_url=_link(order, "payer-action", "approve"),
             message=f"order {status}",
+            provider_status=status,
             **base,
         )
 

@@ -463,6 +463,7 @@ class PaystackProvider(PaymentProvider):
         status = _PAYMENT_STATUSES.get(raw_status, _UNLISTED_PAYMENT_STATUS)
         return PaymentOutcome(
             status=status,
+            provider_status=raw_status or None,
             reference=str(data.get("reference") or reference),
             provider_transaction_id=_str_or_none(data.get("id")),
             amount_minor=_int_or_none(data.get("amount")),

@@ -223,6 +223,7 @@ def from_stripe_amount(amount: int, currency: str) -> int:
 # so it is not final; on a saved method charged off-session nobody is there to, so it is.
 FLOW_KEY = "tender_flow"  # metadata: "checkout" or "saved"
 _LIFECYCLE_DOC = "https://docs.stripe.com/payments/paymentintents/lifecycle"
+_EXPIRE_DOC = "https://docs.stripe.com/api/checkout/sessions/expire"
 LIFECYCLE = Lifecycle(
     (
         Stage("succeeded", OutcomeStatus.SUCCEEDED, _LIFECYCLE_DOC),
@@ -240,6 +241,9 @@ LIFECYCLE = Lifecycle(
         ),
         Stage("requires_payment_method", OutcomeStatus.FAILED, _LIFECYCLE_DOC, flows=("saved",)),
         Stage("canceled", OutcomeStatus.FAILED, _LIFECYCLE_DOC),
+        # a Checkout Session before its first attempt (it has no PaymentIntent yet)
+        Stage("open", OutcomeStatus.PENDING, _EXPIRE_DOC, flows=("checkout",), payable=True),
+        Stage("expired", OutcomeStatus.FAILED, _EXPIRE_DOC, flows=("checkout",)),
     )
 )
 _PI_STATUS: dict[str, dict[str, OutcomeStatus]] = {
@@ -455,6 +459,7 @@ class StripeProvider(PaymentProvider):
             amount_minor=request.amount_minor,
             currency=request.currency,
             authorization_url=session.url,
+            provider_status="open",
         )
 
     def _intent_outcome(self, intent: Any, reference: str) -> PaymentOutcome:
@@ -471,6 +476,7 @@ class StripeProvider(PaymentProvider):
             amount_minor=from_stripe_amount(intent.amount, intent.currency),
             currency=intent.currency.upper(),
             authorization_url=action_url,
+            provider_status=str(intent.status),
             code=(getattr(error, "decline_code", None) or getattr(error, "code", None))
             if status is OutcomeStatus.FAILED and error
             else None,
@@ -566,6 +572,7 @@ class StripeProvider(PaymentProvider):
             currency=currency,
             authorization_url=session.url if session.status == "open" else None,
             code="expired" if session.status == "expired" else None,
+            provider_status=str(session.status),
         )
 
     async def refund(

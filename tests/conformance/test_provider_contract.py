@@ -178,6 +178,8 @@ def test_a_declined_attempt_leaves_the_checkout_payable(harness: Harness) -> Non
     harness.customer_declines(reference)
     after_decline = run(plugin.verify_payment(reference, provider_id=provider_id))
     assert after_decline.status is OutcomeStatus.PENDING  # never final while payable
+    # and read as payable, so that expiry ends it rather than waiting for money
+    assert harness.plugin_class.lifecycle.payable(after_decline.provider_status or "") is True
     harness.customer_pays(reference)
     paid = run(plugin.verify_payment(reference, provider_id=provider_id))
     assert paid.status is OutcomeStatus.SUCCEEDED and paid.amount_minor == 50_000
@@ -219,6 +221,8 @@ def test_a_pending_capture_completes_later(harness: Harness) -> None:
     provider_id = outcome.provider_transaction_id
     waiting = run(plugin.verify_payment(request.reference, provider_id=provider_id))
     assert waiting.status is OutcomeStatus.PENDING
+    # money in flight: never failed at a checkout's expiry (its lifecycle says not payable)
+    assert harness.plugin_class.lifecycle.payable(waiting.provider_status or "") is False
     harness.complete_capture(request.reference)
     done = run(plugin.verify_payment(request.reference, provider_id=provider_id))
     assert done.status is OutcomeStatus.SUCCEEDED and done.amount_minor == request.amount_minor

@@ -307,6 +307,7 @@ def _place(payment_id: Any, status: str, checks: int, age_s: float) -> None:
             .values(
                 status=status,
                 checks=checks,
+                error_code="expired" if status == "failed" else None,
                 updated_at=utcnow() - timedelta(seconds=age_s),
                 expires_at=utcnow() + timedelta(days=30),
             )
@@ -339,6 +340,9 @@ def test_the_backoff_schedule_decides_which_payments_are_verified(sqlite_url) ->
         ("pending", 1, 90000): True,
         ("pending", 9, 90000): True,  # daily until the expiry
         ("pending", 9, 3700): False,
+        ("failed", 0, 90000): True,  # one late check of an expired checkout, a day on
+        ("failed", 0, 3700): False,
+        ("failed", 1, 10**7): False,  # checked late once: never again
     }
     ids = {}
     for n, case in enumerate(cases):
@@ -386,3 +390,128 @@ def test_an_unknown_payment_alerts_once_after_its_last_check(fast_reconcile, tmp
     assert len(alerts) == 1 and str(payment.id) in alerts[0].title
     assert [t for t, _ in publisher.published] == ["alert.raised"]
     assert get_payment(payment.id).status == "unknown"
+
+
+def _lifecycle_plugin(name: str, answers: list[Any]) -> type:
+    """A checkout plugin whose verify answers ``answers`` in turn: (status, provider status)."""
+    from typing import ClassVar
+
+    from providers.base import Lifecycle, PaymentOutcome, PaymentRequest, Stage
+    from providers.sandbox import SandboxProvider
+
+    doc = "https://example.com/lifecycle"
+
+    class Checkout(SandboxProvider):
+        lifecycle: ClassVar[Lifecycle] = Lifecycle(
+            (
+                Stage("open", OutcomeStatus.PENDING, doc, payable=True),
+                Stage("processing", OutcomeStatus.PENDING, doc),  # money on its way
+                Stage("paid", OutcomeStatus.SUCCEEDED, doc),
+            )
+        )
+
+        async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+            return PaymentOutcome(
+                status=OutcomeStatus.PENDING,
+                reference=request.reference,
+                provider_transaction_id="co_1",
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                authorization_url="https://checkout.example/pay/1",
+                provider_status="open",
+            )
+
+        async def verify_payment(
+            self, reference: str, *, provider_id: str | None = None
+        ) -> PaymentOutcome:
+            status, provider_status = answers.pop(0)
+            return PaymentOutcome(
+                status=status,
+                reference=reference,
+                amount_minor=1000,
+                currency="NGN",
+                provider_status=provider_status,
+            )
+
+    Checkout.name = name  # type: ignore[misc]
+    runtime.registry().register_plugin(name, Checkout)
+    runtime.registry().create_instance(name, {}, is_active=True)
+    return Checkout
+
+
+def _expire_now(payment_id: Any, **values: Any) -> None:
+    from sqlalchemy import update
+
+    from workers.ledger.records import Payment
+
+    with get_database().transaction() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1), **values)
+        )
+
+
+def test_money_in_flight_at_expiry_is_not_failed(fast_reconcile) -> None:  # type: ignore[no-untyped-def]
+    """Past its expiry, a payment the provider holds in a status its lifecycle lists as not
+    payable (a debit processing, a capture under review) stays pending: failing it would
+    fail a paid order. One still payable (an open page) is failed as expired."""
+    answers: list[Any] = [
+        (OutcomeStatus.PENDING, "processing"),
+        (OutcomeStatus.PENDING, "open"),
+        (OutcomeStatus.PENDING, "open"),
+    ]
+    _lifecycle_plugin("inflight", answers)
+    fields = _validated("o-fly", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    in_flight, _ = record_payment(get_database(), fields)
+    fields = _validated("o-open", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payable, _ = record_payment(get_database(), fields)
+    for payment in (in_flight, payable):
+        processor().process(payment.id)
+        _expire_now(payment.id)
+    _expire_now(payable.id, updated_at=utcnow() + timedelta(seconds=5))  # checked second
+    report = run(Recording())
+    assert report.resolved == {payable.id: "failed"}
+    assert get_payment(in_flight.id).status == "pending"
+    assert get_payment(payable.id).error_code == "expired"
+
+
+def test_a_failed_checkout_gets_one_late_check_and_money_found_there_wins(
+    fast_reconcile,
+) -> None:  # type: ignore[no-untyped-def]
+    """A payment reconcile failed as expired is verified once more a day later (here: the
+    test's short schedule): a success whose webhook was lost makes it succeeded, with
+    previous_status 'failed' and an alert. Without money, it is not checked again."""
+    answers: list[Any] = [
+        (OutcomeStatus.PENDING, "open"),  # at expiry: still payable -> failed, expired
+        (OutcomeStatus.SUCCEEDED, "paid"),  # the late check: the customer paid after all
+        (OutcomeStatus.PENDING, "open"),  # second payment at expiry
+        (OutcomeStatus.PENDING, "open"),  # its late check: nothing
+    ]
+    _lifecycle_plugin("latecheck", answers)
+
+    def checkout(order: str) -> Any:
+        fields = _validated(order, "10.00", "NGN", "ada@example.com", "card", None, None, None)
+        payment, _ = record_payment(get_database(), fields)
+        processor().process(payment.id)
+        return payment.id
+
+    paid_late = checkout("o-late")
+    publisher = Recording()
+    _expire_now(paid_late)
+    assert run(publisher).resolved == {paid_late: "failed"}
+    assert run(publisher).resolved == {paid_late: "succeeded"}
+    assert [t for t, _ in publisher.published] == [
+        "payment.failed",
+        "payment.succeeded",
+        "alert.raised",
+    ]
+    late_event = publisher.published[1][1]
+    assert late_event["previous_status"] == "failed" and late_event["error"] is None
+
+    never = checkout("o-never")
+    _expire_now(never)
+    assert run(publisher).resolved == {never: "failed"}
+    assert run(publisher).resolved == {}  # its one late check: nothing there
+    assert run(publisher).resolved == {} and not answers  # and never again
+    assert get_payment(never).status == "failed"

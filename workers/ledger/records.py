@@ -38,7 +38,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
 from registry.db import Base, UTCDateTime
-from workers.ledger.outbox import EventType, PaymentEvent
+from workers.ledger.outbox import AlertEvent, EventType, PaymentEvent
 from workers.ledger.states import STATE_EVENT, PaymentState, can_transition
 
 AutoId = BigInteger().with_variant(Integer, "sqlite")
@@ -402,4 +402,22 @@ def payment_event(
         error_code=value("error_code"),
         previous_status=previous_status.value if previous_status else None,
         expires_at=value("expires_at") if state is PaymentState.PENDING else None,
+    )
+
+
+def late_success_alert(payment: Payment | PaymentRecord, provider: str) -> AlertEvent:
+    """The alert for a payment the provider reports paid after Tender recorded it failed:
+    money at the provider wins, and billing must fulfil the order or refund it."""
+    return AlertEvent(
+        severity="warning",
+        title="payment succeeded after it was recorded failed",
+        text=(
+            f"{provider} reports payment {payment.id} (order {payment.order_id}, "
+            f"{payment.reference}) paid after Tender recorded it failed "
+            f"({payment.error_code}: {payment.error_message}). It is succeeded now; billing "
+            "gets payment.succeeded with previous_status 'failed' and should fulfil the "
+            "order or refund it."
+        ),
+        instance_id=payment.instance_id,
+        tenant_id=payment.tenant_id,
     )

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 
 from config.settings import Settings
-from providers.base import OutcomeStatus, utcnow
+from providers.base import OutcomeStatus, PaymentOutcome, utcnow
 from providers.money import from_minor
 from registry.db import Database
 from registry.service import PluginRegistry
@@ -44,7 +44,14 @@ from workers.core import metrics
 from workers.core.threads import ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
 from workers.ledger.outbox import add_event
-from workers.ledger.records import Payment, PaymentAttempt, Refund, apply_transition, payment_event
+from workers.ledger.records import (
+    Payment,
+    PaymentAttempt,
+    Refund,
+    apply_transition,
+    late_success_alert,
+    payment_event,
+)
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.monitoring.alerts import Alert
 from workers.payments.processor import outcome_mismatch
@@ -255,6 +262,9 @@ def _stuck_refunds_alert(stuck: list[tuple[Refund, Payment]]) -> Alert:
     )
 
 
+LATE_CHECKED = ("expired", "not_charged")  # error codes reconcile itself fails payments with
+
+
 def _due(now: datetime, settings: Settings) -> ColumnElement[bool]:
     """Pending and unknown payments whose next check is due: ``checks`` is a payment's
     place on its schedule, ``updated_at`` the time of its last change or check."""
@@ -277,6 +287,17 @@ def _due(now: datetime, settings: Settings) -> ColumnElement[bool]:
                 )
             )
     due.append(and_(Payment.status == PaymentState.PENDING.value, Payment.expires_at <= now))
+    # One late check of a payment reconcile failed for want of money at the provider (an
+    # expired checkout, a charge it had no record of): a success whose webhook was lost
+    # still wins. A day after, by default (the pending schedule's last delay).
+    due.append(
+        and_(
+            Payment.status == PaymentState.FAILED.value,
+            Payment.error_code.in_(LATE_CHECKED),
+            Payment.checks == 0,
+            Payment.updated_at < now - timedelta(seconds=settings.reconcile_pending_backoff_s[-1]),
+        )
+    )
     return or_(*due)
 
 
@@ -392,10 +413,28 @@ def _verify_one(
     latency_ms = (time.perf_counter() - started) * 1000
     code: str | None
     message: str | None
+    if current is PaymentState.FAILED:  # its one late check: only money can move it
+        paid = outcome.status is OutcomeStatus.SUCCEEDED and not outcome_mismatch(
+            outcome, payment.amount_minor, payment.currency
+        )
+        if not paid:
+            _checked(database, publisher, settings, payment, None, report)
+            return None
     open_status = outcome.status in (OutcomeStatus.PENDING, OutcomeStatus.NOT_FOUND)
     if current is PaymentState.PENDING and open_status and not expired:
         # Still waiting on its customer. "Not found" is not "not paid" before the expiry:
         # a hosted page may have no transaction until the first attempt (Flutterwave).
+        _checked(database, publisher, settings, payment, outcome.provider_transaction_id, report)
+        return None
+    if expired and _in_flight(outcome, plugin):
+        # Nothing left for the customer to do and the money is on its way (a capture under
+        # review, a debit processing): failing it would fail a paid order. Daily checks go
+        # on until the provider settles it.
+        log.info(
+            "payment %s past its expiry is %s at the provider: money in flight, kept pending",
+            payment.id,
+            outcome.provider_status,
+        )
         _checked(database, publisher, settings, payment, outcome.provider_transaction_id, report)
         return None
     if expired and open_status:
@@ -450,12 +489,30 @@ def _verify_one(
                 latency_ms=latency_ms,
             )
         )
-        event = add_event(session, payment_event(payment, new, **fields))
+        late = current is PaymentState.FAILED  # money at the provider wins
+        rows = [
+            add_event(
+                session,
+                payment_event(payment, new, previous_status=current if late else None, **fields),
+            )
+        ]
+        if late:
+            alert = late_success_alert(payment, instance.plugin_name)
+            rows.append(add_event(session, alert))
+            log.warning("reconcile: %s", alert.text)
         session.flush()
-        outbox_id = event.id
-    publish_now(database, publisher, [outbox_id])
+        outbox_ids = [row.id for row in rows]
+    publish_now(database, publisher, outbox_ids)
     log.info("reconcile: payment %s %s -> %s", payment.id, current.value, new.value)
     return new
+
+
+def _in_flight(outcome: PaymentOutcome, plugin: Any) -> bool:
+    """A pending outcome in a status the plugin's lifecycle lists as not payable by the
+    customer (and not final): the payment is in the provider's hands."""
+    if outcome.status is not OutcomeStatus.PENDING or outcome.provider_status is None:
+        return False
+    return plugin.lifecycle.payable(outcome.provider_status) is False
 
 
 def _end_checkout(loop: ProviderLoop, settings: Settings, plugin: Any, payment: Payment) -> None:

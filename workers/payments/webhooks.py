@@ -42,7 +42,14 @@ from registry.service import PluginRegistry
 from workers.core.threads import ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
 from workers.ledger.outbox import AlertEvent, add_event
-from workers.ledger.records import Payment, Refund, WebhookReceipt, apply_transition, payment_event
+from workers.ledger.records import (
+    Payment,
+    Refund,
+    WebhookReceipt,
+    apply_transition,
+    late_success_alert,
+    payment_event,
+)
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.payments.refunds import (
     OPEN_REFUNDS,
@@ -337,21 +344,8 @@ def _apply_charge(
     outbox = add_event(session, payment_event(payment, new, previous_status=previous, **fields))
     rows = [outbox]
     if late_success:
-        text = (
-            f"{event.provider} reports payment {payment.id} (order {payment.order_id}, "
-            f"{payment.reference}) paid after Tender recorded it failed "
-            f"({payment.error_code}: {payment.error_message}). It is succeeded now; billing "
-            "gets payment.succeeded with previous_status 'failed' and should fulfil the "
-            "order or refund it."
-        )
-        log.warning("webhook: %s", text)
-        alert = AlertEvent(
-            severity="warning",
-            title="payment succeeded after it was recorded failed",
-            text=text,
-            instance_id=payment.instance_id,
-            tenant_id=payment.tenant_id,
-        )
+        alert = late_success_alert(payment, event.provider)
+        log.warning("webhook: %s", alert.text)
         rows.append(add_event(session, alert))
     session.flush()
     log.info("webhook %s: payment %s %s -> %s", event.event_type, payment.id, current, new)
