@@ -286,6 +286,10 @@ class Capability(StrEnum):
     LAZY_CHECKOUT = "lazy_checkout"
     # a capture or charge can stay pending at the provider and complete later
     PENDING_CAPTURE = "pending_capture"
+    # verify reads a payment by the provider's id only (no lookup by reference): without
+    # one, crash recovery repeats the charge, which the provider's idempotency makes a
+    # replay (the same order and capture), instead of verifying
+    REPLAYS_TO_RECOVER = "replays_to_recover"
 
 
 class PaymentProvider(ABC):

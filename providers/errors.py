@@ -23,11 +23,22 @@ from __future__ import annotations
 class ProviderError(Exception):
     """Base of every provider failure. Messages never contain secrets."""
 
-    def __init__(self, message: str, *, provider: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        code: str | None = None,
+        provider_id: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.code = code
+        # The provider's own id for the payment when it gave one before failing (an order
+        # created, then its capture declined or its answer lost): the ledger keeps it, so
+        # every later verify or refund reads the payment by it.
+        self.provider_id = provider_id
 
     def __str__(self) -> str:
         prefix = f"[{self.provider}] " if self.provider else ""
@@ -86,21 +97,7 @@ class OutcomeUnknown(ProviderError):
 
     The customer may or may not have been charged. Safe next: verify with the same
     provider by reference before anything else; never fall through to another one.
-    ``provider_id``: the provider's own id for the payment when one was given before the
-    answer was lost (an order created, then its capture timed out). The ledger stores it
-    at once, so every later verify reads the payment by it.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str | None = None,
-        code: str | None = None,
-        provider_id: str | None = None,
-    ):
-        super().__init__(message, provider=provider, code=code)
-        self.provider_id = provider_id
 
 
 class WebhookError(Exception):

@@ -18,8 +18,10 @@ Payments v2).
   from the reference and the operation, so PayPal answers a repeat with the first answer;
   and ``invoice_id`` makes PayPal refuse a second capture for the same reference even after
   request ids expire (``DUPLICATE_INVOICE_ID``, then an unknown outcome, never a charge).
-* **Verify** finds the order through the idempotent create (:meth:`_find_order`) and reads
-  it, with its capture, by id.
+* **Verify** reads the order, with its capture, by the order id the ledger holds
+  (``GET /v2/checkout/orders/{id}``): it never creates anything. PayPal offers no lookup
+  by reference, so without an id verify cannot tell; recovery then repeats the charge
+  itself (``Capability.REPLAYS_TO_RECOVER``), which the request ids above make a replay.
 * **Money.** PayPal's amounts are decimal strings in major units; HUF, JPY and TWD take no
   decimals at PayPal (ISO gives HUF and TWD two). Amounts PayPal cannot carry exactly are
   refused before sending; nothing is rounded.
@@ -165,7 +167,7 @@ _REFUND_STATUS = {
     "FAILED": RefundStatus.FAILED,
     "CANCELLED": RefundStatus.FAILED,
 }
-Flow = Literal["checkout", "saved", "probe"]
+Flow = Literal["checkout", "saved"]
 
 
 class PayPalConfig(ProviderConfig):
@@ -344,6 +346,7 @@ class PayPalProvider(PaymentProvider):
             Capability.PARTIAL_REFUNDS,
             Capability.SIGNED_CONTENT,
             Capability.PENDING_CAPTURE,
+            Capability.REPLAYS_TO_RECOVER,
             Capability.SIGNED_TIMESTAMPS,
         }
     )
@@ -535,6 +538,7 @@ class PayPalProvider(PaymentProvider):
             raise PaymentDeclined(
                 outcome.message or "declined by PayPal",
                 provider=self.name,
+                provider_id=order.id,
                 code=outcome.code or "DECLINED",
             )
         return outcome
@@ -551,25 +555,14 @@ class PayPalProvider(PaymentProvider):
         return lambda: self._sdk.orders.create_order(options)
 
     async def _create_order(self, body: OrderRequest, reference: str) -> Any:
-        """Create the payment's order (idempotent under its request id). Creating an order
-        moves no money: a failure here is never ambiguous.
-
-        If a recovery's verify got there first and left a probe under that request id
-        (:meth:`_find_order`: the first create had never arrived), PayPal answers with the
-        probe: the real order is then made under a request id of its own
-        (``create-after-probe``), never the probe captured for 1.00 USD."""
-        order: Any = None
-        for operation in ("create", AFTER_PROBE):
-            created = await self._call(
-                self._creating(body, reference, operation, "return=representation"),
-                moves_money=False,
-            )
-            order = created.body
-            if not _is_probe(order):
-                return order
-        raise OutcomeUnknown(  # both request ids hold probes: nothing created for real
-            "PayPal answered with verify probes only", provider=self.name, code="probe_only"
+        """Create the payment's order (idempotent under its request id: a repeat returns
+        the same order). Creating an order moves no money: a failure here is never
+        ambiguous."""
+        created = await self._call(
+            self._creating(body, reference, "create", "return=representation"),
+            moves_money=False,
         )
+        return created.body
 
     async def _capture(
         self, order_id: str, reference: str, *, vault_id: str | None = None
@@ -616,6 +609,7 @@ class PayPalProvider(PaymentProvider):
                     provider=self.name,
                     code="DUPLICATE_INVOICE_ID",
                 ) from None
+            exc.provider_id = exc.provider_id or order_id  # declined on this order
             raise
         return self._order_outcome(captured.body, reference)
 
@@ -624,31 +618,6 @@ class PayPalProvider(PaymentProvider):
             lambda: self._sdk.orders.get_order({"id": order_id}), moves_money=False
         )
         return response.body
-
-    async def _find_order(self, reference: str) -> Any | None:
-        """The order for ``reference``, read by id; None when PayPal has none.
-
-        Found through the idempotent create: a create repeated with the payment's
-        ``PayPal-Request-Id`` returns the existing order (``200``) instead of making one.
-        That is safe when the first create never arrived (``201``): creating an order never
-        moves money, and that new order is a probe nobody can pay (its approval link is
-        never shown) and that Tender never captures (:meth:`_order_outcome`).
-        """
-        probe = self._order_request(reference, 100, "USD", "probe", "probe")
-        for operation in ("create", AFTER_PROBE):  # see _create_order
-            try:
-                created = await self._call(
-                    self._creating(probe, reference, operation, "return=minimal"),
-                    moves_money=False,
-                )
-            except PaymentDeclined:
-                return None  # a refused create (the first one's answer, or the probe's)
-            if created.status_code == 201:
-                return None
-            order = await self._get_order(created.body.id)
-            if not _is_probe(order):
-                return order
-        return None  # probes only: the payment's real order was never created
 
     def _order_outcome(self, order: Any, reference: str) -> PaymentOutcome:
         unit = (getattr(order, "purchase_units", None) or [None])[0]
@@ -674,7 +643,7 @@ class PayPalProvider(PaymentProvider):
             )
         if status == "VOIDED":
             return PaymentOutcome(status=OutcomeStatus.FAILED, code="VOIDED", **base)
-        if flow in ("saved", "probe") and status in ("CREATED", "SAVED"):
+        if flow == "saved" and status in ("CREATED", "SAVED"):
             # Tender captures these orders itself, at once: one still uncaptured was never
             # charged (reconcile waits until a capture in flight would have landed).
             return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
@@ -689,22 +658,25 @@ class PayPalProvider(PaymentProvider):
     async def verify_payment(
         self, reference: str, *, provider_id: str | None = None
     ) -> PaymentOutcome:
-        """The order by its id when the ledger holds it (``GET /v2/checkout/orders/{id}``:
-        nothing created, however old the payment); without one, by the create's request
-        id, which PayPal keeps for 6 hours (:meth:`_find_order`)."""
-        if provider_id:
-            try:
-                order = await self._get_order(provider_id)
-            except PaymentDeclined as exc:  # 404: an id PayPal does not know is not "never sent"
-                raise OutcomeUnknown(
-                    f"PayPal has no order {provider_id}: {exc.message}",
-                    provider=self.name,
-                    code="order_not_found",
-                ) from None
-        else:
-            order = await self._find_order(reference)
-        if order is None:
-            return PaymentOutcome(status=OutcomeStatus.NOT_FOUND, reference=reference)
+        """The order by its id (``GET /v2/checkout/orders/{id}``): nothing is created,
+        however old the payment. PayPal has no lookup by reference (Orders v2 reads an
+        order by id only), so without an id the answer is unknown: recovery then replays
+        the idempotent charge instead (``Capability.REPLAYS_TO_RECOVER``)."""
+        if not provider_id:
+            raise OutcomeUnknown(
+                f"no PayPal order id is recorded for {reference}, and PayPal finds orders "
+                "by id only",
+                provider=self.name,
+                code="no_order_id",
+            )
+        try:
+            order = await self._get_order(provider_id)
+        except PaymentDeclined as exc:  # 404: an id PayPal does not know is not "never sent"
+            raise OutcomeUnknown(
+                f"PayPal has no order {provider_id}: {exc.message}",
+                provider=self.name,
+                code="order_not_found",
+            ) from None
         if str(order.status) == "APPROVED":
             # The payer approved and no webhook captured it yet: capture now, under the
             # payment's capture request id, so a webhook doing the same charges nothing more.
@@ -719,9 +691,15 @@ class PayPalProvider(PaymentProvider):
         refund_key: str | None = None,
         provider_id: str | None = None,
     ) -> RefundOutcome:
-        # by the order id the ledger holds: a refund any time after PayPal forgot the
-        # create's request id (6 hours), with nothing created
-        order = await (self._get_order(provider_id) if provider_id else self._find_order(reference))
+        # by the order id the ledger holds (every paid PayPal payment has one): nothing is
+        # created, however old the payment
+        if not provider_id:
+            raise PaymentDeclined(
+                f"no PayPal order id is recorded for {reference}",
+                provider=self.name,
+                code="not_found",
+            )
+        order = await self._get_order(provider_id)
         unit = (getattr(order, "purchase_units", None) or [None])[0]
         captures = getattr(getattr(unit, "payments", None), "captures", None) or []
         capture = next((c for c in captures if str(c.status) in CAPTURED), None)
@@ -918,15 +896,6 @@ class PayPalProvider(PaymentProvider):
                 ),
             )
         return WebhookEvent(**base)
-
-
-AFTER_PROBE = "create-after-probe"  # the real order's request id once a probe holds "create"
-
-
-def _is_probe(order: Any) -> bool:
-    """Whether ``order`` is a verify's probe (its ``custom_id`` names the flow)."""
-    unit = (getattr(order, "purchase_units", None) or [None])[0]
-    return str(getattr(unit, "custom_id", "") or "").rpartition(",")[2] == "probe"
 
 
 def _link(order: Any, *rels: str) -> str | None:

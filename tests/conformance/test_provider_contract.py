@@ -116,7 +116,9 @@ def test_a_decline_is_final_and_keeps_the_providers_code(harness: Harness) -> No
         run(plugin.process_payment(request))
     assert declined.value.code or declined.value.message
     assert harness.charges(request.reference) == 0
-    assert run(plugin.verify_payment(request.reference)).status is OutcomeStatus.FAILED
+    # as the ledger does: by the provider's id when the decline named one
+    verified = run(plugin.verify_payment(request.reference, provider_id=declined.value.provider_id))
+    assert verified.status is OutcomeStatus.FAILED
 
 
 def test_a_checkout_waits_on_the_customer_with_a_url(harness: Harness) -> None:
@@ -235,9 +237,10 @@ def test_a_stall_after_recording_is_unknown_and_verify_finds_the_charge(harness:
     request = harness.request("succeed")
     # The plugin's own timeout must end the call: the bound here is only a backstop, and
     # meeting it (TimeoutError) fails the check.
-    with harness.fault("stall_after_recording") as plugin, pytest.raises(OutcomeUnknown):
+    with harness.fault("stall_after_recording") as plugin, pytest.raises(OutcomeUnknown) as lost:
         run(plugin.process_payment(request), timeout_s=TIMEOUT_S * 1.5)
-    verified = run(harness.plugin().verify_payment(request.reference))
+    given = lost.value.provider_id  # an id the provider gave before the answer was lost
+    verified = run(harness.plugin().verify_payment(request.reference, provider_id=given))
     assert verified.status is OutcomeStatus.SUCCEEDED
     assert harness.charges(request.reference) == 1
 
@@ -274,20 +277,20 @@ def test_full_partial_and_over_refunds(harness: Harness) -> None:
     plugin = harness.plugin()
     settled = (RefundStatus.SUCCEEDED, RefundStatus.PENDING)
     full = harness.request("succeed")
-    run(plugin.process_payment(full))
-    whole = run(plugin.refund(full.reference))
+    given = run(plugin.process_payment(full)).provider_transaction_id  # as the ledger keeps it
+    whole = run(plugin.refund(full.reference, provider_id=given))
     assert whole.status in settled and whole.amount_minor == full.amount_minor
 
     part = harness.request("succeed")
-    run(plugin.process_payment(part))
+    given = run(plugin.process_payment(part)).provider_transaction_id
     if Capability.PARTIAL_REFUNDS in harness.plugin_class.capabilities:
-        half = run(plugin.refund(part.reference, part.amount_minor // 2))
+        half = run(plugin.refund(part.reference, part.amount_minor // 2, provider_id=given))
         assert half.status in settled and half.amount_minor == part.amount_minor // 2
-        with pytest.raises(PaymentDeclined):
-            run(plugin.refund(part.reference, part.amount_minor))  # more than is left
+        with pytest.raises(PaymentDeclined):  # more than is left
+            run(plugin.refund(part.reference, part.amount_minor, provider_id=given))
     else:
         with pytest.raises(PaymentDeclined):
-            run(plugin.refund(part.reference, part.amount_minor // 2))
+            run(plugin.refund(part.reference, part.amount_minor // 2, provider_id=given))
 
 
 def test_two_refunds_of_the_same_amount_are_two_refunds(harness: Harness) -> None:
@@ -297,10 +300,12 @@ def test_two_refunds_of_the_same_amount_are_two_refunds(harness: Harness) -> Non
         return  # one full refund only: refused twice above
     plugin = harness.plugin()
     paid = harness.request("succeed")
-    run(plugin.process_payment(paid))
+    given = run(plugin.process_payment(paid)).provider_transaction_id
     quarter = paid.amount_minor // 4
-    first = run(plugin.refund(paid.reference, quarter, refund_key=f"rf-{uuid.uuid4()}"))
-    second = run(plugin.refund(paid.reference, quarter, refund_key=f"rf-{uuid.uuid4()}"))
+    first, second = (
+        run(plugin.refund(paid.reference, quarter, refund_key=f"rf-{key}", provider_id=given))
+        for key in (uuid.uuid4(), uuid.uuid4())
+    )
     assert first.amount_minor == second.amount_minor == quarter
     assert first.refund_id and second.refund_id and first.refund_id != second.refund_id
 
@@ -365,3 +370,23 @@ def test_health_says_healthy_degraded_down_or_key_rejected(harness: Harness) -> 
     with harness.fault("revoked_key") as revoked, pytest.raises(ConfigurationError) as rejected:
         run(revoked.health_check())
     assert "key" in str(rejected.value).lower() and "time" not in str(rejected.value).lower()
+
+
+def test_a_lost_answer_without_an_id_is_found_by_reference_or_replayed(harness: Harness) -> None:
+    """After a lost answer that named no id: a plugin that looks payments up by reference
+    finds the charge; one that reads by id only (REPLAYS_TO_RECOVER) answers unknown,
+    creating nothing, and a repeat of the charge is a replay (issue 33, item 1)."""
+    request = harness.request("succeed")
+    with harness.fault("stall_after_recording") as plugin, pytest.raises(OutcomeUnknown):
+        run(plugin.process_payment(request), timeout_s=TIMEOUT_S * 1.5)
+    fresh = harness.plugin()
+    if Capability.REPLAYS_TO_RECOVER not in harness.plugin_class.capabilities:
+        verified = run(fresh.verify_payment(request.reference))
+        assert verified.status is OutcomeStatus.SUCCEEDED
+        return
+    with pytest.raises(OutcomeUnknown):
+        run(fresh.verify_payment(request.reference))
+    assert harness.charges(request.reference) == 1
+    replayed = run(fresh.process_payment(request))
+    assert replayed.status is OutcomeStatus.SUCCEEDED and replayed.provider_transaction_id
+    assert harness.charges(request.reference) == 1

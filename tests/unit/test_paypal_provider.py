@@ -142,10 +142,10 @@ def test_every_create_capture_and_refund_carries_a_request_id_from_the_reference
 ) -> None:
     plugin = provider(fake)
     paid = request()
-    asyncio.run(plugin.process_payment(paid))
-    asyncio.run(plugin.refund(paid.reference, 250))
+    order_id = asyncio.run(plugin.process_payment(paid)).provider_transaction_id
+    asyncio.run(plugin.refund(paid.reference, 250, provider_id=order_id))
     ref = paid.reference
-    assert fake.request_ids("/v2/checkout/orders") == [f"tender-{ref}-create"] * 2
+    assert fake.request_ids("/v2/checkout/orders") == [f"tender-{ref}-create"]
     assert fake.request_ids("/capture") == [f"tender-{ref}-capture"]
     assert fake.request_ids("/refund") == [f"tender-{ref}-refund-250"]
     [order] = fake.orders_for(ref)
@@ -169,33 +169,58 @@ def test_after_request_ids_expire_the_invoice_id_still_stops_a_second_charge(
 # --- verify -----------------------------------------------------------------------------------
 
 
-def test_verify_finds_the_order_through_the_idempotent_create(fake: FakePayPal) -> None:
+def test_a_capture_whose_answer_was_lost_names_its_order_and_verify_reads_it(
+    fake: FakePayPal,
+) -> None:
+    """The order exists before its capture is sent: the lost answer's OutcomeUnknown names
+    it, so the ledger keeps the id and verify reads the order by it (issue 33)."""
     plugin = provider(fake)
     fake.fault = "slow"  # the capture is applied, its answer lost
     paid = request()
-    with pytest.raises(OutcomeUnknown):
+    with pytest.raises(OutcomeUnknown) as lost:
         asyncio.run(provider(fake, timeout_s=0.5).process_payment(paid))
     fake.fault = None
-    verified = asyncio.run(plugin.verify_payment(paid.reference))
+    [order] = fake.orders_for(paid.reference)
+    assert lost.value.provider_id == order["id"]
+    verified = asyncio.run(plugin.verify_payment(paid.reference, provider_id=order["id"]))
     assert verified.status is OutcomeStatus.SUCCEEDED
     assert (verified.amount_minor, verified.currency) == (1250, "USD")
     assert fake.charges_count(paid.reference) == 1 and len(fake.orders_for(paid.reference)) == 1
 
 
-def test_an_order_paypal_never_got_or_never_captured_is_not_found(fake: FakePayPal) -> None:
+def test_verify_creates_nothing_and_without_an_order_id_cannot_tell(fake: FakePayPal) -> None:
+    """PayPal reads orders by id only. A verify without one used to replay the create, which
+    made a 1.00 USD "probe" order when none existed (issue 33, item 1); now it answers
+    unknown and creates nothing, and recovery replays the charge instead."""
     plugin = provider(fake)
     never = request()
-    assert asyncio.run(plugin.verify_payment(never.reference)).status is OutcomeStatus.NOT_FOUND
-    # The verify's create made a probe order; a second verify finds it, still not charged.
-    assert asyncio.run(plugin.verify_payment(never.reference)).status is OutcomeStatus.NOT_FOUND
-    assert fake.charges_count(never.reference) == 0
+    orders = fake.orders_count()
+    with pytest.raises(OutcomeUnknown) as unknown:
+        asyncio.run(plugin.verify_payment(never.reference))
+    assert unknown.value.code == "no_order_id" and fake.orders_count() == orders
 
     fake.fault = "5xx"  # the saved-source capture fails after the order exists
     lost = request()
-    with pytest.raises(OutcomeUnknown):
+    with pytest.raises(OutcomeUnknown) as failed:
         asyncio.run(plugin.process_payment(lost))
     fake.fault = None
-    assert asyncio.run(plugin.verify_payment(lost.reference)).status is OutcomeStatus.NOT_FOUND
+    by_id = asyncio.run(plugin.verify_payment(lost.reference, provider_id=failed.value.provider_id))
+    assert by_id.status is OutcomeStatus.NOT_FOUND  # created, never captured: not charged
+
+
+def test_replaying_the_charge_recovers_a_lost_answer_without_a_second_charge(
+    fake: FakePayPal,
+) -> None:
+    """Crash recovery without an order id repeats the charge: the same request ids make it
+    a replay of the predecessor's order and capture (REPLAYS_TO_RECOVER)."""
+    fake.fault = "slow"
+    paid = request()
+    with pytest.raises(OutcomeUnknown):
+        asyncio.run(provider(fake, timeout_s=0.5).process_payment(paid))
+    fake.fault = None
+    replayed = asyncio.run(provider(fake).process_payment(paid))
+    assert replayed.status is OutcomeStatus.SUCCEEDED and replayed.amount_minor == 1250
+    assert fake.charges_count(paid.reference) == 1 and len(fake.orders_for(paid.reference)) == 1
 
 
 def test_a_checkout_waits_for_approval_and_verify_captures_an_approved_order(
@@ -208,11 +233,13 @@ def test_a_checkout_waits_for_approval_and_verify_captures_an_approved_order(
     assert pending.authorization_url == (
         f"https://www.sandbox.paypal.com/checkoutnow?token={pending.provider_transaction_id}"
     )
-    waiting = asyncio.run(plugin.verify_payment(checkout.reference))
+    order_id = pending.provider_transaction_id
+    waiting = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
     assert waiting.status is OutcomeStatus.PENDING and fake.charges_count(checkout.reference) == 0
-    fake.approve(pending.provider_transaction_id)
-    assert asyncio.run(plugin.verify_payment(checkout.reference)).status is OutcomeStatus.SUCCEEDED
-    assert asyncio.run(plugin.verify_payment(checkout.reference)).status is OutcomeStatus.SUCCEEDED
+    fake.approve(order_id)
+    for _ in range(2):  # the second verify reads the capture the first one made
+        verified = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+        assert verified.status is OutcomeStatus.SUCCEEDED
     assert fake.charges_count(checkout.reference) == 1
 
 
@@ -355,21 +382,26 @@ def test_a_refund_webhook_settles_the_pending_refund(
 def test_refunds_map_paypals_statuses(fake: FakePayPal) -> None:
     plugin = provider(fake)
     paid = request()
-    asyncio.run(plugin.process_payment(paid))
+    order_id = asyncio.run(plugin.process_payment(paid)).provider_transaction_id
     fake.refunds_settle_later = True
-    assert asyncio.run(plugin.refund(paid.reference, 250)).status is RefundStatus.PENDING
+    assert (
+        asyncio.run(plugin.refund(paid.reference, 250, provider_id=order_id)).status
+        is RefundStatus.PENDING
+    )
     fake.refunds_settle_later = False
-    whole = asyncio.run(plugin.refund(paid.reference))
+    whole = asyncio.run(plugin.refund(paid.reference, provider_id=order_id))
     assert whole.status is RefundStatus.SUCCEEDED and whole.amount_minor == 1000
 
 
 def test_a_refund_repeated_under_its_key_is_one_refund(fake: FakePayPal) -> None:
     plugin = provider(fake)
     paid = request()
-    asyncio.run(plugin.process_payment(paid))
-    first = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-1"))
-    again = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-1"))  # a retry
-    other = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-2"))
+    order_id = asyncio.run(plugin.process_payment(paid)).provider_transaction_id
+    first = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-1", provider_id=order_id))
+    again = asyncio.run(
+        plugin.refund(paid.reference, 250, refund_key="rf-1", provider_id=order_id)
+    )  # a retry
+    other = asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-2", provider_id=order_id))
     assert first.refund_id == again.refund_id != other.refund_id
     assert fake.request_ids("/refund")[-1] == f"tender-{paid.reference}-refund-rf-2"
 
@@ -432,19 +464,3 @@ def test_a_refund_after_paypal_forgot_the_request_id_finds_the_order_by_id(
         )
     )
     assert refunded.amount_minor == saved.amount_minor and fake.orders_count() == orders
-
-
-def test_a_create_after_a_recovery_probe_makes_the_real_order(fake: FakePayPal) -> None:
-    """A worker died after claiming and before create-order was sent; recovery's id-less
-    verify probed with a 1.00 USD order under the payment's own request id, and the real
-    create then got the probe back: the customer was charged 1.00 USD (issue 33, item 1).
-    The create now sees the probe and makes the real order under a request id of its own."""
-    plugin = provider(fake)
-    saved = request()
-    assert asyncio.run(plugin.verify_payment(saved.reference)).status is OutcomeStatus.NOT_FOUND
-    paid = asyncio.run(plugin.process_payment(saved))
-    assert paid.status is OutcomeStatus.SUCCEEDED
-    assert (paid.amount_minor, paid.currency) == (saved.amount_minor, saved.currency)
-    assert fake.charges_count(saved.reference) == 1
-    again = asyncio.run(plugin.verify_payment(saved.reference))  # id-less: the real order
-    assert again.status is OutcomeStatus.SUCCEEDED and again.amount_minor == saved.amount_minor

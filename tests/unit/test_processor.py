@@ -311,3 +311,59 @@ def test_a_refusal_of_one_payment_falls_through_and_alerts_but_leaves_the_instan
         ]
     assert len(alerts) == 1 and stripe_view.display_name in str(alerts[0])  # two refusals
     assert refusal.split("_")[0] in str(alerts[0]).lower()
+
+
+def test_recovery_with_no_provider_id_replays_the_charge_where_verify_needs_one(  # type: ignore[no-untyped-def]
+    processor, tmp_path
+) -> None:
+    """A provider that reads payments by its own id only (PayPal) cannot be verified for a
+    payment the ledger holds no id of: recovery repeats the idempotent charge instead of
+    verifying (issue 33, item 1), and keeps the id it answers with."""
+    from typing import ClassVar
+
+    from providers.base import Capability, OutcomeStatus, PaymentOutcome, PaymentRequest
+    from providers.errors import OutcomeUnknown
+    from providers.sandbox import SandboxProvider
+
+    calls: list[str] = []
+
+    class ById(SandboxProvider):
+        name: ClassVar[str] = "byidonly"
+        capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.REPLAYS_TO_RECOVER})
+
+        async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+            calls.append("charge")
+            return PaymentOutcome(
+                status=OutcomeStatus.SUCCEEDED,
+                reference=request.reference,
+                provider_transaction_id="ORDER-1",
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+            )
+
+        async def verify_payment(
+            self, reference: str, *, provider_id: str | None = None
+        ) -> PaymentOutcome:
+            calls.append("verify")
+            raise OutcomeUnknown("by id only", provider=self.name)
+
+    proc, _ = processor
+    runtime.registry().register_plugin("byidonly", ById)
+    instance = runtime.registry().create_instance("byidonly", {}, is_active=True)
+    payment_id = new_payment()
+    with get_database().transaction() as session:  # its worker died mid-charge
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(
+                status="processing",
+                claims=1,
+                instance_id=instance.id,
+                plugin_name="byidonly",
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+    proc.process(payment_id)
+    view = get_payment(payment_id)
+    assert calls == ["charge"]
+    assert view.status == "succeeded" and view.provider_transaction_id == "ORDER-1"

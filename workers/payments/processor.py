@@ -28,7 +28,14 @@ from sqlalchemy import bindparam, update
 from config.celery import MAX_REDELIVERIES
 from config.logging import bind_log_context, log_context
 from config.settings import Settings
-from providers.base import OutcomeStatus, PaymentOutcome, PaymentProvider, PaymentRequest, utcnow
+from providers.base import (
+    Capability,
+    OutcomeStatus,
+    PaymentOutcome,
+    PaymentProvider,
+    PaymentRequest,
+    utcnow,
+)
 from providers.errors import (
     ConfigurationError,
     OutcomeUnknown,
@@ -360,6 +367,7 @@ class PaymentProcessor:
                 instance,
                 error_code=exc.code or "declined",
                 error_message=exc.message,
+                provider_id=exc.provider_id,
             )
         except (OutcomeUnknown, CallTimeout) as exc:
             attempt("unknown", getattr(exc, "code", None), str(exc))
@@ -438,17 +446,26 @@ class PaymentProcessor:
             return _Decision(
                 PaymentState.UNKNOWN, instance, error_code="config_error", error_message=str(exc)
             )
-        decision = self._verify(
-            instance,
-            plugin,
-            request,
-            attempts,
-            reason="worker crashed mid-payment",
-            provider_id=payment.provider_transaction_id,
-        )
-        never_charged = attempts[-1].outcome == OutcomeStatus.NOT_FOUND.value
         usable = instance.is_active and instance.status != InstanceStatus.ERROR
-        if decision.state is PaymentState.UNKNOWN and never_charged and usable:
+        if payment.provider_transaction_id is None and (
+            Capability.REPLAYS_TO_RECOVER in plugin.capabilities
+        ):
+            # No id to read the payment by, and no lookup by reference at this provider:
+            # the same charge again is a replay (its idempotency returns what the
+            # predecessor's call made), or the first charge if that call never arrived.
+            charge_again = True
+        else:
+            decision = self._verify(
+                instance,
+                plugin,
+                request,
+                attempts,
+                reason="worker crashed mid-payment",
+                provider_id=payment.provider_transaction_id,
+            )
+            never_charged = attempts[-1].outcome == OutcomeStatus.NOT_FOUND.value
+            charge_again = decision.state is PaymentState.UNKNOWN and never_charged and usable
+        if charge_again:
             # Charge again at the same instance only: the same reference lets the
             # provider refuse a duplicate if the predecessor's call lands late. Its circuit
             # may be open (a blip the predecessor saw): that keeps new payments away, but
