@@ -272,10 +272,10 @@ class Capability(StrEnum):
     PENDING_CHECKOUT = "pending_checkout"  # a charge without a token waits on the customer
     PARTIAL_REFUNDS = "partial_refunds"
     RETRY_HINTS = "retry_hints"  # a rate limit says when to come back
-    SIGNED_BODY = "signed_body"  # webhook signatures cover the raw body
-    # Webhook signatures cover the event's content, checked by the provider's own API
-    # (PayPal's verify-webhook-signature): a changed field is refused, a reformatted body not.
-    SIGNED_CONTENT = "signed_content"
+    # Webhook signatures cover the raw body, byte for byte: checked by the plugin
+    # (an HMAC) or by the provider's own API on the body as received (PayPal's
+    # verify-webhook-signature, over a CRC32 of the bytes it sent)
+    SIGNED_BODY = "signed_body"
     SIGNED_TIMESTAMPS = "signed_timestamps"  # webhook signatures cover a timestamp
     # Lifecycles (issue 33), each played by the plugin's fake and checked by conformance:
     # a checkout can be made unpayable at expiry (expire_checkout does it)

@@ -344,7 +344,7 @@ class PayPalProvider(PaymentProvider):
         {
             Capability.PENDING_CHECKOUT,
             Capability.PARTIAL_REFUNDS,
-            Capability.SIGNED_CONTENT,
+            Capability.SIGNED_BODY,
             Capability.PENDING_CAPTURE,
             Capability.REPLAYS_TO_RECOVER,
             Capability.SIGNED_TIMESTAMPS,
@@ -780,7 +780,7 @@ class PayPalProvider(PaymentProvider):
                 raise TypeError("not an object")
         except (ValueError, TypeError) as exc:
             raise WebhookPayloadError(f"unreadable PayPal event: {type(exc).__name__}") from None
-        if not await self._signature_verified(transmission, event):
+        if not await self._signature_verified(transmission, raw_body):
             raise WebhookSignatureError("PayPal says the signature does not match")
         try:
             return await self._event(event)
@@ -803,18 +803,23 @@ class PayPalProvider(PaymentProvider):
                 f"{self.settings.webhook_tolerance_s / 3600:.0f} h tolerance: a replay"
             )
 
-    async def _signature_verified(self, transmission: dict[str, str], event: Any) -> bool:
+    async def _signature_verified(self, transmission: dict[str, str], raw_body: bytes) -> bool:
         """PayPal's own answer on the signature (``POST
-        /v1/notifications/verify-webhook-signature``; the SDK has no call for it)."""
-        payload = {
+        /v1/notifications/verify-webhook-signature``; the SDK has no call for it).
+
+        PayPal signs a CRC32 of the event body as it sent it
+        (https://developer.paypal.com/api/rest/webhooks/rest/#link-eventheadervalidation),
+        so ``webhook_event`` is the body received, byte for byte: a parse and dump would
+        change spacing, key order or escapes, and a genuine event would be refused."""
+        fields = {
             "auth_algo": transmission["auth-algo"],
             "cert_url": transmission["cert-url"],
             "transmission_id": transmission["transmission-id"],
             "transmission_sig": transmission["transmission-sig"],
             "transmission_time": transmission["transmission-time"],
             "webhook_id": self.settings.webhook_id,
-            "webhook_event": event,
         }
+        content = json.dumps(fields)[:-1].encode() + b', "webhook_event": ' + raw_body + b"}"
         for attempt in (1, 2):
             try:
                 token = await asyncio.to_thread(self._tokens, None, self._sdk.oauth_2)
@@ -826,8 +831,11 @@ class PayPalProvider(PaymentProvider):
                 ) as http:
                     answer = await http.post(
                         "/v1/notifications/verify-webhook-signature",
-                        json=payload,
-                        headers={"Authorization": f"Bearer {token.access_token}"},
+                        content=content,
+                        headers={
+                            "Authorization": f"Bearer {token.access_token}",
+                            "Content-Type": "application/json",
+                        },
                     )
             except httpx.HTTPError as exc:
                 raise ProviderUnavailable(

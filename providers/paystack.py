@@ -268,6 +268,15 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _minor_or_none(value: Any) -> int | None:
+    """An amount in subunits as Paystack sends it: a number, or a string of digits (its
+    refund webhooks send ``"amount": "5000"``: PaystackOSS/doc-code-snippets,
+    doc/payments/refunds/events.js)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return _int_or_none(value)
+
+
 def _str_or_none(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
@@ -567,7 +576,7 @@ class PaystackProvider(PaymentProvider):
             "provider": self.name,
             "event_id": event_id,
             "event_type": event,
-            "amount_minor": _int_or_none(data.get("amount")),
+            "amount_minor": _minor_or_none(data.get("amount")),
             "currency": _str_or_none(data.get("currency")),
         }
         if event in _REFUND_EVENTS:
@@ -577,6 +586,8 @@ class PaystackProvider(PaymentProvider):
             refund = RefundOutcome(
                 status=_REFUND_EVENTS[event],
                 reference=reference,
+                # Paystack's refund events carry no refund id (its published samples): the
+                # ledger matches them by payment and amount
                 refund_id=_str_or_none(data.get("id")),
                 amount_minor=common["amount_minor"],
                 currency=common["currency"],

@@ -77,7 +77,8 @@ class Harness(ABC):
     def tamper(self, raw: bytes) -> bytes:
         """The webhook body claiming a different amount."""
         event = json.loads(raw)
-        event["data"]["amount"] = 1
+        target = event["data"] if isinstance(event.get("data"), dict) else event
+        target["amount"] = 1
         return json.dumps(event).encode()
 
     @abstractmethod

@@ -291,6 +291,23 @@ def test_a_saved_card_source_goes_as_a_card_vault_id(fake: FakePayPal) -> None:
 # --- webhooks ---------------------------------------------------------------------------------
 
 
+def test_a_webhook_is_verified_on_the_exact_bytes_paypal_sent(fake: FakePayPal) -> None:
+    """PayPal signs a CRC32 of the body as sent: the verification request carries those
+    bytes, not a parse and dump of them (issue 34, item 3), so a body a round trip changes
+    verifies, and the same event reformatted does not."""
+    import json
+
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    raw, headers = fake.webhook("PAYMENT.CAPTURE.COMPLETED", fake.capture_of(paid.reference))
+    round_trip = json.dumps(json.loads(raw)).encode()
+    assert round_trip != raw  # PayPal's own text: indented
+    assert asyncio.run(plugin.parse_webhook(raw, headers)).reference == paid.reference
+    with pytest.raises(WebhookSignatureError):
+        asyncio.run(plugin.parse_webhook(round_trip, headers))
+
+
 def test_a_certificate_url_that_is_not_paypals_is_refused_without_a_call(
     fake: FakePayPal,
 ) -> None:

@@ -17,6 +17,7 @@ from providers.errors import WebhookPayloadError, WebhookSignatureError
 from registry.db import get_database
 from registry.instances import InstanceView
 from tests.fakes.paystack import sign
+from tests.fakes.paystack.server import refund_event_data
 from workers import runtime
 from workers.ledger.outbox import OutboxEvent
 from workers.ledger.records import Payment, Refund, WebhookReceipt
@@ -95,14 +96,16 @@ def charge_body(pay: Payment, event: str = "charge.success", **changes: Any) -> 
     return json.dumps({"event": event, "data": data}, separators=(",", ":")).encode()
 
 
-def refund_body(pay: Payment, status: str, refund_id: str, amount_minor: int) -> bytes:
-    data = {
-        "status": status,
-        "transaction_reference": pay.reference,
-        "amount": amount_minor,
-        "currency": pay.currency,
-        "id": refund_id,
-    }
+def refund_body(pay: Payment, status: str, amount_minor: int) -> bytes:
+    """A refund event as Paystack sends it: its own published sample (no refund id, the
+    amount a string), for this payment."""
+    data = refund_event_data(
+        f"refund.{status}",
+        reference=pay.reference,
+        amount=amount_minor,
+        currency=pay.currency,
+        refund_reference=f"RF-{uuid.uuid4().hex[:8]}",
+    )
     return json.dumps({"event": f"refund.{status}", "data": data}).encode()
 
 
@@ -368,7 +371,7 @@ def test_refund_processed_settles_the_pending_refund_and_the_payment(env, publis
     pay = payment(paystack_instance(key), status="succeeded")
     first = refund_row(pay, 100_000, status="pending", provider_id="901")
 
-    reply = deliver(refund_body(pay, "processed", "901", 100_000), key, publisher)
+    reply = deliver(refund_body(pay, "processed", 100_000), key, publisher)
 
     assert reply.result == "applied"
     assert refund_state(first) == (RefundState.SUCCEEDED, "901")
@@ -378,11 +381,12 @@ def test_refund_processed_settles_the_pending_refund_and_the_payment(env, publis
     assert event["status"] == "partially_refunded" and event["refunded_minor"] == 100_000
 
     rest = refund_row(pay, AMOUNT - 100_000, status="pending", provider_id="902")
-    deliver(refund_body(pay, "processed", "902", AMOUNT - 100_000), key, publisher)
+    body = refund_body(pay, "processed", AMOUNT - 100_000)
+    deliver(body, key, publisher)
     assert refund_state(rest)[0] == RefundState.SUCCEEDED
     assert refunded(pay) == ("refunded", AMOUNT)
 
-    replay = deliver(refund_body(pay, "processed", "902", AMOUNT - 100_000), key, publisher)
+    replay = deliver(body, key, publisher)  # Paystack's redelivery: the same bytes
     assert replay.result == "duplicate" and refunded(pay) == ("refunded", AMOUNT)
     assert outbox_types() == ["payment.refunded", "payment.refunded"]
 
@@ -392,10 +396,32 @@ def test_refund_failed_releases_the_refund_and_leaves_the_payment(env, publisher
     pay = payment(paystack_instance(key), status="succeeded")
     row = refund_row(pay, AMOUNT, status="pending", provider_id="903")
 
-    assert deliver(refund_body(pay, "failed", "903", AMOUNT), key, publisher).result == "applied"
+    assert deliver(refund_body(pay, "failed", AMOUNT), key, publisher).result == "applied"
 
     assert refund_state(row)[0] == RefundState.FAILED
-    assert refunded(pay) == ("succeeded", 0) and outbox_types() == []
+    assert refunded(pay) == ("succeeded", 0) and outbox_types() == ["refund.failed"]
+    event = publisher.published[0][1]
+    assert event["refund_id"] == str(row.id) and event["refund_amount_minor"] == AMOUNT
+
+
+def test_a_refund_that_fails_after_it_succeeded_is_taken_back_with_an_alert(env, publisher) -> None:
+    """Paystack sends ``refund.failed`` (Stripe documents the same after success: the money
+    goes back to the merchant): the ledger said refunded and the customer got nothing. The
+    refund is failed, its amount refundable again, billing told and an operator alerted."""
+    key = secret()
+    pay = payment(paystack_instance(key), status="succeeded")
+    row = refund_row(pay, 100_000, status="pending", provider_id="1190")
+    deliver(refund_body(pay, "processed", 100_000), key, publisher)
+    assert refunded(pay) == ("partially_refunded", 100_000)
+
+    reply = deliver(refund_body(pay, "failed", 100_000), key, publisher)
+
+    assert reply.result == "applied"
+    assert refund_state(row)[0] == RefundState.FAILED
+    assert refunded(pay) == ("succeeded", 0)
+    assert outbox_types() == ["payment.refunded", "refund.failed", "alert.raised"]
+    failed = next(p for t, p in publisher.published if t == "refund.failed")
+    assert failed["status"] == "succeeded" and failed["refunded_minor"] == 0
 
 
 def test_refund_webhook_before_our_call_returns_adopts_the_open_refund(env, publisher) -> None:
@@ -403,9 +429,9 @@ def test_refund_webhook_before_our_call_returns_adopts_the_open_refund(env, publ
     pay = payment(paystack_instance(key), status="succeeded")
     in_flight = refund_row(pay, 20_000, status="requested", provider_id=None)
 
-    deliver(refund_body(pay, "processed", "904", 20_000), key, publisher)
+    deliver(refund_body(pay, "processed", 20_000), key, publisher)
 
-    assert refund_state(in_flight) == (RefundState.SUCCEEDED, "904")
+    assert refund_state(in_flight) == (RefundState.SUCCEEDED, None)  # Paystack names none
     assert refunded(pay) == ("partially_refunded", 20_000)
 
 
@@ -413,8 +439,8 @@ def test_refund_made_in_the_dashboard_is_recorded(env, publisher) -> None:
     key = secret()
     pay = payment(paystack_instance(key), status="succeeded")
 
-    deliver(refund_body(pay, "pending", "905", 30_000), key, publisher)
-    deliver(refund_body(pay, "processed", "905", 30_000), key, publisher)
+    deliver(refund_body(pay, "pending", 30_000), key, publisher)
+    deliver(refund_body(pay, "processed", 30_000), key, publisher)
 
     assert refunded(pay) == ("partially_refunded", 30_000)
     with get_database().sessions() as session:
@@ -425,7 +451,7 @@ def test_refund_made_in_the_dashboard_is_recorded(env, publisher) -> None:
 def test_refund_larger_than_what_is_left_is_a_mismatch(env, publisher) -> None:
     key = secret()
     pay = payment(paystack_instance(key), status="succeeded")
-    reply = deliver(refund_body(pay, "processed", "906", AMOUNT + 1), key, publisher)
+    reply = deliver(refund_body(pay, "processed", AMOUNT + 1), key, publisher)
     assert reply.result == "mismatch"
     assert refunded(pay) == ("succeeded", 0) and outbox_types() == ["alert.raised"]
 

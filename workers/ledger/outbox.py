@@ -34,6 +34,7 @@ class EventType(StrEnum):
     PAYMENT_PENDING = "payment.pending"
     PAYMENT_UNKNOWN = "payment.unknown"
     PAYMENT_REFUNDED = "payment.refunded"
+    REFUND_FAILED = "refund.failed"  # a refund the provider did not pay out
     PROVIDER_HEALTH_CHANGED = "provider.health_changed"
     ALERT_RAISED = "alert.raised"
 
@@ -70,6 +71,9 @@ class PaymentEvent(Event):
     # payment.succeeded means the provider reported the money after Tender had failed it.
     previous_status: str | None = None
     expires_at: datetime | None = None  # payment.pending: when the checkout ends
+    # refund.failed: which refund, for how much (the payment's fields are as they are now)
+    refund_id: uuid.UUID | None = None
+    refund_amount_minor: int | None = None
 
 
 class HealthChangedEvent(Event):

@@ -377,6 +377,8 @@ def payment_event(
     state: PaymentState,
     *,
     previous_status: PaymentState | None = None,
+    event_type: EventType | None = None,
+    refund: Refund | None = None,
     **changed: Any,
 ) -> PaymentEvent:
     """The result event for ``payment`` entering ``state`` (``changed``: fields just written;
@@ -386,7 +388,7 @@ def payment_event(
         return changed[name] if name in changed else getattr(payment, name)
 
     return PaymentEvent(
-        type=EventType(STATE_EVENT[state]),
+        type=event_type or EventType(STATE_EVENT[state]),
         payment_id=payment.id,
         order_id=payment.order_id,
         tenant_id=payment.tenant_id,
@@ -402,6 +404,8 @@ def payment_event(
         error_code=value("error_code"),
         previous_status=previous_status.value if previous_status else None,
         expires_at=value("expires_at") if state is PaymentState.PENDING else None,
+        refund_id=refund.id if refund is not None else None,
+        refund_amount_minor=refund.amount_minor if refund is not None else None,
     )
 
 

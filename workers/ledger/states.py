@@ -32,12 +32,14 @@ TRANSITIONS: dict[PaymentState, frozenset[PaymentState]] = {
     # unknown -> pending: verification found the customer mid-checkout (e.g. Paystack "ongoing").
     S.UNKNOWN: frozenset({S.SUCCEEDED, S.FAILED, S.PENDING}),
     S.SUCCEEDED: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
-    S.PARTIALLY_REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED}),
+    # back down: a refund the provider reports failed after it had succeeded (Stripe's
+    # refund.failed: the money went back to the merchant's balance) is refundable again
+    S.PARTIALLY_REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED, S.SUCCEEDED}),
     # failed -> succeeded: money at the provider is the truth. A success reported after
     # Tender recorded a failure (a checkout it expired, a decline the customer retried
     # past) makes the payment succeeded, with an alert and a payment.succeeded event.
     S.FAILED: frozenset({S.SUCCEEDED}),
-    S.REFUNDED: frozenset(),
+    S.REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.SUCCEEDED}),
 }
 
 # Final for billing: no worker, webhook or reconcile moves them again on its own

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, or_, select
@@ -54,7 +55,7 @@ from registry.service import PluginRegistry
 from workers.core import metrics
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
-from workers.ledger.outbox import OutboxEvent, add_event
+from workers.ledger.outbox import AlertEvent, EventType, OutboxEvent, add_event
 from workers.ledger.records import Payment, PaymentAttempt, Refund, apply_transition, payment_event
 from workers.ledger.states import PaymentState
 from workers.payments.client import PaymentNotFound, payment_key
@@ -198,6 +199,75 @@ def settle_refund(session: Session, payment: Payment, refund: Refund) -> OutboxE
     session.flush()
     session.refresh(payment)
     return event
+
+
+def fail_refund(
+    session: Session, payment: Payment, refund: Refund, message: str | None
+) -> list[OutboxEvent]:
+    """The provider reports ``refund`` failed (``payment`` locked by the caller): it moves
+    to ``failed`` and ``refund.failed`` goes out. One that had succeeded (Stripe documents
+    ``refund.failed`` after success, the money back in the merchant's balance) is taken
+    off the payment again, its amount refundable once more, with an alert: the ledger said
+    refunded and the customer got nothing. Raises :class:`RefundMismatch` if the payment
+    does not hold that refund."""
+    reversed_ = refund.status == RefundState.SUCCEEDED.value
+    fields: dict[str, Any] = {}
+    current = new = PaymentState(payment.status)
+    if reversed_:
+        seen = payment.refunded_minor
+        total = seen - refund.amount_minor
+        if total < 0 or current not in (PaymentState.REFUNDED, PaymentState.PARTIALLY_REFUNDED):
+            raise RefundMismatch(
+                f"refund {refund.id} of {refund.amount_minor} failed, but payment {payment.id} "
+                f"({current.value}, {seen} refunded) does not hold it"
+            )
+        new = PaymentState.PARTIALLY_REFUNDED if total else PaymentState.SUCCEEDED
+        if not apply_transition(
+            session,
+            payment.id,
+            current,
+            new,
+            where=(Payment.refunded_minor == seen,),
+            refunded_minor=total,
+        ):
+            raise RefundMismatch(f"payment {payment.id} changed while refund {refund.id} failed")
+        fields["refunded_minor"] = total
+    refund.status = RefundState.FAILED.value
+    refund.message = message
+    refund.updated_at = utcnow()
+    events = [
+        add_event(
+            session,
+            payment_event(
+                payment,
+                new,
+                event_type=EventType.REFUND_FAILED,
+                refund=refund,
+                **fields,
+            ),
+        )
+    ]
+    if reversed_:
+        amount = f"{from_minor(refund.amount_minor, payment.currency)} {payment.currency}"
+        text = (
+            f"Refund {refund.id} of {amount} (payment {payment.id}, order {payment.order_id}) "
+            f"failed at {payment.plugin_name} after it had succeeded"
+            f"{f' ({message})' if message else ''}: the customer did not get the money. "
+            f"The payment is {new.value} again and the amount can be refunded anew."
+        )
+        log.error("%s", text)
+        alert = AlertEvent(
+            severity="critical",
+            title="refund failed after it succeeded",
+            text=text,
+            instance_id=payment.instance_id,
+            tenant_id=payment.tenant_id,
+        )
+        events.append(add_event(session, alert))
+    session.flush()
+    if reversed_:
+        session.refresh(payment)
+    return events
 
 
 # --- refund_payment -------------------------------------------------------------------

@@ -56,6 +56,7 @@ from workers.payments.refunds import (
     REFUNDABLE,
     RefundMismatch,
     RefundState,
+    fail_refund,
     lock_payment,
     refundable_minor,
     settle_refund,
@@ -364,6 +365,11 @@ def _apply_refund(
         )
         return _alerting(session, WebhookResult.MISMATCH, payment, text)
     refund = _find_refund(session, payment, outcome.refund_id, outcome.amount_minor)
+    if refund is None and outcome.status is RefundStatus.FAILED and outcome.refund_id is None:
+        # a refund the provider names no id for, failing after it succeeded
+        refund = _find_refund(
+            session, payment, None, outcome.amount_minor, (RefundState.SUCCEEDED.value,)
+        )
     if refund is None:
         if outcome.status is RefundStatus.FAILED or outcome.amount_minor is None:
             return _reply(WebhookResult.IGNORED, payment, 200, "no such refund"), []
@@ -390,6 +396,18 @@ def _apply_refund(
         )
         return _alerting(session, WebhookResult.MISMATCH, payment, text)
 
+    if outcome.status is RefundStatus.FAILED and refund.status != RefundState.FAILED.value:
+        # open, or succeeded and now reversed by the provider: the truth is at the provider
+        if outcome.refund_id and refund.provider_refund_id is None:
+            refund.provider_refund_id = outcome.refund_id
+        try:
+            rows = fail_refund(session, payment, refund, outcome.message)
+        except RefundMismatch as exc:
+            return _alerting(session, WebhookResult.MISMATCH, payment, str(exc))
+        log.info(
+            "webhook %s: refund %s of payment %s failed", event.event_type, refund.id, payment.id
+        )
+        return _reply(WebhookResult.APPLIED, payment, 200, "refund failed"), [r.id for r in rows]
     if refund.status not in OPEN_REFUNDS:
         return _reply(WebhookResult.NO_CHANGE, payment, 200, f"refund already {refund.status}"), []
     if outcome.refund_id and refund.provider_refund_id is None:
@@ -404,8 +422,6 @@ def _apply_refund(
             return _alerting(session, WebhookResult.MISMATCH, payment, str(exc))
         if outbox is not None:
             outbox_ids.append(outbox.id)
-    elif outcome.status is RefundStatus.FAILED:
-        refund.status = RefundState.FAILED.value
     else:
         refund.status = RefundState.PENDING.value
     session.flush()
@@ -414,10 +430,17 @@ def _apply_refund(
 
 
 def _find_refund(
-    session: Session, payment: Payment, refund_id: str | None, amount_minor: int | None
+    session: Session,
+    payment: Payment,
+    refund_id: str | None,
+    amount_minor: int | None,
+    statuses: tuple[str, ...] = OPEN_REFUNDS,
 ) -> Refund | None:
-    """By the provider's refund id; else an open refund of ours still waiting for that id
-    (its webhook can beat the provider's answer to our own refund call)."""
+    """By the provider's refund id; else an open refund of this payment for that amount:
+    one still waiting for the provider's id (its webhook can beat the provider's answer to
+    our own refund call), or, when the event names no refund at all (Paystack's refund
+    events carry none), any open one, oldest first."""
+    unnamed = Refund.provider_refund_id.is_(None)
     if refund_id is not None:
         found = session.execute(
             select(Refund).where(Refund.provider_refund_id == refund_id).with_for_update()
@@ -429,8 +452,8 @@ def _find_refund(
             select(Refund)
             .where(
                 Refund.payment_id == payment.id,
-                Refund.provider_refund_id.is_(None),
-                Refund.status.in_(OPEN_REFUNDS),
+                *([unnamed] if refund_id is not None else []),
+                Refund.status.in_(statuses),
                 Refund.amount_minor == amount_minor,
             )
             .order_by(Refund.created_at)

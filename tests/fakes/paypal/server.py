@@ -112,8 +112,26 @@ def not_found(issue: str = "INVALID_RESOURCE_ID") -> tuple[int, Any]:
     )
 
 
-def canonical(event: Any) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+def member_text(raw: str, key: str) -> str | None:
+    """The exact text of top-level member ``key`` in the JSON object ``raw`` (None if it
+    has none): PayPal checks a signature against the event as sent, byte for byte."""
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+    i = raw.index("{") + 1
+    while True:
+        while raw[i] in ws:
+            i += 1
+        if raw[i] == "}":
+            return None
+        name, i = decoder.raw_decode(raw, i)
+        while raw[i] in ws + ":":
+            i += 1
+        start = i
+        _, i = decoder.raw_decode(raw, i)
+        if name == key:
+            return raw[start:i]
+        while raw[i] in ws + ",":
+            i += 1
 
 
 class FakePayPal(LoopbackFake):
@@ -276,8 +294,10 @@ class FakePayPal(LoopbackFake):
             f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-11ef-{secrets.token_hex(6)}"
         )
         transmitted = (datetime.now(UTC) - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        signature = self._sign(transmission_id, transmitted, webhook_id or self.webhook_id, event)
-        raw = json.dumps(event).encode()
+        # PayPal's body is its own text (here indented, non-ASCII as sent): a parse and dump
+        # round trip changes its bytes, so only the body as sent verifies
+        raw = json.dumps(event, indent=2, ensure_ascii=False).encode()
+        signature = self._sign(transmission_id, transmitted, webhook_id or self.webhook_id, raw)
         return raw, {
             "Content-Type": "application/json",
             "PAYPAL-TRANSMISSION-SIG": signature,
@@ -287,8 +307,11 @@ class FakePayPal(LoopbackFake):
             "PAYPAL-AUTH-ALGO": "SHA256withRSA",
         }
 
-    def _sign(self, transmission_id: str, at: str, webhook_id: str, event: Any) -> str:
-        crc = zlib.crc32(canonical(event))
+    def _sign(self, transmission_id: str, at: str, webhook_id: str, raw_event: bytes) -> str:
+        """PayPal's signed message: ``transmission_id|time|webhook_id|crc32(body)``, the
+        CRC of the event body exactly as sent
+        (https://developer.paypal.com/api/rest/webhooks/rest/#link-eventheadervalidation)."""
+        crc = zlib.crc32(raw_event)
         message = f"{transmission_id}|{at}|{webhook_id}|{crc}".encode()
         return base64.b64encode(
             hmac.new(self._signing_key, message, hashlib.sha256).digest()
@@ -329,11 +352,13 @@ class FakePayPal(LoopbackFake):
             expires = self._tokens.get(token)
         return expires is not None and expires > time.monotonic()
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any]:
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], body: Any, raw: bytes = b""
+    ) -> tuple[int, Any]:
         request_id = headers.get("paypal-request-id")
         parts = path.strip("/").split("/")
         if method == "POST" and path == "/v1/notifications/verify-webhook-signature":
-            return self._verify_signature(body)
+            return self._verify_signature(body, raw.decode("utf-8", "replace"))
         if method == "GET" and parts[:3] == ["v2", "checkout", "orders"] and len(parts) == 4:
             with self._lock:
                 order = self._orders.get(parts[3])
@@ -552,7 +577,7 @@ class FakePayPal(LoopbackFake):
         with self._lock:
             self._refunds[refund_id]["status"] = "COMPLETED"
 
-    def _verify_signature(self, body: dict[str, Any]) -> tuple[int, Any]:
+    def _verify_signature(self, body: dict[str, Any], raw: str) -> tuple[int, Any]:
         required = (
             "auth_algo", "cert_url", "transmission_id", "transmission_sig",
             "transmission_time", "webhook_id", "webhook_event",
@@ -567,11 +592,12 @@ class FakePayPal(LoopbackFake):
             )
         if body["webhook_id"] != self.webhook_id:
             return 200, {"verification_status": "FAILURE"}
+        event_text = member_text(raw, "webhook_event") or ""
         expected = self._sign(
             body["transmission_id"],
             body["transmission_time"],
             body["webhook_id"],
-            body["webhook_event"],
+            event_text.encode(),
         )
         good = hmac.compare_digest(expected, str(body["transmission_sig"]))
         return 200, {"verification_status": "SUCCESS" if good else "FAILURE"}
@@ -659,7 +685,7 @@ class _Handler(JsonHandler):
                     ("MALFORMED_REQUEST_JSON", "The request JSON is not well formed."),
                 )
             )
-        status, payload = fake.handle(method, split.path, headers, body)
+        status, payload = fake.handle(method, split.path, headers, body, raw)
         if fake.fault == "slow" and money and fake._stopping.wait(fake.slow_s):
             return None
         self._answer(status, payload)

@@ -43,6 +43,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -135,6 +136,25 @@ class _Refund:
     currency: str
     status: str
     created_at: datetime
+
+
+WEBHOOK_SAMPLES = Path(__file__).parents[2] / "fixtures" / "webhooks" / "paystack"
+
+
+def refund_event_data(
+    event: str, *, reference: str, amount: int, currency: str, refund_reference: str
+) -> dict[str, Any]:
+    """A ``refund.*`` event's ``data`` in the shape of Paystack's own published sample
+    (``tests/fixtures/webhooks/paystack``): no refund ``id``, ``amount`` a string where
+    the sample has one, ``refund_reference`` null until the processor gives one."""
+    sample = json.loads((WEBHOOK_SAMPLES / f"{event}.json").read_text())["data"]
+    sample.update(
+        transaction_reference=reference,
+        amount=str(amount) if isinstance(sample["amount"], str) else amount,
+        currency=currency,
+        refund_reference=refund_reference if sample["refund_reference"] else None,
+    )
+    return dict(sample)
 
 
 class FakePaystack:
@@ -246,18 +266,13 @@ class FakePaystack:
             tx = self._transactions[reference]
             if event.startswith("refund."):
                 refund = next(r for r in reversed(self._refunds) if r.reference == reference)
-                return {
-                    "status": event.removeprefix("refund."),
-                    "transaction_reference": reference,
-                    "refund_reference": f"RF{refund.id}",
-                    "amount": refund.amount,
-                    "currency": refund.currency,
-                    "processor": "mastercard",
-                    "customer": self._customer_json(tx.email),
-                    "integration": INTEGRATION_ID,
-                    "domain": "test",
-                    "id": str(refund.id),
-                }
+                return refund_event_data(
+                    event,
+                    reference=reference,
+                    amount=refund.amount,
+                    currency=refund.currency,
+                    refund_reference=f"RF{refund.id}",
+                )
             data = self._transaction_json(tx)
             for key in ("paidAt", "createdAt", "plan_object", "subaccount", "split"):
                 data.pop(key, None)
