@@ -183,6 +183,25 @@ def settle_refund(session: Session, payment: Payment, refund: Refund) -> OutboxE
     new = (
         PaymentState.REFUNDED if total == payment.amount_minor else PaymentState.PARTIALLY_REFUNDED
     )
+    _move_refunded(session, payment, refund, current, new, seen, total)
+    refund.status = RefundState.SUCCEEDED.value
+    refund.updated_at = utcnow()
+    event = add_event(session, payment_event(payment, new, refunded_minor=total))
+    session.flush()
+    session.refresh(payment)
+    return event
+
+
+def _move_refunded(
+    session: Session,
+    payment: Payment,
+    refund: Refund,
+    current: PaymentState,
+    new: PaymentState,
+    seen: int,
+    total: int,
+) -> None:
+    """Compare-and-set the payment's state and ``refunded_minor`` (``seen`` -> ``total``)."""
     if not apply_transition(
         session,
         payment.id,
@@ -193,12 +212,6 @@ def settle_refund(session: Session, payment: Payment, refund: Refund) -> OutboxE
     ):
         # Unreachable while the caller holds the row lock; refuse rather than lose an update.
         raise RefundMismatch(f"payment {payment.id} changed while refund {refund.id} settled")
-    refund.status = RefundState.SUCCEEDED.value
-    refund.updated_at = utcnow()
-    event = add_event(session, payment_event(payment, new, refunded_minor=total))
-    session.flush()
-    session.refresh(payment)
-    return event
 
 
 def fail_refund(
@@ -222,15 +235,7 @@ def fail_refund(
                 f"({current.value}, {seen} refunded) does not hold it"
             )
         new = PaymentState.PARTIALLY_REFUNDED if total else PaymentState.SUCCEEDED
-        if not apply_transition(
-            session,
-            payment.id,
-            current,
-            new,
-            where=(Payment.refunded_minor == seen,),
-            refunded_minor=total,
-        ):
-            raise RefundMismatch(f"payment {payment.id} changed while refund {refund.id} failed")
+        _move_refunded(session, payment, refund, current, new, seen, total)
         fields["refunded_minor"] = total
     refund.status = RefundState.FAILED.value
     refund.message = message
