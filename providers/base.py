@@ -408,6 +408,7 @@ class PaymentProvider(ABC):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         """Refund the whole payment (``None``) or part of it.
 
@@ -415,7 +416,8 @@ class PaymentProvider(ABC):
         idempotency key, the plugin derives it from this, so a retry of one refund is one
         refund and two refunds of the same amount are two. ``provider_id`` is the
         provider's own id for the payment when the ledger holds one (as for verify): the
-        payment is read by it, never searched for or re-created."""
+        payment is read by it, never searched for or re-created. ``currency`` is the
+        payment's (the ledger's), for a provider whose units differ by currency."""
 
     @abstractmethod
     async def health_check(self) -> HealthCheck:

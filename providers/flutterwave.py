@@ -61,7 +61,7 @@ from providers.errors import (
     WebhookPayloadError,
     WebhookSignatureError,
 )
-from providers.money import MoneyError, from_minor, to_minor
+from providers.money import MoneyError, ProviderUnits, Unit, exponent
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,16 @@ FLUTTERWAVE_CURRENCIES = frozenset(
         "EGP",
         "MAD",
     ]
+)
+# Flutterwave's v3 amounts are decimal major units ("amount: the amount to charge the
+# customer", https://developer.flutterwave.com/docs/flutterwave-standard-1), with the
+# currency's ISO decimals: whole francs and shillings for XOF, XAF, RWF, UGX.
+FLUTTERWAVE_UNITS = ProviderUnits(
+    "flutterwave",
+    {
+        code: Unit(exponent(code), "https://developer.flutterwave.com/docs/flutterwave-standard-1")
+        for code in sorted(FLUTTERWAVE_CURRENCIES)
+    },
 )
 SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
 # A transaction's status as Tender's outcome, by the flow that made it. A Standard (hosted)
@@ -294,7 +304,7 @@ class FlutterwaveProvider(PaymentProvider):
     # --- payments --------------------------------------------------------------------------
 
     def _major(self, amount_minor: int, currency: str) -> Decimal:
-        return from_minor(amount_minor, currency)
+        return FLUTTERWAVE_UNITS.to_decimal(amount_minor, currency)
 
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
         try:
@@ -372,7 +382,7 @@ class FlutterwaveProvider(PaymentProvider):
     def _outcome(self, data: Mapping[str, Any], reference: str) -> PaymentOutcome:
         currency = str(data.get("currency") or "").upper()
         try:
-            amount_minor = to_minor(Decimal(str(data["amount"])), currency)
+            amount_minor = FLUTTERWAVE_UNITS.from_decimal(str(data["amount"]), currency)
         except (KeyError, MoneyError, ArithmeticError):
             amount_minor = None
         meta = data.get("meta")
@@ -415,6 +425,7 @@ class FlutterwaveProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         data = await self._transaction(reference)
         if data is None or data.get("status") != "successful":
@@ -435,7 +446,9 @@ class FlutterwaveProvider(PaymentProvider):
             status=refund_status(str(refund.get("status"))),
             reference=reference,
             refund_id=str(refund.get("id")),
-            amount_minor=to_minor(Decimal(str(refunded)), currency) if refunded else amount_minor,
+            amount_minor=FLUTTERWAVE_UNITS.from_decimal(str(refunded), currency)
+            if refunded
+            else amount_minor,
             currency=currency,
         )
 
@@ -492,7 +505,7 @@ class FlutterwaveProvider(PaymentProvider):
                 "GET", f"/v3/transactions/{refund['tx_id']}/verify", moves_money=False
             )
             reference, currency = str(tx["tx_ref"]), str(tx["currency"]).upper()
-            amount_minor = to_minor(Decimal(str(refund["amount_refunded"])), currency)
+            amount_minor = FLUTTERWAVE_UNITS.from_decimal(str(refund["amount_refunded"]), currency)
         except PaymentDeclined as exc:  # the API does not know the refund or its payment
             raise WebhookPayloadError(f"Flutterwave has no such refund: {exc.message}") from None
         except (KeyError, MoneyError, ArithmeticError) as exc:

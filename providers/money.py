@@ -8,6 +8,8 @@ float from a fraction of a kobo.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
 # ISO 4217 active codes by minor-unit exponent (currencies with no minor unit in
@@ -158,3 +160,88 @@ def from_minor(amount_minor: int, currency: str) -> Decimal:
 def format_amount(amount_minor: int, currency: str) -> str:
     """Human form for logs and tables: '12.34 NGN'."""
     return f"{from_minor(amount_minor, currency)} {currency}"
+
+
+# --- a provider's own units -----------------------------------------------------------
+
+
+class NotRepresentable(MoneyError):
+    """The provider cannot carry this amount exactly in its units; nothing is sent."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a provider writes amounts of one currency: integers with ``exponent`` decimal
+    places (its "subunit"), and ``source``, where the provider says so."""
+
+    exponent: int
+    source: str
+    step: int = 1  # the provider's amount must be a multiple of this (Stripe: KWD in 10s)
+
+
+class ProviderUnits:
+    """Every currency a provider accepts, and its unit there. Amounts go out and come back
+    through this one table; anything the provider cannot carry exactly is refused before
+    sending, and an amount that comes back inexact is unreadable, never rounded."""
+
+    def __init__(self, provider: str, units: Mapping[str, Unit]) -> None:
+        for code in units:
+            normalize_currency(code)
+        self.provider = provider
+        self.units = dict(units)
+
+    @property
+    def currencies(self) -> frozenset[str]:
+        return frozenset(self.units)
+
+    def _shift(self, currency: str) -> int:
+        unit = self.units.get(currency)
+        if unit is None:
+            raise UnknownCurrency(f"{self.provider} does not take {currency}")
+        return unit.exponent - exponent(currency)
+
+    def to_provider(self, amount_minor: int, currency: str) -> int:
+        """ISO minor units as the provider's integer amount."""
+        shift = self._shift(currency)
+        if shift >= 0:
+            whole, rest = amount_minor * 10**shift, 0
+        else:
+            whole, rest = divmod(amount_minor, 10**-shift)
+        step = self.units[currency].step
+        if rest or whole % step:
+            step_minor = step * 10**-shift if shift < 0 else step // 10**shift or 1
+            raise NotRepresentable(
+                f"{self.provider} takes {currency} in steps of "
+                f"{from_minor(step_minor, currency)} only; {amount_minor} minor units cannot "
+                "be charged exactly"
+            )
+        return whole
+
+    def to_decimal(self, amount_minor: int, currency: str) -> Decimal:
+        """The amount as the decimal number a provider that writes major units expects, with
+        exactly its number of decimal places for the currency."""
+        places = self.units[currency].exponent if currency in self.units else 0
+        return Decimal(self.to_provider(amount_minor, currency)).scaleb(-places)
+
+    def from_decimal(self, value: Decimal | str, currency: str) -> int:
+        """A provider's decimal amount as ISO minor units (MoneyError if inexact)."""
+        unit = self.units.get(currency)
+        if unit is None:
+            raise UnknownCurrency(f"{self.provider} does not take {currency}")
+        subunits = Decimal(value).scaleb(unit.exponent)
+        if not subunits.is_finite() or subunits != subunits.to_integral_value():
+            raise NotRepresentable(f"{self.provider} amount {value} {currency} is not exact")
+        return self.from_provider(int(subunits), currency)
+
+    def from_provider(self, amount: int, currency: str) -> int:
+        """The provider's integer amount as ISO minor units (MoneyError if inexact)."""
+        shift = self._shift(currency)
+        if shift <= 0:
+            return amount * 10**-shift
+        whole, rest = divmod(amount, 10**shift)
+        if rest:
+            raise NotRepresentable(
+                f"{self.provider} reported {amount} {currency} subunits, not a whole "
+                f"number of {currency} minor units"
+            )
+        return whole

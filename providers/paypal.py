@@ -41,7 +41,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -96,7 +95,7 @@ from providers.errors import (
     WebhookPayloadError,
     WebhookSignatureError,
 )
-from providers.money import MoneyError, from_minor, to_minor
+from providers.money import MoneyError, ProviderUnits, Unit, exponent
 
 logger = logging.getLogger(__name__)
 
@@ -227,24 +226,33 @@ class PayPalConfig(ProviderConfig):
 # --- money at PayPal's seam --------------------------------------------------------------
 
 
+# PayPal's decimals per currency (https://developer.paypal.com/api/rest/reference/currency-codes/):
+# ISO's, except HUF, JPY and TWD, which PayPal takes in whole units only.
+PAYPAL_UNITS = ProviderUnits(
+    "paypal",
+    {
+        code: Unit(
+            0 if code in WHOLE_UNITS_AT_PAYPAL else exponent(code),
+            "https://developer.paypal.com/api/rest/reference/currency-codes/",
+        )
+        for code in sorted(PAYPAL_CURRENCIES)
+    },
+)
+
+
 def to_paypal_value(amount_minor: int, currency: str) -> str:
     """Tender's ISO minor units as PayPal's ``value``; ProviderUnavailable (nothing sent)
     when PayPal cannot carry the amount exactly: it is never rounded."""
-    major = from_minor(amount_minor, currency)
-    if currency in WHOLE_UNITS_AT_PAYPAL:
-        if major != major.to_integral_value():
-            # Not sent, so provably not charged: another instance may carry the amount.
-            raise ProviderUnavailable(
-                f"PayPal takes {currency} in whole units only; {major} cannot be charged exactly",
-                provider="paypal",
-                code="amount_not_representable",
-            )
-        return str(major.quantize(Decimal(1)))
-    return str(major)
+    try:
+        return str(PAYPAL_UNITS.to_decimal(amount_minor, currency))
+    except MoneyError as exc:  # not sent, so provably not charged: another may carry it
+        raise ProviderUnavailable(
+            str(exc), provider="paypal", code="amount_not_representable"
+        ) from None
 
 
 def from_paypal_value(value: str, currency: str) -> int:
-    return to_minor(Decimal(value), currency)
+    return PAYPAL_UNITS.from_decimal(value, currency)
 
 
 # --- the SDK, wired for Tender ----------------------------------------------------------
@@ -690,6 +698,7 @@ class PayPalProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         # by the order id the ledger holds (every paid PayPal payment has one): nothing is
         # created, however old the payment

@@ -69,10 +69,22 @@ from providers.errors import (
     WebhookPayloadError,
     WebhookSignatureError,
 )
+from providers.money import MoneyError, ProviderUnits, Unit
 
 logger = logging.getLogger(__name__)
 
 PAYSTACK_CURRENCIES = frozenset(currency.value for currency in Currency)
+# Paystack takes and reports every amount in the currency's "subunit", a hundredth, for
+# every currency it lists, XOF and RWF included, which ISO 4217 gives no minor unit:
+# its own WooCommerce plugin sends `$order->get_total() * 100` and reads `amount / 100`
+# whatever the currency (tubiz/woo-paystack, includes/class-wc-gateway-paystack.php,
+# process_redirect_payment_option and verify_paystack_transaction), and the API reference
+# asks for "amount in subunit of the supported currency" (https://paystack.com/docs/api/).
+# Sending ISO minor units for XOF charged a hundredth of the price (issue 34, item 4).
+_SUBUNIT_SOURCE = "https://paystack.com/docs/api/ (amount in subunit); tubiz/woo-paystack"
+PAYSTACK_UNITS = ProviderUnits(
+    "paystack", {code: Unit(2, _SUBUNIT_SOURCE) for code in sorted(PAYSTACK_CURRENCIES)}
+)
 SIGNATURE_HEADER = "x-paystack-signature"
 SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
 
@@ -268,13 +280,25 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _minor_or_none(value: Any) -> int | None:
+def _subunits(value: Any) -> int | None:
     """An amount in subunits as Paystack sends it: a number, or a string of digits (its
     refund webhooks send ``"amount": "5000"``: PaystackOSS/doc-code-snippets,
     doc/payments/refunds/events.js)."""
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return _int_or_none(value)
+
+
+def _amount_in(data: Mapping[str, Any]) -> int | None:
+    """``data``'s amount in ISO minor units; None when it is missing or not exact (the
+    ledger then treats a success as unknown and alerts: never paid on a guess)."""
+    subunits, currency = _subunits(data.get("amount")), _str_or_none(data.get("currency"))
+    if subunits is None or currency is None:
+        return None
+    try:
+        return PAYSTACK_UNITS.from_provider(subunits, currency.upper())
+    except MoneyError:
+        return None
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -383,6 +407,14 @@ class PaystackProvider(PaymentProvider):
         except _DuplicateReference:
             return await self._outcome_of_duplicate(request.reference)
 
+    def _amount_out(self, amount_minor: int, currency: str) -> int:
+        try:
+            return PAYSTACK_UNITS.to_provider(amount_minor, currency)
+        except MoneyError as exc:  # not sent: provably not charged
+            raise ProviderUnavailable(
+                str(exc), provider=self.name, code="amount_not_representable"
+            ) from None
+
     def _metadata(self, request: PaymentRequest) -> dict[str, Any]:
         metadata: dict[str, Any] = dict(request.metadata)
         metadata.update(payment_id=str(request.payment_id), order_id=request.order_id)
@@ -395,7 +427,7 @@ class PaystackProvider(PaymentProvider):
             _Call.MOVES_MONEY,
             "initialize",
             self._sdk.transactions.initialize(
-                amount=request.amount_minor,
+                amount=self._amount_out(request.amount_minor, request.currency),
                 email=str(request.customer_email),
                 currency=Currency(request.currency),
                 reference=request.reference,
@@ -423,7 +455,7 @@ class PaystackProvider(PaymentProvider):
             _Call.MOVES_MONEY,
             "charge_authorization",
             self._sdk.transactions.charge(
-                amount=request.amount_minor,
+                amount=self._amount_out(request.amount_minor, request.currency),
                 email=str(request.customer_email),
                 auth_code=request.payment_token.get_secret_value(),
                 reference=request.reference,
@@ -475,7 +507,7 @@ class PaystackProvider(PaymentProvider):
             provider_status=raw_status or None,
             reference=str(data.get("reference") or reference),
             provider_transaction_id=_str_or_none(data.get("id")),
-            amount_minor=_int_or_none(data.get("amount")),
+            amount_minor=_amount_in(data),
             currency=_str_or_none(data.get("currency")),
             message=_str_or_none(data.get("gateway_response") or data.get("message")),
             code=raw_status or None,
@@ -504,15 +536,26 @@ class PaystackProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         """Refund all (``None``) or ``amount_minor`` of the transaction ``reference``.
         Paystack queues refunds, so the usual answer is PENDING; a webhook settles it."""
         if amount_minor is not None and amount_minor <= 0:
             raise ValueError(f"refund amount must be positive, got {amount_minor}")
+        subunits = None
+        if amount_minor is not None:  # in the payment's currency's Paystack subunit
+            if currency is None:  # the ledger always says; a direct caller may not
+                currency = (await self.verify_payment(reference)).currency
+            if currency is None:
+                raise PaymentDeclined(
+                    f"no Paystack payment {reference} to refund", provider=self.name,
+                    code="not_found",
+                )  # fmt: skip
+            subunits = self._amount_out(amount_minor, currency)
         data = await self._call(
             _Call.MOVES_MONEY,
             "refund",
-            self._sdk.refunds.create(transaction=reference, amount=amount_minor),
+            self._sdk.refunds.create(transaction=reference, amount=subunits),
         )
         if not isinstance(data, dict):
             raise self._error(_Call.MOVES_MONEY, _Failure.UNREADABLE, "refund: no data", None)
@@ -522,7 +565,7 @@ class PaystackProvider(PaymentProvider):
             status=_REFUND_STATUSES.get(raw_status, _UNLISTED_REFUND_STATUS),
             reference=reference,
             refund_id=_str_or_none(data.get("id")),
-            amount_minor=_int_or_none(data.get("amount")),
+            amount_minor=_amount_in(data),
             currency=_str_or_none(data.get("currency")),
             message=raw_status or None,
         )
@@ -576,7 +619,7 @@ class PaystackProvider(PaymentProvider):
             "provider": self.name,
             "event_id": event_id,
             "event_type": event,
-            "amount_minor": _minor_or_none(data.get("amount")),
+            "amount_minor": _amount_in(data),
             "currency": _str_or_none(data.get("currency")),
         }
         if event in _REFUND_EVENTS:

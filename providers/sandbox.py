@@ -307,6 +307,7 @@ class SandboxProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         await self._call()
         charge = self.book.get(reference)

@@ -56,6 +56,7 @@ from providers.errors import (
     WebhookPayloadError,
     WebhookSignatureError,
 )
+from providers.money import MoneyError, ProviderUnits, Unit, exponent
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -185,20 +186,32 @@ class StripeConfig(ProviderConfig):
 # --- money at Stripe's seam ----------------------------------------------------------------
 
 
+# Stripe's units (https://docs.stripe.com/currencies#zero-decimal, #three-decimal, #special-
+# cases): ISO's, except ISK, which Stripe writes with two decimals in whole krónur, and the
+# three-decimal currencies, whose last digit must be 0.
+_UNITS_SOURCE = "https://docs.stripe.com/currencies"
+STRIPE_UNITS = ProviderUnits(
+    "stripe",
+    {
+        code: Unit(
+            2 if code in TWO_DECIMAL_AT_STRIPE else exponent(code),
+            _UNITS_SOURCE,
+            step=10 if code in THREE_DECIMAL else 1,
+        )
+        for code in sorted(STRIPE_CURRENCIES)
+    },
+)
+
+
 def to_stripe_amount(amount_minor: int, currency: str) -> int:
     """Tender's ISO minor units as Stripe's ``amount``; ProviderUnavailable (nothing sent)
     if Stripe cannot carry the amount exactly: it is never rounded."""
-    if currency in TWO_DECIMAL_AT_STRIPE:
-        return amount_minor * 100
-    if currency in THREE_DECIMAL and amount_minor % 10:
-        # Not sent, so provably not charged: another instance may carry the amount.
+    try:
+        return STRIPE_UNITS.to_provider(amount_minor, currency)
+    except MoneyError as exc:  # not sent, so provably not charged: another may carry it
         raise ProviderUnavailable(
-            f"Stripe takes {currency} amounts in steps of 0.010 only; "
-            f"{amount_minor} minor units cannot be charged exactly",
-            provider="stripe",
-            code="amount_not_representable",
-        )
-    return amount_minor
+            str(exc), provider="stripe", code="amount_not_representable"
+        ) from None
 
 
 def _metadata_of(intent: Any) -> dict[str, Any]:
@@ -209,8 +222,7 @@ def _metadata_of(intent: Any) -> dict[str, Any]:
 
 def from_stripe_amount(amount: int, currency: str) -> int:
     """Stripe's ``amount`` as ISO minor units."""
-    currency = currency.upper()
-    return amount // 100 if currency in TWO_DECIMAL_AT_STRIPE else amount
+    return STRIPE_UNITS.from_provider(amount, currency.upper())
 
 
 # --- the provider ----------------------------------------------------------------------------
@@ -582,6 +594,7 @@ class StripeProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         intent = await self._intent_by_id(provider_id) if provider_id else None
         if intent is None:  # no id held: the Search API, which lags writes

@@ -235,6 +235,7 @@ class AcmeProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         raise NotImplementedError
 

@@ -179,6 +179,7 @@ class ScriptedProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         raise NotImplementedError
 

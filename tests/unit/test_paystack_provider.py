@@ -379,7 +379,7 @@ def test_refund_without_answer_is_unknown(fake_paystack: FakePaystack) -> None:
     fake_paystack.fault = "slow"
 
     with pytest.raises(OutcomeUnknown):
-        run(provider.refund(reference, 1_000))
+        run(provider.refund(reference, 1_000, currency="NGN"))  # as the ledger calls it
 
 
 # --- webhooks -----------------------------------------------------------------------------
@@ -567,3 +567,29 @@ def test_secret_key_never_appears_in_reprs_errors_or_logs(
     for text in texts:
         assert secret not in text
     assert caplog.records  # the scenario did log
+
+
+@pytest.mark.parametrize(
+    ("currency", "minor", "subunits"),
+    [("XOF", 1500, 150_000), ("RWF", 7, 700), ("NGN", 1250, 1250)],
+)
+def test_amounts_go_to_paystack_in_its_subunit_for_every_currency(
+    fake_paystack: FakePaystack, currency: str, minor: int, subunits: int
+) -> None:
+    """Paystack reads every amount as a hundredth of the currency, XOF and RWF included
+    (which ISO gives no minor unit): 1500 XOF goes out as 150000, and comes back as 1500
+    (issue 34, item 4; before, a XOF customer paid a hundredth of the price)."""
+    provider = make_provider(fake_paystack)
+    request = payment(token=GOOD_AUTHORIZATION, amount_minor=minor, currency=currency)
+    paid = run(provider.process_payment(request))
+    transaction = fake_paystack.transaction(request.reference)
+    assert transaction is not None and transaction["amount"] == subunits
+    assert (paid.amount_minor, paid.currency) == (minor, currency)
+    verified = run(provider.verify_payment(request.reference))
+    assert verified.amount_minor == minor
+    if minor > 1:
+        part = run(
+            provider.refund(request.reference, minor // 2, refund_key="rf-u", currency=currency)
+        )
+        assert part.amount_minor == minor // 2
+        assert fake_paystack.refunded_minor(request.reference) == subunits // minor * (minor // 2)

@@ -94,6 +94,7 @@ class EchoProvider(PaymentProvider):
         *,
         refund_key: str | None = None,
         provider_id: str | None = None,
+        currency: str | None = None,
     ) -> RefundOutcome:
         raise NotImplementedError
 

@@ -286,6 +286,7 @@ class _Reservation:
     amount_minor: int
     instance: InstanceView
     provider_id: str | None = None  # the payment's own id at the provider, if held
+    currency: str | None = None  # the payment's
 
 
 @dataclass(frozen=True)
@@ -428,6 +429,7 @@ def _reserve(
             amount_minor,
             instance,
             payment.provider_transaction_id,
+            payment.currency,
         )
 
 
@@ -453,6 +455,7 @@ def _call_provider(
                 reservation.amount_minor,
                 refund_key=str(reservation.refund_id),  # the provider's idempotency key
                 provider_id=reservation.provider_id,
+                currency=reservation.currency,
             ),
             settings.provider_timeout_s,
         )
