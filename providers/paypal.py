@@ -124,6 +124,10 @@ ACCOUNT_ISSUES = frozenset(
         "PERMISSION_DENIED",
     }
 )
+# Capture issues a payer at the checkout can recover from by choosing another funding
+# source (Orders v2: REDIRECT_PAYER_FOR_ALTERNATE_FUNDING, "Redirect the payer to select
+# another funding source"): pending on a checkout, declined for a saved source.
+PAYER_RECOVERABLE = frozenset({"REDIRECT_PAYER_FOR_ALTERNATE_FUNDING", "PAYER_CANNOT_PAY"})
 DECLINE_ISSUES = frozenset(
     {
         "INSTRUMENT_DECLINED",
@@ -473,9 +477,12 @@ class PayPalProvider(PaymentProvider):
             return ProviderUnavailable(
                 f"rate limited by PayPal: {message}", provider=self.name, code="rate_limited"
             )
-        if status >= 500:
+        if status >= 500 or issue == "PREVIOUS_REQUEST_IN_PROGRESS":
+            # 409 PREVIOUS_REQUEST_IN_PROGRESS (Payments v2): the first call under this
+            # request id is still running and may yet move the money
             error = OutcomeUnknown if moves_money else ProviderUnavailable
-            return error(f"PayPal error: {message}", provider=self.name, code=name or "api_error")
+            code = issue if status == 409 else name or "api_error"
+            return error(f"PayPal error: {message}", provider=self.name, code=code)
         if status == 404:
             return PaymentDeclined(message, provider=self.name, code="not_found")
         if issue in DECLINE_ISSUES:
@@ -599,6 +606,10 @@ class PayPalProvider(PaymentProvider):
         except PaymentDeclined as exc:
             if exc.code == "ORDER_ALREADY_CAPTURED":  # by an earlier call: report it
                 return self._order_outcome(await self._get_order(order_id), reference)
+            if exc.code in PAYER_RECOVERABLE and vault_id is None:
+                # On a checkout the payer can pay with another funding source on the same
+                # order: it stays payable (its approve link), not declined for good.
+                exc = PaymentDeclined(exc.message, provider=self.name, code="PAYER_ACTION_REQUIRED")
             if exc.code == "PAYER_ACTION_REQUIRED":  # 3-D Secure or a wallet step
                 order = await self._get_order(order_id)
                 return PaymentOutcome(

@@ -481,3 +481,35 @@ def test_a_refund_after_paypal_forgot_the_request_id_finds_the_order_by_id(
         )
     )
     assert refunded.amount_minor == saved.amount_minor and fake.orders_count() == orders
+
+
+@pytest.mark.parametrize("issue", ["REDIRECT_PAYER_FOR_ALTERNATE_FUNDING", "PAYER_CANNOT_PAY"])
+def test_a_capture_the_payer_can_fund_otherwise_leaves_the_checkout_payable(
+    fake: FakePayPal, issue: str
+) -> None:
+    """Orders v2 answers a capture with REDIRECT_PAYER_FOR_ALTERNATE_FUNDING ("Redirect the
+    payer to select another funding source"): on a checkout that is not a final decline
+    but a payable order, with its link (issue 34, item 5)."""
+    plugin = provider(fake)
+    checkout = request(token=None)
+    order_id = asyncio.run(plugin.process_payment(checkout)).provider_transaction_id
+    assert order_id
+    fake.approve(order_id)
+    fake.capture_issue = issue
+    again = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+    assert again.status is OutcomeStatus.PENDING and again.authorization_url
+    assert PayPalProvider.lifecycle.payable(again.provider_status or "") is True
+    assert fake.charges_count(checkout.reference) == 0
+
+
+def test_a_refund_paypal_is_still_working_on_is_unknown_not_failed(fake: FakePayPal) -> None:
+    """409 PREVIOUS_REQUEST_IN_PROGRESS (Payments v2): the first refund call under this
+    request id is still running and may complete, so the answer is unknown, never a
+    failure that would release the amount for a second refund (issue 34, item 5)."""
+    plugin = provider(fake)
+    paid = request()
+    order_id = asyncio.run(plugin.process_payment(paid)).provider_transaction_id
+    fake.refund_in_progress = True
+    with pytest.raises(OutcomeUnknown) as unknown:
+        asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-busy", provider_id=order_id))
+    assert unknown.value.code == "PREVIOUS_REQUEST_IN_PROGRESS"

@@ -150,6 +150,13 @@ class FakePayPal(LoopbackFake):
         self.token_ttl_s = token_ttl_s
         self.token_delay_s = 0.0
         self.refunds_settle_later = False
+        # The next capture of an approved order answers 422 with this issue (Orders v2:
+        # REDIRECT_PAYER_FOR_ALTERNATE_FUNDING, "Redirect the payer to select another
+        # funding source"; PAYER_CANNOT_PAY), once; the order stays approved for a retry.
+        self.capture_issue: str | None = None
+        # Refunds answer 409 PREVIOUS_REQUEST_IN_PROGRESS (Payments v2: "A previous request
+        # on this resource is currently in progress"), doing nothing, while set.
+        self.refund_in_progress = False
         self.token_requests = 0
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self._signing_key = secrets.token_bytes(32)
@@ -463,6 +470,9 @@ class FakePayPal(LoopbackFake):
                     "ORDER_NOT_APPROVED",
                     "Payer has not yet approved the Order for payment.",
                 )
+            if vault_id is None and self.capture_issue is not None:
+                issue, self.capture_issue = self.capture_issue, None
+                return unprocessable(issue, "Transaction failed. Redirect the payer.")
             outcome = VAULT.get(vault_id, "COMPLETED") if vault_id else "COMPLETED"
             if vault_id is not None and vault_id not in VAULT:
                 return unprocessable("TOKEN_ID_NOT_FOUND", "Tokenized payment source not found.")
@@ -514,6 +524,13 @@ class FakePayPal(LoopbackFake):
             return 201, self._view(order)
 
     def _refund(self, capture_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if self.refund_in_progress:
+            return error(
+                409, "RESOURCE_CONFLICT",
+                "The server has detected a conflict while processing this request.",
+                ("PREVIOUS_REQUEST_IN_PROGRESS", "A previous request on this resource is "
+                 "currently in progress. Please wait for sometime and try again."),
+            )  # fmt: skip
         with self._lock:
             found = self._captures.get(capture_id)
             if found is None:
