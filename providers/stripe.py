@@ -263,6 +263,36 @@ _PI_STATUS: dict[str, dict[str, OutcomeStatus]] = {
 }
 
 
+# What the customer must do for a PaymentIntent in requires_action, by next_action.type:
+# the hosted page Stripe gives for it (PaymentIntent object, next_action:
+# https://docs.stripe.com/api/payment_intents/object#payment_intent_object-next_action).
+# use_stripe_sdk has none: billing completes it with Stripe.js and the intent's
+# client_secret (read with the PaymentIntent id, the payment's provider id).
+_NEXT_ACTION_URLS = {
+    "redirect_to_url": "url",
+    "display_bank_transfer_instructions": "hosted_instructions_url",
+    "verify_with_microdeposits": "hosted_verification_url",
+    "boleto_display_details": "hosted_voucher_url",
+    "konbini_display_details": "hosted_voucher_url",
+    "multibanco_display_details": "hosted_voucher_url",
+    "oxxo_display_details": "hosted_voucher_url",
+}
+_ACTION_MESSAGES = {
+    "use_stripe_sdk": "complete the action with Stripe.js using the PaymentIntent's "
+    "client_secret (read it by the payment's provider_transaction_id)",
+}
+
+
+def next_action_url(next_action: Any) -> tuple[str | None, str | None]:
+    """A requires_action intent's ``next_action``: (its type, the page to send the
+    customer to, when Stripe gives one)."""
+    action_type = getattr(next_action, "type", None)
+    field = _NEXT_ACTION_URLS.get(str(action_type))
+    details = getattr(next_action, str(action_type), None) if field else None
+    url = getattr(details, field, None) if field and details is not None else None
+    return (str(action_type) if action_type else None), (str(url) if url else None)
+
+
 def intent_status(status: str, metadata: Mapping[str, Any] | None) -> OutcomeStatus:
     """Tender's outcome for a PaymentIntent ``status``, by the flow in its ``metadata``
     (an intent without one is read as a checkout's: a payable order is never failed on a
@@ -476,10 +506,9 @@ class StripeProvider(PaymentProvider):
 
     def _intent_outcome(self, intent: Any, reference: str) -> PaymentOutcome:
         status = intent_status(intent.status, _metadata_of(intent))
-        action_url = None
+        action_url = action_type = None
         if intent.status == "requires_action" and intent.next_action is not None:
-            redirect = getattr(intent.next_action, "redirect_to_url", None)
-            action_url = getattr(redirect, "url", None)
+            action_type, action_url = next_action_url(intent.next_action)
         error = getattr(intent, "last_payment_error", None)
         return PaymentOutcome(
             status=status,
@@ -491,7 +520,8 @@ class StripeProvider(PaymentProvider):
             provider_status=str(intent.status),
             code=(getattr(error, "decline_code", None) or getattr(error, "code", None))
             if status is OutcomeStatus.FAILED and error
-            else None,
+            else action_type,
+            message=_ACTION_MESSAGES.get(action_type or ""),
         )
 
     async def _find_intent(self, reference: str) -> Any | None:

@@ -248,3 +248,35 @@ def test_a_checkout_that_lapsed_by_itself_reads_failed_and_a_paid_one_is_not_end
     assert not asyncio.run(plugin.expire_checkout(paid.reference, provider_id=session_id))
     verified = asyncio.run(plugin.verify_payment(paid.reference, provider_id=session_id))
     assert verified.status is OutcomeStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("action", "field", "url"),
+    [
+        ("redirect_to_url", "url", "https://hooks.stripe.com/3d_secure_2/hosted?x=1"),
+        (
+            "display_bank_transfer_instructions",
+            "hosted_instructions_url",
+            "https://payments.stripe.com/bank_transfers/instructions/test_1",
+        ),
+        (
+            "verify_with_microdeposits",
+            "hosted_verification_url",
+            "https://payments.stripe.com/microdeposit/pacs_test_1",
+        ),
+        ("oxxo_display_details", "hosted_voucher_url", "https://payments.stripe.com/oxxo/v_1"),
+    ],
+)
+def test_every_next_action_with_a_hosted_page_gives_billing_its_url(
+    action: str, field: str, url: str
+) -> None:
+    """A pending payment must carry what the customer has to do (issue 34, item 6): each
+    next_action type Stripe documents with a hosted page gives that page."""
+    import stripe
+
+    from providers.stripe import next_action_url
+
+    next_action = stripe.StripeObject.construct_from({"type": action, action: {field: url}}, "k")
+    assert next_action_url(next_action) == (action, url)
+    sdk = stripe.StripeObject.construct_from({"type": "use_stripe_sdk", "use_stripe_sdk": {}}, "k")
+    assert next_action_url(sdk) == ("use_stripe_sdk", None)
