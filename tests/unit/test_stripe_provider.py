@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import OutcomeStatus, PaymentRequest, derive_reference
+from providers.base import OutcomeStatus, PaymentRequest, RefundStatus, derive_reference
 from providers.errors import OutcomeUnknown, ProviderUnavailable
 from providers.stripe import StripeProvider, from_stripe_amount, to_stripe_amount
 from tests.fakes.stripe.server import FakeStripe, decode_form
@@ -280,3 +280,50 @@ def test_every_next_action_with_a_hosted_page_gives_billing_its_url(
     assert next_action_url(next_action) == (action, url)
     sdk = stripe.StripeObject.construct_from({"type": "use_stripe_sdk", "use_stripe_sdk": {}}, "k")
     assert next_action_url(sdk) == ("use_stripe_sdk", None)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("pending", RefundStatus.PENDING),
+        ("requires_action", RefundStatus.PENDING),
+        ("succeeded", RefundStatus.SUCCEEDED),
+        ("failed", RefundStatus.FAILED),
+        ("canceled", RefundStatus.FAILED),
+    ],
+)
+def test_every_refund_status_stripe_documents_has_its_meaning(
+    fake: FakeStripe, status: str, expected: RefundStatus
+) -> None:
+    plugin = provider(fake)
+    paid_with_card = request()
+    paid = asyncio.run(plugin.process_payment(paid_with_card))
+    fake.refund_status = status
+    refunded = asyncio.run(
+        plugin.refund(
+            paid_with_card.reference, 250, refund_key=f"rf-{status}",
+            provider_id=paid.provider_transaction_id, currency="USD",
+        )
+    )  # fmt: skip
+    assert refunded.status is expected
+
+
+def test_a_refund_that_fails_after_it_succeeded_arrives_as_a_failed_refund(
+    fake: FakeStripe,
+) -> None:
+    """Stripe's refund.failed, after the refund had succeeded (issue 34, item 2): the
+    webhook names the refund and says failed; the ledger then takes it back."""
+    plugin = provider(fake)
+    paid_with_card = request()
+    paid = asyncio.run(plugin.process_payment(paid_with_card))
+    refunded = asyncio.run(
+        plugin.refund(
+            paid_with_card.reference, 250, refund_key="rf-late",
+            provider_id=paid.provider_transaction_id, currency="USD",
+        )
+    )  # fmt: skip
+    assert refunded.status is RefundStatus.SUCCEEDED and refunded.refund_id
+    raw, headers = fake.webhook("refund.failed", fake.fail_refund(refunded.refund_id))
+    event = asyncio.run(plugin.parse_webhook(raw, headers))
+    assert event.refund is not None and event.refund.status is RefundStatus.FAILED
+    assert event.refund.refund_id == refunded.refund_id and event.refund.amount_minor == 250

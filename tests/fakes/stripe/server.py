@@ -119,6 +119,10 @@ class FakeStripe(LoopbackFake):
         self._intents: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
         self._refunded: dict[str, int] = {}
+        # The status new refunds answer with: Stripe documents pending, requires_action,
+        # succeeded, failed and canceled (https://docs.stripe.com/api/refunds/object#refund_object-status)
+        self.refund_status = "succeeded"
+        self._refunds: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (request, status, body)
         self._in_flight: set[str] = set()
 
@@ -468,10 +472,24 @@ class FakeStripe(LoopbackFake):
             payment_intent=intent["id"],
             charge=intent["latest_charge"],
             metadata=form.get("metadata", {}),
-            status="succeeded",
+            status=self.refund_status,
             created=int(time.time()),
         )
+        with self._lock:
+            self._refunds[refund["id"]] = refund
         return 200, refund
+
+    def fail_refund(self, refund_id: str, reason: str = "lost_or_stolen_card") -> dict[str, Any]:
+        """A refund fails at the bank, even after it succeeded: "the refund has failed, and
+        the funds are returned to your Stripe balance" (``refund.failed``,
+        https://docs.stripe.com/refunds#failed-refunds). Returns the refund as the event
+        carries it."""
+        with self._lock:
+            refund = self._refunds[refund_id]
+            refund.update(status="failed", failure_reason=reason)
+            intent_id = refund["payment_intent"]
+            self._refunded[intent_id] = self._refunded.get(intent_id, 0) - refund["amount"]
+            return copy.deepcopy(refund)
 
     # --- idempotency ----------------------------------------------------------------
 
