@@ -63,6 +63,14 @@ class RefundStatus(StrEnum):
     FAILED = "failed"
 
 
+class DisputeStatus(StrEnum):
+    """Where a dispute (a chargeback, an inquiry, a PayPal claim) stands, for the ledger."""
+
+    OPEN = "open"  # the customer's bank or PayPal is deciding; the merchant may respond
+    WON = "won"  # closed in the merchant's favour: the money stays (or comes back)
+    LOST = "lost"  # closed in the customer's favour: the money went back to the customer
+
+
 class HealthStatus(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
@@ -124,6 +132,19 @@ class RefundOutcome(_Model):
     message: str | None = None
 
 
+class DisputeOutcome(_Model):
+    """A provider's dispute of a payment, as its webhook reports it."""
+
+    dispute_id: str
+    status: DisputeStatus
+    amount_minor: int | None = None
+    currency: str | None = None
+    reason: str | None = None
+    # when the merchant's response (evidence) is due; None once closed or when not given
+    due_by: datetime | None = None
+    provider_status: str | None = None  # the provider's own word, for operators
+
+
 class HealthCheck(_Model):
     status: HealthStatus
     message: str = ""
@@ -143,6 +164,7 @@ class WebhookEvent(_Model):
     reference: str | None = None
     status: OutcomeStatus | None = None
     refund: RefundOutcome | None = None
+    dispute: DisputeOutcome | None = None
     amount_minor: int | None = None
     currency: str | None = None
     message: str | None = None
@@ -290,6 +312,9 @@ class Capability(StrEnum):
     # one, crash recovery repeats the charge, which the provider's idempotency makes a
     # replay (the same order and capture), instead of verifying
     REPLAYS_TO_RECOVER = "replays_to_recover"
+    # the provider notifies disputes (chargebacks, inquiries, claims) by webhook: the plugin
+    # reports them as WebhookEvent.dispute, with the payment's reference
+    DISPUTE_WEBHOOKS = "dispute_webhooks"
 
 
 class PaymentProvider(ABC):

@@ -71,6 +71,8 @@ from urllib3.exceptions import NewConnectionError
 
 from providers.base import (
     Capability,
+    DisputeOutcome,
+    DisputeStatus,
     HealthCheck,
     Lifecycle,
     OutcomeStatus,
@@ -169,6 +171,18 @@ _REFUND_STATUS = {
     "PENDING": RefundStatus.PENDING,
     "FAILED": RefundStatus.FAILED,
     "CANCELLED": RefundStatus.FAILED,
+}
+# A resolved dispute's outcome_code (customer_disputes_v1.json, dispute_outcome): who keeps
+# the money. RESOLVED_WITH_PAYOUT: PayPal paid the customer from its own funds (the
+# merchant keeps the money); ACCEPTED: the merchant accepted the claim and refunded.
+# NONE and any code not listed stay open for an operator: never a guess about money.
+_DISPUTE_OUTCOMES = {
+    "RESOLVED_BUYER_FAVOUR": DisputeStatus.LOST,
+    "ACCEPTED": DisputeStatus.LOST,
+    "RESOLVED_SELLER_FAVOUR": DisputeStatus.WON,
+    "RESOLVED_WITH_PAYOUT": DisputeStatus.WON,
+    "CANCELED_BY_BUYER": DisputeStatus.WON,
+    "DENIED": DisputeStatus.WON,
 }
 Flow = Literal["checkout", "saved"]
 
@@ -360,6 +374,7 @@ class PayPalProvider(PaymentProvider):
             Capability.PENDING_CAPTURE,
             Capability.REPLAYS_TO_RECOVER,
             Capability.SIGNED_TIMESTAMPS,
+            Capability.DISPUTE_WEBHOOKS,
         }
     )
 
@@ -923,7 +938,62 @@ class PayPalProvider(PaymentProvider):
                     currency=currency,
                 ),
             )
+        if kind.startswith("CUSTOMER.DISPUTE."):
+            return await self._dispute_event(base, resource)
         return WebhookEvent(**base)
+
+    async def _dispute_event(
+        self, base: dict[str, Any], resource: Mapping[str, Any]
+    ) -> WebhookEvent:
+        """A ``CUSTOMER.DISPUTE.*`` event (https://developer.paypal.com/docs/disputes/webhooks/;
+        the dispute object: ``paypal/paypal-rest-api-specifications``,
+        ``openapi/customer_disputes_v1.json``). It names the capture, as
+        ``seller_transaction_id``, and not always Tender's reference: that is the
+        capture's ``invoice_id``, read from PayPal by the capture's id."""
+        transactions = resource.get("disputed_transactions") or []
+        first = transactions[0] if transactions else {}
+        reference = _str(first.get("invoice_number"))
+        capture_id = _str(first.get("seller_transaction_id"))
+        if reference is None and capture_id is not None:
+            answer = await self._call(
+                lambda: self._sdk.payments.get_captured_payment({"capture_id": capture_id}),
+                moves_money=False,
+            )
+            capture = answer.body
+            reference = _reference_of(
+                {"invoice_id": capture.invoice_id, "custom_id": capture.custom_id}
+            )
+        amount = resource.get("dispute_amount") or {}
+        currency = _str(amount.get("currency_code"))
+        amount_minor = (
+            from_paypal_value(str(amount["value"]), currency.upper())
+            if currency and amount.get("value") is not None
+            else None
+        )
+        status = str(resource.get("status") or "")
+        outcome = _str((resource.get("dispute_outcome") or {}).get("outcome_code"))
+        due = _str(resource.get("seller_response_due_date"))
+        return WebhookEvent(
+            **base,
+            reference=reference,
+            dispute=DisputeOutcome(
+                dispute_id=str(resource["dispute_id"]),
+                status=(
+                    _DISPUTE_OUTCOMES.get(outcome or "", DisputeStatus.OPEN)
+                    if status == "RESOLVED"
+                    else DisputeStatus.OPEN
+                ),
+                amount_minor=amount_minor,
+                currency=currency.upper() if currency else None,
+                reason=_str(resource.get("reason")),
+                due_by=datetime.fromisoformat(due.replace("Z", "+00:00")) if due else None,
+                provider_status=f"{status}/{outcome}" if outcome else status,
+            ),
+        )
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _link(order: Any, *rels: str) -> str | None:

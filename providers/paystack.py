@@ -34,6 +34,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -47,6 +48,8 @@ from pypaystack2.models import Response
 
 from providers.base import (
     Capability,
+    DisputeOutcome,
+    DisputeStatus,
     HealthCheck,
     Lifecycle,
     OutcomeStatus,
@@ -276,6 +279,38 @@ _REFUND_EVENTS: dict[str, RefundStatus] = {
 }
 
 
+# Dispute webhooks (https://paystack.com/docs/payments/webhooks/#supported-events and the
+# samples in PaystackOSS/doc-code-snippets, doc/payments/webhooks/events.js): the dispute
+# names the transaction by our reference; status is awaiting-merchant-feedback,
+# awaiting-bank-feedback, pending or resolved; a resolved one's resolution is
+# merchant-accepted or auto-accepted (the customer is refunded: lost) or declined (the
+# merchant contested and kept the money: won).
+_DISPUTE_EVENTS = frozenset(
+    {"charge.dispute.create", "charge.dispute.remind", "charge.dispute.resolve"}
+)
+_DISPUTE_RESOLUTIONS = {
+    "merchant-accepted": DisputeStatus.LOST,
+    "auto-accepted": DisputeStatus.LOST,
+    "declined": DisputeStatus.WON,
+}
+
+
+def _dispute_status(data: Mapping[str, Any]) -> DisputeStatus:
+    if data.get("status") != "resolved":
+        return DisputeStatus.OPEN
+    # resolved with a resolution not listed: stays open for an operator (never a guess)
+    return _DISPUTE_RESOLUTIONS.get(str(data.get("resolution")), DisputeStatus.OPEN)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -316,7 +351,12 @@ class PaystackProvider(PaymentProvider):
     # Paystack signs webhooks without a timestamp, and documents no Retry-After.
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.PENDING_CHECKOUT, Capability.PARTIAL_REFUNDS, Capability.SIGNED_BODY}
+        {
+            Capability.PENDING_CHECKOUT,
+            Capability.PARTIAL_REFUNDS,
+            Capability.SIGNED_BODY,
+            Capability.DISPUTE_WEBHOOKS,
+        }
     )
 
     def __init__(self) -> None:
@@ -587,10 +627,32 @@ class PaystackProvider(PaymentProvider):
         key = self.settings.secret_key.get_secret_value().encode()
         return hmac.new(key, raw_body, hashlib.sha512).hexdigest()
 
+    def _dispute_event(self, common: dict[str, Any], data: Mapping[str, Any]) -> WebhookEvent:
+        transaction = data.get("transaction") or {}
+        reference = _str_or_none(transaction.get("reference"))
+        currency = _str_or_none(data.get("currency"))
+        amount = _amount_in({"amount": data.get("refund_amount"), "currency": currency})
+        resolution = _str_or_none(data.get("resolution"))
+        status = _str_or_none(data.get("status"))
+        return WebhookEvent(
+            **common | {"amount_minor": amount},
+            reference=reference,
+            dispute=DisputeOutcome(
+                dispute_id=str(data["id"]),
+                status=_dispute_status(data),
+                amount_minor=amount,
+                currency=currency.upper() if currency else None,
+                reason=_str_or_none(data.get("category")),
+                due_by=_timestamp(data.get("dueAt") or data.get("due_at")),
+                provider_status=f"{status}/{resolution}" if resolution else status,
+            ),
+        )
+
     async def parse_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Check ``x-paystack-signature`` over the raw body, then read the event.
 
         ``charge.*`` events carry a payment status; ``refund.*`` events a RefundOutcome;
+        ``charge.dispute.*`` events a DisputeOutcome;
         other events are returned with neither, for the caller to acknowledge and ignore.
         ``event_id`` is ``event:data.id:data.status``, identical on every redelivery.
         """
@@ -637,6 +699,8 @@ class PaystackProvider(PaymentProvider):
                 message=_str_or_none(data.get("status")),
             )
             return WebhookEvent(**common, reference=reference, refund=refund)
+        if event in _DISPUTE_EVENTS:
+            return self._dispute_event(common, data)
         if event in _CHARGE_EVENTS:
             return WebhookEvent(
                 **common,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -34,6 +35,8 @@ from pydantic import Field, SecretStr, field_validator
 
 from providers.base import (
     Capability,
+    DisputeOutcome,
+    DisputeStatus,
     HealthCheck,
     Lifecycle,
     OutcomeStatus,
@@ -309,6 +312,22 @@ _REFUND_STATUS = {
     "failed": RefundStatus.FAILED,
     "canceled": RefundStatus.FAILED,
 }
+# Dispute.status (https://docs.stripe.com/api/disputes/object#dispute_object-status): the
+# warning_* statuses are inquiries, appeal_* a lost dispute appealed. warning_closed: the
+# inquiry closed without a chargeback. prevented: stopped before a chargeback by refunding
+# the customer (Visa Rapid Dispute Resolution), so the money went back to them.
+DISPUTE_STATUS = {
+    "warning_needs_response": DisputeStatus.OPEN,
+    "warning_under_review": DisputeStatus.OPEN,
+    "needs_response": DisputeStatus.OPEN,
+    "under_review": DisputeStatus.OPEN,
+    "appeal_needs_response": DisputeStatus.OPEN,
+    "appeal_under_review": DisputeStatus.OPEN,
+    "warning_closed": DisputeStatus.WON,
+    "won": DisputeStatus.WON,
+    "lost": DisputeStatus.LOST,
+    "prevented": DisputeStatus.LOST,
+}
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing reached Stripe
 # Error codes (https://docs.stripe.com/error-codes) that refuse a request for the account's
 # own limits or settings, not the customer's card: another provider may take the payment.
@@ -340,6 +359,7 @@ class StripeProvider(PaymentProvider):
             Capability.RETRY_AFTER_DECLINE,
             Capability.SIGNED_BODY,
             Capability.SIGNED_TIMESTAMPS,
+            Capability.DISPUTE_WEBHOOKS,
         }
     )
 
@@ -682,9 +702,41 @@ class StripeProvider(PaymentProvider):
             raise WebhookSignatureError("missing, invalid or stale Stripe-Signature") from None
         try:
             event = json.loads(raw_body)
+            if event["data"]["object"].get("object") == "dispute":
+                return await self._dispute_event(event)
             return self._event(event)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise WebhookPayloadError(f"unreadable Stripe event: {type(exc).__name__}") from None
+
+    async def _dispute_event(self, event: dict[str, Any]) -> WebhookEvent:
+        """A ``charge.dispute.*`` event. A Dispute names its PaymentIntent, not Tender's
+        reference (https://docs.stripe.com/api/disputes/object): the reference is read from
+        that PaymentIntent's metadata, where Tender put it."""
+        obj = event["data"]["object"]
+        intent_id = obj.get("payment_intent")
+        reference = None
+        if isinstance(intent_id, str) and intent_id:
+            intent = await self._call(
+                self._sdk.v1.payment_intents.retrieve_async(intent_id), moves_money=False
+            )
+            reference = _metadata_of(intent).get(REFERENCE_KEY)
+        currency = str(obj["currency"]).upper()
+        due = (obj.get("evidence_details") or {}).get("due_by")
+        return WebhookEvent(
+            provider=self.name,
+            event_id=str(event["id"]),
+            event_type=str(event["type"]),
+            reference=reference,
+            dispute=DisputeOutcome(
+                dispute_id=str(obj["id"]),
+                status=DISPUTE_STATUS.get(str(obj["status"]), DisputeStatus.OPEN),
+                amount_minor=from_stripe_amount(obj["amount"], currency),
+                currency=currency,
+                reason=obj.get("reason"),
+                due_by=datetime.fromtimestamp(int(due), UTC) if due else None,
+                provider_status=str(obj["status"]),
+            ),
+        )
 
     def _event(self, event: dict[str, Any]) -> WebhookEvent:
         kind = str(event["type"])

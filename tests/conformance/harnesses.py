@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from providers.base import OutcomeStatus, PaymentProvider, PaymentRequest, derive_reference
+from providers.base import (
+    DisputeStatus,
+    OutcomeStatus,
+    PaymentProvider,
+    PaymentRequest,
+    derive_reference,
+)
 from providers.flutterwave import FlutterwaveProvider
 from providers.paypal import PayPalProvider
 from providers.paystack import PaystackProvider
@@ -104,6 +110,13 @@ class Harness(ABC):
 
     def complete_capture(self, reference: str) -> None:
         """The provider completes the pending capture of ``reference``."""
+        raise NotImplementedError
+
+    def dispute_webhook(
+        self, reference: str, outcome: DisputeStatus
+    ) -> tuple[bytes, dict[str, str]]:
+        """A signed dispute webhook for the charged ``reference``: opened (OPEN), or closed
+        won or lost (DISPUTE_WEBHOOKS)."""
         raise NotImplementedError
 
     def new_request(self, **fields: Any) -> PaymentRequest:
@@ -252,6 +265,18 @@ class PaystackHarness(FakeServerHarness):
             "charge.success", self.fake.event_data("charge.success", reference)
         )
 
+    def dispute_webhook(
+        self, reference: str, outcome: DisputeStatus
+    ) -> tuple[bytes, dict[str, str]]:
+        event = (
+            "charge.dispute.create" if outcome is DisputeStatus.OPEN else "charge.dispute.resolve"
+        )
+        data = self.fake.event_data(event, reference)
+        if outcome is not DisputeStatus.OPEN:
+            resolution = "declined" if outcome is DisputeStatus.WON else "merchant-accepted"
+            data.update(status="resolved", resolution=resolution)
+        return self.fake.webhook(event, data)
+
 
 class StripeHarness(FakeServerHarness):
     revoked: ClassVar[dict[str, str]] = {"secret_key": "sk_test_revoked_" + "0" * 24}
@@ -280,6 +305,15 @@ class StripeHarness(FakeServerHarness):
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
         intent = self.fake.intent_for(reference)
         return self.fake.webhook("payment_intent.succeeded", intent, at=time.time() - age_s)
+
+    def dispute_webhook(
+        self, reference: str, outcome: DisputeStatus
+    ) -> tuple[bytes, dict[str, str]]:
+        status = {DisputeStatus.OPEN: "needs_response", DisputeStatus.WON: "won"}.get(
+            outcome, "lost"
+        )
+        kind = "created" if outcome is DisputeStatus.OPEN else "closed"
+        return self.fake.webhook(f"charge.dispute.{kind}", self.fake.dispute(reference, status))
 
     def customer_declines(self, reference: str) -> None:
         self.fake.fail_checkout_attempt(reference)
@@ -357,6 +391,17 @@ class PayPalHarness(FakeServerHarness):
 
     def complete_capture(self, reference: str) -> None:
         self.fake.complete_capture(reference)
+
+    def dispute_webhook(
+        self, reference: str, outcome: DisputeStatus
+    ) -> tuple[bytes, dict[str, str]]:
+        if outcome is DisputeStatus.OPEN:
+            return self.fake.webhook(
+                "CUSTOMER.DISPUTE.CREATED", self.fake.dispute_resource(reference)
+            )
+        code = "RESOLVED_SELLER_FAVOUR" if outcome is DisputeStatus.WON else "RESOLVED_BUYER_FAVOUR"
+        resource = self.fake.dispute_resource(reference, outcome=code)
+        return self.fake.webhook("CUSTOMER.DISPUTE.RESOLVED", resource)
 
     def tamper(self, raw: bytes) -> bytes:
         event = json.loads(raw)

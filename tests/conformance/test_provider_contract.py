@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import SecretStr
 
-from providers.base import Capability, HealthStatus, OutcomeStatus, RefundStatus
+from providers.base import Capability, DisputeStatus, HealthStatus, OutcomeStatus, RefundStatus
 from providers.errors import (
     ConfigurationError,
     OutcomeUnknown,
@@ -350,6 +350,31 @@ def test_webhooks_signed_by_the_provider_only(harness: Harness) -> None:
         stale_raw, stale_headers = harness.webhook(request.reference, age_s=harness.stale_s)
         with pytest.raises(WebhookSignatureError):
             run(plugin.parse_webhook(stale_raw, stale_headers))
+
+
+def test_disputes_name_the_payment_and_say_who_kept_the_money(harness: Harness) -> None:
+    """DISPUTE_WEBHOOKS: a dispute opened, won and lost each arrive as a signed webhook the
+    plugin reads as a DisputeOutcome for the payment's reference, with its amount; a forged
+    one is refused like every webhook. Undeclared: the harness has no dispute to send."""
+    if Capability.DISPUTE_WEBHOOKS not in harness.plugin_class.capabilities:
+        with pytest.raises(NotImplementedError):
+            harness.dispute_webhook("tdr-none", DisputeStatus.OPEN)
+        return
+    plugin = harness.plugin()
+    request = harness.request("succeed")
+    run(plugin.process_payment(request))
+    for outcome in (DisputeStatus.OPEN, DisputeStatus.WON, DisputeStatus.LOST):
+        raw, headers = harness.dispute_webhook(request.reference, outcome)
+        event = run(plugin.parse_webhook(raw, headers))
+        assert event.reference == request.reference and event.status is None
+        assert event.dispute is not None and event.dispute.status is outcome
+        assert event.dispute.amount_minor == request.amount_minor
+        assert event.dispute.currency == request.currency and event.dispute.dispute_id
+        if outcome is DisputeStatus.OPEN:
+            assert event.dispute.due_by is not None  # the deadline the alert names
+        signature = next(k for k in headers if k.lower() != "content-type")
+        with pytest.raises(WebhookSignatureError):
+            run(plugin.parse_webhook(raw, {**headers, signature: "0" * len(headers[signature])}))
 
 
 # --- health -------------------------------------------------------------------------------

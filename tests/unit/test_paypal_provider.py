@@ -16,6 +16,7 @@ import pytest
 
 from config.settings import get_settings
 from providers.base import (
+    DisputeStatus,
     HealthStatus,
     OutcomeStatus,
     PaymentRequest,
@@ -513,3 +514,37 @@ def test_a_refund_paypal_is_still_working_on_is_unknown_not_failed(fake: FakePay
     with pytest.raises(OutcomeUnknown) as unknown:
         asyncio.run(plugin.refund(paid.reference, 250, refund_key="rf-busy", provider_id=order_id))
     assert unknown.value.code == "PREVIOUS_REQUEST_IN_PROGRESS"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (None, DisputeStatus.OPEN),
+        ("RESOLVED_BUYER_FAVOUR", DisputeStatus.LOST),
+        ("ACCEPTED", DisputeStatus.LOST),
+        ("RESOLVED_SELLER_FAVOUR", DisputeStatus.WON),
+        ("RESOLVED_WITH_PAYOUT", DisputeStatus.WON),
+        ("CANCELED_BY_BUYER", DisputeStatus.WON),
+        ("NONE", DisputeStatus.OPEN),  # resolved, but nobody said who kept the money
+    ],
+)
+def test_a_dispute_names_its_capture_and_the_plugin_reads_the_reference_from_it(
+    fake: FakePayPal, outcome: str | None, expected: DisputeStatus
+) -> None:
+    """PayPal's dispute samples name the payment by its capture id only: the plugin reads
+    the capture (GET /v2/payments/captures/{id}) for Tender's reference (its invoice_id)."""
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    kind = "CUSTOMER.DISPUTE.CREATED" if outcome is None else "CUSTOMER.DISPUTE.RESOLVED"
+    raw, headers = fake.webhook(kind, fake.dispute_resource(paid.reference, outcome=outcome))
+    event = asyncio.run(plugin.parse_webhook(raw, headers))
+    assert event.reference == paid.reference
+    dispute = event.dispute
+    assert dispute is not None and dispute.status is expected
+    assert dispute.dispute_id == "PP-D-4012"
+    assert dispute.amount_minor == paid.amount_minor and dispute.currency == paid.currency
+    if outcome is None:
+        assert (
+            dispute.due_by is not None and dispute.reason == "MERCHANDISE_OR_SERVICE_NOT_RECEIVED"
+        )

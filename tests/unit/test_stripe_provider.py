@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from providers.base import OutcomeStatus, PaymentRequest, RefundStatus, derive_reference
+from providers.base import (
+    DisputeStatus,
+    OutcomeStatus,
+    PaymentRequest,
+    RefundStatus,
+    derive_reference,
+)
 from providers.errors import OutcomeUnknown, ProviderUnavailable
 from providers.stripe import StripeProvider, from_stripe_amount, to_stripe_amount
 from tests.fakes.stripe.server import FakeStripe, decode_form
@@ -327,3 +333,37 @@ def test_a_refund_that_fails_after_it_succeeded_arrives_as_a_failed_refund(
     event = asyncio.run(plugin.parse_webhook(raw, headers))
     assert event.refund is not None and event.refund.status is RefundStatus.FAILED
     assert event.refund.refund_id == refunded.refund_id and event.refund.amount_minor == 250
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("warning_needs_response", DisputeStatus.OPEN),
+        ("needs_response", DisputeStatus.OPEN),
+        ("under_review", DisputeStatus.OPEN),
+        ("appeal_under_review", DisputeStatus.OPEN),
+        ("won", DisputeStatus.WON),
+        ("warning_closed", DisputeStatus.WON),
+        ("lost", DisputeStatus.LOST),
+        ("prevented", DisputeStatus.LOST),
+    ],
+)
+def test_a_dispute_names_the_payment_through_its_payment_intent(
+    fake: FakeStripe, status: str, expected: DisputeStatus
+) -> None:
+    """A Dispute carries its PaymentIntent's id, not Tender's reference (Stripe's example
+    Dispute, fixtures3.json): the plugin reads the reference from that intent."""
+    plugin = provider(fake)
+    paid_with_card = request()
+    asyncio.run(plugin.process_payment(paid_with_card))
+    raw, headers = fake.webhook(
+        f"charge.dispute.{'created' if expected is DisputeStatus.OPEN else 'closed'}",
+        fake.dispute(paid_with_card.reference, status),
+    )
+    event = asyncio.run(plugin.parse_webhook(raw, headers))
+    assert event.reference == paid_with_card.reference
+    dispute = event.dispute
+    assert dispute is not None and dispute.status is expected
+    assert dispute.dispute_id.startswith("dp_") and dispute.provider_status == status
+    assert dispute.amount_minor == paid_with_card.amount_minor and dispute.currency == "USD"
+    assert dispute.due_by is not None and dispute.reason == "general"

@@ -35,6 +35,8 @@ class EventType(StrEnum):
     PAYMENT_UNKNOWN = "payment.unknown"
     PAYMENT_REFUNDED = "payment.refunded"
     REFUND_FAILED = "refund.failed"  # a refund the provider did not pay out
+    PAYMENT_DISPUTED = "payment.disputed"  # the customer disputed it: money held
+    PAYMENT_DISPUTE_CLOSED = "payment.dispute_closed"  # won (money stays) or lost
     PROVIDER_HEALTH_CHANGED = "provider.health_changed"
     ALERT_RAISED = "alert.raised"
 
@@ -51,6 +53,20 @@ class Event(BaseModel):
     type: EventType
     occurred_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
+
+
+class DisputeSummary(BaseModel):
+    """The dispute a payment.disputed or payment.dispute_closed event is about."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID  # Tender's
+    provider_dispute_id: str
+    status: str  # open | won | lost
+    amount_minor: int | None = None
+    currency: str | None = None
+    reason: str | None = None
+    due_by: datetime | None = None  # when the merchant's evidence is due
 
 
 class PaymentEvent(Event):
@@ -74,6 +90,7 @@ class PaymentEvent(Event):
     # refund.failed: which refund, for how much (the payment's fields are as they are now)
     refund_id: uuid.UUID | None = None
     refund_amount_minor: int | None = None
+    dispute: DisputeSummary | None = None  # payment.disputed, payment.dispute_closed
 
 
 class HealthChangedEvent(Event):

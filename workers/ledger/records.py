@@ -38,7 +38,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
 from registry.db import Base, UTCDateTime
-from workers.ledger.outbox import AlertEvent, EventType, PaymentEvent
+from workers.ledger.outbox import AlertEvent, DisputeSummary, EventType, PaymentEvent
 from workers.ledger.states import STATE_EVENT, PaymentState, can_transition
 
 AutoId = BigInteger().with_variant(Integer, "sqlite")
@@ -118,6 +118,30 @@ class Refund(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # when reconcile last alerted that no provider answer was recorded (None: never)
     alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Dispute(Base):
+    """A customer's dispute of a payment (chargeback, inquiry, PayPal claim), as its
+    provider's webhooks report it (workers.payments.disputes)."""
+
+    __tablename__ = "disputes"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    payment_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("payments.id"), index=True)
+    provider_dispute_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))  # open | won | lost (DisputeStatus)
+    provider_status: Mapped[str | None] = mapped_column(String(100))
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    due_by: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("payment_id", "provider_dispute_id", name="uq_disputes_provider_id"),
+    )
 
 
 class WebhookReceipt(Base):
@@ -379,6 +403,7 @@ def payment_event(
     previous_status: PaymentState | None = None,
     event_type: EventType | None = None,
     refund: Refund | None = None,
+    dispute: Dispute | None = None,
     **changed: Any,
 ) -> PaymentEvent:
     """The result event for ``payment`` entering ``state`` (``changed``: fields just written;
@@ -406,6 +431,19 @@ def payment_event(
         expires_at=value("expires_at") if state is PaymentState.PENDING else None,
         refund_id=refund.id if refund is not None else None,
         refund_amount_minor=refund.amount_minor if refund is not None else None,
+        dispute=dispute_summary(dispute) if dispute is not None else None,
+    )
+
+
+def dispute_summary(dispute: Dispute) -> DisputeSummary:
+    return DisputeSummary(
+        id=dispute.id,
+        provider_dispute_id=dispute.provider_dispute_id,
+        status=dispute.status,
+        amount_minor=dispute.amount_minor,
+        currency=dispute.currency,
+        reason=dispute.reason,
+        due_by=dispute.due_by,
     )
 
 

@@ -167,6 +167,15 @@ def refundable_minor(session: Session, payment: Payment) -> int:
     return payment.amount_minor - payment.refunded_minor - open_refunds_minor(session, payment.id)
 
 
+def settled_state(amount_minor: int, refunded_minor: int) -> PaymentState:
+    """A charged payment's state from how much of it is refunded."""
+    if refunded_minor == 0:
+        return PaymentState.SUCCEEDED
+    if refunded_minor >= amount_minor:
+        return PaymentState.REFUNDED
+    return PaymentState.PARTIALLY_REFUNDED
+
+
 def settle_refund(session: Session, payment: Payment, refund: Refund) -> OutboxEvent | None:
     """Mark ``refund`` succeeded and add it to ``payment`` (locked by the caller):
     ``partially_refunded`` or ``refunded`` by compare-and-set on status and
@@ -175,18 +184,23 @@ def settle_refund(session: Session, payment: Payment, refund: Refund) -> OutboxE
     current = PaymentState(payment.status)
     seen = payment.refunded_minor
     total = seen + refund.amount_minor
-    if current not in REFUNDABLE or total > payment.amount_minor:
+    # A refund made before a dispute opened can still settle during it: it counts, and the
+    # payment stays disputed (its state after the dispute follows from refunded_minor).
+    if current not in (*REFUNDABLE, PaymentState.DISPUTED) or total > payment.amount_minor:
         raise RefundMismatch(
             f"refund {refund.id} of {refund.amount_minor} minor units does not fit payment "
             f"{payment.id} ({current.value}, {seen} of {payment.amount_minor} refunded)"
         )
     new = (
-        PaymentState.REFUNDED if total == payment.amount_minor else PaymentState.PARTIALLY_REFUNDED
+        current if current is PaymentState.DISPUTED else settled_state(payment.amount_minor, total)
     )
     _move_refunded(session, payment, refund, current, new, seen, total)
     refund.status = RefundState.SUCCEEDED.value
     refund.updated_at = utcnow()
-    event = add_event(session, payment_event(payment, new, refunded_minor=total))
+    event = add_event(
+        session,
+        payment_event(payment, new, event_type=EventType.PAYMENT_REFUNDED, refunded_minor=total),
+    )
     session.flush()
     session.refresh(payment)
     return event
@@ -229,12 +243,17 @@ def fail_refund(
     if reversed_:
         seen = payment.refunded_minor
         total = seen - refund.amount_minor
-        if total < 0 or current not in (PaymentState.REFUNDED, PaymentState.PARTIALLY_REFUNDED):
+        holding = (PaymentState.REFUNDED, PaymentState.PARTIALLY_REFUNDED, PaymentState.DISPUTED)
+        if total < 0 or current not in holding:
             raise RefundMismatch(
                 f"refund {refund.id} of {refund.amount_minor} failed, but payment {payment.id} "
                 f"({current.value}, {seen} refunded) does not hold it"
             )
-        new = PaymentState.PARTIALLY_REFUNDED if total else PaymentState.SUCCEEDED
+        new = (
+            current
+            if current is PaymentState.DISPUTED
+            else settled_state(payment.amount_minor, total)
+        )
         _move_refunded(session, payment, refund, current, new, seen, total)
         fields["refunded_minor"] = total
     refund.status = RefundState.FAILED.value

@@ -51,6 +51,7 @@ from workers.ledger.records import (
     payment_event,
 )
 from workers.ledger.states import OUTCOME_STATE, PaymentState
+from workers.payments.disputes import DisputeConflict, apply_dispute
 from workers.payments.refunds import (
     OPEN_REFUNDS,
     REFUNDABLE,
@@ -264,7 +265,8 @@ def _apply(
     session.add(receipt)
     session.flush()  # a redelivery fails here, before anything else is written
 
-    if event.refund is None and event.status not in (OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED):
+    acts = event.refund is not None or event.dispute is not None
+    if not acts and event.status not in (OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED):
         log.info("webhook %s %s: not an event Tender acts on", event.provider, event.event_type)
         return WebhookReply(WebhookResult.IGNORED, 200), []
 
@@ -280,7 +282,9 @@ def _apply(
         return WebhookReply(WebhookResult.UNKNOWN_REFERENCE, 200), []
 
     _check_instance(payment, instance, verifier)
-    if event.refund is not None:
+    if event.dispute is not None:
+        reply, outbox_ids = _apply_dispute(session, event, payment)
+    elif event.refund is not None:
         reply, outbox_ids = _apply_refund(session, event, payment)
     else:
         reply, outbox_ids = _apply_charge(session, event, payment)
@@ -427,6 +431,21 @@ def _apply_refund(
     session.flush()
     log.info("webhook %s: refund %s of payment %s", event.event_type, refund.id, payment.id)
     return _reply(WebhookResult.APPLIED, payment, 200, f"refund {refund.status}"), outbox_ids
+
+
+def _apply_dispute(
+    session: Session, event: WebhookEvent, payment: Payment
+) -> tuple[WebhookReply, list[int]]:
+    assert event.dispute is not None
+    if PaymentState(payment.status) in _IN_FLIGHT:
+        return _reply(WebhookResult.IN_PROGRESS, payment, 409, "a worker is charging it"), []
+    try:
+        applied = apply_dispute(session, payment, event.dispute, event.provider)
+    except DisputeConflict as exc:
+        return _alerting(session, WebhookResult.CONFLICT, payment, str(exc))
+    result = WebhookResult.APPLIED if applied.changed else WebhookResult.NO_CHANGE
+    log.info("webhook %s: payment %s %s", event.event_type, payment.id, applied.detail)
+    return _reply(result, payment, 200, applied.detail), [row.id for row in applied.events]
 
 
 def _find_refund(

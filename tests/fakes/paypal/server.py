@@ -50,10 +50,13 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.fakes.loopback import JsonHandler, LoopbackFake, QuietServer
+
+WEBHOOK_SAMPLES = Path(__file__).parents[2] / "fixtures" / "webhooks" / "paypal"
 
 Fault = Literal["slow", "5xx", "429"]
 WHOLE_UNITS = frozenset({"HUF", "JPY", "TWD"})
@@ -273,6 +276,38 @@ class FakePayPal(LoopbackFake):
                 dict(c) for _, c in self._captures.values() if c["invoice_id"] == invoice_id
             )
 
+    def dispute_resource(
+        self,
+        invoice_id: str,
+        *,
+        outcome: str | None = None,
+        dispute_id: str = "PP-D-4012",
+        due_in_s: float | None = 10 * 86_400,
+    ) -> dict[str, Any]:
+        """The customer disputes the capture of payment ``invoice_id``: the dispute as a
+        ``CUSTOMER.DISPUTE.*`` event carries it, PayPal's own samples
+        (``tests/fixtures/webhooks/paypal``) with this capture's id, amount and currency;
+        ``outcome`` (an ``outcome_code``) resolves it. Only the capture id names the
+        payment, as in the samples."""
+        capture = self.capture_of(invoice_id)
+        if outcome is None:
+            resource = json.loads((WEBHOOK_SAMPLES / "CUSTOMER.DISPUTE.CREATED.json").read_text())[
+                "resource"
+            ]
+            if due_in_s is not None:
+                due = datetime.now(UTC) + timedelta(seconds=due_in_s)
+                resource["seller_response_due_date"] = due.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        else:
+            resource = json.loads((WEBHOOK_SAMPLES / "dispute.resolved.json").read_text())
+            resource["dispute_outcome"] = {
+                "outcome_code": outcome,
+                "amount_refunded": dict(capture["amount"]),
+            }
+        resource["dispute_id"] = dispute_id
+        resource["dispute_amount"] = dict(capture["amount"])
+        resource["disputed_transactions"][0]["seller_transaction_id"] = capture["id"]
+        return dict(resource)
+
     def webhook(
         self,
         event_type: str,
@@ -286,6 +321,8 @@ class FakePayPal(LoopbackFake):
         resource_type = "checkout-order" if event_type.startswith("CHECKOUT.") else "capture"
         if event_type.endswith("REFUNDED"):
             resource_type = "refund"
+        if event_type.startswith("CUSTOMER.DISPUTE."):
+            resource_type = "dispute"
         event = {
             "id": f"WH-{paypal_id(8)}-{paypal_id(17)}",
             "event_version": "1.0",

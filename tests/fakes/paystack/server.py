@@ -157,6 +157,22 @@ def refund_event_data(
     return dict(sample)
 
 
+def dispute_event_data(
+    event: str, *, reference: str, amount: int, currency: str, resolution: str | None = None
+) -> dict[str, Any]:
+    """A ``charge.dispute.*`` event's ``data`` in the shape of Paystack's published sample
+    (``tests/fixtures/webhooks/paystack``), for the transaction ``reference``; a
+    ``resolution`` (``merchant-accepted``, ``auto-accepted``, ``declined``) resolves it."""
+    sample = json.loads((WEBHOOK_SAMPLES / f"{event}.json").read_text())["data"]
+    sample.update(refund_amount=amount, currency=currency)
+    sample["transaction"].update(
+        reference=reference, amount=amount, requested_amount=amount, currency=currency
+    )
+    if resolution is not None:
+        sample.update(status="resolved", resolution=resolution)
+    return dict(sample)
+
+
 class FakePaystack:
     """A running fake Paystack. Use as a context manager (or ``start()``/``stop()``).
 
@@ -272,6 +288,10 @@ class FakePaystack:
                     amount=refund.amount,
                     currency=refund.currency,
                     refund_reference=f"RF{refund.id}",
+                )
+            if event.startswith("charge.dispute."):
+                return dispute_event_data(
+                    event, reference=reference, amount=tx.amount, currency=tx.currency
                 )
             data = self._transaction_json(tx)
             for key in ("paidAt", "createdAt", "plan_object", "subaccount", "split"):

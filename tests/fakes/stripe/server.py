@@ -123,6 +123,7 @@ class FakeStripe(LoopbackFake):
         # succeeded, failed and canceled (https://docs.stripe.com/api/refunds/object#refund_object-status)
         self.refund_status = "succeeded"
         self._refunds: dict[str, dict[str, Any]] = {}
+        self._disputes: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (request, status, body)
         self._in_flight: set[str] = set()
 
@@ -490,6 +491,31 @@ class FakeStripe(LoopbackFake):
             intent_id = refund["payment_intent"]
             self._refunded[intent_id] = self._refunded.get(intent_id, 0) - refund["amount"]
             return copy.deepcopy(refund)
+
+    def dispute(
+        self, reference: str, status: str = "needs_response", *, dispute_id: str | None = None
+    ) -> dict[str, Any]:
+        """The customer disputes the payment ``reference`` with their bank (or the dispute
+        ``dispute_id`` moves to ``status``): the Dispute object as a ``charge.dispute.*``
+        event carries it, Stripe's example (``objects.json``) with this payment's
+        PaymentIntent, charge, amount and currency, and evidence due in a week."""
+        intent = self.intent_for(reference)
+        with self._lock:
+            found = self._disputes.get(dispute_id or "")
+            if found is None:
+                found = copy.deepcopy(OBJECTS["dispute"])
+                found.update(
+                    id=dispute_id or self._id("dp"),
+                    amount=intent["amount"],
+                    currency=intent["currency"],
+                    payment_intent=intent["id"],
+                    charge=intent.get("latest_charge") or self._id("ch"),
+                    created=int(time.time()),
+                )
+                found["evidence_details"]["due_by"] = int(time.time()) + 7 * 86_400
+                self._disputes[found["id"]] = found
+            found["status"] = status
+            return copy.deepcopy(found)
 
     # --- idempotency ----------------------------------------------------------------
 
