@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -595,11 +596,23 @@ class PayPalProvider(PaymentProvider):
         return created.body
 
     async def _capture(
-        self, order_id: str, reference: str, *, vault_id: str | None = None
+        self,
+        order_id: str,
+        reference: str,
+        *,
+        vault_id: str | None = None,
+        approved_at: str | None = None,
     ) -> PaymentOutcome:
         options: dict[str, Any] = {
             "id": order_id,
-            "paypal_request_id": self._request_id(reference, "capture"),
+            # One request id per approval (the order's update_time when the payer approved
+            # it): a retry of this capture replays, while a capture after the payer approved
+            # again (another funding source after REDIRECT_PAYER_FOR_ALTERNATE_FUNDING) is a
+            # new request, not a replay of the refusal. A completed order cannot be captured
+            # twice whatever the id (ORDER_ALREADY_CAPTURED), nor its invoice_id charged twice.
+            "paypal_request_id": self._request_id(
+                reference, f"capture-{_short_digest(approved_at)}" if approved_at else "capture"
+            ),
             "prefer": "return=representation",
         }
         if vault_id is not None:
@@ -714,7 +727,9 @@ class PayPalProvider(PaymentProvider):
         if str(order.status) == "APPROVED":
             # The payer approved and no webhook captured it yet: capture now, under the
             # payment's capture request id, so a webhook doing the same charges nothing more.
-            return await self._capture(order.id, reference)
+            return await self._capture(
+                order.id, reference, approved_at=_str(getattr(order, "update_time", None))
+            )
         return self._order_outcome(order, reference)
 
     async def refund(
@@ -899,7 +914,9 @@ class PayPalProvider(PaymentProvider):
             approved_ref = str(unit.get("invoice_id") or unit["reference_id"])
             # The payer approved: capture (idempotent under the payment's request id).
             try:
-                outcome = await self._capture(str(resource["id"]), approved_ref)
+                outcome = await self._capture(
+                    str(resource["id"]), approved_ref, approved_at=_str(resource.get("update_time"))
+                )
             except PaymentDeclined as exc:
                 return WebhookEvent(
                     **base, reference=approved_ref, status=OutcomeStatus.FAILED, message=exc.message
@@ -990,6 +1007,10 @@ class PayPalProvider(PaymentProvider):
                 provider_status=f"{status}/{outcome}" if outcome else status,
             ),
         )
+
+
+def _short_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 def _str(value: Any) -> str | None:

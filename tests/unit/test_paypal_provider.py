@@ -548,3 +548,54 @@ def test_a_dispute_names_its_capture_and_the_plugin_reads_the_reference_from_it(
         assert (
             dispute.due_by is not None and dispute.reason == "MERCHANDISE_OR_SERVICE_NOT_RECEIVED"
         )
+
+
+def test_after_the_payer_funds_otherwise_and_approves_again_the_capture_goes_through(
+    fake: FakePayPal,
+) -> None:
+    """The capture after a second approval is a new request (its own PayPal-Request-Id),
+    not a replay of the refusal PayPal stored under the first one's id."""
+    plugin = provider(fake)
+    checkout = request(token=None)
+    order_id = asyncio.run(plugin.process_payment(checkout)).provider_transaction_id
+    assert order_id
+    fake.approve(order_id)
+    fake.capture_issue = "REDIRECT_PAYER_FOR_ALTERNATE_FUNDING"
+    first = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+    assert first.status is OutcomeStatus.PENDING
+    retried = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+    assert retried.status is OutcomeStatus.PENDING  # same approval: the stored refusal
+
+    fake.approve(order_id)  # the payer picks another funding source
+    paid = asyncio.run(plugin.verify_payment(checkout.reference, provider_id=order_id))
+    assert paid.status is OutcomeStatus.SUCCEEDED
+    assert fake.charges_count(checkout.reference) == 1
+
+
+@pytest.mark.parametrize("status", ["FAILED", "CANCELLED"])
+def test_a_refund_paypal_fails_or_cancels_is_failed_and_moves_no_money(
+    fake: FakePayPal, status: str
+) -> None:
+    plugin = provider(fake)
+    paid = request()
+    order_id = asyncio.run(plugin.process_payment(paid)).provider_transaction_id
+    fake.refund_status = status
+    refused = asyncio.run(
+        plugin.refund(paid.reference, 250, refund_key="rf-1", provider_id=order_id)
+    )
+    assert refused.status is RefundStatus.FAILED
+    fake.refund_status = None
+    whole = asyncio.run(plugin.refund(paid.reference, refund_key="rf-2", provider_id=order_id))
+    assert whole.status is RefundStatus.SUCCEEDED and whole.amount_minor == paid.amount_minor
+
+
+def test_a_capture_that_fails_at_paypal_is_a_failed_payment(fake: FakePayPal) -> None:
+    """Orders v2 capture status FAILED ("There was an error while capturing payment"):
+    no money moved, the payment failed."""
+    plugin = provider(fake)
+    paid = request()
+    fake.capture_status = "FAILED"
+    with pytest.raises(PaymentDeclined) as declined:
+        asyncio.run(plugin.process_payment(paid))
+    assert declined.value.code == "FAILED" and declined.value.provider_id
+    assert fake.charges_count(paid.reference) == 0

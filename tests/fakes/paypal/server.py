@@ -160,6 +160,13 @@ class FakePayPal(LoopbackFake):
         # Refunds answer 409 PREVIOUS_REQUEST_IN_PROGRESS (Payments v2: "A previous request
         # on this resource is currently in progress"), doing nothing, while set.
         self.refund_in_progress = False
+        # New refunds answer with this status while set: Payments v2's refund statuses
+        # (payments_payment_v2.json, refund_status: CANCELLED, FAILED, PENDING, COMPLETED);
+        # a FAILED or CANCELLED one moves no money.
+        self.refund_status: str | None = None
+        # The next capture ends with this status, once (Orders v2 capture_status: DECLINED,
+        # FAILED "There was an error while capturing payment"): no money moved.
+        self.capture_status: str | None = None
         self.token_requests = 0
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self._signing_key = secrets.token_bytes(32)
@@ -263,6 +270,9 @@ class FakePayPal(LoopbackFake):
         with self._lock:
             order = self._orders[order_id]
             order["status"] = "APPROVED"
+            # each approval is a new update of the order (a payer approving again after
+            # REDIRECT_PAYER_FOR_ALTERNATE_FUNDING included), to the millisecond
+            order["update_time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             order["payer"] = {
                 "name": {"given_name": "Ada", "surname": "Lovelace"},
                 "email_address": "ada@example.com",
@@ -511,6 +521,8 @@ class FakePayPal(LoopbackFake):
                 issue, self.capture_issue = self.capture_issue, None
                 return unprocessable(issue, "Transaction failed. Redirect the payer.")
             outcome = VAULT.get(vault_id, "COMPLETED") if vault_id else "COMPLETED"
+            if self.capture_status is not None and outcome == "COMPLETED":
+                outcome, self.capture_status = self.capture_status, None
             if vault_id is not None and vault_id not in VAULT:
                 return unprocessable("TOKEN_ID_NOT_FOUND", "Tokenized payment source not found.")
             if outcome == "INSTRUMENT_DECLINED":
@@ -581,7 +593,8 @@ class FakePayPal(LoopbackFake):
             currency = capture["amount"]["currency_code"]
             captured = Decimal(capture["amount"]["value"])
             done = sum(
-                (Decimal(r["amount"]["value"]) for r in self._refunds.values() if r["_capture"] == capture_id),
+                (Decimal(r["amount"]["value"]) for r in self._refunds.values()
+                 if r["_capture"] == capture_id and r["status"] not in ("FAILED", "CANCELLED")),
                 Decimal(0),
             )  # fmt: skip
             asked = (body or {}).get("amount")
@@ -606,7 +619,7 @@ class FakePayPal(LoopbackFake):
             refund_id = paypal_id()
             refund = {
                 "id": refund_id,
-                "status": "PENDING" if self.refunds_settle_later else "COMPLETED",
+                "status": self.refund_status or ("PENDING" if self.refunds_settle_later else "COMPLETED"),
                 "amount": {"currency_code": currency, "value": str(amount)},
                 "invoice_id": capture["invoice_id"],
                 "custom_id": (body or {}).get("custom_id"),
@@ -620,6 +633,11 @@ class FakePayPal(LoopbackFake):
                 "_capture": capture_id,
             }  # fmt: skip
             self._refunds[refund_id] = refund
+            if refund["status"] in ("FAILED", "CANCELLED"):
+                refund["status_details"] = (
+                    {"reason": "ECHECK"} if refund["status"] == "FAILED" else {}
+                )
+                return 201, {k: v for k, v in refund.items() if not k.startswith("_")}
             capture["status"] = "REFUNDED" if done + amount == captured else "PARTIALLY_REFUNDED"
             return 201, {k: v for k, v in refund.items() if not k.startswith("_")}
 
