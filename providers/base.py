@@ -107,6 +107,19 @@ class PaymentRequest(_Model):
         return normalize_currency(value)
 
 
+class CustomerAction(_Model):
+    """What billing must show the customer for a pending payment: a page to send them to,
+    the bank details to pay to, or the client secret an SDK completes the step with (the
+    customer's, scoped to this one payment, never the merchant's key)."""
+
+    # redirect | bank_transfer | sdk, or the provider's own word (Stripe's next_action.type)
+    type: str
+    url: str | None = None
+    client_secret: str | None = None
+    # bank transfer instructions: account, bank, the reference to quote, amount, expiry
+    bank_transfer: dict[str, str] | None = None
+
+
 class PaymentOutcome(_Model):
     """The provider's answer to a charge or a verify."""
 
@@ -116,11 +129,27 @@ class PaymentOutcome(_Model):
     amount_minor: int | None = None
     currency: str | None = None
     authorization_url: str | None = None
+    # what the customer must do for a pending payment (authorization_url alone says "go
+    # there"; a bank transfer or an SDK step needs more)
+    next_action: CustomerAction | None = None
     message: str | None = None
     code: str | None = None
     # The provider's own status word, as the plugin's lifecycle lists it: tells a pending
     # payment the customer can still pay from one whose money is in flight.
     provider_status: str | None = None
+
+
+def customer_action(outcome: PaymentOutcome) -> dict[str, Any] | None:
+    """What a pending ``outcome`` asks of the customer, as the ledger stores it and events
+    carry it: the plugin's action, else a redirect to its ``authorization_url``."""
+    if outcome.next_action is not None:
+        action = outcome.next_action
+        if action.url is None and outcome.authorization_url:
+            action = action.model_copy(update={"url": outcome.authorization_url})
+        return action.model_dump(exclude_none=True)
+    if outcome.authorization_url:
+        return {"type": "redirect", "url": outcome.authorization_url}
+    return None
 
 
 class RefundOutcome(_Model):

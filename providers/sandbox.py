@@ -30,6 +30,7 @@ from pydantic import Field, SecretStr
 from config.settings import Environment, get_settings
 from providers.base import (
     Capability,
+    CustomerAction,
     HealthCheck,
     HealthStatus,
     OutcomeStatus,
@@ -49,7 +50,7 @@ from providers.errors import (
     WebhookPayloadError,
     WebhookSignatureError,
 )
-from providers.money import CURRENCY_EXPONENTS
+from providers.money import CURRENCY_EXPONENTS, from_minor
 
 SIGNATURE_HEADER = "x-sandbox-signature"
 
@@ -188,6 +189,23 @@ def charge_book(path: str | None) -> ChargeBook:
         return _books[key]
 
 
+def _transfer_instructions(charge: Charge) -> CustomerAction:
+    """A pending sandbox payment is paid by bank transfer, like a real virtual account:
+    the account to pay into, the reference to quote and the amount (all made up)."""
+    digits = str(int(hashlib.sha256(charge.reference.encode()).hexdigest(), 16))[:10]
+    return CustomerAction(
+        type="bank_transfer",
+        bank_transfer={
+            "bank_name": "Tender Sandbox Bank",
+            "account_number": digits,
+            "account_name": "Tender Sandbox Collections",
+            "reference": charge.reference,
+            "amount": str(from_minor(charge.amount_minor, charge.currency)),
+            "currency": charge.currency,
+        },
+    )
+
+
 class SandboxProvider(PaymentProvider):
     """A deterministic fake provider. Not for production."""
 
@@ -286,6 +304,9 @@ class SandboxProvider(PaymentProvider):
                 if charge.status is OutcomeStatus.PENDING
                 else None
             ),
+            next_action=_transfer_instructions(charge)
+            if charge.status is OutcomeStatus.PENDING
+            else None,
             message="Declined by the sandbox decline rule"
             if charge.status is OutcomeStatus.FAILED
             else None,

@@ -35,6 +35,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from providers.base import (
     Capability,
+    CustomerAction,
     DisputeOutcome,
     DisputeStatus,
     HealthCheck,
@@ -59,7 +60,7 @@ from providers.errors import (
     WebhookPayloadError,
     WebhookSignatureError,
 )
-from providers.money import MoneyError, ProviderUnits, Unit, exponent
+from providers.money import MoneyError, ProviderUnits, Unit, exponent, from_minor
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -296,6 +297,53 @@ def next_action_url(next_action: Any) -> tuple[str | None, str | None]:
     return (str(action_type) if action_type else None), (str(url) if url else None)
 
 
+def customer_action(intent: Any) -> CustomerAction | None:
+    """What the customer must do for a requires_action PaymentIntent (its ``next_action``,
+    https://docs.stripe.com/api/payment_intents/object#payment_intent_object-next_action):
+    the hosted page where Stripe gives one; for ``use_stripe_sdk`` the intent's
+    ``client_secret``, which Stripe.js completes the step with on the customer's device;
+    for ``display_bank_transfer_instructions`` the account to pay into (its first
+    financial address), the reference to quote and the amount still due."""
+    next_action = getattr(intent, "next_action", None)
+    if getattr(intent, "status", None) != "requires_action" or next_action is None:
+        return None
+    action_type, url = next_action_url(next_action)
+    if action_type is None:
+        return None
+    secret = getattr(intent, "client_secret", None)
+    transfer = None
+    if action_type == "display_bank_transfer_instructions":
+        transfer = _bank_transfer(next_action.display_bank_transfer_instructions)
+    return CustomerAction(
+        type=action_type,
+        url=url,
+        client_secret=str(secret) if secret and action_type == "use_stripe_sdk" else None,
+        bank_transfer=transfer,
+    )
+
+
+def _bank_transfer(details: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key in ("type", "reference", "currency"):
+        if getattr(details, key, None):
+            found[key] = str(getattr(details, key))
+    remaining, currency = getattr(details, "amount_remaining", None), found.get("currency")
+    if remaining is not None and currency:
+        found["amount_remaining"] = str(
+            from_minor(from_stripe_amount(int(remaining), currency), currency.upper())
+        )
+    addresses = getattr(details, "financial_addresses", None) or []
+    if addresses:
+        address = addresses[0]
+        kind = str(getattr(address, "type", ""))
+        fields: Any = getattr(address, kind, None) or {}
+        values = fields.to_dict() if hasattr(fields, "to_dict") else dict(fields)
+        for name, value in values.items():
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                found[f"{kind}.{name}"] = str(value)
+    return found
+
+
 def intent_status(status: str, metadata: Mapping[str, Any] | None) -> OutcomeStatus:
     """Tender's outcome for a PaymentIntent ``status``, by the flow in its ``metadata``
     (an intent without one is read as a checkout's: a payable order is never failed on a
@@ -527,8 +575,9 @@ class StripeProvider(PaymentProvider):
     def _intent_outcome(self, intent: Any, reference: str) -> PaymentOutcome:
         status = intent_status(intent.status, _metadata_of(intent))
         action_url = action_type = None
-        if intent.status == "requires_action" and intent.next_action is not None:
-            action_type, action_url = next_action_url(intent.next_action)
+        action = customer_action(intent)
+        if action is not None:
+            action_type, action_url = action.type, action.url
         error = getattr(intent, "last_payment_error", None)
         return PaymentOutcome(
             status=status,
@@ -537,6 +586,7 @@ class StripeProvider(PaymentProvider):
             amount_minor=from_stripe_amount(intent.amount, intent.currency),
             currency=intent.currency.upper(),
             authorization_url=action_url,
+            next_action=action,
             provider_status=str(intent.status),
             code=(getattr(error, "decline_code", None) or getattr(error, "code", None))
             if status is OutcomeStatus.FAILED and error

@@ -367,3 +367,65 @@ def test_a_dispute_names_the_payment_through_its_payment_intent(
     assert dispute.dispute_id.startswith("dp_") and dispute.provider_status == status
     assert dispute.amount_minor == paid_with_card.amount_minor and dispute.currency == "USD"
     assert dispute.due_by is not None and dispute.reason == "general"
+
+
+def test_a_pending_intent_carries_the_secret_or_the_bank_details_billing_must_show() -> None:
+    """use_stripe_sdk has no page: billing gets the intent's client_secret for Stripe.js;
+    display_bank_transfer_instructions gives the account, the reference and the amount due
+    (the shapes of https://docs.stripe.com/api/payment_intents/object#payment_intent_object-next_action)."""
+    import stripe
+
+    from providers.stripe import customer_action
+
+    def intent(next_action: dict[str, Any]) -> Any:
+        return stripe.StripeObject.construct_from(
+            {
+                "id": "pi_1",
+                "status": "requires_action",
+                "client_secret": "pi_1_secret_abc",
+                "next_action": next_action,
+            },
+            "k",
+        )
+
+    sdk = customer_action(intent({"type": "use_stripe_sdk", "use_stripe_sdk": {}}))
+    assert sdk is not None and sdk.type == "use_stripe_sdk"
+    assert sdk.client_secret == "pi_1_secret_abc" and sdk.url is None
+    transfer = customer_action(
+        intent(
+            {
+                "type": "display_bank_transfer_instructions",
+                "display_bank_transfer_instructions": {
+                    "amount_remaining": 1099,
+                    "currency": "eur",
+                    "financial_addresses": [
+                        {
+                            "type": "iban",
+                            "iban": {
+                                "account_holder_name": "Stripe Technology Europe Limited",
+                                "bic": "SXPYDEHH",
+                                "country": "DE",
+                                "iban": "DE00000000000000000001",
+                            },
+                            "supported_networks": ["sepa"],
+                        }
+                    ],
+                    "hosted_instructions_url": "https://payments.stripe.com/bank_transfers/x",
+                    "reference": "ABCD-EFGH-IJKL",
+                    "type": "eu_bank_transfer",
+                },
+            }
+        )
+    )
+    assert transfer is not None and transfer.client_secret is None
+    assert transfer.url == "https://payments.stripe.com/bank_transfers/x"
+    assert transfer.bank_transfer == {
+        "type": "eu_bank_transfer",
+        "reference": "ABCD-EFGH-IJKL",
+        "currency": "eur",
+        "amount_remaining": "10.99",
+        "iban.account_holder_name": "Stripe Technology Europe Limited",
+        "iban.bic": "SXPYDEHH",
+        "iban.country": "DE",
+        "iban.iban": "DE00000000000000000001",
+    }

@@ -97,6 +97,7 @@ class FinishWrite:
     error_message: str | None = None
     provider_transaction_id: str | None = None
     authorization_url: str | None = None
+    next_action: dict[str, Any] | None = None  # set while pending, cleared otherwise
     expires_at: datetime | None = None  # when a pending payment ends (None: not pending)
     # Called with the event, as (event_id, event_type, payload), once this finish has
     # committed: in one call with every other finish of its batch that names the same
@@ -451,7 +452,7 @@ WITH v AS (
     SELECT * FROM json_to_recordset(%(finishes)s::json) AS v(
         id uuid, token uuid, status text, error_code text, error_message text,
         instance_id uuid, plugin_name text, provider_transaction_id text,
-        authorization_url text, expires_at timestamptz)
+        authorization_url text, next_action json, expires_at timestamptz)
 ), done AS (
     UPDATE payments AS p
     SET status = v.status, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL,
@@ -460,7 +461,7 @@ WITH v AS (
         plugin_name = COALESCE(v.plugin_name, p.plugin_name),
         provider_transaction_id = COALESCE(v.provider_transaction_id, p.provider_transaction_id),
         authorization_url = COALESCE(v.authorization_url, p.authorization_url),
-        expires_at = v.expires_at, checks = 0
+        next_action = v.next_action, expires_at = v.expires_at, checks = 0
     FROM v
     WHERE p.id = ANY(%(ids)s::uuid[]) AND p.id = v.id
       AND (p.status = 'processing' AND p.lease_token = v.token) IS TRUE
@@ -632,6 +633,7 @@ def _finish_postgres(
             "plugin_name": w.plugin_name,
             "provider_transaction_id": w.provider_transaction_id,
             "authorization_url": w.authorization_url,
+            "next_action": w.next_action,
             "expires_at": w.expires_at.isoformat() if w.expires_at else None,
         }
         for w in writes
@@ -702,6 +704,7 @@ def _finish_core(connection: Connection, write: FinishWrite) -> bool:
         provider_transaction_id=write.provider_transaction_id,
         authorization_url=write.authorization_url,
         expires_at=write.expires_at,
+        next_action=write.next_action,
     ):
         return False
     if write.attempts:

@@ -80,6 +80,8 @@ class PaymentEvent(Event):
     currency: str
     provider_reference: str
     authorization_url: str | None = None
+    # payment.pending: what the customer must do (a page, bank details, an SDK secret)
+    next_action: dict[str, Any] | None = None
     refunded_minor: int = 0
     error: str | None = None
     error_code: str | None = None

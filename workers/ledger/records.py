@@ -64,6 +64,8 @@ class Payment(Base):
     plugin_name: Mapped[str | None] = mapped_column(String(100))
     provider_transaction_id: Mapped[str | None] = mapped_column(String(200))
     authorization_url: Mapped[str | None] = mapped_column(Text)
+    # what the customer must do while pending (providers.base.CustomerAction, as a dict)
+    next_action: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -237,6 +239,7 @@ class PaymentRecord:
     updated_at: datetime
     expires_at: datetime | None
     checks: int
+    next_action: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> PaymentRecord:
@@ -349,6 +352,7 @@ _FINISH = (
         authorization_url=func.coalesce(
             bindparam("authorization_url", type_=Text()), _payments.c.authorization_url
         ),
+        next_action=bindparam("next_action", type_=JSON()),
         expires_at=bindparam("expires_at", type_=UTCDateTime()),
         checks=0,
     )
@@ -367,6 +371,7 @@ def finish_claim(
     provider_transaction_id: str | None,
     authorization_url: str | None,
     expires_at: datetime | None = None,
+    next_action: dict[str, Any] | None = None,
 ) -> bool:
     """processing -> ``new`` for the holder of ``claim`` (compare-and-set on status and
     lease). Unset provider fields keep their stored values. True if this call moved it."""
@@ -385,6 +390,7 @@ def finish_claim(
             "plugin_name": plugin_name,
             "provider_transaction_id": provider_transaction_id,
             "authorization_url": authorization_url,
+            "next_action": next_action,
             "expires_at": expires_at,
         },
     )
@@ -424,6 +430,7 @@ def payment_event(
         currency=payment.currency,
         provider_reference=payment.reference,
         authorization_url=value("authorization_url"),
+        next_action=value("next_action") if state is PaymentState.PENDING else None,
         refunded_minor=value("refunded_minor"),
         error=value("error_message"),
         error_code=value("error_code"),

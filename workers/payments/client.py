@@ -99,6 +99,9 @@ class PaymentView(BaseModel):
     provider_reference: str
     provider_transaction_id: str | None
     authorization_url: str | None
+    # while pending: what the customer must do (type: redirect, bank_transfer, sdk or the
+    # provider's own; url, bank_transfer details, client_secret for an SDK step)
+    next_action: dict[str, Any] | None = None
     error_code: str | None
     error: str | None
     refunded_minor: int
@@ -374,6 +377,7 @@ def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> P
         provider_reference=payment.reference,
         provider_transaction_id=payment.provider_transaction_id,
         authorization_url=payment.authorization_url,
+        next_action=payment.next_action if payment.status == PaymentState.PENDING.value else None,
         error_code=payment.error_code,
         error=payment.error_message,
         refunded_minor=payment.refunded_minor,

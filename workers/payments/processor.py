@@ -34,6 +34,7 @@ from providers.base import (
     PaymentOutcome,
     PaymentProvider,
     PaymentRequest,
+    customer_action,
     utcnow,
 )
 from providers.errors import (
@@ -616,8 +617,12 @@ class PaymentProcessor:
         }
         if instance is not None:
             fields |= {"instance_id": instance.id, "plugin_name": instance.plugin_name}
+        next_action = None
         if outcome is not None:
             fields |= {"authorization_url": outcome.authorization_url}
+            if decision.state is PaymentState.PENDING:
+                next_action = customer_action(outcome)
+                fields["next_action"] = next_action
         provider_id = decision.provider_transaction_id
         if provider_id is not None:
             fields["provider_transaction_id"] = provider_id
@@ -638,6 +643,7 @@ class PaymentProcessor:
                 error_message=decision.error_message,
                 provider_transaction_id=provider_id,
                 authorization_url=outcome.authorization_url if outcome else None,
+                next_action=next_action,
                 expires_at=expires_at,
                 publish=self.relay.submit,  # with the rest of its batch, once committed
             )

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 
 from config.settings import Settings
-from providers.base import OutcomeStatus, PaymentOutcome, utcnow
+from providers.base import OutcomeStatus, PaymentOutcome, customer_action, utcnow
 from providers.money import from_minor
 from registry.db import Database
 from registry.service import PluginRegistry
@@ -470,6 +470,7 @@ def _verify_one(
         "provider_transaction_id": outcome.provider_transaction_id
         or payment.provider_transaction_id,
         "authorization_url": outcome.authorization_url or payment.authorization_url,
+        "next_action": customer_action(outcome) if new is PaymentState.PENDING else None,
         "checks": 0,
     }
     if new is PaymentState.PENDING:  # unknown -> pending: the customer is mid-checkout
