@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # How old a `requested` payment (its message lost) or an unanswered refund must be
     # before reconcile acts on it.
     reconcile_age_s: PositiveSeconds = 120.0
+    # How often reconcile reads back a refund still pending at a provider that can read
+    # refunds (PayPal sends no webhook when a pending refund fails): hourly.
+    refund_check_interval_s: PositiveSeconds = 3600.0
     # When reconcile verifies a payment left unknown or pending: this long after it entered
     # the state, then after each check. Kill Bill's payment janitor's defaults
     # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).

@@ -341,6 +341,9 @@ class Capability(StrEnum):
     # one, crash recovery repeats the charge, which the provider's idempotency makes a
     # replay (the same order and capture), instead of verifying
     REPLAYS_TO_RECOVER = "replays_to_recover"
+    # refund_status reads a refund back by the provider's id: reconcile settles pending
+    # refunds with it where no webhook will (PayPal sends none for a refund that fails)
+    READS_REFUNDS = "reads_refunds"
     # the provider notifies disputes (chargebacks, inquiries, claims) by webhook: the plugin
     # reports them as WebhookEvent.dispute, with the payment's reference
     DISPUTE_WEBHOOKS = "dispute_webhooks"
@@ -472,6 +475,15 @@ class PaymentProvider(ABC):
         provider's own id for the payment when the ledger holds one (as for verify): the
         payment is read by it, never searched for or re-created. ``currency`` is the
         payment's (the ledger's), for a provider whose units differ by currency."""
+
+    async def refund_status(
+        self, reference: str, refund_id: str, *, currency: str | None = None
+    ) -> RefundOutcome | None:
+        """The refund ``refund_id`` (the provider's id) as the provider has it now, read by
+        that id: reconcile asks it of refunds still pending. None: this provider has no
+        such read (its webhooks settle refunds); a plugin that has one declares
+        ``Capability.READS_REFUNDS``."""
+        return None
 
     @abstractmethod
     async def health_check(self) -> HealthCheck:

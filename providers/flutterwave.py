@@ -211,6 +211,7 @@ class FlutterwaveProvider(PaymentProvider):
             Capability.RETRY_HINTS,
             Capability.LAZY_CHECKOUT,
             Capability.RETRY_AFTER_DECLINE,
+            Capability.READS_REFUNDS,
         }
     )
 
@@ -494,6 +495,20 @@ class FlutterwaveProvider(PaymentProvider):
             status=None if verified.status is OutcomeStatus.NOT_FOUND else status,
             amount_minor=verified.amount_minor,
             currency=verified.currency,
+        )
+
+    async def refund_status(
+        self, reference: str, refund_id: str, *, currency: str | None = None
+    ) -> RefundOutcome | None:
+        """``GET /v3/refunds/{id}``, the read the plugin's refund webhooks use too."""
+        refund = await self._request("GET", f"/v3/refunds/{refund_id}", moves_money=False)
+        unit = (currency or str(refund.get("currency") or "")).upper()
+        return RefundOutcome(
+            status=refund_status(str(refund.get("status"))),
+            reference=reference,
+            refund_id=refund_id,
+            amount_minor=FLUTTERWAVE_UNITS.from_decimal(str(refund["amount_refunded"]), unit),
+            currency=unit,
         )
 
     async def _refund_event(self, kind: str, refund_id: str) -> WebhookEvent:

@@ -376,6 +376,7 @@ class PayPalProvider(PaymentProvider):
             Capability.REPLAYS_TO_RECOVER,
             Capability.SIGNED_TIMESTAMPS,
             Capability.DISPUTE_WEBHOOKS,
+            Capability.READS_REFUNDS,
         }
     )
 
@@ -789,6 +790,25 @@ class PayPalProvider(PaymentProvider):
         )
 
     # --- health ----------------------------------------------------------------------------
+
+    async def refund_status(
+        self, reference: str, refund_id: str, *, currency: str | None = None
+    ) -> RefundOutcome | None:
+        """``GET /v2/payments/refunds/{id}`` (Payments v2, "Show refund details"): PayPal
+        sends no webhook when a pending refund fails or is cancelled (its Payments v2 event
+        list has PAYMENT.CAPTURE.REFUNDED only), so reconcile reads it back."""
+        answer = await self._call(
+            lambda: self._sdk.payments.get_refund({"refund_id": refund_id}), moves_money=False
+        )
+        refund = answer.body
+        unit = str(refund.amount.currency_code).upper()
+        return RefundOutcome(
+            status=_REFUND_STATUS.get(str(refund.status), RefundStatus.PENDING),
+            reference=reference,
+            refund_id=refund.id,
+            amount_minor=from_paypal_value(str(refund.amount.value), unit),
+            currency=unit,
+        )
 
     async def health_check(self) -> HealthCheck:
         """A new OAuth token: proves PayPal answers and still takes the app's credentials."""

@@ -408,6 +408,7 @@ class StripeProvider(PaymentProvider):
             Capability.SIGNED_BODY,
             Capability.SIGNED_TIMESTAMPS,
             Capability.DISPUTE_WEBHOOKS,
+            Capability.READS_REFUNDS,
         }
     )
 
@@ -726,6 +727,20 @@ class StripeProvider(PaymentProvider):
             refund_id=refund.id,
             amount_minor=from_stripe_amount(refund.amount, refund.currency),
             currency=refund.currency.upper(),
+        )
+
+    async def refund_status(
+        self, reference: str, refund_id: str, *, currency: str | None = None
+    ) -> RefundOutcome | None:
+        """``GET /v1/refunds/{id}`` (https://docs.stripe.com/api/refunds/retrieve)."""
+        refund = await self._call(self._sdk.v1.refunds.retrieve_async(refund_id), moves_money=False)
+        return RefundOutcome(
+            status=_REFUND_STATUS.get(refund.status or "", RefundStatus.PENDING),
+            reference=reference,
+            refund_id=refund.id,
+            amount_minor=from_stripe_amount(refund.amount, refund.currency),
+            currency=refund.currency.upper(),
+            message=getattr(refund, "failure_reason", None),
         )
 
     # --- health ----------------------------------------------------------------------------

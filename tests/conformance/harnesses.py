@@ -112,6 +112,19 @@ class Harness(ABC):
         """The provider completes the pending capture of ``reference``."""
         raise NotImplementedError
 
+    def refunds_wait(self, wait: bool) -> None:
+        """New refunds stay pending at the provider (True) until :meth:`end_refund`."""
+        raise NotImplementedError
+
+    def end_refund(self, refund_id: str, *, paid: bool) -> None:
+        """The provider finishes a pending refund: paid out, or failed (no money moved)."""
+        raise NotImplementedError
+
+    def reverse_refund(self, refund_id: str) -> None:
+        """A refund that had succeeded fails at the provider afterwards (the bank returned
+        it); NotImplementedError where the provider documents no such thing."""
+        raise NotImplementedError
+
     def dispute_webhook(
         self, reference: str, outcome: DisputeStatus
     ) -> tuple[bytes, dict[str, str]]:
@@ -315,6 +328,15 @@ class StripeHarness(FakeServerHarness):
         kind = "created" if outcome is DisputeStatus.OPEN else "closed"
         return self.fake.webhook(f"charge.dispute.{kind}", self.fake.dispute(reference, status))
 
+    def refunds_wait(self, wait: bool) -> None:
+        self.fake.refund_status = "pending" if wait else "succeeded"
+
+    def end_refund(self, refund_id: str, *, paid: bool) -> None:
+        self.fake.settle_refund(refund_id, "succeeded" if paid else "failed")
+
+    def reverse_refund(self, refund_id: str) -> None:
+        self.fake.fail_refund(refund_id)
+
     def customer_declines(self, reference: str) -> None:
         self.fake.fail_checkout_attempt(reference)
 
@@ -350,6 +372,12 @@ class FlutterwaveHarness(FakeServerHarness):
 
     def customer_declines(self, reference: str) -> None:
         self.fake.attempt(reference, "failed", "Declined")
+
+    def refunds_wait(self, wait: bool) -> None:
+        self.fake.refunds_settle_later = wait
+
+    def end_refund(self, refund_id: str, *, paid: bool) -> None:
+        self.fake.settle_refund(refund_id, "completed" if paid else "failed")
 
     def customer_pays(self, reference: str) -> None:
         self.fake.complete(reference)
@@ -391,6 +419,12 @@ class PayPalHarness(FakeServerHarness):
 
     def complete_capture(self, reference: str) -> None:
         self.fake.complete_capture(reference)
+
+    def refunds_wait(self, wait: bool) -> None:
+        self.fake.refunds_settle_later = wait
+
+    def end_refund(self, refund_id: str, *, paid: bool) -> None:
+        self.fake.settle_refund(refund_id, "COMPLETED" if paid else "FAILED")
 
     def dispute_webhook(
         self, reference: str, outcome: DisputeStatus

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import SecretStr
 
-from providers.base import Capability, DisputeStatus, HealthStatus, OutcomeStatus, RefundStatus
+from providers.base import (
+    Capability,
+    DisputeStatus,
+    HealthStatus,
+    OutcomeStatus,
+    PaymentProvider,
+    RefundStatus,
+)
 from providers.errors import (
     ConfigurationError,
     OutcomeUnknown,
@@ -308,6 +315,52 @@ def test_two_refunds_of_the_same_amount_are_two_refunds(harness: Harness) -> Non
     )
     assert first.amount_minor == second.amount_minor == quarter
     assert first.refund_id and second.refund_id and first.refund_id != second.refund_id
+
+
+def test_a_pending_refund_is_read_back_until_the_provider_ends_it(harness: Harness) -> None:
+    """READS_REFUNDS: a refund the provider answers pending is read back by its id (what
+    reconcile does where no webhook comes), pending, then paid out or failed as the
+    provider ends it; one that succeeded and then failed at the bank reads failed.
+    Undeclared: the plugin keeps the contract's default, which reads nothing."""
+    plugin = harness.plugin()
+    if Capability.READS_REFUNDS not in harness.plugin_class.capabilities:
+        assert type(plugin).refund_status is PaymentProvider.refund_status
+        return
+    for paid in (True, False):
+        request = harness.request("succeed")
+        given = run(plugin.process_payment(request)).provider_transaction_id
+        harness.refunds_wait(True)
+        asked = run(
+            plugin.refund(
+                request.reference, 1_000, refund_key=f"rf-{uuid.uuid4()}", provider_id=given,
+                currency=request.currency,
+            )
+        )  # fmt: skip
+        harness.refunds_wait(False)
+        assert asked.status is RefundStatus.PENDING and asked.refund_id
+        read = run(
+            plugin.refund_status(request.reference, asked.refund_id, currency=request.currency)
+        )
+        assert read is not None and read.status is RefundStatus.PENDING
+        assert read.amount_minor == 1_000 and read.currency == request.currency
+        harness.end_refund(asked.refund_id, paid=paid)
+        read = run(
+            plugin.refund_status(request.reference, asked.refund_id, currency=request.currency)
+        )
+        assert read is not None
+        assert read.status is (RefundStatus.SUCCEEDED if paid else RefundStatus.FAILED)
+    request = harness.request("succeed")
+    given = run(plugin.process_payment(request)).provider_transaction_id
+    done = run(
+        plugin.refund(request.reference, 1_000, provider_id=given, currency=request.currency)
+    )
+    assert done.status is RefundStatus.SUCCEEDED and done.refund_id
+    try:
+        harness.reverse_refund(done.refund_id)
+    except NotImplementedError:
+        return  # the provider documents no refund failing after success
+    read = run(plugin.refund_status(request.reference, done.refund_id, currency=request.currency))
+    assert read is not None and read.status is RefundStatus.FAILED
 
 
 def test_a_refund_of_an_unknown_payment_is_refused(harness: Harness) -> None:

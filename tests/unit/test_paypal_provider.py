@@ -599,3 +599,51 @@ def test_a_capture_that_fails_at_paypal_is_a_failed_payment(fake: FakePayPal) ->
         asyncio.run(plugin.process_payment(paid))
     assert declined.value.code == "FAILED" and declined.value.provider_id
     assert fake.charges_count(paid.reference) == 0
+
+
+@pytest.mark.parametrize(("ending", "status", "payment_status"), [
+    ("COMPLETED", RefundState.SUCCEEDED, "partially_refunded"),
+    ("FAILED", RefundState.FAILED, "succeeded"),
+    ("CANCELLED", RefundState.FAILED, "succeeded"),
+])  # fmt: skip
+def test_reconcile_reads_a_pending_refund_back_and_settles_it_as_paypal_ended_it(
+    ledger: PaymentProcessor,
+    fake: FakePayPal,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+    status: RefundState,
+    payment_status: str,
+) -> None:
+    """PayPal sends no webhook when a pending refund fails or is cancelled: reconcile
+    reads it back by its id (GET /v2/payments/refunds/{id}) and ends it as PayPal did;
+    a failed one gives its amount back to the refundable balance."""
+    from config.settings import reset_settings
+    from workers.payments import reconcile as reconcile_module
+
+    fake.refunds_settle_later = True
+    payment_id = pay(ledger, "pp-vault-good")
+    pending = refund_payment(payment_id, Decimal("10.00"), publisher=_Quiet())  # type: ignore[arg-type]
+    assert pending.status is RefundState.PENDING
+
+    def run_reconcile() -> None:
+        reconcile_module.reconcile(
+            get_database(), runtime.registry(), runtime.provider_loop(), _Quiet(),  # type: ignore[arg-type]
+            get_settings(), enqueue=lambda _: True,
+        )  # fmt: skip
+
+    run_reconcile()  # checked too soon: the hourly interval has not passed
+    [still] = list_refunds(payment_id)
+    assert still.status is RefundState.PENDING
+    monkeypatch.setenv("TENDER_REFUND_CHECK_INTERVAL_S", "0.01")
+    reset_settings()
+    time.sleep(0.05)
+    run_reconcile()  # PayPal still has it pending: it stays so
+    assert list_refunds(payment_id)[0].status is RefundState.PENDING
+
+    fake.settle_refund(str(pending.provider_refund_id), ending)
+    time.sleep(0.05)
+    run_reconcile()
+    [ended] = list_refunds(payment_id)
+    assert ended.status is status
+    assert get_payment(payment_id).status.value == payment_status
+    reset_settings()

@@ -20,7 +20,11 @@ Run by beat (``tender.reconcile``) under a lock, so runs never overlap:
 * refunds with no provider answer ``reconcile_age_s`` after their last change (still
   ``requested``: their caller stopped mid-call; ``pending`` with no provider refund id:
   the call timed out): one alert a run lists them, each again every ``alert_cooldown_s``,
-  for an operator to check at the provider (``tender refunds settle``).
+  for an operator to check at the provider (``tender refunds settle``);
+* refunds ``pending`` at a provider that can read them back (``READS_REFUNDS``), every
+  ``refund_check_interval_s``: read by the provider's refund id and settled or failed as
+  the provider says. PayPal sends no webhook when a pending refund fails or is cancelled,
+  so without this its amount would stay reserved for ever.
 """
 
 from __future__ import annotations
@@ -36,9 +40,17 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 
 from config.settings import Settings
-from providers.base import OutcomeStatus, PaymentOutcome, customer_action, utcnow
+from providers.base import (
+    Capability,
+    OutcomeStatus,
+    PaymentOutcome,
+    RefundStatus,
+    customer_action,
+    utcnow,
+)
 from providers.money import from_minor
 from registry.db import Database
+from registry.instances import InstanceView
 from registry.service import PluginRegistry
 from workers.core import metrics
 from workers.core.threads import ProviderLoop
@@ -55,7 +67,14 @@ from workers.ledger.records import (
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.monitoring.alerts import Alert
 from workers.payments.processor import outcome_mismatch
-from workers.payments.refunds import stuck_refunds
+from workers.payments.refunds import (
+    RefundMismatch,
+    RefundState,
+    fail_refund,
+    lock_payment,
+    settle_refund,
+    stuck_refunds,
+)
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -99,6 +118,7 @@ def reconcile(
         else:
             report.resolved[payment.id] = state.value
             metrics.RECONCILE_FIXED.labels(state.value).inc()
+    _read_pending_refunds(database, registry, loop, publisher, settings, deadline, report)
     _alert_stuck_refunds(database, publisher, settings, utcnow(), report)
     if report.reenqueued or report.resolved:
         log.info(
@@ -206,6 +226,101 @@ def _enqueue_all(
 
 
 REFUNDS_SHOWN = 10  # refunds listed in one stuck-refunds alert; the rest are counted
+
+
+def _read_pending_refunds(
+    database: Database,
+    registry: PluginRegistry,
+    loop: ProviderLoop,
+    publisher: EventPublisher,
+    settings: Settings,
+    deadline: float,
+    report: ReconcileReport,
+) -> None:
+    """Read back, by the provider's refund id, the refunds still pending at a provider
+    that can (``Capability.READS_REFUNDS``), each at most every
+    ``refund_check_interval_s``, oldest first; settle or fail them as the provider says."""
+    readers = []
+    for name in registry.catalogue.names():
+        try:
+            if Capability.READS_REFUNDS in registry.catalogue.get(name).capabilities:
+                readers.append(name)
+        except Exception:
+            continue
+    if not readers:
+        return
+    due = utcnow() - timedelta(seconds=settings.refund_check_interval_s)
+    with database.sessions() as session:
+        rows = session.execute(
+            select(Refund.id, Payment.id, Payment.instance_id)
+            .join(Payment, Payment.id == Refund.payment_id)
+            .where(
+                Refund.status == RefundState.PENDING.value,
+                Refund.provider_refund_id.is_not(None),
+                Refund.updated_at < due,
+                Payment.plugin_name.in_(readers),
+            )
+            .order_by(Refund.updated_at)
+            .limit(BATCH)
+        ).all()
+    for refund_id, payment_id, instance_id in rows:
+        if time.monotonic() > deadline:
+            return  # the rest wait for the next run
+        instance = next((v for v in registry.snapshot() if v.id == instance_id), None)
+        if instance is None:
+            continue
+        _read_refund(database, registry, loop, publisher, settings, instance, refund_id, payment_id)
+
+
+def _read_refund(
+    database: Database,
+    registry: PluginRegistry,
+    loop: ProviderLoop,
+    publisher: EventPublisher,
+    settings: Settings,
+    instance: InstanceView,
+    refund_id: uuid.UUID,
+    payment_id: uuid.UUID,
+) -> None:
+    with database.sessions() as session:
+        refund = session.get(Refund, refund_id)
+        payment = session.get(Payment, payment_id)
+        if refund is None or payment is None or refund.provider_refund_id is None:
+            return
+        provider_refund_id, reference, currency = (
+            refund.provider_refund_id,
+            payment.reference,
+            payment.currency,
+        )
+    try:
+        plugin = registry.plugin_for(instance)
+        read = plugin.refund_status(reference, provider_refund_id, currency=currency)
+        outcome = loop.run(read, settings.provider_timeout_s)
+    except Exception as exc:
+        log.warning("reconcile could not read refund %s: %s", refund_id, exc)
+        outcome = None
+    outbox_ids: list[int] = []
+    with database.transaction() as session:
+        payment = lock_payment(session, payment_id=payment_id)
+        refund = session.get(Refund, refund_id, with_for_update=True)
+        if payment is None or refund is None or refund.status != RefundState.PENDING.value:
+            return  # a webhook or an operator settled it meanwhile
+        refund.updated_at = utcnow()  # checked: next time after the interval
+        if outcome is None or outcome.status is RefundStatus.PENDING:
+            return
+        try:
+            if outcome.status is RefundStatus.SUCCEEDED:
+                event = settle_refund(session, payment, refund)
+                outbox_ids = [event.id] if event is not None else []
+            else:
+                outbox_ids = [
+                    row.id for row in fail_refund(session, payment, refund, outcome.message)
+                ]
+        except RefundMismatch as exc:
+            log.error("reconcile: refund %s does not fit its payment: %s", refund_id, exc)
+            return
+        log.info("reconcile: refund %s of payment %s %s", refund_id, payment_id, refund.status)
+    publish_now(database, publisher, outbox_ids)
 
 
 def _alert_stuck_refunds(

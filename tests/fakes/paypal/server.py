@@ -4,7 +4,7 @@ descriptions (``paypal/paypal-rest-api-specifications``: ``checkout_orders_v2.js
 
 Endpoints: ``POST /v1/oauth2/token`` (client credentials, Basic auth), Orders v2
 ``POST /v2/checkout/orders``, ``GET /v2/checkout/orders/{id}``,
-``POST /v2/checkout/orders/{id}/capture``, Payments v2 ``GET /v2/payments/captures/{id}``,
+``POST /v2/checkout/orders/{id}/capture``, Payments v2 ``GET /v2/payments/captures/{id}``, ``GET /v2/payments/refunds/{id}``,
 ``POST /v2/payments/captures/{id}/refund``, and
 ``POST /v1/notifications/verify-webhook-signature``.
 
@@ -421,6 +421,12 @@ class FakePayPal(LoopbackFake):
             with self._lock:
                 found = self._captures.get(parts[3])
                 return (200, dict(found[1])) if found else not_found()
+        if method == "GET" and parts[:3] == ["v2", "payments", "refunds"] and len(parts) == 4:
+            with self._lock:  # Payments v2 "Show refund details"
+                refund = self._refunds.get(parts[3])
+                if refund is None:
+                    return not_found()
+                return 200, {k: v for k, v in refund.items() if not k.startswith("_")}
         if method != "POST":
             return not_found()
         if path == "/v2/checkout/orders":
@@ -645,9 +651,19 @@ class FakePayPal(LoopbackFake):
         with self._lock:
             return {k: v for k, v in self._refunds[refund_id].items() if not k.startswith("_")}
 
-    def settle_refund(self, refund_id: str) -> None:
+    def settle_refund(self, refund_id: str, status: str = "COMPLETED") -> None:
+        """A pending refund ends: ``COMPLETED``, or ``FAILED`` / ``CANCELLED`` (no money
+        moved: the capture's refundable amount is back)."""
         with self._lock:
-            self._refunds[refund_id]["status"] = "COMPLETED"
+            refund = self._refunds[refund_id]
+            refund["status"] = status
+            if status in ("FAILED", "CANCELLED"):
+                _, capture = self._captures[refund["_capture"]]
+                left = [
+                    r for r in self._refunds.values()
+                    if r["_capture"] == refund["_capture"] and r["status"] not in ("FAILED", "CANCELLED")
+                ]  # fmt: skip
+                capture["status"] = "PARTIALLY_REFUNDED" if left else "COMPLETED"
 
     def _verify_signature(self, body: dict[str, Any], raw: str) -> tuple[int, Any]:
         required = (

@@ -292,6 +292,15 @@ class FakeStripe(LoopbackFake):
             return self._expire_session(expire.group(1))
         if method == "POST" and path == "/v1/refunds":
             return self._create_refund(form)
+        if method == "GET" and path.startswith("/v1/refunds/"):
+            with self._lock:
+                found = self._refunds.get(path.rsplit("/", 1)[1])
+                if found is not None:
+                    return 200, copy.deepcopy(found)
+            return stripe_error(
+                404, "invalid_request_error", "No such refund",
+                code="resource_missing", param="id",
+            )  # fmt: skip
         if method == "GET" and path == "/v1/balance":
             return 200, OBJECTS["balance"]
         return stripe_error(
@@ -479,6 +488,22 @@ class FakeStripe(LoopbackFake):
         with self._lock:
             self._refunds[refund["id"]] = refund
         return 200, refund
+
+    def settle_refund(self, refund_id: str, status: str = "succeeded") -> dict[str, Any]:
+        """A pending refund ends at Stripe (``succeeded``, ``failed`` or ``canceled``)."""
+        if status != "succeeded":
+            return self.fail_refund(refund_id) if status == "failed" else self._cancel(refund_id)
+        with self._lock:
+            self._refunds[refund_id]["status"] = status
+            return copy.deepcopy(self._refunds[refund_id])
+
+    def _cancel(self, refund_id: str) -> dict[str, Any]:
+        with self._lock:
+            refund = self._refunds[refund_id]
+            refund["status"] = "canceled"
+            intent_id = refund["payment_intent"]
+            self._refunded[intent_id] = self._refunded.get(intent_id, 0) - refund["amount"]
+            return copy.deepcopy(refund)
 
     def fail_refund(self, refund_id: str, reason: str = "lost_or_stolen_card") -> dict[str, Any]:
         """A refund fails at the bank, even after it succeeded: "the refund has failed, and
