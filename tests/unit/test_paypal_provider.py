@@ -647,3 +647,27 @@ def test_reconcile_reads_a_pending_refund_back_and_settles_it_as_paypal_ended_it
     assert ended.status is status
     assert get_payment(payment_id).status.value == payment_status
     reset_settings()
+
+
+def test_the_fakes_events_have_the_shape_of_paypals_samples(fake: FakePayPal) -> None:
+    """The fake sends PayPal's envelope and capture fields as PayPal's published samples
+    have them (tests/fixtures/webhooks/paypal/SOURCES.md), and the plugin reads its
+    reference from the capture's invoice_id, not from anything the sample lacks."""
+    import json
+    from pathlib import Path
+
+    samples = Path(__file__).parents[1] / "fixtures" / "webhooks" / "paypal"
+    completed = json.loads((samples / "PAYMENT.CAPTURE.COMPLETED.json").read_text())
+    plugin = provider(fake)
+    paid = request()
+    asyncio.run(plugin.process_payment(paid))
+    raw, headers = fake.webhook("PAYMENT.CAPTURE.COMPLETED", fake.capture_of(paid.reference))
+    sent = json.loads(raw)
+    assert set(sent) == set(completed)
+    # processor_response is a card payment's; the fake's vaulted wallet has none
+    assert set(completed["resource"]) - {"processor_response"} <= set(sent["resource"])
+    assert asyncio.run(plugin.parse_webhook(raw, headers)).reference == paid.reference
+
+    created = json.loads((samples / "CUSTOMER.DISPUTE.CREATED.json").read_text())
+    raw, _ = fake.webhook("CUSTOMER.DISPUTE.CREATED", fake.dispute_resource(paid.reference))
+    assert set(json.loads(raw)) == set(created)

@@ -333,17 +333,26 @@ class FakePayPal(LoopbackFake):
             resource_type = "refund"
         if event_type.startswith("CUSTOMER.DISPUTE."):
             resource_type = "dispute"
-        event = {
-            "id": f"WH-{paypal_id(8)}-{paypal_id(17)}",
-            "event_version": "1.0",
+        # PayPal's envelope, field for field as its samples have it
+        # (tests/fixtures/webhooks/paypal): links to the event, and resource_version on
+        # v2 resources (disputes carry none)
+        event_id = f"WH-{paypal_id(8)}-{paypal_id(17)}"
+        events = "https://api.sandbox.paypal.com/v1/notifications/webhooks-events"
+        event: dict[str, Any] = {
+            "id": event_id,
             "create_time": now_iso(),
             "resource_type": resource_type,
-            "resource_version": "2.0",
             "event_type": event_type,
             "summary": f"{event_type} event",
             "resource": json.loads(json.dumps(resource, default=str)),
-            "links": [],
-        }
+            "links": [
+                {"href": f"{events}/{event_id}", "rel": "self", "method": "GET", "encType": "application/json"},
+                {"href": f"{events}/{event_id}/resend", "rel": "resend", "method": "POST", "encType": "application/json"},
+            ],
+            "event_version": "1.0",
+        }  # fmt: skip
+        if resource_type != "dispute":
+            event["resource_version"] = "2.0"
         transmission_id = (
             f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-11ef-{secrets.token_hex(6)}"
         )
@@ -560,6 +569,13 @@ class FakePayPal(LoopbackFake):
                 "status": outcome,
                 "amount": dict(unit["amount"]),
                 "final_capture": True,
+                # as PayPal's PAYMENT.CAPTURE.COMPLETED sample has them
+                "disbursement_mode": "INSTANT",
+                "supplementary_data": {"related_ids": {"order_id": order_id}},
+                "seller_receivable_breakdown": {
+                    "gross_amount": dict(unit["amount"]),
+                    "net_amount": dict(unit["amount"]),
+                },
                 "invoice_id": invoice,
                 "custom_id": unit.get("custom_id"),
                 "seller_protection": {"status": "ELIGIBLE"},
