@@ -31,6 +31,8 @@ class AuditRecord(Base):
     target: Mapped[str] = mapped_column(String(100), index=True)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the tenant the change belongs to (None: the platform's own), for tenant-bound readers
+    tenant_id: Mapped[str | None] = mapped_column(String(100), index=True)
 
 
 def record(
@@ -40,10 +42,20 @@ def record(
     target: str,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    *,
+    tenant_id: str | None = None,
 ) -> None:
-    """Append a record in the caller's transaction (``before``/``after`` already masked)."""
+    """Append a record in the caller's transaction (``before``/``after`` already masked;
+    ``tenant_id``: the tenant whose object changed, None for the platform's)."""
     session.add(
-        AuditRecord(actor=actor[:100], action=action, target=target, before=before, after=after)
+        AuditRecord(
+            actor=actor[:100],
+            action=action,
+            target=target,
+            before=before,
+            after=after,
+            tenant_id=tenant_id,
+        )
     )
 
 
@@ -53,10 +65,13 @@ def list_audit(
     target: str | None = None,
     action: str | None = None,
     actor: str | None = None,
+    tenant_id: str | None = None,
     limit: int = 100,
 ) -> list[AuditRecord]:
-    """Newest first, filtered."""
+    """Newest first, filtered (``tenant_id``: that tenant's records only)."""
     query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+    if tenant_id is not None:
+        query = query.where(AuditRecord.tenant_id == tenant_id)
     if target is not None:
         query = query.where(AuditRecord.target == target)
     if action is not None:

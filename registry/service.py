@@ -182,7 +182,10 @@ class PluginRegistry:
             session.flush()
             self._bump(session)
             view = self._view(row)
-            audit.record(session, actor, "instance.create", str(row.id), None, _audited(view))
+            audit.record(
+                session, actor, "instance.create", str(row.id), None, _audited(view),
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
         log.info("provider instance created: %s", view.label)
         return view
 
@@ -216,7 +219,10 @@ class PluginRegistry:
                 row.status_message = None
             self._touch(session, row)
             after = self._view(row)
-            audit.record(session, actor, "instance.configure", str(row.id), before, _audited(after))
+            audit.record(
+                session, actor, "instance.configure", str(row.id), before, _audited(after),
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
             return after
 
     def update_routing(
@@ -243,7 +249,10 @@ class PluginRegistry:
                 setattr(row, field, value)
             self._touch(session, row)
             after = self._view(row)
-            audit.record(session, actor, "instance.route", str(row.id), before, _audited(after))
+            audit.record(
+                session, actor, "instance.route", str(row.id), before, _audited(after),
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
             return after
 
     def activate(
@@ -269,12 +278,15 @@ class PluginRegistry:
                     self._touch(session, sibling, bump=False)
                     audit.record(
                         session, actor, "instance.deactivate", str(sibling.id), was,
-                        _audited(self._view(sibling)),
+                        _audited(self._view(sibling)), tenant_id=sibling.tenant_id,
                     )  # fmt: skip
             self._switch(row, on=True)
             self._touch(session, row)
             after = self._view(row)
-            audit.record(session, actor, "instance.activate", str(row.id), before, _audited(after))
+            audit.record(
+                session, actor, "instance.activate", str(row.id), before, _audited(after),
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
             return after
 
     def deactivate(self, instance_id: uuid.UUID, *, actor: str = "code") -> InstanceView:
@@ -285,8 +297,9 @@ class PluginRegistry:
             self._touch(session, row)
             after = self._view(row)
             audit.record(
-                session, actor, "instance.deactivate", str(row.id), before, _audited(after)
-            )
+                session, actor, "instance.deactivate", str(row.id), before, _audited(after),
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
             return after
 
     def mark_error(self, instance_id: uuid.UUID, message: str) -> InstanceView:
@@ -298,7 +311,10 @@ class PluginRegistry:
             row.status_message = message
             self._touch(session, row)
             view = self._view(row)
-            audit.record(session, "tender", "instance.error", str(row.id), before, _audited(view))
+            audit.record(
+                session, "tender", "instance.error", str(row.id), before, _audited(view),
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
         log.warning("provider instance %s marked error: %s", view.label, message)
         return view
 
@@ -309,7 +325,10 @@ class PluginRegistry:
             before = _audited(self._view(row))
             session.delete(row)
             self._bump(session)
-            audit.record(session, actor, "instance.retire", str(instance_id), before, None)
+            audit.record(
+                session, actor, "instance.retire", str(instance_id), before, None,
+                tenant_id=row.tenant_id,
+            )  # fmt: skip
 
     # -- reads -----------------------------------------------------------------------
 

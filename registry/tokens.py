@@ -9,6 +9,12 @@ operate    what read may, and activate / deactivate, routing (priority, weight),
 admin      everything: create, configure and retire instances (secrets), manage tokens
 =========  ============================================================================
 
+A token is **platform-wide** (``tenant_id`` None: every tenant, for platform operators)
+or **bound to one tenant** (``tender tokens create --tenant t-a``): a bound token sees and
+changes only its tenant's payments, refunds, instances and audit records; platform
+instances are read-only entries to it; another tenant's objects answer 404, as if absent,
+so their ids cannot be probed, and a body naming another tenant is refused (403).
+
 A token is shown once, at creation; the database keeps its SHA-256 (a token is 32 random
 bytes, so a fast hash is enough: nothing to brute-force). ``TENDER_API_TOKEN``, when set,
 is an admin token kept in the environment (the bootstrap one).
@@ -62,17 +68,26 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # None: platform-wide; else the one tenant the token sees and changes
+    tenant_id: Mapped[str | None] = mapped_column(String(100))
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who made a request: a token's name (for the audit trail) and what it may do."""
+    """Who made a request: a token's name (for the audit trail), what it may do, and the
+    tenant it is bound to (None: platform-wide)."""
 
     name: str
     scopes: frozenset[Scope]
+    tenant_id: str | None = None
 
     def may(self, scope: Scope) -> bool:
         return scope in self.scopes
+
+    def sees(self, tenant_id: str | None) -> bool:
+        """Whether an object of ``tenant_id`` (None: a platform one) exists for this
+        caller at all: a bound token sees its own tenant's only."""
+        return self.tenant_id is None or tenant_id == self.tenant_id
 
 
 def _digest(token: str) -> str:
@@ -89,9 +104,11 @@ def create_token(
     scopes: list[str],
     expires_in_s: float | None = None,
     *,
+    tenant_id: str | None = None,
     actor: str = "code",
 ) -> tuple[uuid.UUID, str]:
-    """A new token: (its id, the token itself, shown this once)."""
+    """A new token: (its id, the token itself, shown this once); ``tenant_id`` binds it
+    to one tenant (None: platform-wide)."""
     try:
         chosen = frozenset(Scope(s) for s in scopes)
     except ValueError:
@@ -100,17 +117,24 @@ def create_token(
         ) from None
     if not chosen or not name.strip() or len(name) > 100 or "\x00" in name:
         raise RegistryError("a token needs a name (at most 100 characters) and a scope")
+    if tenant_id is not None and (
+        not tenant_id.strip() or len(tenant_id) > 100 or "\x00" in tenant_id
+    ):
+        raise RegistryError("tenant: a non-empty name of at most 100 characters")
     token = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         name=name,
         scopes=",".join(sorted(chosen)),
         token_hash=_digest(token),
         expires_at=utcnow() + timedelta(seconds=expires_in_s) if expires_in_s else None,
+        tenant_id=tenant_id,
     )
     with database.transaction() as session:
         session.add(row)
         session.flush()
-        audit.record(session, actor, "token.create", str(row.id), None, _audited(row))
+        audit.record(
+            session, actor, "token.create", str(row.id), None, _audited(row), tenant_id=tenant_id
+        )
         return row.id, token
 
 
@@ -121,7 +145,15 @@ def revoke_token(database: Database, token_id: uuid.UUID, *, actor: str = "code"
             raise RegistryError(f"no token {token_id}")
         before = _audited(row)
         row.revoked_at = utcnow()
-        audit.record(session, actor, "token.revoke", str(token_id), before, _audited(row))
+        audit.record(
+            session,
+            actor,
+            "token.revoke",
+            str(token_id),
+            before,
+            _audited(row),
+            tenant_id=row.tenant_id,
+        )
 
 
 def _audited(row: ApiToken) -> dict[str, str | None]:
@@ -129,6 +161,7 @@ def _audited(row: ApiToken) -> dict[str, str | None]:
     return {
         "name": row.name,
         "scopes": row.scopes,
+        "tenant_id": row.tenant_id,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "revoked": "yes" if row.revoked_at else "no",
     }
@@ -167,7 +200,11 @@ def caller_of_digest(database: Database, digest: str) -> Caller | None:
         return None
     if row.expires_at is not None and row.expires_at <= utcnow():
         return None
-    return Caller(row.name, _granted(frozenset(Scope(s) for s in row.scopes.split(","))))
+    return Caller(
+        row.name,
+        _granted(frozenset(Scope(s) for s in row.scopes.split(","))),
+        tenant_id=row.tenant_id,
+    )
 
 
 def tokens_exist(database: Database) -> bool:

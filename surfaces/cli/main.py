@@ -264,8 +264,13 @@ def tokens_create(
     name: Annotated[str, typer.Option(help="Who or what holds it (shown in the audit).")],
     scope: Annotated[list[str], typer.Option(help="read, pay, operate or admin (repeatable).")],
     expires_in_days: Annotated[float | None, typer.Option(help="Days until it expires.")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Bind it to this tenant (it sees and changes only that tenant's)."),
+    ] = None,
 ) -> None:
-    """Make a token; it is printed once and only its hash is stored."""
+    """Make a token; it is printed once and only its hash is stored. Without --tenant it
+    is platform-wide."""
     from registry.db import get_database
     from registry.tokens import create_token
 
@@ -275,9 +280,11 @@ def tokens_create(
             name,
             scope,
             expires_in_days * 86400 if expires_in_days else None,
+            tenant_id=tenant,
             actor=_actor(),
         )
-    console.print(f"token {token_id} ({escape(name)}: {', '.join(scope)}); shown once:")
+    bound = f", tenant {escape(tenant)}" if tenant else ", platform-wide"
+    console.print(f"token {token_id} ({escape(name)}: {', '.join(scope)}{bound}); shown once:")
     print(token)
 
 
@@ -299,14 +306,15 @@ def tokens_list() -> None:
     from registry.tokens import list_tokens
 
     table = Table(title="API tokens")
-    for column in ("id", "name", "scopes", "created", "expires", "state"):
+    for column in ("id", "name", "scopes", "tenant", "created", "expires", "state"):
         table.add_column(column, overflow="fold")
     with user_errors():
         rows = list_tokens(get_database())
     for row in rows:
         state = "revoked" if row.revoked_at else "active"
         table.add_row(
-            str(row.id), escape(row.name), row.scopes, f"{row.created_at:%Y-%m-%d}",
+            str(row.id), escape(row.name), row.scopes, escape(row.tenant_id or "(platform)"),
+            f"{row.created_at:%Y-%m-%d}",
             f"{row.expires_at:%Y-%m-%d}" if row.expires_at else "never", state,
         )  # fmt: skip
     console.print(table)
@@ -587,7 +595,7 @@ def refunds_settle(
 
     with user_errors():
         view = settle_refund_by_operator(
-            refund_id, succeeded, reason, provider_refund_id=provider_refund_id
+            refund_id, succeeded, reason, provider_refund_id=provider_refund_id, actor=_actor()
         )
     if as_json:
         _json(view.model_dump(mode="json"))

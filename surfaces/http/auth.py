@@ -89,6 +89,25 @@ class ScopeRequirement:
         return caller
 
 
+def tenant_of(request: Request) -> str | None:
+    """The tenant the caller's token is bound to (None: platform-wide, or auth off)."""
+    caller = getattr(request.state, "caller", None)
+    return caller.tenant_id if caller is not None else None
+
+
+def tenant_for_body(request: Request, named: str | None) -> str | None:
+    """The tenant a request body may act for: a bound token's own (a body naming none
+    gets it; one naming another tenant is refused, 403); a platform-wide token's choice."""
+    bound = tenant_of(request)
+    if bound is None:
+        return named
+    if named not in (None, bound):
+        raise HTTPException(
+            403, f"this token is bound to tenant {bound!r}; it cannot act for another"
+        )
+    return bound
+
+
 def actor_of(request: Request) -> str:
     """Who the audit trail names for this request: the token's name."""
     caller = getattr(request.state, "caller", None)

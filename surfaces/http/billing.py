@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from providers.money import FloatAmount, MoneyError
 from registry.tokens import Scope
-from surfaces.http.auth import require
+from surfaces.http.auth import actor_of, require, tenant_for_body, tenant_of
 from surfaces.http.errors import error_responses
 from workers.payments.client import (
     IdempotencyConflict,
@@ -98,7 +98,8 @@ def billing_router() -> APIRouter:
     )
 
     @router.post("/payments", status_code=201, dependencies=[require(Scope.PAY)])
-    def create_payment(body: PaymentCreate, response: Response) -> PaymentReceipt:
+    def create_payment(body: PaymentCreate, request: Request, response: Response) -> PaymentReceipt:
+        tenant = tenant_for_body(request, body.tenant_id)
         with billing_errors():
             receipt = request_payment(
                 body.order_id,
@@ -107,7 +108,7 @@ def billing_router() -> APIRouter:
                 body.customer_email,
                 body.payment_method,
                 body.metadata,
-                body.tenant_id,
+                tenant,
                 body.idempotency_key,
                 payment_token=body.payment_token.get_secret_value() if body.payment_token else None,
             )
@@ -116,27 +117,31 @@ def billing_router() -> APIRouter:
         return receipt
 
     @router.get("/payments/{payment_id}", dependencies=[require(Scope.READ, Scope.PAY)])
-    def read_payment(payment_id: str) -> PaymentView:
+    def read_payment(payment_id: str, request: Request) -> PaymentView:
         with billing_errors():
-            return get_payment(payment_id)
+            return get_payment(payment_id, within_tenant=tenant_of(request))
 
     @router.post(
         "/payments/{payment_id}/refunds", status_code=201, dependencies=[require(Scope.OPERATE)]
     )
-    def create_refund(payment_id: str, body: RefundCreate | None = None) -> RefundView:
+    def create_refund(
+        payment_id: str, request: Request, body: RefundCreate | None = None
+    ) -> RefundView:
         with billing_errors():
             amount = None if body is None or body.amount is None else _not_float(body.amount)
-            return refund_payment(payment_id, amount)
+            return refund_payment(
+                payment_id, amount, actor=actor_of(request), within_tenant=tenant_of(request)
+            )
 
     @router.get("/payments/{payment_id}/refunds", dependencies=[require(Scope.READ, Scope.PAY)])
-    def read_refunds(payment_id: str) -> list[RefundView]:
+    def read_refunds(payment_id: str, request: Request) -> list[RefundView]:
         with billing_errors():
-            return list_refunds(payment_id)
+            return list_refunds(payment_id, within_tenant=tenant_of(request))
 
     @router.post(
         "/refunds/{refund_id}/settle", tags=["operator"], dependencies=[require(Scope.OPERATE)]
     )
-    def settle_refund(refund_id: str, body: RefundSettle) -> RefundView:
+    def settle_refund(refund_id: str, body: RefundSettle, request: Request) -> RefundView:
         """What ``tender refunds settle`` does (see the README's Paystack section)."""
         with billing_errors():
             return settle_refund_by_operator(
@@ -144,6 +149,8 @@ def billing_router() -> APIRouter:
                 body.outcome == "succeeded",
                 body.reason,
                 provider_refund_id=body.provider_refund_id,
+                actor=actor_of(request),
+                within_tenant=tenant_of(request),
             )
 
     return router

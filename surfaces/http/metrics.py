@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,7 +20,7 @@ from providers.base import utcnow
 from registry.db import get_database
 from registry.models import PluginHealth, PluginInstance
 from registry.tokens import Scope
-from surfaces.http.auth import require
+from surfaces.http.auth import require, tenant_of
 from workers.ledger.outbox import OutboxEvent
 from workers.ledger.records import Payment
 from workers.ledger.states import PaymentState
@@ -143,8 +143,11 @@ def metrics_router() -> APIRouter:
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
     )
-    def metrics() -> Response:
-        """Prometheus metrics of this process and the deployment's state."""
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics of this process and the deployment's state: every tenant's
+        instances, so for platform-wide tokens only (a tenant-bound one gets 403)."""
+        if tenant_of(request) is not None:
+            raise HTTPException(403, "metrics cover every tenant: a platform-wide token reads them")
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -27,11 +27,12 @@ development and test only.
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures, and the
 # registry dependency is an alias local to create_router.
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,7 +42,7 @@ from registry.instances import InstanceView
 from registry.service import PluginRegistry
 from registry.text import PG_INTEGER_MAX
 from registry.tokens import Scope
-from surfaces.http.auth import actor_of, require
+from surfaces.http.auth import actor_of, require, tenant_for_body, tenant_of
 from surfaces.http.errors import error_responses, operator_errors, parse_instance_id
 
 # What the INTEGER columns hold (PostgreSQL), checked here so OpenAPI says it too.
@@ -81,6 +82,7 @@ class AuditEntry(BaseModel):
     target: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    tenant_id: str | None = None
 
 
 class ConfigField(BaseModel):
@@ -134,6 +136,24 @@ def plugin_info(registry: PluginRegistry, name: str) -> PluginInfo:
 # --- the router -----------------------------------------------------------------------
 
 
+def owned_instance(
+    registry: PluginRegistry, instance_id: str, tenant: str | None, *, change: bool
+) -> uuid.UUID:
+    """The instance's id if a caller bound to ``tenant`` may see it (``change``: change
+    it): another tenant's is not found (404, so ids cannot be probed); a platform one is
+    read-only to a bound token (403)."""
+    with operator_errors():
+        key = parse_instance_id(instance_id)
+        if tenant is None:
+            return key
+        view = registry.get_instance(key)
+    if view.tenant_id not in (None, tenant):
+        raise HTTPException(404, f"no instance {key}")
+    if change and view.tenant_id is None:
+        raise HTTPException(403, "a platform instance is read-only to a token bound to a tenant")
+    return key
+
+
 def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     """The operator routes, over the registry ``get_registry()`` returns."""
     router = APIRouter(
@@ -141,6 +161,7 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     )
     Registry = Annotated[PluginRegistry, Depends(get_registry)]
     Actor = Annotated[str, Depends(actor_of)]
+    Tenant = Annotated[str | None, Depends(tenant_of)]
 
     @router.get("/plugins", tags=["registry"], dependencies=[require(Scope.READ)])
     def list_plugins(registry: Registry) -> list[PluginInfo]:
@@ -148,7 +169,10 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
 
     @router.get("/instances", tags=["registry"], dependencies=[require(Scope.READ)])
     def list_instances(
-        registry: Registry, plugin_name: str | None = None, tenant_id: str | None = None
+        registry: Registry,
+        bound: Tenant,
+        plugin_name: str | None = None,
+        tenant_id: str | None = None,
     ) -> list[InstanceView]:
         views = registry.list_instances()
         return [
@@ -156,17 +180,21 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             for v in views
             if (plugin_name is None or v.plugin_name == plugin_name)
             and (tenant_id is None or v.tenant_id == tenant_id)
+            and (bound is None or v.tenant_id in (None, bound))
         ]
 
     @router.post(
         "/instances", status_code=201, tags=["registry"], dependencies=[require(Scope.ADMIN)]
     )
-    def create_instance(body: InstanceCreate, registry: Registry, actor: Actor) -> InstanceView:
+    def create_instance(
+        body: InstanceCreate, registry: Registry, actor: Actor, request: Request
+    ) -> InstanceView:
+        tenant = tenant_for_body(request, body.tenant_id)
         with operator_errors():
             return registry.create_instance(
                 body.plugin_name,
                 body.config,
-                tenant_id=body.tenant_id,
+                tenant_id=tenant,
                 display_name=body.display_name,
                 provider_type=body.provider_type,
                 priority=body.priority,
@@ -177,9 +205,10 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             )
 
     @router.get("/instances/{instance_id}", tags=["registry"], dependencies=[require(Scope.READ)])
-    def get_instance(instance_id: str, registry: Registry) -> InstanceView:
+    def get_instance(instance_id: str, registry: Registry, bound: Tenant) -> InstanceView:
+        key = owned_instance(registry, instance_id, bound, change=False)
         with operator_errors():
-            return registry.get_instance(parse_instance_id(instance_id))
+            return registry.get_instance(key)
 
     @router.patch(
         "/instances/{instance_id}/config", tags=["registry"], dependencies=[require(Scope.ADMIN)]
@@ -189,23 +218,24 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         config: dict[str, Any],
         registry: Registry,
         actor: Actor,
+        bound: Tenant,
         replace: bool = False,
     ) -> InstanceView:
+        key = owned_instance(registry, instance_id, bound, change=True)
         with operator_errors():
             # A masked secret sent back (a GET's config, edited) keeps the stored one.
-            return registry.update_config(
-                parse_instance_id(instance_id), config, merge=not replace, actor=actor
-            )
+            return registry.update_config(key, config, merge=not replace, actor=actor)
 
     @router.patch(
         "/instances/{instance_id}", tags=["registry"], dependencies=[require(Scope.OPERATE)]
     )
     def update_routing(
-        instance_id: str, body: RoutingUpdate, registry: Registry, actor: Actor
+        instance_id: str, body: RoutingUpdate, registry: Registry, actor: Actor, bound: Tenant
     ) -> InstanceView:
+        key = owned_instance(registry, instance_id, bound, change=True)
         with operator_errors():
             return registry.update_routing(
-                parse_instance_id(instance_id),
+                key,
                 priority=body.priority,
                 weight=body.weight,
                 currencies=body.currencies,
@@ -218,21 +248,27 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         dependencies=[require(Scope.OPERATE)],
     )
     def activate(
-        instance_id: str, registry: Registry, actor: Actor, exclusive: bool = False
+        instance_id: str,
+        registry: Registry,
+        actor: Actor,
+        bound: Tenant,
+        exclusive: bool = False,
     ) -> InstanceView:
+        key = owned_instance(registry, instance_id, bound, change=True)
         with operator_errors():
-            return registry.activate(
-                parse_instance_id(instance_id), exclusive=exclusive, actor=actor
-            )
+            return registry.activate(key, exclusive=exclusive, actor=actor)
 
     @router.post(
         "/instances/{instance_id}/deactivate",
         tags=["registry"],
         dependencies=[require(Scope.OPERATE)],
     )
-    def deactivate(instance_id: str, registry: Registry, actor: Actor) -> InstanceView:
+    def deactivate(
+        instance_id: str, registry: Registry, actor: Actor, bound: Tenant
+    ) -> InstanceView:
+        key = owned_instance(registry, instance_id, bound, change=True)
         with operator_errors():
-            return registry.deactivate(parse_instance_id(instance_id), actor=actor)
+            return registry.deactivate(key, actor=actor)
 
     @router.delete(
         "/instances/{instance_id}",
@@ -240,20 +276,29 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         tags=["registry"],
         dependencies=[require(Scope.ADMIN)],
     )
-    def retire(instance_id: str, registry: Registry, actor: Actor) -> Response:
+    def retire(instance_id: str, registry: Registry, actor: Actor, bound: Tenant) -> Response:
+        key = owned_instance(registry, instance_id, bound, change=True)
         with operator_errors():
-            registry.retire(parse_instance_id(instance_id), actor=actor)
+            registry.retire(key, actor=actor)
         return Response(status_code=204)
 
     @router.get("/api/audit", tags=["registry"], dependencies=[require(Scope.ADMIN)])
     def read_audit(
+        bound: Tenant,
         target: str | None = None,
         action: str | None = None,
         actor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditEntry]:
         """Changes to instances, routing, activation, tokens and keys; newest first."""
-        rows = list_audit(get_database(), target=target, action=action, actor=actor, limit=limit)
+        rows = list_audit(
+            get_database(),
+            target=target,
+            action=action,
+            actor=actor,
+            tenant_id=bound,  # a bound token reads its own tenant's records only
+            limit=limit,
+        )
         return [AuditEntry.model_validate(row, from_attributes=True) for row in rows]
 
     return router

@@ -53,7 +53,7 @@ CONSOLE_SCOPES = {
     ("GET", "/admin/payments/{payment_id}"): Scope.READ,
     ("GET", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
     ("POST", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
-    ("GET", "/admin/audit"): Scope.READ,
+    ("GET", "/admin/audit"): Scope.ADMIN,
 }
 
 

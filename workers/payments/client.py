@@ -343,13 +343,19 @@ def payment_key(payment_id: uuid.UUID | str) -> uuid.UUID:
         raise PaymentNotFound(f"{payment_id!r} is not a payment id") from None
 
 
-def get_payment(payment_id: uuid.UUID | str, *, database: Database | None = None) -> PaymentView:
-    """The payment's current view, with its provider attempts."""
+def get_payment(
+    payment_id: uuid.UUID | str,
+    *,
+    database: Database | None = None,
+    within_tenant: str | None = None,
+) -> PaymentView:
+    """The payment's current view, with its provider attempts. ``within_tenant``: as a
+    caller bound to that tenant sees it (another tenant's payment is not found)."""
     database = database or get_database()
     key = payment_key(payment_id)
     with database.sessions() as session:
         payment = session.get(Payment, key)
-        if payment is None:
+        if payment is None or not in_tenant(payment.tenant_id, within_tenant):
             raise PaymentNotFound(f"no payment {payment_id}")
         attempts = session.execute(
             select(PaymentAttempt)
@@ -357,6 +363,12 @@ def get_payment(payment_id: uuid.UUID | str, *, database: Database | None = None
             .order_by(PaymentAttempt.id)
         ).scalars()
         return view_of(payment, list(attempts))
+
+
+def in_tenant(owner: str | None, within_tenant: str | None) -> bool:
+    """Whether an object of tenant ``owner`` exists for a caller bound to
+    ``within_tenant`` (None: a platform-wide caller, who sees every tenant)."""
+    return within_tenant is None or owner == within_tenant
 
 
 def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> PaymentView:

@@ -48,6 +48,7 @@ from providers.errors import (
     RequestRefused,
 )
 from providers.money import from_minor, to_minor
+from registry import audit
 from registry.db import Database, get_database
 from registry.instances import InstanceView
 from registry.secrets import sanitize, secret_values
@@ -58,7 +59,7 @@ from workers.events.relay import EventPublisher, publish_now
 from workers.ledger.outbox import AlertEvent, EventType, OutboxEvent, add_event
 from workers.ledger.records import Payment, PaymentAttempt, Refund, apply_transition, payment_event
 from workers.ledger.states import PaymentState
-from workers.payments.client import PaymentNotFound, payment_key
+from workers.payments.client import PaymentNotFound, in_tenant, payment_key
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +330,13 @@ def refund_payment(
     loop: ProviderLoop | None = None,
     publisher: EventPublisher | None = None,
     settings: Settings | None = None,
+    actor: str = "code",
+    within_tenant: str | None = None,
 ) -> RefundView:
     """Refund ``amount`` (major units, ``Decimal("5.00")``; ``None``: all that is left)
     of a succeeded or partially refunded payment through the instance that took it.
+    The request is audited with ``actor`` (``refund.request``); ``within_tenant``: as a
+    caller bound to that tenant (another tenant's payment is not found).
 
     Raises :class:`PaymentNotFound`, :class:`RefundRefused` or a
     :class:`~providers.money.MoneyError` before calling the provider. Otherwise returns
@@ -349,7 +354,9 @@ def refund_payment(
 
         publisher = EventPublisher(app)
 
-    reservation = _reserve(database, registry, payment_key(payment_id), amount)
+    reservation = _reserve(
+        database, registry, payment_key(payment_id), amount, actor, within_tenant
+    )
     with log_context(
         payment_id=payment_id, reference=reservation.reference,
         instance=reservation.instance.display_name,
@@ -369,14 +376,17 @@ def refund_payment(
 
 
 def list_refunds(
-    payment_id: uuid.UUID | str, *, database: Database | None = None
+    payment_id: uuid.UUID | str,
+    *,
+    database: Database | None = None,
+    within_tenant: str | None = None,
 ) -> list[RefundView]:
     """The payment's refunds, oldest first."""
     database = database or get_database()
     key = payment_key(payment_id)
     with database.sessions() as session:
         payment = session.get(Payment, key)
-        if payment is None:
+        if payment is None or not in_tenant(payment.tenant_id, within_tenant):
             raise PaymentNotFound(f"no payment {payment_id}")
         refunds = session.execute(
             select(Refund).where(Refund.payment_id == key).order_by(Refund.created_at)
@@ -405,11 +415,13 @@ def _reserve(
     registry: PluginRegistry,
     payment_id: uuid.UUID,
     amount: Decimal | int | str | None,
+    actor: str = "code",
+    within_tenant: str | None = None,
 ) -> _Reservation:
     """Step 1: validate and hold the amount, with the payment row locked."""
     with database.transaction() as session:
         payment = lock_payment(session, payment_id=payment_id)
-        if payment is None:
+        if payment is None or not in_tenant(payment.tenant_id, within_tenant):
             raise PaymentNotFound(f"no payment {payment_id}")
         state = PaymentState(payment.status)
         if state not in REFUNDABLE:
@@ -441,6 +453,15 @@ def _reserve(
             status=RefundState.REQUESTED.value,
         )
         session.add(refund)
+        audit.record(
+            session,
+            actor,
+            "refund.request",
+            str(refund.id),
+            None,
+            {"payment_id": str(payment.id), "amount": _money(amount_minor, payment)},
+            tenant_id=payment.tenant_id,
+        )
         return _Reservation(
             refund.id,
             payment.id,
@@ -596,8 +617,11 @@ def settle_refund_by_operator(
     provider_refund_id: str | None = None,
     database: Database | None = None,
     publisher: EventPublisher | None = None,
+    actor: str = "code",
+    within_tenant: str | None = None,
 ) -> RefundView:
-    """Settle an open refund by hand, once an operator has checked it at the provider.
+    """Settle an open refund by hand, once an operator has checked it at the provider,
+    audited with ``actor`` (``refund.settle``).
 
     For a refund no answer will come for: a process that stopped mid-call leaves it
     ``requested`` (reconcile alerts on those), a timeout leaves it ``pending`` with no
@@ -635,6 +659,8 @@ def settle_refund_by_operator(
         payment = lock_payment(session, payment_id=found.payment_id)  # then the refund,
         refund = session.get(Refund, key, with_for_update=True, populate_existing=True)
         assert payment is not None and refund is not None  # as refund_payment locks them
+        if not in_tenant(payment.tenant_id, within_tenant):
+            raise RefundNotFound("refund", f"no refund {key}")
         if refund.status not in OPEN_REFUNDS:
             raise RefundRefused(
                 "refund", f"is already {refund.status}; only an open refund can be settled"
@@ -691,6 +717,15 @@ def settle_refund_by_operator(
                 outbox_ids.append(event.id)
         else:
             refund.status = RefundState.FAILED.value
+        audit.record(
+            session,
+            actor,
+            "refund.settle",
+            str(refund.id),
+            {"status": "open"},
+            {"status": refund.status, "reason": why, "provider_refund_id": given_id},
+            tenant_id=payment.tenant_id,
+        )
         session.flush()
         view = view_of_refund(refund, payment)
     if publisher is None:

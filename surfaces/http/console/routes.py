@@ -191,7 +191,9 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
 
     @router.get("/admin", response_class=HTMLResponse)
     def overview(request: Request, user: Reader, registry: Registry) -> HTMLResponse:
-        listed = registry.list_instances()
+        listed = [
+            v for v in registry.list_instances() if v.tenant_id is None or user.sees(v.tenant_id)
+        ]
         supported = {
             name: frozenset(registry.catalogue.get(name).supported_currencies)
             for name in {v.plugin_name for v in listed}
@@ -226,7 +228,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
                 lambda: registry.create_instance(
                     plugin,
                     config,
-                    tenant_id=form.get("tenant_id", "").strip() or None,
+                    tenant_id=_form_tenant(user, form.get("tenant_id", "").strip() or None),
                     display_name=form.get("display_name", "").strip() or None,
                     priority=_integer(form, "priority", 100),
                     weight=_integer(form, "weight", 1),
@@ -253,20 +255,21 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     def instance_page(
         request: Request, instance_id: str, user: Reader, registry: Registry
     ) -> HTMLResponse:
-        view = _instance(registry, instance_id)
+        view = _instance(registry, instance_id, user)
         history = views.health_history(get_database(), view.id)
         return page(
             request, "instance.html", user, section="providers", view=view,
-            hints=registry.secret_hints(view.id), chart=views.health_chart(history),
-            payments=views.recent_payments(get_database(), view.id),
-            alerts=views.recent_alerts(get_database(), view.id),
+            hints=registry.secret_hints(view.id) if user.sees(view.tenant_id) else {},
+            chart=views.health_chart(history),
+            payments=views.recent_payments(get_database(), view.id, tenant_id=user.tenant_id),
+            alerts=views.recent_alerts(get_database(), view.id, tenant_id=user.tenant_id),
         )  # fmt: skip
 
     @router.get("/admin/instances/{instance_id}/edit", response_class=HTMLResponse)
     def edit_page(
         request: Request, instance_id: str, user: Admin, registry: Registry
     ) -> HTMLResponse:
-        view = _instance(registry, instance_id)
+        view = _instance(registry, instance_id, user, change=True)
         model = _plugin_model(registry, view.plugin_name)
         return page(
             request, "instance_form.html", user, section="providers", creating=False,
@@ -279,7 +282,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     def delete_page(
         request: Request, instance_id: str, user: Admin, registry: Registry
     ) -> HTMLResponse:
-        view = _instance(registry, instance_id)
+        view = _instance(registry, instance_id, user, change=True)
         return page(
             request, "confirm.html", user, section="providers",
             heading=f"Delete {view.display_name}?",
@@ -299,7 +302,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         exclusive: Annotated[bool, Query()] = False,
     ) -> Response:
         form = await posted(request)
-        view = _instance(registry, instance_id)
+        view = _instance(registry, instance_id, user, change=action != "test")
         if action not in OPERATE_ACTIONS and not user.may(Scope.ADMIN):
             raise HTTPException(403, "this token lacks the admin scope")
         back = request.headers.get("referer", "")
@@ -378,14 +381,17 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
 
     @router.get("/admin/payments", response_class=HTMLResponse)
     def payments_page(request: Request, user: Reader, q: str = "") -> HTMLResponse:
+        bound = user.tenant_id
         found = (
-            views.search_payments(get_database(), q) if q else views.recent_payments(get_database())
+            views.search_payments(get_database(), q, tenant_id=bound)
+            if q
+            else views.recent_payments(get_database(), tenant_id=bound)
         )
         return page(request, "payments.html", user, section="payments", q=q, payments=found)
 
     @router.get("/admin/payments/{payment_id}", response_class=HTMLResponse)
     def payment_page(request: Request, payment_id: str, user: Reader) -> HTMLResponse:
-        payment = _payment(payment_id)
+        payment = _payment(payment_id, user)
         return page(
             request, "payment.html", user, section="payments", payment=payment,
             amount=format_amount(payment.amount_minor, payment.currency),
@@ -397,7 +403,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
 
     @router.get("/admin/payments/{payment_id}/refund", response_class=HTMLResponse)
     def refund_page(request: Request, payment_id: str, user: Operator) -> HTMLResponse:
-        payment = _payment(payment_id)
+        payment = _payment(payment_id, user)
         left = format_amount(payment.amount_minor - payment.refunded_minor, payment.currency)
         return page(
             request, "confirm.html", user, section="payments",
@@ -413,11 +419,15 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     @router.post("/admin/payments/{payment_id}/refund")
     async def refund(request: Request, payment_id: str, user: Operator) -> Response:
         form = await posted(request)
-        payment = _payment(payment_id)
+        payment = _payment(payment_id, user)
         text = form.get("amount", "").strip()
         here = f"/admin/payments/{payment.id}"
         try:  # the amount's text goes to the ledger's own strict parser (providers.money)
-            refunded = await run_in_threadpool(lambda: refund_payment(payment.id, text or None))
+            refunded = await run_in_threadpool(
+                lambda: refund_payment(
+                    payment.id, text or None, actor=user.name, within_tenant=user.tenant_id
+                )
+            )
         except (RefundRefused, MoneyError) as exc:
             return done(here, f"Refund refused: {exc}")
         return done(here, f"Refund {refunded.status.value}: {refunded.amount} {refunded.currency}")
@@ -425,13 +435,14 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     # --- audit -----------------------------------------------------------------------
 
     @router.get("/admin/audit", response_class=HTMLResponse)
-    def audit_page(request: Request, user: Reader) -> HTMLResponse:
+    def audit_page(request: Request, user: Admin) -> HTMLResponse:
+        # admin, as GET /api/audit: the trail names every token, instance and key change
         records = [
             {
                 "at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
                 **_changes(r.before, r.after),
             }
-            for r in list_audit(get_database(), limit=200)
+            for r in list_audit(get_database(), tenant_id=user.tenant_id, limit=200)
         ]  # fmt: skip
         return page(request, "audit.html", user, section="audit", records=records)
 
@@ -456,16 +467,34 @@ def _plugin_model(registry: PluginRegistry, plugin: str) -> Any:
         raise HTTPException(404, f"no plugin named {plugin[:50]!r}") from None
 
 
-def _instance(registry: PluginRegistry, instance_id: str) -> Any:
+def _instance(
+    registry: PluginRegistry, instance_id: str, user: ConsoleUser, *, change: bool = False
+) -> Any:
+    """The instance, as ``user`` may see it: another tenant's is not found; a platform
+    one is read-only to a tenant-bound user (``change``: 403)."""
     try:
-        return registry.get_instance(parse_instance_id(instance_id))
+        view = registry.get_instance(parse_instance_id(instance_id))
     except InstanceNotFound as exc:
         raise HTTPException(404, str(exc)) from None
+    if view.tenant_id is not None and not user.sees(view.tenant_id):
+        raise HTTPException(404, f"no instance {instance_id[:50]}")
+    if change and view.tenant_id is None and user.tenant_id is not None:
+        raise HTTPException(403, "a platform instance is read-only to a token bound to a tenant")
+    return view
 
 
-def _payment(payment_id: str) -> Any:
+def _form_tenant(user: ConsoleUser, named: str | None) -> str | None:
+    """The tenant a new instance belongs to: a bound user's own (another: 403)."""
+    if user.tenant_id is None:
+        return named
+    if named not in (None, user.tenant_id):
+        raise HTTPException(403, f"this token is bound to tenant {user.tenant_id!r}")
+    return user.tenant_id
+
+
+def _payment(payment_id: str, user: ConsoleUser) -> Any:
     try:
-        return get_payment(payment_id)
+        return get_payment(payment_id, within_tenant=user.tenant_id)
     except (PaymentNotFound, ValueError):
         raise HTTPException(404, "no such payment") from None
 

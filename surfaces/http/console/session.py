@@ -96,9 +96,13 @@ class ConsoleUser:
     name: str
     scopes: frozenset[Scope]
     auth_off: bool = False
+    tenant_id: str | None = None  # bound to this tenant (None: platform-wide)
 
     def may(self, scope: Scope) -> bool:
         return scope in self.scopes
+
+    def sees(self, tenant_id: str | None) -> bool:
+        return self.tenant_id is None or tenant_id == self.tenant_id
 
 
 class ConsoleAccess:
@@ -126,7 +130,7 @@ class ConsoleAccess:
         elif not caller.may(self.scope):
             raise HTTPException(403, f"this token lacks the {self.scope.value} scope")
         request.state.caller = caller
-        return ConsoleUser(caller.name, caller.scopes)
+        return ConsoleUser(caller.name, caller.scopes, tenant_id=caller.tenant_id)
 
 
 @dataclass

@@ -178,9 +178,14 @@ class AlertRow:
 
 
 def recent_alerts(
-    database: Database, instance_id: uuid.UUID | None = None, limit: int = 10
+    database: Database,
+    instance_id: uuid.UUID | None = None,
+    limit: int = 10,
+    *,
+    tenant_id: str | None = None,
 ) -> list[AlertRow]:
-    """The latest ``alert.raised`` events (of one instance, when given)."""
+    """The latest ``alert.raised`` events (of one instance, when given; of one tenant's,
+    for a caller bound to ``tenant_id``)."""
     with database.sessions() as session:
         rows = session.execute(
             select(OutboxEvent.payload, OutboxEvent.created_at)
@@ -196,7 +201,8 @@ def recent_alerts(
             created_at,
         )
         for payload, created_at in rows
-        if instance_id is None or payload.get("instance_id") == str(instance_id)
+        if (instance_id is None or payload.get("instance_id") == str(instance_id))
+        and (tenant_id is None or payload.get("tenant_id") == tenant_id)
     ]
     return found[:limit]
 
@@ -225,17 +231,27 @@ def _row(payment: Payment) -> PaymentRow:
 
 
 def recent_payments(
-    database: Database, instance_id: uuid.UUID | None = None, limit: int = 20
+    database: Database,
+    instance_id: uuid.UUID | None = None,
+    limit: int = 20,
+    *,
+    tenant_id: str | None = None,
 ) -> list[PaymentRow]:
+    """The latest payments (of one instance; of one tenant, for a bound caller)."""
     query = select(Payment).order_by(Payment.updated_at.desc()).limit(limit)
     if instance_id is not None:
         query = query.where(Payment.instance_id == instance_id)
+    if tenant_id is not None:
+        query = query.where(Payment.tenant_id == tenant_id)
     with database.sessions() as session:
         return [_row(p) for p in session.execute(query).scalars()]
 
 
-def search_payments(database: Database, text: str, limit: int = 50) -> list[PaymentRow]:
-    """Payments whose id, order id, provider reference or idempotency key is ``text``."""
+def search_payments(
+    database: Database, text: str, limit: int = 50, *, tenant_id: str | None = None
+) -> list[PaymentRow]:
+    """Payments whose id, order id, provider reference or idempotency key is ``text`` (of
+    one tenant, for a bound caller)."""
     text = text.strip()[:200]
     if not text or "\x00" in text:
         return []
@@ -244,7 +260,12 @@ def search_payments(database: Database, text: str, limit: int = 50) -> list[Paym
         matches.append(Payment.id == uuid.UUID(text))
     with database.sessions() as session:
         rows = session.execute(
-            select(Payment).where(or_(*matches)).order_by(Payment.created_at.desc()).limit(limit)
+            select(Payment)
+            .where(
+                or_(*matches), *([Payment.tenant_id == tenant_id] if tenant_id is not None else [])
+            )
+            .order_by(Payment.created_at.desc())
+            .limit(limit)
         ).scalars()
         return [_row(p) for p in rows]
 
