@@ -9,6 +9,8 @@ Errors are the classes in :mod:`providers.errors`.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Mapping
@@ -44,6 +46,26 @@ def derive_reference(idempotency_key: str, tenant_id: str | None = None) -> str:
     """
     digest = hashlib.blake2b(f"{tenant_id or ''}\x1f{idempotency_key}".encode(), digest_size=16)
     return f"tdr-{digest.hexdigest()}"
+
+
+# How deep a webhook's JSON may nest: providers' events nest a few levels. Deeper is refused
+# before parsing (json.loads recurses, and 10,000 levels raise RecursionError: a 500).
+MAX_JSON_DEPTH = 64
+_JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(rb"[^\[\]{}]")
+
+
+def load_json(raw: bytes | str) -> Any:
+    """``json.loads`` of a webhook body, refusing (ValueError, which each plugin reports as
+    an unreadable event: 400) one nested deeper than ``MAX_JSON_DEPTH`` before parsing it.
+    The scan drops strings, then walks the brackets left: linear in the body's size."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    depth = 0
+    for char in _NOT_BRACKETS.sub(b"", _JSON_STRINGS.sub(b"", data)):
+        depth += 1 if char in b"[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(data)
 
 
 def utcnow() -> datetime:

@@ -51,6 +51,7 @@ from providers.base import (
     RefundStatus,
     Stage,
     WebhookEvent,
+    load_json,
     probe_health,
 )
 from providers.errors import (
@@ -470,7 +471,7 @@ class FlutterwaveProvider(PaymentProvider):
         if not given or not hmac.compare_digest(given.encode(), expected.encode()):
             raise WebhookSignatureError("missing or wrong verif-hash")
         try:
-            body = json.loads(raw_body)
+            body = load_json(raw_body)
             kind = str(body.get("event") or body.get("event.type") or "unknown")
             data = body["data"]
             object_id = str(data["id"])

@@ -39,11 +39,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import requests
@@ -85,6 +85,7 @@ from providers.base import (
     RefundStatus,
     Stage,
     WebhookEvent,
+    load_json,
     probe_health,
     utcnow,
 )
@@ -837,15 +838,13 @@ class PayPalProvider(PaymentProvider):
         transmission = {n: sent.get(f"paypal-{n}", "") for n in names}
         if not all(transmission.values()):
             raise WebhookSignatureError("missing PayPal transmission headers")
-        cert = urlsplit(transmission["cert-url"])
-        host = (cert.hostname or "").lower()
-        if cert.scheme != "https" or not (host == "paypal.com" or host.endswith(".paypal.com")):
+        if not paypal_cert_url_ok(transmission["cert-url"]):
             # PayPal's verify call fetches the certificate, Tender never does; an address
-            # that is not PayPal's is a forgery whatever the rest says.
+            # that is not plainly PayPal's is a forgery whatever the rest says.
             raise WebhookSignatureError("PAYPAL-CERT-URL is not a paypal.com address")
         self._check_transmission_age(transmission["transmission-time"])
         try:
-            event = json.loads(raw_body)
+            event = load_json(raw_body)
             if not isinstance(event, dict):
                 raise TypeError("not an object")
         except (ValueError, TypeError) as exc:
@@ -1027,6 +1026,22 @@ class PayPalProvider(PaymentProvider):
                 provider_status=f"{status}/{outcome}" if outcome else status,
             ),
         )
+
+
+# A certificate address as PayPal sends it: https, a paypal.com host, the default port, a
+# plain path. Anything an HTTP client could read as another host (a backslash, userinfo,
+# percent-escapes before the path, a port) is refused before urlsplit sees it, since
+# urlsplit and the client that would fetch it disagree on such addresses.
+_CERT_URL = re.compile(r"https://([a-z0-9-]+(?:\.[a-z0-9-]+)*)(/[A-Za-z0-9._~/-]*)?", re.ASCII)
+
+
+def paypal_cert_url_ok(address: str) -> bool:
+    """Whether ``address`` is plainly an https address on paypal.com or a subdomain."""
+    match = _CERT_URL.fullmatch(address)
+    if match is None:
+        return False
+    host = match.group(1)
+    return host == "paypal.com" or host.endswith(".paypal.com")
 
 
 def _short_digest(text: str) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -61,6 +60,7 @@ from providers.base import (
     RefundStatus,
     Stage,
     WebhookEvent,
+    load_json,
     probe_health,
 )
 from providers.errors import (
@@ -662,7 +662,7 @@ class PaystackProvider(PaymentProvider):
         if not hmac.compare_digest(given.strip().lower().encode(), self.sign(raw_body).encode()):
             raise WebhookSignatureError(f"{SIGNATURE_HEADER} does not match the body")
         try:
-            body = json.loads(raw_body)
+            body = load_json(raw_body)
             event, data = body["event"], body["data"]
             if not isinstance(event, str) or not isinstance(data, dict):
                 raise TypeError("expected {'event': str, 'data': object}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import sqlite3
 import threading
 import time
@@ -41,6 +40,7 @@ from providers.base import (
     RefundOutcome,
     RefundStatus,
     WebhookEvent,
+    load_json,
 )
 from providers.errors import (
     ConfigurationError,
@@ -390,7 +390,7 @@ class SandboxProvider(PaymentProvider):
         if not given or not hmac.compare_digest(given, self.sign(raw_body)):
             raise WebhookSignatureError("missing or invalid x-sandbox-signature")
         try:
-            body = json.loads(raw_body)
+            body = load_json(raw_body)
             status = OutcomeStatus(body["status"])
             return WebhookEvent(
                 provider=self.name,

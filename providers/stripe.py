@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ from providers.base import (
     RefundStatus,
     Stage,
     WebhookEvent,
+    load_json,
     probe_health,
 )
 from providers.errors import (
@@ -766,7 +766,7 @@ class StripeProvider(PaymentProvider):
         except stripe.SignatureVerificationError:
             raise WebhookSignatureError("missing, invalid or stale Stripe-Signature") from None
         try:
-            event = json.loads(raw_body)
+            event = load_json(raw_body)
             if event["data"]["object"].get("object") == "dispute":
                 return await self._dispute_event(event)
             return self._event(event)
