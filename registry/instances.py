@@ -53,6 +53,16 @@ class InstanceView(BaseModel):
     def label(self) -> str:
         return f"{self.display_name} ({self.plugin_name}, {str(self.id)[:8]})"
 
+    @property
+    def metric_label(self) -> str:
+        """The ``instance`` label of metrics: display names need not be unique, so two
+        instances called alike would emit one series twice; the short id tells them apart."""
+        return metric_instance(self.display_name, self.id)
+
+
+def metric_instance(display_name: str, instance_id: uuid.UUID) -> str:
+    return f"{display_name}#{str(instance_id)[:8]}"
+
 
 def to_view(row: PluginInstance, masked_config: dict[str, Any]) -> InstanceView:
     return InstanceView(

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from providers.base import utcnow
 from registry.db import get_database
+from registry.instances import metric_instance
 from registry.models import PluginHealth, PluginInstance
 from registry.tokens import Scope
 from surfaces.http.auth import require, tenant_of
@@ -97,7 +98,8 @@ class LedgerCollector(Collector):
                     OutboxEvent.published_at.is_(None)
                 )
             ).one()
-        for instance_id, plugin, name, status in instances:
+        for instance_id, plugin, display_name, status in instances:
+            name = metric_instance(display_name, instance_id)
             health.add_metric([plugin, name], HEALTH_VALUE.get(status, -1.0))
             circuit.add_metric([plugin, name], 1.0 if status == "unhealthy" else 0.0)
             if instance_id in last_good:

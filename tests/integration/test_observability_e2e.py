@@ -79,11 +79,11 @@ def test_both_metrics_endpoints_count_a_run_and_no_log_line_shows_the_key(
     port = free_port()
     assert metrics.serve(port, "127.0.0.1")  # what a real worker does on worker_ready
     worker_metrics = f"http://127.0.0.1:{port}/metrics"
-    name = f"Sandbox {tenant}"
-    runtime.registry().create_instance(
+    made = runtime.registry().create_instance(
         "sandbox", {"charge_book": book_path, "api_key": CANARY},
-        tenant_id=tenant, display_name=name, is_active=True,
+        tenant_id=tenant, display_name=f"Sandbox {tenant}", is_active=True,
     )  # fmt: skip
+    name = made.metric_label  # display name and short id: names need not be unique
     labels = (("instance", name), ("outcome", "succeeded"), ("provider", "sandbox"))
     finished = ("tender_payments_finished_total", labels)
     before = scrape(worker_metrics)

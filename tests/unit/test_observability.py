@@ -109,7 +109,9 @@ def test_the_processor_counts_what_it_did_with_bounded_labels(
     def value(name: str, **labels: str) -> float:
         return scrape().get((name, tuple(sorted(labels.items()))), 0.0)
 
-    where = {"provider": "sandbox", "instance": "Sandbox M"}
+    [made] = processor.registry.list_instances()
+    assert made.metric_label == f"Sandbox M#{str(made.id)[:8]}"
+    where = {"provider": "sandbox", "instance": made.metric_label}
     before_ok = value("tender_payments_finished_total", **where, outcome="succeeded")
     before_no = value("tender_payments_finished_total", **where, outcome="failed")
     before_calls = value(
@@ -134,3 +136,19 @@ def test_the_processor_counts_what_it_did_with_bounded_labels(
     assert tender_series(after) == series
     assert value("tender_payments_finished_total", **where, outcome="succeeded") == before_ok + 1001
     assert not any(CANARY in str(key) for key in after)
+
+
+def test_two_instances_with_one_name_are_two_series(processor: PaymentProcessor) -> None:
+    """Display names are the operator's and need not be unique (issue 36): the instance
+    label carries the short id, so two instances called alike never share a series."""
+    twin = processor.registry.create_instance(
+        "sandbox", {"api_key": CANARY}, display_name="Sandbox M", is_active=True, priority=50
+    )
+    pay(processor, 90)  # routed to the twin (lower priority number first)
+    series = {
+        dict(labels).get("instance")
+        for name, labels in scrape()
+        if name == "tender_payments_finished_total"
+    }
+    assert twin.metric_label in series
+    assert "Sandbox M" not in series

@@ -1,7 +1,7 @@
 """Prometheus metrics: what each process counts as it works.
 
 Every label set is bounded: provider (a plugin name), instance (an operator-chosen display
-name), outcome, operation, result; never a payment id, a reference, an amount or a secret.
+name and the instance's short id, ``Paystack NG#1f2e3d4c``: names need not be unique), outcome, operation, result; never a payment id, a reference, an amount or a secret.
 States read from the database (health, circuits, the ledger's backlog, the outbox) are not
 here: the API's ``/metrics`` reads them at scrape time (``surfaces.http.metrics``), once
 for the deployment instead of once per worker.

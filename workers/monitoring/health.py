@@ -561,7 +561,7 @@ def _columns(memory: AlertMemory) -> dict[str, Any]:
 
 def _count_check(view: InstanceView, observation: Observation) -> None:
     metrics.HEALTH_CHECKS.labels(
-        view.plugin_name, view.display_name, observation.status.value
+        view.plugin_name, view.metric_label, observation.status.value
     ).inc()
     if observation.latency_ms is not None:
         metrics.PROVIDER_CALL_SECONDS.labels(view.plugin_name, "health").observe(

@@ -241,8 +241,8 @@ class PaymentProcessor:
                 return Done(None)
         if charging and route and self.settings.metrics_enabled:
             first = route[0]
-            metrics.PAYMENTS_STARTED.labels(first.plugin_name, first.display_name).inc()
-            metrics.ROUTING_DECISIONS.labels(first.plugin_name, first.display_name).inc()
+            metrics.PAYMENTS_STARTED.labels(first.plugin_name, first.metric_label).inc()
+            metrics.ROUTING_DECISIONS.labels(first.plugin_name, first.metric_label).inc()
         try:
             decision = self._decide(payment, claim, route or [])
             return Done(self._finish(payment, claim, decision))
@@ -684,9 +684,9 @@ def _count(decision: _Decision, instance: InstanceView | None) -> None:
         if attempt.operation == "verify":
             metrics.VERIFICATIONS.labels(provider, attempt.outcome).inc()
         elif attempt.outcome in ("unavailable", "config_error", "refused"):
-            metrics.FALLBACKS.labels(provider, attempt.instance.display_name).inc()
+            metrics.FALLBACKS.labels(provider, attempt.instance.metric_label).inc()
     metrics.PAYMENTS_FINISHED.labels(
         instance.plugin_name if instance else "none",
-        instance.display_name if instance else "none",
+        instance.metric_label if instance else "none",
         decision.state.value,
     ).inc()
