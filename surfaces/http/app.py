@@ -21,12 +21,16 @@ Amounts are decimal strings in major units (``"1500.50"``); a JSON float is refu
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures.
-from fastapi import FastAPI
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from config.settings import get_settings
-from surfaces.http.auth import check_api_auth
+from registry.tokens import Scope
+from surfaces.http.auth import ScopeRequirement, check_api_auth
 from surfaces.http.billing import billing_router
 from surfaces.http.console import SignInRequired, console_router, sign_in_redirect
 from surfaces.http.errors import request_validation_handler
@@ -35,6 +39,8 @@ from surfaces.http.metrics import metrics_router, register_ledger_collector
 from surfaces.http.registry import create_router
 from surfaces.http.webhooks import webhook_router
 from workers import runtime
+
+DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
 
 
 def create_app() -> FastAPI:
@@ -46,6 +52,22 @@ def create_app() -> FastAPI:
         title="Tender", summary="payment-provider plugins: registry, payments, webhooks"
     )
     app.add_middleware(RequestGuard)
+
+    @app.middleware("http")
+    async def docs_need_a_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # The API's description names every route and field: with auth on, it is read with
+        # a token holding the read scope (HTTP Basic will do, as a browser sends it).
+        if request.url.path in DOCS_PATHS:
+            try:
+                ScopeRequirement(Scope.READ)(request)
+            except HTTPException as exc:
+                return JSONResponse(
+                    {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+                )
+        return await call_next(request)
+
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(SignInRequired, sign_in_redirect)
     app.include_router(create_router(runtime.registry))

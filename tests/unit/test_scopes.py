@@ -180,3 +180,24 @@ def test_tokens_are_stored_hashed_and_shown_once(sqlite_url: str) -> None:
     assert token not in (row.token_hash, row.scopes, row.name) and row.scopes == "pay"
     refused = runner.invoke(cli, ["tokens", "create", "--name", "x", "--scope", "root"])
     assert refused.exit_code == 1 and "scopes must be among" in refused.output
+
+
+def test_the_api_description_and_its_pages_need_a_read_token(client: TestClient) -> None:
+    """/docs, /redoc and /openapi.json name every route and field: with auth on they
+    answered anyone (issue 36). Now a token with the read scope, Bearer or Basic."""
+    import base64
+
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 401, path
+    _, pay_only = create_token(get_database(), "billing", ["pay"])
+    assert (
+        client.get("/openapi.json", headers={"Authorization": f"Bearer {pay_only}"}).status_code
+        == 403
+    )
+    _, reader = create_token(get_database(), "reader", ["read"])
+    assert (
+        client.get("/openapi.json", headers={"Authorization": f"Bearer {reader}"}).status_code
+        == 200
+    )
+    basic = base64.b64encode(f"tender:{reader}".encode()).decode()
+    assert client.get("/docs", headers={"Authorization": f"Basic {basic}"}).status_code == 200
