@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     console_session_s: PositiveSeconds = 8 * 3600  # a console sign-in lasts this long
     # Vault (or OpenBao) for vault:<mount>/<path>#<field> references (registry.vault).
     vault_addr: str | None = None
+    # Which environment variables an env: reference may name. Empty: any but Tender's own
+    # settings (TENDER_..., except TENDER_SECRET_...), so a config cannot read the API token
+    # or the secrets key; set (JSON list), only names starting with one of these prefixes.
+    secret_env_prefixes: tuple[str, ...] = ()
     vault_token: SecretStr | None = None
     vault_role_id: str | None = None  # AppRole, with vault_secret_id
     vault_secret_id: SecretStr | None = None

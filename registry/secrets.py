@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
-from config.settings import Environment, Settings
+from config.settings import Environment, Settings, get_settings
 from providers.base import PaymentProvider, ProviderConfig
 from providers.errors import ConfigurationError
 from providers.redaction import redact, sanitize
@@ -100,10 +100,31 @@ def is_reference(value: object) -> bool:
     return isinstance(value, str) and value.startswith(REFERENCE_PREFIXES)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+
+
+def env_name_allowed(name: str, settings: Settings | None = None) -> bool:
+    """Whether an ``env:`` reference may name ``name`` (see
+    ``Settings.secret_env_prefixes``): never one of Tender's own settings unless it is a
+    ``TENDER_SECRET_`` one, and only the operator's prefixes when they are set."""
+    if not _ENV_NAME.fullmatch(name):
+        return False
+    prefixes = (settings or get_settings()).secret_env_prefixes
+    if prefixes:
+        return name.startswith(tuple(prefixes))
+    return not name.upper().startswith("TENDER_") or name.upper().startswith("TENDER_SECRET_")
+
+
 def resolve_reference(field: str, reference: str, vault: VaultResolver | None = None) -> str:
     """The secret a reference points at; ConfigurationError names the field, not the value."""
     if reference.startswith("env:"):
         name = reference.removeprefix("env:")
+        if not env_name_allowed(name):
+            raise ConfigurationError(
+                f"config.{field}: env:{name[:60]} is not an environment variable secrets may "
+                "come from (Tender's own TENDER_ settings never are; "
+                "TENDER_SECRET_ENV_PREFIXES lists the allowed prefixes)"
+            )
         value = os.environ.get(name)
         if not value:
             raise ConfigurationError(f"config.{field}: environment variable {name} is not set")

@@ -150,8 +150,8 @@ def api_url(integration_env: dict[str, str]) -> Iterator[str]:
 def test_checkout_is_pending_until_the_signed_webhook_settles_it(
     worker, tenant, fake_paystack: FakePaystack, events: EventTap, api_url: str, monkeypatch
 ) -> None:
-    monkeypatch.setenv("TENDER_TEST_PAYSTACK_SECRET", fake_paystack.secret_key)
-    paystack_instance(fake_paystack, tenant, secret_key="env:TENDER_TEST_PAYSTACK_SECRET")
+    monkeypatch.setenv("TENDER_SECRET_TEST_PAYSTACK", fake_paystack.secret_key)
+    paystack_instance(fake_paystack, tenant, secret_key="env:TENDER_SECRET_TEST_PAYSTACK")
     receipt = pay(tenant, amount="1500.50")
 
     pending = wait_status(receipt.payment_id, "pending")

@@ -92,19 +92,19 @@ def test_secrets_are_masked_in_every_answer(client: TestClient) -> None:
 def test_env_references_are_shown_as_given_and_resolved_when_used(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TENDER_TEST_PAYSTACK_SECRET", SECRET)
-    config = {"secret_key": "env:TENDER_TEST_PAYSTACK_SECRET", "public_key": PUBLIC}
+    monkeypatch.setenv("TENDER_SECRET_TEST_PAYSTACK", SECRET)
+    config = {"secret_key": "env:TENDER_SECRET_TEST_PAYSTACK", "public_key": PUBLIC}
     created = paystack(client, config=config)
 
-    assert created["config"]["secret_key"] == "env:TENDER_TEST_PAYSTACK_SECRET"
+    assert created["config"]["secret_key"] == "env:TENDER_SECRET_TEST_PAYSTACK"
     assert configured_secret(created["id"]) == SECRET
 
 
 def test_env_reference_to_an_unset_variable_is_422(client: TestClient) -> None:
-    config = {"secret_key": "env:TENDER_TEST_UNSET_KEY", "public_key": PUBLIC}
+    config = {"secret_key": "env:TENDER_SECRET_TEST_UNSET", "public_key": PUBLIC}
     answer = client.post("/instances", json={"plugin_name": "paystack", "config": config})
     assert answer.status_code == 422
-    assert "environment variable TENDER_TEST_UNSET_KEY is not set" in answer.json()["detail"]
+    assert "environment variable TENDER_SECRET_TEST_UNSET is not set" in answer.json()["detail"]
 
 
 def test_patch_config_merges_and_an_echoed_mask_keeps_the_secret(client: TestClient) -> None:

@@ -227,3 +227,39 @@ def stored_instance_rows() -> list[tuple[Any, ...]]:
     with get_database().sessions() as session:
         rows = session.execute(text("SELECT id, config, version FROM plugin_instances ORDER BY id"))
         return [tuple(row) for row in rows]
+
+
+@pytest.mark.parametrize("name", ["TENDER_API_TOKEN", "TENDER_SECRETS_KEY", "tender_vault_token"])
+def test_an_env_reference_cannot_read_tenders_own_settings(
+    box: SecretBox, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """An admin set a secret to env:TENDER_API_TOKEN and, with its own base address, was
+    sent the bootstrap token (issue 36): Tender's own settings are never a secret source."""
+    monkeypatch.setenv(name.upper(), "tnd_bootstrap_value")
+    with pytest.raises(ConfigurationError, match="not an environment variable") as refused:
+        secrets.resolve(AcmeConfig, {"secret_key": f"env:{name}"}, box)
+    assert "tnd_bootstrap_value" not in str(refused.value)
+    monkeypatch.setenv("TENDER_SECRET_ACME", "sk_from_env")
+    assert secrets.resolve(AcmeConfig, {"secret_key": "env:TENDER_SECRET_ACME"}, box) == {
+        "secret_key": "sk_from_env"
+    }
+
+
+def test_an_operator_can_limit_env_references_to_prefixes(
+    box: SecretBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import reset_settings
+
+    monkeypatch.setenv("TENDER_SECRET_ENV_PREFIXES", '["PSP_"]')
+    monkeypatch.setenv("PSP_ACME_KEY", "sk_allowed")
+    monkeypatch.setenv("ACME_WEBHOOK_SECRET", "whsec_not_allowed")
+    reset_settings()
+    try:
+        assert secrets.resolve(AcmeConfig, {"secret_key": "env:PSP_ACME_KEY"}, box) == {
+            "secret_key": "sk_allowed"
+        }
+        with pytest.raises(ConfigurationError, match="TENDER_SECRET_ENV_PREFIXES"):
+            secrets.resolve(AcmeConfig, {"secret_key": "env:ACME_WEBHOOK_SECRET"}, box)
+    finally:
+        monkeypatch.delenv("TENDER_SECRET_ENV_PREFIXES")
+        reset_settings()
