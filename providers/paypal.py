@@ -174,6 +174,8 @@ _REFUND_STATUS = {
     "FAILED": RefundStatus.FAILED,
     "CANCELLED": RefundStatus.FAILED,
 }
+# How many webhook signature checks (each a call to PayPal) one instance runs at once.
+MAX_CONCURRENT_VERIFICATIONS = 8
 # A resolved dispute's outcome_code (customer_disputes_v1.json, dispute_outcome): who keeps
 # the money. RESOLVED_WITH_PAYOUT: PayPal paid the customer from its own funds (the
 # merchant keeps the money); ACCEPTED: the merchant accepted the claim and refunded.
@@ -384,6 +386,7 @@ class PayPalProvider(PaymentProvider):
     def __init__(self) -> None:
         super().__init__()
         self._client: PaypalServersdkClient | None = None
+        self._verifying = 0  # signature checks in flight (one event loop: a plain count)
         self._tokens = _TokenCache()
 
     @property
@@ -889,6 +892,22 @@ class PayPalProvider(PaymentProvider):
             "webhook_id": self.settings.webhook_id,
         }
         content = json.dumps(fields)[:-1].encode() + b', "webhook_event": ' + raw_body + b"}"
+        # Anyone can post a PayPal-shaped webhook, and each one costs a call to PayPal:
+        # only so many run at once; past that the caller is answered 503 at once (PayPal
+        # redelivers a genuine event) instead of queueing threads behind forgeries.
+        if self._verifying >= MAX_CONCURRENT_VERIFICATIONS:
+            raise ProviderUnavailable(
+                f"{MAX_CONCURRENT_VERIFICATIONS} PayPal signature checks already running",
+                provider=self.name,
+                code="verify_busy",
+            )
+        self._verifying += 1
+        try:
+            return await self._ask_paypal(content)
+        finally:
+            self._verifying -= 1
+
+    async def _ask_paypal(self, content: bytes) -> bool:
         for attempt in (1, 2):
             try:
                 token = await asyncio.to_thread(self._tokens, None, self._sdk.oauth_2)

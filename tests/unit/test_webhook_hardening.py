@@ -129,3 +129,82 @@ def test_paypals_own_certificate_addresses_pass() -> None:
     assert paypal_cert_url_ok(CERT_URL)
     assert paypal_cert_url_ok("https://api.paypal.com/v1/notifications/certs/CERT-360caa42")
     assert paypal_cert_url_ok("https://api.sandbox.paypal.com/v1/notifications/certs/CERT-1")
+
+
+def test_forged_paypal_webhooks_beyond_the_bound_are_refused_at_once() -> None:
+    """Each forged PayPal-shaped webhook costs a call to PayPal: 80 at once stalled the API
+    (issue 36). Past MAX_CONCURRENT_VERIFICATIONS per instance, the rest are refused at
+    once as unavailable (503), with no call to PayPal."""
+    from providers.errors import ProviderUnavailable
+    from providers.paypal import MAX_CONCURRENT_VERIFICATIONS
+
+    with FakePayPal() as fake:
+        plugin = PayPalProvider()
+        plugin.configure(
+            {
+                "client_id": fake.client_id,
+                "client_secret": fake.client_secret,
+                "webhook_id": fake.webhook_id,
+                "base_url": fake.base_url,
+            }
+        )
+        fake.verify_delay_s = 0.5
+        headers = {
+            "PAYPAL-TRANSMISSION-ID": "t-1",
+            "PAYPAL-TRANSMISSION-SIG": "c2ln",
+            "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "PAYPAL-CERT-URL": CERT_URL,
+            "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+        }
+
+        async def forge_many() -> list[BaseException | object]:
+            calls = [plugin.parse_webhook(b'{"id": "x"}', headers) for _ in range(20)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        outcomes = run(forge_many())
+        busy = [o for o in outcomes if isinstance(o, ProviderUnavailable)]
+        forged = [o for o in outcomes if isinstance(o, WebhookSignatureError)]
+        assert len(busy) == 20 - MAX_CONCURRENT_VERIFICATIONS
+        assert len(forged) == MAX_CONCURRENT_VERIFICATIONS
+        verifies = [r for r in fake.requests if "verify-webhook-signature" in r[1]]
+        assert len(verifies) == MAX_CONCURRENT_VERIFICATIONS
+
+
+def test_a_verification_past_the_time_budget_is_unavailable_not_a_crash(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PayPal check that outlives the provider time budget was a CallTimeout, a 500
+    (issue 36): it is a ProviderUnavailable now, which the route answers 503."""
+    from config.settings import reset_settings
+    from providers.errors import ProviderUnavailable
+    from workers import runtime
+    from workers.payments.webhooks import receive_webhook
+
+    monkeypatch.setenv("TENDER_PROVIDER_TIMEOUT_S", "0.3")
+    reset_settings()
+    runtime.reset()
+    try:
+        with FakePayPal() as fake:
+            runtime.registry().create_instance(
+                "paypal",
+                {
+                    "client_id": fake.client_id,
+                    "client_secret": fake.client_secret,
+                    "webhook_id": fake.webhook_id,
+                    "base_url": fake.base_url,
+                },
+                is_active=True,
+            )
+            fake.verify_delay_s = 1.0
+            headers = {
+                "PAYPAL-TRANSMISSION-ID": "t-1",
+                "PAYPAL-TRANSMISSION-SIG": "c2ln",
+                "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "PAYPAL-CERT-URL": CERT_URL,
+                "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+            }
+            with pytest.raises(ProviderUnavailable, match="did not verify"):
+                receive_webhook("paypal", b'{"id": "x"}', headers, publisher=object())  # type: ignore[arg-type]
+    finally:
+        runtime.reset()
+        reset_settings()

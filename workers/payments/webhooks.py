@@ -34,12 +34,12 @@ from sqlalchemy.orm import Session
 from config.logging import log_context
 from config.settings import Settings, get_settings
 from providers.base import OutcomeStatus, PaymentProvider, RefundStatus, WebhookEvent, utcnow
-from providers.errors import ConfigurationError, WebhookSignatureError
+from providers.errors import ConfigurationError, ProviderUnavailable, WebhookSignatureError
 from registry.db import Database, get_database
 from registry.errors import RegistryError
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
-from workers.core.threads import ProviderLoop
+from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
 from workers.ledger.outbox import AlertEvent, add_event
 from workers.ledger.records import (
@@ -246,7 +246,16 @@ class _Verifier:
                 log.warning("cannot verify webhooks with %s: %s", view.label, exc)
 
     def _parse(self, plugin: PaymentProvider) -> WebhookEvent:
-        return self.loop.run(plugin.parse_webhook(self.raw_body, self.headers), self.timeout_s)
+        try:
+            return self.loop.run(plugin.parse_webhook(self.raw_body, self.headers), self.timeout_s)
+        except CallTimeout:
+            # the provider's own verification (PayPal's) did not answer in time: nothing
+            # was applied, the provider delivers again (503, not a 500)
+            raise ProviderUnavailable(
+                f"{plugin.name} did not verify the event within {self.timeout_s:.0f} s",
+                provider=plugin.name,
+                code="verify_timeout",
+            ) from None
 
 
 # --- applying -------------------------------------------------------------------------

@@ -160,6 +160,7 @@ class FakePayPal(LoopbackFake):
         # Refunds answer 409 PREVIOUS_REQUEST_IN_PROGRESS (Payments v2: "A previous request
         # on this resource is currently in progress"), doing nothing, while set.
         self.refund_in_progress = False
+        self.verify_delay_s = 0.0  # verify-webhook-signature answers after this long
         # New refunds answer with this status while set: Payments v2's refund statuses
         # (payments_payment_v2.json, refund_status: CANCELLED, FAILED, PENDING, COMPLETED);
         # a FAILED or CANCELLED one moves no money.
@@ -682,6 +683,8 @@ class FakePayPal(LoopbackFake):
                 capture["status"] = "PARTIALLY_REFUNDED" if left else "COMPLETED"
 
     def _verify_signature(self, body: dict[str, Any], raw: str) -> tuple[int, Any]:
+        if self.verify_delay_s:
+            time.sleep(self.verify_delay_s)  # a slow PayPal: checks pile up
         required = (
             "auth_algo", "cert_url", "transmission_id", "transmission_sig",
             "transmission_time", "webhook_id", "webhook_event",
