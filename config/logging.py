@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -117,6 +118,36 @@ class RedactSecrets(logging.Filter):
 
 
 # --- handlers ------------------------------------------------------------------------------
+
+
+class OncePerCondition(logging.Filter):
+    """Lets one record per condition (logger, message template, exception type) through
+    every ``every_s`` seconds: a server out of file descriptors logs one traceback per
+    accept otherwise (267 MB of log in a probe). The next one through says how many were
+    dropped."""
+
+    def __init__(self, every_s: float = 60.0, clock: Any = None) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock or time.monotonic
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        key = (record.name, str(record.msg), kind)
+        now = self.clock()
+        with self._lock:
+            last, dropped = self._seen.get(key, (float("-inf"), 0))
+            if now - last < self.every_s:
+                self._seen[key] = (last, dropped + 1)
+                return False
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:
+                self._seen.clear()
+        if dropped:
+            record.msg = f"{record.msg} (and {dropped} more like it in {self.every_s:.0f} s)"
+        return True
 
 
 def formatter(json_lines: bool, fmt: str = FORMAT) -> logging.Formatter:

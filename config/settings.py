@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     console_session_s: PositiveSeconds = 8 * 3600  # a console sign-in lasts this long
     # Vault (or OpenBao) for vault:<mount>/<path>#<field> references (registry.vault).
     vault_addr: str | None = None
+    # `tender api`: the reverse proxies whose X-Forwarded-For is believed (their addresses;
+    # empty: none, so a client cannot pick the address the sign-in brake counts), and the
+    # most connections served at once (more get 503 instead of exhausting descriptors).
+    trusted_proxies: tuple[str, ...] = ()
+    api_max_connections: int = Field(default=1000, ge=10, le=100_000)
     # Which environment variables an env: reference may name. Empty: any but Tender's own
     # settings (TENDER_..., except TENDER_SECRET_...), so a config cannot read the API token
     # or the secrets key; set (JSON list), only names starting with one of these prefixes.

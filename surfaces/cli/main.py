@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import uuid
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from config.settings import WORKER_CONCURRENCY, SettingsError
+from config.settings import WORKER_CONCURRENCY, Settings, SettingsError
 from surfaces.cli.errors import OperatorErrors, print_error, set_debug
 
 console = Console()
@@ -176,14 +177,29 @@ def api(
     """Serve the HTTP app: operator API, console, billing API and provider webhooks."""
     import uvicorn
 
-    from config.logging import configure_logging
+    from config.logging import OncePerCondition, configure_logging
+    from config.settings import get_settings
     from surfaces.http.app import create_app
 
     _preflight(broker=True)
     configure_logging()  # payment context on every line, secrets masked, JSON if configured
     served = create_app()  # here, so a bad setting is one line, not uvicorn's traceback
     console.print(f"Tender console: http://{host}:{port}/admin  (API docs: /docs)")
-    uvicorn.run(served, host=host, port=port, proxy_headers=True)
+    quiet = OncePerCondition()  # one line per condition (e.g. out of descriptors), not per accept
+    for name in ("asyncio", "uvicorn.error"):
+        logging.getLogger(name).addFilter(quiet)
+    uvicorn.run(served, host=host, port=port, **server_options(get_settings()))
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for ``tender api``: forwarded headers only from the configured
+    proxies, a cap on connections (503 past it), idle connections closed after 5 s."""
+    return {
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
+        "limit_concurrency": settings.api_max_connections,
+        "timeout_keep_alive": 5,
+    }
 
 
 def _preflight(*, broker: bool) -> None:

@@ -255,3 +255,24 @@ def test_tender_api_prints_the_consoles_address_and_serves_it(tmp_path: Path) ->
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_parallel_guesses_cannot_outrun_the_brake() -> None:
+    """14 of 60 parallel sign-ins were evaluated (issue 36): each attempt is now counted
+    before its token is checked, in one step, so no more than the free tries get through."""
+    import threading
+
+    throttle = SignInThrottle()
+    admitted: list[float] = []
+    start = threading.Barrier(60)
+
+    def guess() -> None:
+        start.wait()
+        admitted.append(throttle.attempt("10.0.0.9"))
+
+    threads = [threading.Thread(target=guess) for _ in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(1 for wait in admitted if wait == 0) == FREE_FAILURES

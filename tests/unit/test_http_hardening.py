@@ -383,3 +383,52 @@ def test_registry_bounds_hold_for_code_and_the_cli_too(sqlite_url: str) -> None:
         registry.create_instance("sandbox", {}, priority=2**31)
     with pytest.raises(RegistryError, match="display_name: must not contain NUL"):
         registry.create_instance("sandbox", {}, display_name="a\x00b")
+
+
+def test_forwarded_headers_are_believed_only_from_configured_proxies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rotating X-Forwarded-For outran the sign-in brake (issue 36): uvicorn believed it
+    from any local client. Now only from TENDER_TRUSTED_PROXIES; connections are capped."""
+    from config.settings import get_settings, reset_settings
+    from surfaces.cli.main import server_options
+
+    reset_settings()
+    options = server_options(get_settings())
+    assert options["proxy_headers"] is False and options["forwarded_allow_ips"] is None
+    assert options["limit_concurrency"] == 1000
+    monkeypatch.setenv("TENDER_TRUSTED_PROXIES", '["10.0.0.5", "10.0.0.6"]')
+    reset_settings()
+    options = server_options(get_settings())
+    assert options["proxy_headers"] is True
+    assert options["forwarded_allow_ips"] == "10.0.0.5,10.0.0.6"
+    reset_settings()
+
+
+def test_a_condition_repeated_per_accept_is_logged_once_a_minute() -> None:
+    """At the descriptor limit the API logged one traceback per accept (267 MB, issue
+    36): one record per condition goes through a minute, the next says how many it
+    stood for."""
+    import logging
+
+    from config.logging import OncePerCondition
+
+    now = [0.0]
+    quiet = OncePerCondition(every_s=60, clock=lambda: now[0])
+
+    def record() -> logging.LogRecord:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            import sys
+
+            return logging.LogRecord(
+                "asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                None, sys.exc_info(),
+            )  # fmt: skip
+
+    passed = [quiet.filter(record()) for _ in range(1000)]
+    assert passed.count(True) == 1
+    now[0] = 61.0
+    later = record()
+    assert quiet.filter(later) and "999 more" in str(later.msg)

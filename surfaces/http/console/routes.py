@@ -161,7 +161,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     async def sign_in(request: Request) -> Response:
         form = await posted(request)
         address = request.client.host if request.client else "?"
-        wait_s = throttle.wait_s(address)
+        wait_s = throttle.attempt(address)  # counted before the token is checked
         if wait_s > 0:
             return page(
                 request, "sign_in.html", None, status=429, next=_local(form.get("next")),
@@ -170,7 +170,6 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         token = form.get("token", "").strip()
         caller = await run_in_threadpool(authenticate, get_database(), token) if token else None
         if caller is None:
-            throttle.failed(address)
             return page(
                 request, "sign_in.html", None, status=401, next=_local(form.get("next")),
                 problem="That token is not valid (unknown, revoked or expired).",

@@ -144,21 +144,40 @@ class SignInThrottle:
 
     def wait_s(self, address: str) -> float:
         """Seconds ``address`` must wait before its next attempt (0: it may try now)."""
+        with self._lock:
+            return self._wait_locked(address, self.clock())
+
+    def _wait_locked(self, address: str, now: float) -> float:
+        recent = [t for t in self._failures.get(address, []) if now - t < WINDOW_S]
+        self._failures[address] = recent
+        if len(recent) < FREE_FAILURES:
+            return 0.0
+        wait = min(MAX_WAIT_S, FIRST_WAIT_S * 2 ** (len(recent) - FREE_FAILURES))
+        return max(0.0, recent[-1] + wait - now)
+
+    def attempt(self, address: str) -> float:
+        """Count an attempt from ``address`` before its token is checked, as a failure
+        until :meth:`succeeded` forgives it: 0 to let it through, else the seconds it must
+        wait (and it is not counted). Checking and counting in one step is what stops
+        parallel guesses from all passing the check before any failure is recorded."""
         now = self.clock()
         with self._lock:
-            recent = [t for t in self._failures.get(address, []) if now - t < WINDOW_S]
-            self._failures[address] = recent
-            if len(recent) < FREE_FAILURES:
-                return 0.0
-            wait = min(MAX_WAIT_S, FIRST_WAIT_S * 2 ** (len(recent) - FREE_FAILURES))
-            return max(0.0, recent[-1] + wait - now)
+            wait = self._wait_locked(address, now)
+            if wait > 0:
+                return wait
+            self._failures.setdefault(address, []).append(now)
+            self._bound()
+            return 0.0
+
+    def _bound(self) -> None:
+        if len(self._failures) > 10_000:  # bounded: drop the oldest addresses
+            for stale in list(self._failures)[:1000]:
+                del self._failures[stale]
 
     def failed(self, address: str) -> None:
         with self._lock:
             self._failures.setdefault(address, []).append(self.clock())
-            if len(self._failures) > 10_000:  # bounded: drop the oldest addresses
-                for stale in list(self._failures)[:1000]:
-                    del self._failures[stale]
+            self._bound()
 
     def succeeded(self, address: str) -> None:
         with self._lock:
