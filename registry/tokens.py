@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import String, Uuid, select
+from sqlalchemy import String, Uuid, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from config.settings import get_settings
@@ -70,6 +70,30 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # None: platform-wide; else the one tenant the token sees and changes
     tenant_id: Mapped[str | None] = mapped_column(String(100))
+
+
+class EndedSession(Base):
+    """A console session signed out: its cookie stays refused until it would have expired
+    anyway, even if someone copied it before the sign-out."""
+
+    __tablename__ = "console_sessions_ended"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def end_console_session(database: Database, session_id: str, lifetime_s: float) -> None:
+    """Record ``session_id`` as signed out (and forget those older than any session)."""
+    with database.transaction() as session:
+        if session.get(EndedSession, session_id) is None:
+            session.add(EndedSession(id=session_id[:64]))
+        old = utcnow() - timedelta(seconds=lifetime_s)
+        session.execute(delete(EndedSession).where(EndedSession.ended_at < old))
+
+
+def console_session_ended(database: Database, session_id: str) -> bool:
+    with database.sessions() as session:
+        return session.get(EndedSession, session_id[:64]) is not None
 
 
 @dataclass(frozen=True)

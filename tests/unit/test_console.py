@@ -276,3 +276,25 @@ def test_parallel_guesses_cannot_outrun_the_brake() -> None:
     for thread in threads:
         thread.join()
     assert sum(1 for wait in admitted if wait == 0) == FREE_FAILURES
+
+
+def test_sign_out_ends_the_session_on_the_server(client: TestClient) -> None:
+    """Sign-out only deleted the browser's cookie: a copied cookie stayed valid for 8 h
+    (issue 36). Now the session is ended on the server and its copy refused."""
+    _, token = create_token(get_database(), "ops-cal", ["operate"])
+    signed_in = sign_in(client, token)
+    assert signed_in.status_code == 303
+    copied = client.cookies.get("tender_session")
+    assert copied and client.get("/admin").status_code == 200
+
+    out = client.post(
+        "/admin/sign-out", data={"csrf": csrf_of(client)}, headers=SAME_ORIGIN,
+        follow_redirects=False,
+    )  # fmt: skip
+    assert out.status_code == 303
+    client.cookies.set("tender_session", copied, path="/admin")  # the attacker's copy
+    refused = client.get("/admin", follow_redirects=False)
+    assert refused.status_code == 303 and refused.headers["location"].startswith("/admin/sign-in")
+
+    again = sign_in(client, token)  # the token itself still signs in anew
+    assert again.status_code == 303 and client.get("/admin").status_code == 200

@@ -183,7 +183,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     async def sign_out(request: Request) -> Response:
         await posted(request)
         response = RedirectResponse("/admin/sign-in", status_code=303)
-        end_session(response)
+        await run_in_threadpool(end_session, request, response)
         return response
 
     # --- providers -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,14 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from config.settings import Settings, get_settings
 from registry.db import get_database
-from registry.tokens import Caller, Scope, caller_of_digest, token_digest
+from registry.tokens import (
+    Caller,
+    Scope,
+    caller_of_digest,
+    console_session_ended,
+    end_console_session,
+    token_digest,
+)
 from surfaces.http.auth import ScopeRequirement
 
 SESSION_COOKIE = "tender_session"
@@ -62,7 +70,8 @@ def start_session(request: Request, response: Response, token: str) -> None:
     settings = get_settings()
     response.set_cookie(
         SESSION_COOKIE,
-        _serializer(settings).dumps({"d": token_digest(token)}),
+        # "s": this session's own id, which sign-out records as ended on the server
+        _serializer(settings).dumps({"d": token_digest(token), "s": secrets.token_urlsafe(24)}),
         max_age=int(settings.console_session_s),
         path="/admin",
         httponly=True,
@@ -71,12 +80,16 @@ def start_session(request: Request, response: Response, token: str) -> None:
     )
 
 
-def end_session(response: Response) -> None:
+def end_session(request: Request, response: Response) -> None:
+    """Sign out: the session is recorded as ended on the server (a copy of its cookie is
+    refused from now on, not only the browser's deleted), and the cookie deleted."""
+    session_id = (_payload(request) or {}).get("s")
+    if isinstance(session_id, str):
+        end_console_session(get_database(), session_id, get_settings().console_session_s)
     response.delete_cookie(SESSION_COOKIE, path="/admin")
 
 
-def session_caller(request: Request) -> Caller | None:
-    """The caller of a valid session cookie, or None."""
+def _payload(request: Request) -> dict[str, object] | None:
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie or auth_is_off():
         return None
@@ -85,8 +98,20 @@ def session_caller(request: Request) -> Caller | None:
         payload = _serializer(settings).loads(cookie, max_age=int(settings.console_session_s))
     except BadSignature:
         return None
-    digest = payload.get("d") if isinstance(payload, dict) else None
-    return caller_of_digest(get_database(), digest) if isinstance(digest, str) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def session_caller(request: Request) -> Caller | None:
+    """The caller of a valid session cookie, or None (signed out, expired, revoked)."""
+    payload = _payload(request)
+    if payload is None:
+        return None
+    digest, session_id = payload.get("d"), payload.get("s")
+    if not isinstance(digest, str) or not isinstance(session_id, str):
+        return None  # a cookie from before sessions had ids: sign in again
+    if console_session_ended(get_database(), session_id):
+        return None
+    return caller_of_digest(get_database(), digest)
 
 
 @dataclass(frozen=True)
