@@ -241,3 +241,13 @@ def test_any_tenant_reads_its_own_payments_only(world: World, owner: str, reader
     for path in (f"/payments/{payment}", f"/payments/{payment}/refunds"):
         answer = world.client.get(path, headers=bearer(token))
         assert answer.status_code == (200 if owner == reader else 404), (owner, reader, path)
+
+
+def test_a_platform_operator_filters_the_console_by_tenant(world: World) -> None:
+    a_payment = pay("t-a")
+    page = world.client.get("/admin/payments?tenant=t-b", headers=bearer(BOOTSTRAP))
+    assert page.status_code == 200
+    assert str(world.b_payment) in page.text and str(a_payment) not in page.text
+    # a bound user's filter is its tenant, whatever it asks
+    bound = world.client.get("/admin/payments?tenant=t-b", headers=bearer(world.a_admin))
+    assert str(world.b_payment) not in bound.text and str(a_payment) in bound.text

@@ -379,14 +379,20 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     # --- payments --------------------------------------------------------------------
 
     @router.get("/admin/payments", response_class=HTMLResponse)
-    def payments_page(request: Request, user: Reader, q: str = "") -> HTMLResponse:
-        bound = user.tenant_id
+    def payments_page(
+        request: Request, user: Reader, q: str = "", tenant: str = ""
+    ) -> HTMLResponse:
+        # a bound user sees its tenant only; a platform one may filter by tenant
+        bound = user.tenant_id or (tenant.strip()[:100] or None)
         found = (
             views.search_payments(get_database(), q, tenant_id=bound)
             if q
             else views.recent_payments(get_database(), tenant_id=bound)
         )
-        return page(request, "payments.html", user, section="payments", q=q, payments=found)
+        return page(
+            request, "payments.html", user, section="payments", q=q, payments=found,
+            tenant=tenant if user.tenant_id is None else "",
+        )  # fmt: skip
 
     @router.get("/admin/payments/{payment_id}", response_class=HTMLResponse)
     def payment_page(request: Request, payment_id: str, user: Reader) -> HTMLResponse:
