@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from config.settings import WORKER_CONCURRENCY, Settings, SettingsError
+from config.settings import WORKER_CONCURRENCY, SettingsError
 from surfaces.cli.errors import OperatorErrors, print_error, set_debug
 
 console = Console()
@@ -180,6 +180,7 @@ def api(
     from config.logging import OncePerCondition, configure_logging
     from config.settings import get_settings
     from surfaces.http.app import create_app
+    from surfaces.http.serving import server_options
 
     _preflight(broker=True)
     configure_logging()  # payment context on every line, secrets masked, JSON if configured
@@ -189,17 +190,6 @@ def api(
     for name in ("asyncio", "uvicorn.error"):
         logging.getLogger(name).addFilter(quiet)
     uvicorn.run(served, host=host, port=port, **server_options(get_settings()))
-
-
-def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options for ``tender api``: forwarded headers only from the configured
-    proxies, a cap on connections (503 past it), idle connections closed after 5 s."""
-    return {
-        "proxy_headers": bool(settings.trusted_proxies),
-        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
-        "limit_concurrency": settings.api_max_connections,
-        "timeout_keep_alive": 5,
-    }
 
 
 def _preflight(*, broker: bool) -> None:

@@ -391,7 +391,7 @@ def test_forwarded_headers_are_believed_only_from_configured_proxies(
     """A rotating X-Forwarded-For outran the sign-in brake (issue 36): uvicorn believed it
     from any local client. Now only from TENDER_TRUSTED_PROXIES; connections are capped."""
     from config.settings import get_settings, reset_settings
-    from surfaces.cli.main import server_options
+    from surfaces.http.serving import server_options
 
     reset_settings()
     options = server_options(get_settings())
@@ -432,3 +432,51 @@ def test_a_condition_repeated_per_accept_is_logged_once_a_minute() -> None:
     now[0] = 61.0
     later = record()
     assert quiet.filter(later) and "999 more" in str(later.msg)
+
+
+def test_a_connection_whose_headers_never_finish_is_closed() -> None:
+    """Partial-header connections stayed open at least 60 s (issue 36), and enough of
+    them exhausted the API's descriptors: now closed api_header_timeout_s after opening,
+    while a complete request is served as ever. Through uvicorn itself, on a real socket."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from config.settings import Settings
+    from surfaces.http.serving import server_options
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    options = server_options(Settings(api_header_timeout_s=0.5))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        slow.settimeout(3)
+        started = time.monotonic()
+        assert slow.recv(100) == b""  # closed by the server
+        assert time.monotonic() - started < 2.5
+        slow.close()
+
+        fine = socket.create_connection(("127.0.0.1", port))
+        fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        fine.settimeout(3)
+        assert fine.recv(100).startswith(b"HTTP/1.1 200")
+        fine.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
