@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # empty: none, so a client cannot pick the address the sign-in brake counts), and the
     # most connections served at once (more get 503 instead of exhausting descriptors).
     trusted_proxies: tuple[str, ...] = ()
+    # Routing keys of result events: "type" (payment.succeeded, what billing binds today)
+    # or "tenant" (<tenant>.payment.succeeded, "_platform" for none), so each tenant's
+    # consumer binds its own ("t-a.#") and the broker keeps the others' away from it.
+    event_routing: Literal["type", "tenant"] = "type"
     api_max_connections: int = Field(default=1000, ge=10, le=100_000)
     # a connection whose request headers are not complete this long after it opened is closed
     api_header_timeout_s: float = Field(default=10.0, gt=0, le=300)

@@ -619,14 +619,24 @@ def refunds_settle(
 @events_app.command("tail")
 def events_tail(
     binding: Annotated[str, typer.Option(help="Routing-key pattern, e.g. 'payment.*'.")] = "#",
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Only this tenant's events (needs TENDER_EVENT_ROUTING=tenant)."),
+    ] = None,
     count: Annotated[int, typer.Option(help="Stop after this many events (0: forever).")] = 0,
     timeout: Annotated[
         float, typer.Option(help="Stop after this many idle seconds (0: never).")
     ] = 0.0,
 ) -> None:
     """Print result events as they are published (JSON lines)."""
+    from config.settings import get_settings
+    from workers.events.relay import tenant_word
     from workers.events.stream import tail
 
+    if tenant is not None:
+        if get_settings().event_routing != "tenant":
+            fail("--tenant needs TENDER_EVENT_ROUTING=tenant (events are routed by type)")
+        binding = f"{tenant_word(tenant)}.{binding}"
     with user_errors():
         for n, event in enumerate(tail(binding, idle_timeout_s=timeout or None), start=1):
             sys.stdout.write(json.dumps(event) + "\n")

@@ -184,3 +184,48 @@ def test_request_payment_reuses_one_redis_client_and_names_its_arguments(
     assert report["enqueued"]
     assert report["argsrepr"] == report["expected_args"]
     assert report["kwargsrepr"] == report["expected_kwargs"]
+
+
+def test_events_routed_by_tenant_reach_only_that_tenants_binding(
+    integration_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TENDER_EVENT_ROUTING=tenant (issue 36): an event's routing key starts with its
+    tenant, so a consumer bound to 't-a.#' gets tenant A's events and never B's, through
+    the real broker."""
+    from kombu import Queue
+
+    from config.settings import reset_settings
+    from workers.events.relay import events_exchange
+
+    monkeypatch.setenv("TENDER_EVENT_ROUTING", "tenant")
+    reset_settings()
+    try:
+        publisher = EventPublisher(Celery("by-tenant", broker=integration_env["TENDER_BROKER_URL"]))
+        name = f"tender.test.tenant.{uuid.uuid4().hex[:8]}"
+        with Connection(integration_env["TENDER_BROKER_URL"]) as conn:
+            queue = Queue(name, events_exchange, routing_key="t-a.#", durable=False)
+            queue(conn.default_channel).declare()
+            marker = uuid.uuid4().hex
+            publisher.publish(
+                [
+                    ("payment.succeeded", {"event_id": f"a-{marker}", "tenant_id": "t-a"}),
+                    ("payment.succeeded", {"event_id": f"b-{marker}", "tenant_id": "t-b"}),
+                    ("alert.raised", {"event_id": f"p-{marker}", "tenant_id": None}),
+                ]
+            )
+            seen = []
+            with conn.SimpleQueue(queue) as simple:
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    try:
+                        message = simple.get(timeout=0.5)
+                    except simple.Empty:
+                        if seen:
+                            break
+                        continue
+                    message.ack()
+                    seen.append(message.payload["event_id"])
+            queue(conn.default_channel).delete()
+        assert seen == [f"a-{marker}"]
+    finally:
+        reset_settings()

@@ -210,3 +210,23 @@ def test_a_helper_thread_always_hands_its_events_to_the_relay_thread() -> None:
     helper.join(5)
     wait_calls(publisher, 1)
     assert publisher.threads == [relay._thread.ident]
+
+
+def test_routing_keys_by_type_or_by_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TENDER_EVENT_ROUTING=tenant puts the tenant first, as one routing word (issue 36);
+    the default keeps the type alone, what billing binds today."""
+    from config.settings import reset_settings
+    from workers.events.relay import routing_key
+
+    reset_settings()
+    assert routing_key("payment.succeeded", {"tenant_id": "t-a"}) == "payment.succeeded"
+    monkeypatch.setenv("TENDER_EVENT_ROUTING", "tenant")
+    reset_settings()
+    try:
+        assert routing_key("payment.succeeded", {"tenant_id": "t-a"}) == "t-a.payment.succeeded"
+        assert routing_key("alert.raised", {"tenant_id": None}) == "_platform.alert.raised"
+        assert (
+            routing_key("payment.failed", {"tenant_id": "acme.eu#*"}) == "acme_eu__.payment.failed"
+        )
+    finally:
+        reset_settings()
