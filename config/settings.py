@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(default=1000, ge=10, le=100_000)
     # a connection whose request headers are not complete this long after it opened is closed
     api_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # ... and a request body must arrive within this long of the app's first read (408)
+    api_body_timeout_s: float = Field(default=30.0, gt=0, le=600)
     # Which environment variables an env: reference may name. Empty: any but Tender's own
     # settings (TENDER_..., except TENDER_SECRET_...), so a config cannot read the API token
     # or the secrets key; set (JSON list), only names starting with one of these prefixes.

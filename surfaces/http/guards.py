@@ -6,6 +6,9 @@ An ASGI middleware, so that it acts on the byte stream itself:
   with 413 the moment it passes its route's limit (or at once, from its Content-Length),
   before authentication or JSON parsing read it into memory. Webhooks get the most a
   provider realistically sends; everything else a small operator or billing request.
+* **Slow bodies.** A request body must arrive within ``api_body_timeout_s`` of the first
+  read (408 otherwise): a client dripping bytes cannot hold a connection and a worker
+  thread for ever (headers have their own deadline, ``surfaces.http.serving``).
 * **NUL characters** in the path or the query are refused with 422 naming the parameter
   (PostgreSQL cannot store them, and no identifier holds one).
 * **Frame and sniffing protection** on every answer: no page of Tender's may be framed.
@@ -13,10 +16,13 @@ An ASGI middleware, so that it acts on the byte stream itself:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
+
+from config.settings import get_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,6 +53,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _TooSlow(Exception):
+    pass
+
+
 class RequestGuard:
     """The middleware; see the module docstring."""
 
@@ -68,12 +78,23 @@ class RequestGuard:
             return
 
         received = 0
-        started = too_large = False
+        started = too_large = too_slow = body_done = False
+        deadline: float | None = None
 
         async def counted_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, too_large, too_slow, body_done, deadline
+            if body_done:  # afterwards the app only waits for the client to disconnect
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + get_settings().api_body_timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                too_slow = True
+                raise _TooSlow from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     too_large = True
@@ -82,10 +103,10 @@ class RequestGuard:
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if too_large:  # the app turned our interruption into an answer of its own
+            if too_large or too_slow:  # the app turned our interruption into its own answer
                 if not started:
                     started = True
-                    await _answer(send, 413, f"request body larger than {limit} bytes")
+                    await _refuse(send, too_large, limit)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -99,9 +120,16 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted_receive, guarded_send)
-        except _TooLarge:
+        except (_TooLarge, _TooSlow):
             if not started:
-                await _answer(send, 413, f"request body larger than {limit} bytes")
+                await _refuse(send, too_large, limit)
+
+
+async def _refuse(send: Send, too_large: bool, limit: int) -> None:
+    if too_large:
+        await _answer(send, 413, f"request body larger than {limit} bytes")
+    else:
+        await _answer(send, 408, "request body not received in time")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -480,3 +480,57 @@ def test_a_connection_whose_headers_never_finish_is_closed() -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+
+
+def test_a_body_that_drips_in_too_slowly_is_refused_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers have a deadline (above); a body sent a byte at a time held a connection and
+    a worker thread as long as the client liked (issue 36): 408 past api_body_timeout_s."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from config.settings import Settings, reset_settings
+    from surfaces.http.guards import RequestGuard
+    from surfaces.http.serving import server_options
+
+    async def reads_body(scope, receive, send):  # type: ignore[no-untyped-def]
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setenv("TENDER_API_BODY_TIMEOUT_S", "0.5")
+    reset_settings()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            RequestGuard(reads_body), host="127.0.0.1", port=port, log_level="warning",
+            **server_options(Settings()),
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        slow.settimeout(3)
+        assert slow.recv(100).startswith(b"HTTP/1.1 408")
+        slow.close()
+        fine = socket.create_connection(("127.0.0.1", port))
+        fine.sendall(
+            b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        fine.settimeout(3)
+        assert fine.recv(100).startswith(b"HTTP/1.1 200")
+        fine.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        reset_settings()
