@@ -41,7 +41,7 @@ from registry.db import get_database
 from registry.instances import InstanceView
 from registry.service import PluginRegistry
 from registry.text import PG_INTEGER_MAX
-from registry.tokens import Scope
+from registry.tokens import Scope, create_token, list_tokens, revoke_token
 from surfaces.http.auth import actor_of, require, tenant_for_body, tenant_of
 from surfaces.http.errors import error_responses, operator_errors, parse_instance_id
 
@@ -65,6 +65,48 @@ class InstanceCreate(BaseModel):
     weight: Weight = 1
     currencies: list[str] = Field(default_factory=list)
     is_active: bool = False
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(min_length=1, max_length=4)
+    tenant_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="bind the token to this tenant (a bound caller's tokens are its own)",
+    )
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class TokenView(BaseModel):
+    """A token as listed: never the token or its hash."""
+
+    id: uuid.UUID
+    name: str
+    scopes: list[str]
+    tenant_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="the token itself: shown this once, stored hashed")
+
+
+def token_view(row: Any) -> TokenView:
+    return TokenView(
+        id=row.id,
+        name=row.name,
+        scopes=row.scopes.split(","),
+        tenant_id=row.tenant_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked=row.revoked_at is not None,
+    )
 
 
 class RoutingUpdate(BaseModel):
@@ -280,6 +322,50 @@ def create_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         key = owned_instance(registry, instance_id, bound, change=True)
         with operator_errors():
             registry.retire(key, actor=actor)
+        return Response(status_code=204)
+
+    @router.get("/api/tokens", tags=["tokens"], dependencies=[require(Scope.ADMIN)])
+    def read_tokens(bound: Tenant) -> list[TokenView]:
+        """Tokens with their scopes, tenant and state (a bound caller: its tenant's)."""
+        rows = list_tokens(get_database())
+        return [token_view(r) for r in rows if bound is None or r.tenant_id == bound]
+
+    @router.post(
+        "/api/tokens", status_code=201, tags=["tokens"], dependencies=[require(Scope.ADMIN)]
+    )
+    def make_token(body: TokenCreate, request: Request, actor: Actor) -> TokenCreated:
+        """What ``tender tokens create`` does; a token bound to a tenant makes tokens of
+        that tenant only (never a platform-wide one)."""
+        tenant = tenant_for_body(request, body.tenant_id)
+        with operator_errors():
+            token_id, token = create_token(
+                get_database(),
+                body.name,
+                body.scopes,
+                body.expires_in_days * 86400 if body.expires_in_days else None,
+                tenant_id=tenant,
+                actor=actor,
+            )
+        [row] = [r for r in list_tokens(get_database()) if r.id == token_id]
+        return TokenCreated(**token_view(row).model_dump(), token=token)
+
+    @router.delete(
+        "/api/tokens/{token_id}",
+        status_code=204,
+        tags=["tokens"],
+        dependencies=[require(Scope.ADMIN)],
+    )
+    def drop_token(token_id: str, bound: Tenant, actor: Actor) -> Response:
+        """Revoke a token now (another tenant's: not found)."""
+        try:
+            key = uuid.UUID(token_id)
+        except ValueError:
+            raise HTTPException(404, f"no token {token_id[:50]}") from None
+        rows = [r for r in list_tokens(get_database()) if r.id == key]
+        if not rows or (bound is not None and rows[0].tenant_id != bound):
+            raise HTTPException(404, f"no token {key}")
+        with operator_errors():
+            revoke_token(get_database(), key, actor=actor)
         return Response(status_code=204)
 
     @router.get("/api/audit", tags=["registry"], dependencies=[require(Scope.ADMIN)])

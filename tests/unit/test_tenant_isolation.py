@@ -40,6 +40,7 @@ class World:
     b_refund: uuid.UUID
     b_instance: uuid.UUID
     platform_instance: uuid.UUID
+    b_token: uuid.UUID
 
 
 class _Quiet:
@@ -80,8 +81,9 @@ def world(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     b_payment = pay("t-b", email=B_EMAIL)
     refund = refund_payment(b_payment, "1.00", publisher=_Quiet())  # type: ignore[arg-type]
     _, token = create_token(get_database(), "tenant-a-admin", ["admin"], tenant_id="t-a")
+    b_token, _ = create_token(get_database(), "tenant-b-billing", ["pay"], tenant_id="t-b")
     with TestClient(create_app()) as client:
-        yield World(client, token, b_payment, refund.id, b.id, platform.id)
+        yield World(client, token, b_payment, refund.id, b.id, platform.id, b_token)
     runtime.reset()
     reset_settings()
 
@@ -91,6 +93,7 @@ def fill(path: str, world: World) -> str:
         "payment_id": str(world.b_payment),
         "refund_id": str(world.b_refund),
         "instance_id": str(world.b_instance),
+        "token_id": str(world.b_token),
         "plugin": "sandbox",
         "action": "deactivate",
     }
@@ -109,8 +112,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/refunds/{refund_id}/settle"): {"outcome": "failed", "reason": "probe"},
     ("patch", "/instances/{instance_id}/config"): {"latency_ms": 1},
     ("patch", "/instances/{instance_id}"): {"priority": 1},
+    ("post", "/api/tokens"): {"name": "sneaky", "scopes": ["admin"], "tenant_id": "t-b"},
 }  # fmt: skip
-LISTS = {("get", "/plugins"), ("get", "/instances"), ("get", "/api/audit")}
+LISTS = {("get", "/plugins"), ("get", "/instances"), ("get", "/api/audit"), ("get", "/api/tokens")}
 
 
 def leaks(text: str, world: World, *, listed: bool = False) -> list[str]:
@@ -251,3 +255,25 @@ def test_a_platform_operator_filters_the_console_by_tenant(world: World) -> None
     # a bound user's filter is its tenant, whatever it asks
     bound = world.client.get("/admin/payments?tenant=t-b", headers=bearer(world.a_admin))
     assert str(world.b_payment) not in bound.text and str(a_payment) in bound.text
+
+
+def test_tokens_over_rest_stay_within_the_tenant(world: World) -> None:
+    """Tokens are made over REST too (issue 36): a bound admin lists and makes only its
+    tenant's tokens (a body naming none is bound to its tenant), and cannot revoke B's."""
+    listed = world.client.get("/api/tokens", headers=bearer(world.a_admin)).json()
+    assert {t["tenant_id"] for t in listed} == {"t-a"}
+    made = world.client.post(
+        "/api/tokens", json={"name": "shop-a", "scopes": ["pay"]}, headers=bearer(world.a_admin)
+    )
+    assert made.status_code == 201 and made.json()["tenant_id"] == "t-a"
+    token = made.json()["token"]
+    assert world.client.get("/instances", headers=bearer(token)).status_code == 403  # pay only
+    gone = world.client.delete(f"/api/tokens/{world.b_token}", headers=bearer(world.a_admin))
+    assert gone.status_code == 404
+    platform = world.client.post(
+        "/api/tokens", json={"name": "p", "scopes": ["read"]}, headers=bearer(BOOTSTRAP)
+    )
+    assert platform.status_code == 201 and platform.json()["tenant_id"] is None
+    revoked = world.client.delete(f"/api/tokens/{made.json()['id']}", headers=bearer(world.a_admin))
+    assert revoked.status_code == 204
+    assert world.client.get("/payments/x", headers=bearer(token)).status_code == 401
