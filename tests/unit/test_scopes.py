@@ -54,6 +54,9 @@ CONSOLE_SCOPES = {
     ("GET", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
     ("POST", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
     ("GET", "/admin/audit"): Scope.ADMIN,
+    ("GET", "/admin/tokens"): Scope.ADMIN,
+    ("POST", "/admin/tokens"): Scope.ADMIN,
+    ("POST", "/admin/tokens/{token_id}/revoke"): Scope.ADMIN,
 }
 
 

@@ -158,14 +158,18 @@ def test_every_console_page_keeps_tenant_a_out_of_tenant_b(world: World) -> None
     console's origin and CSRF token, which this walk sends, so a refusal is the tenant's."""
     csrf = "c" * 40
     world.client.cookies.set("tender_csrf", csrf, path="/admin")
-    lists = {("GET", "/admin"), ("GET", "/admin/payments"), ("GET", "/admin/audit")}
+    lists = {
+        ("GET", "/admin"), ("GET", "/admin/payments"), ("GET", "/admin/audit"),
+        ("GET", "/admin/tokens"),
+    }  # fmt: skip
+    form = {"csrf": csrf, "amount": "1.00", "tenant_id": "t-b", "name": "sneaky", "scope": "admin"}
     for (method, path), _ in CONSOLE_SCOPES.items():
         if "{plugin}" in path:
             continue  # making an instance: the tenant of the form, checked below
         answer = world.client.request(
             method,
             fill(path, world),
-            data={"csrf": csrf, "amount": "1.00"} if method == "POST" else None,
+            data=form if method == "POST" else None,
             headers={**bearer(world.a_admin), "origin": "http://testserver"},
             follow_redirects=False,
         )
@@ -277,3 +281,40 @@ def test_tokens_over_rest_stay_within_the_tenant(world: World) -> None:
     revoked = world.client.delete(f"/api/tokens/{made.json()['id']}", headers=bearer(world.a_admin))
     assert revoked.status_code == 204
     assert world.client.get("/payments/x", headers=bearer(token)).status_code == 401
+
+
+def test_tokens_in_the_console_stay_within_the_tenant(world: World) -> None:
+    """The console makes and revokes tokens too (issue 36): shown once, bound to the
+    operator's tenant when the operator is bound, listed per tenant."""
+    csrf = "d" * 40
+    world.client.cookies.set("tender_csrf", csrf, path="/admin")
+    same_origin = {"origin": "http://testserver"}
+    made = world.client.post(
+        "/admin/tokens",
+        data={"csrf": csrf, "name": "shop-a-ops", "scope": ["operate"]},
+        headers={**bearer(world.a_admin), **same_origin},
+    )
+    assert made.status_code == 201
+    shown = re.search(r'<pre id="new-token">(tnd_[^<]+)</pre>', made.text)
+    assert shown is not None
+    token = shown.group(1)
+    listed = world.client.get("/admin/tokens", headers=bearer(world.a_admin))
+    assert "shop-a-ops" in listed.text and "tenant-b-billing" not in listed.text
+    assert token not in listed.text  # shown once
+    # the new token is bound to t-a: B's payment does not exist for it
+    assert (
+        world.client.get(f"/payments/{world.b_payment}", headers=bearer(token)).status_code == 404
+    )
+    revoked = world.client.post(
+        f"/admin/tokens/{world.b_token}/revoke",
+        data={"csrf": csrf},
+        headers={**bearer(world.a_admin), **same_origin},
+    )
+    assert revoked.status_code == 404
+
+
+def test_a_platform_operator_narrows_the_providers_to_one_tenant(world: World) -> None:
+    every = world.client.get("/admin", headers=bearer(BOOTSTRAP)).text
+    assert str(world.b_instance) in every
+    only_a = world.client.get("/admin?tenant=t-a", headers=bearer(BOOTSTRAP)).text
+    assert str(world.b_instance) not in only_a and str(world.platform_instance) in only_a

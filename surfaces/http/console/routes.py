@@ -41,7 +41,7 @@ from registry.audit import list_audit
 from registry.db import get_database
 from registry.errors import InstanceNotFound, RegistryError
 from registry.service import PluginRegistry
-from registry.tokens import Scope, authenticate
+from registry.tokens import Scope, authenticate, create_token, list_tokens, revoke_token
 from surfaces.http.auth import CSRF_FIELD, check_console_post, csrf_token, keep_csrf_token
 from surfaces.http.console import forms, views
 from surfaces.http.console.session import (
@@ -189,9 +189,16 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
     # --- providers -------------------------------------------------------------------
 
     @router.get("/admin", response_class=HTMLResponse)
-    def overview(request: Request, user: Reader, registry: Registry) -> HTMLResponse:
+    def overview(
+        request: Request, user: Reader, registry: Registry, tenant: str = ""
+    ) -> HTMLResponse:
+        # a platform operator may narrow to one tenant (its instances and the platform's)
+        wanted = None if user.tenant_id else (tenant.strip()[:100] or None)
         listed = [
-            v for v in registry.list_instances() if v.tenant_id is None or user.sees(v.tenant_id)
+            v
+            for v in registry.list_instances()
+            if (v.tenant_id is None or user.sees(v.tenant_id))
+            and (wanted is None or v.tenant_id in (None, wanted))
         ]
         supported = {
             name: frozenset(registry.catalogue.get(name).supported_currencies)
@@ -201,6 +208,7 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             request, "overview.html", user, section="providers", views=listed,
             figures=views.figures(get_database()), splits=views.splits(listed, supported),
             plugins=sorted(registry.catalogue.names()), bound=hot_swap_bound(),
+            tenant=wanted or "",
         )  # fmt: skip
 
     @router.get("/admin/instances/new/{plugin}", response_class=HTMLResponse)
@@ -437,6 +445,56 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             return done(here, f"Refund refused: {exc}")
         return done(here, f"Refund {refunded.status.value}: {refunded.amount} {refunded.currency}")
 
+    # --- tokens ----------------------------------------------------------------------
+
+    def _tokens(user: ConsoleUser) -> list[Any]:
+        rows = list_tokens(get_database())
+        return [r for r in rows if user.tenant_id is None or r.tenant_id == user.tenant_id]
+
+    def _tokens_page(
+        request: Request, user: ConsoleUser, status: int = 200, **extra: Any
+    ) -> HTMLResponse:
+        return page(
+            request, "tokens.html", user, status=status, section="tokens",
+            tokens=[_token_row(r) for r in _tokens(user)],
+            scopes=[s.value for s in Scope], **extra,
+        )  # fmt: skip
+
+    @router.get("/admin/tokens", response_class=HTMLResponse)
+    def tokens_page(request: Request, user: Admin) -> HTMLResponse:
+        return _tokens_page(request, user)
+
+    @router.post("/admin/tokens", response_class=HTMLResponse)
+    async def make_token(request: Request, user: Admin) -> Response:
+        form = await posted(request)
+        scopes = parse_qs((await request.body()).decode("utf-8", "replace")).get("scope", [])
+        tenant = _form_tenant(user, form.get("tenant_id", "").strip() or None)
+        try:
+            days = float(form["expires_in_days"]) if form.get("expires_in_days") else None
+            if days is not None and not 0 < days <= 3650:
+                raise ValueError("expires_in_days: between 0 and 3650 days")
+            token_id, token = await run_in_threadpool(
+                lambda: create_token(
+                    get_database(), form.get("name", "").strip(), [str(s) for s in scopes],
+                    days * 86400 if days else None, tenant_id=tenant, actor=user.name,
+                )
+            )  # fmt: skip
+        except (RegistryError, ValueError) as exc:
+            return _tokens_page(request, user, status=422, problem=f"Refused: {exc}")
+        created = {"name": form.get("name", "").strip(), "token": token, "id": token_id}
+        return _tokens_page(request, user, status=201, created=created)
+
+    @router.post("/admin/tokens/{token_id}/revoke")
+    async def revoke(request: Request, token_id: str, user: Admin) -> Response:
+        await posted(request)
+        ids = {str(r.id): r.id for r in _tokens(user)}
+        if token_id not in ids:
+            raise HTTPException(404, "no such token")
+        await run_in_threadpool(
+            lambda: revoke_token(get_database(), ids[token_id], actor=user.name)
+        )
+        return done("/admin/tokens", "Token revoked: it is refused from now on")
+
     # --- audit -----------------------------------------------------------------------
 
     @router.get("/admin/audit", response_class=HTMLResponse)
@@ -452,6 +510,15 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         return page(request, "audit.html", user, section="audit", records=records)
 
     return router
+
+
+def _token_row(row: Any) -> dict[str, Any]:
+    """A token as the page lists it: never the token or its hash."""
+    return {
+        "id": row.id, "name": row.name, "scopes": row.scopes.split(","),
+        "tenant_id": row.tenant_id, "created_at": row.created_at,
+        "expires_at": row.expires_at, "revoked": row.revoked_at is not None,
+    }  # fmt: skip
 
 
 def _changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, str]:
