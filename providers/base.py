@@ -122,6 +122,10 @@ class PaymentRequest(_Model):
     payment_token: SecretStr | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     tenant_id: str | None = None
+    # A saved payment method's customer at the provider (Stripe's cus_...), and whether
+    # the charge is merchant-initiated with nobody present (recurring billing)
+    customer_id: str | None = None
+    off_session: bool = False
 
     @field_validator("currency")
     @classmethod

@@ -529,6 +529,15 @@ class StripeProvider(PaymentProvider):
                 "metadata": metadata | {FLOW_KEY: "saved"},
                 "receipt_email": request.customer_email,
             }
+            if request.customer_id:
+                # a saved PaymentMethod is charged with the Customer it is attached to
+                params["customer"] = request.customer_id
+            if request.off_session:
+                # merchant-initiated, nobody present: Stripe then asks no 3-D Secure it
+                # can avoid, and says authentication_required when it cannot
+                # (https://docs.stripe.com/payments/save-and-reuse#charge-saved-payment-method)
+                params["off_session"] = True
+                params.pop("return_url")
             if self.settings.statement_descriptor:
                 params["statement_descriptor_suffix"] = self.settings.statement_descriptor
             intent = await self._call(

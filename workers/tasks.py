@@ -53,13 +53,19 @@ def process_payment_task(
     tenant_id: str | None = None,
     currency: str | None = None,
     idempotency_key: str | None = None,
+    pinned_instance_id: str | None = None,
 ) -> str | None:
     """Charge one payment at most once; see workers.payments.processor.
 
     The routing facts (tenant, currency, key) ride in the message so the worker can claim
     and record the first hop in one statement; without them it reads the row first.
     """
-    hint = RouteHint(tenant_id, currency, idempotency_key) if currency and idempotency_key else None
+    pinned = uuid.UUID(pinned_instance_id) if pinned_instance_id else None
+    hint = (
+        RouteHint(tenant_id, currency, idempotency_key, pinned)
+        if currency and idempotency_key
+        else None
+    )
     try:
         result = processor().process(uuid.UUID(payment_id), hint)
     except OperationalError as exc:

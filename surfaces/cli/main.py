@@ -57,6 +57,56 @@ app.add_typer(events_app, name="events")
 app.add_typer(refunds_app, name="refunds")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(tokens_app, name="tokens")
+methods_app = typer.Typer(help="Customers' saved payment methods.", no_args_is_help=True)
+app.add_typer(methods_app, name="methods")
+
+
+@methods_app.command("import")
+def methods_import(
+    instance_id: Annotated[str, typer.Argument(help="The instance (account) that issued it.")],
+    customer_ref: Annotated[str, typer.Argument(help="Billing's customer reference.")],
+    provider_customer_id: Annotated[str | None, typer.Option(help="e.g. Stripe's cus_...")] = None,
+    last4: Annotated[str | None, typer.Option()] = None,
+    brand: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Save a method issued outside Tender; its token is read from stdin (never an
+    argument: arguments show in process lists and shell history)."""
+    from workers.payments.methods import import_payment_method
+
+    token = sys.stdin.readline().strip()
+    with user_errors():
+        view = import_payment_method(
+            instance_id, token, customer_ref, provider_customer_id=provider_customer_id,
+            last4=last4, brand=brand, actor=_actor(),
+        )  # fmt: skip
+    console.print(f"payment method [bold]{view.id}[/] for {escape(view.customer_ref)}")
+
+
+@methods_app.command("list")
+def methods_list(customer_ref: Annotated[str | None, typer.Option()] = None) -> None:
+    """Saved methods (masked), newest first."""
+    from workers.payments.methods import list_payment_methods
+
+    table = Table(title="Payment methods")
+    for column in ("id", "customer", "provider", "card", "expires", "status"):
+        table.add_column(column, overflow="fold")
+    with user_errors():
+        methods = list_payment_methods(customer_ref=customer_ref)
+    for m in methods:
+        card = f"{m.brand or ''} •••• {m.last4}" if m.last4 else (m.wallet_email or "")
+        expires = f"{m.exp_month:02d}/{m.exp_year}" if m.exp_month and m.exp_year else ""
+        table.add_row(m.id, escape(m.customer_ref), m.provider, escape(card), expires, m.status)
+    console.print(table)
+
+
+@methods_app.command("revoke")
+def methods_revoke(method_id: Annotated[str, typer.Argument()]) -> None:
+    """Revoke a method: it is never charged again."""
+    from workers.payments.methods import revoke_payment_method
+
+    with user_errors():
+        revoke_payment_method(method_id, actor=_actor())
+    console.print(f"[yellow]revoked[/] {method_id}")
 
 
 def fail(message: str) -> NoReturn:
@@ -483,6 +533,10 @@ def pay(
         str | None, typer.Option(help="Idempotency key (default: order:<order_id>).")
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for an outcome (0: don't).")] = 0.0,
+    payment_method_id: Annotated[
+        str | None,
+        typer.Option(help="Charge a saved payment method (pm_...), through its issuer only."),
+    ] = None,
 ) -> None:
     """Request a payment (enqueue it) and print its receipt."""
     from workers.payments.client import get_payment, request_payment
@@ -496,6 +550,7 @@ def pay(
             payment_method=method,
             tenant_id=tenant,
             idempotency_key=key,
+            payment_method_id=payment_method_id,
         )
     note = "" if receipt.created else " (an earlier request with this key)"
     console.print(f"payment [bold]{receipt.payment_id}[/] {receipt.status.value}{note}")

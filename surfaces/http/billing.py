@@ -24,6 +24,13 @@ from workers.payments.client import (
     get_payment,
     request_payment,
 )
+from workers.payments.methods import (
+    PaymentMethodNotFound,
+    PaymentMethodView,
+    import_payment_method,
+    list_payment_methods,
+    revoke_payment_method,
+)
 from workers.payments.refunds import (
     RefundNotFound,
     RefundRefused,
@@ -52,6 +59,28 @@ class PaymentCreate(BaseModel):
     payment_token: SecretStr | None = Field(
         default=None, description="a saved authorization from the provider"
     )
+    payment_method_id: str | None = Field(
+        default=None,
+        max_length=40,
+        description="a saved payment method (pm_...): charged only by the instance that "
+        "issued it, never by another provider",
+    )
+
+
+class PaymentMethodImport(BaseModel):
+    """A payment method saved outside Tender: the issuing instance's token for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str
+    token: SecretStr = Field(description="the provider's reusable token (secret)")
+    customer_ref: str = Field(min_length=1, max_length=200)
+    provider_customer_id: str | None = Field(default=None, max_length=200)
+    brand: str | None = Field(default=None, max_length=50)
+    last4: str | None = Field(default=None, max_length=4)
+    exp_month: int | None = None
+    exp_year: int | None = None
+    wallet_email: str | None = Field(default=None, max_length=320)
 
 
 class RefundSettle(BaseModel):
@@ -83,7 +112,7 @@ def billing_errors() -> Iterator[None]:
     """Refusals as HTTP answers: unknown payment 404, reused key 409, bad input 422."""
     try:
         yield
-    except (PaymentNotFound, RefundNotFound) as exc:
+    except (PaymentNotFound, RefundNotFound, PaymentMethodNotFound) as exc:
         raise HTTPException(404, str(exc)) from None
     except IdempotencyConflict as exc:
         raise HTTPException(409, str(exc)) from None
@@ -111,6 +140,7 @@ def billing_router() -> APIRouter:
                 tenant,
                 body.idempotency_key,
                 payment_token=body.payment_token.get_secret_value() if body.payment_token else None,
+                payment_method_id=body.payment_method_id,
             )
         if not receipt.created:
             response.status_code = 200  # the same request again: the first payment
@@ -151,6 +181,50 @@ def billing_router() -> APIRouter:
                 provider_refund_id=body.provider_refund_id,
                 actor=actor_of(request),
                 within_tenant=tenant_of(request),
+            )
+
+    @router.post(
+        "/payment-methods",
+        status_code=201,
+        tags=["payment methods"],
+        dependencies=[require(Scope.PAY, Scope.OPERATE)],
+    )
+    def import_method(body: PaymentMethodImport, request: Request) -> PaymentMethodView:
+        """Save a method issued outside Tender (its issuing instance's token)."""
+        with billing_errors():
+            return import_payment_method(
+                body.instance_id,
+                body.token.get_secret_value(),
+                body.customer_ref,
+                provider_customer_id=body.provider_customer_id,
+                brand=body.brand,
+                last4=body.last4,
+                exp_month=body.exp_month,
+                exp_year=body.exp_year,
+                wallet_email=body.wallet_email,
+                actor=actor_of(request),
+                within_tenant=tenant_of(request),
+            )
+
+    @router.get(
+        "/payment-methods",
+        tags=["payment methods"],
+        dependencies=[require(Scope.READ, Scope.PAY)],
+    )
+    def read_methods(request: Request, customer_ref: str | None = None) -> list[PaymentMethodView]:
+        """Saved methods (of one customer), masked; a bound token's tenant's only."""
+        return list_payment_methods(customer_ref=customer_ref, within_tenant=tenant_of(request))
+
+    @router.delete(
+        "/payment-methods/{method_id}",
+        tags=["payment methods"],
+        dependencies=[require(Scope.PAY, Scope.OPERATE)],
+    )
+    def revoke_method(method_id: str, request: Request) -> PaymentMethodView:
+        """Revoke a method: it is never charged again."""
+        with billing_errors():
+            return revoke_payment_method(
+                method_id, actor=actor_of(request), within_tenant=tenant_of(request)
             )
 
     return router

@@ -263,3 +263,34 @@ def test_an_operator_can_limit_env_references_to_prefixes(
     finally:
         monkeypatch.delenv("TENDER_SECRET_ENV_PREFIXES")
         reset_settings()
+
+
+def test_rotation_re_encrypts_saved_payment_methods_too(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved method's token is sealed like every secret and rotated with them (issue 35)."""
+    from config.settings import reset_settings
+    from registry.db import get_database
+    from workers import runtime
+    from workers.ledger.records import PaymentMethodRow
+    from workers.ledger.rotation import rotate_stored_secrets
+    from workers.payments.methods import import_payment_method
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    def use_keys(value: str) -> None:
+        monkeypatch.setenv("TENDER_SECRETS_KEY", value)
+        reset_settings()
+        runtime.reset()
+
+    use_keys(old)
+    instance = runtime.registry().create_instance("sandbox", {}, tenant_id="t-r")
+    method = import_payment_method(instance.id, "AUTH_rotate_me", "cust-r")
+    use_keys(f"{new},{old}")
+    rotated = rotate_stored_secrets(get_database(), runtime.registry().box)
+    assert rotated.payment_tokens == 1
+    use_keys(new)
+    with get_database().sessions() as session:
+        sealed = session.get(PaymentMethodRow, method.id).token  # type: ignore[union-attr]
+    assert "AUTH_rotate_me" not in sealed
+    assert runtime.registry().box.decrypt({"$enc": sealed}) == "AUTH_rotate_me"

@@ -429,3 +429,15 @@ def test_a_pending_intent_carries_the_secret_or_the_bank_details_billing_must_sh
         "iban.country": "DE",
         "iban.iban": "DE00000000000000000001",
     }
+
+
+def test_a_saved_method_is_charged_with_its_customer_off_session(fake: FakeStripe) -> None:
+    """A saved PaymentMethod is charged with the Customer it is attached to, off-session
+    (merchant-initiated; https://docs.stripe.com/payments/save-and-reuse)."""
+    plugin = provider(fake)
+    saved = request(customer_id="cus_Q1abc", off_session=True)
+    outcome = asyncio.run(plugin.process_payment(saved))
+    assert outcome.status is OutcomeStatus.SUCCEEDED
+    created = [form for method, path, form in fake.requests if path == "/v1/payment_intents"]
+    assert created[-1]["customer"] == "cus_Q1abc" and created[-1]["off_session"] == "true"
+    assert "return_url" not in created[-1]

@@ -81,6 +81,10 @@ class Payment(Base):
     # Reconcile's verifications since the payment entered its pending or unknown state:
     # its place on the backoff schedule (workers.payments.reconcile).
     checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Charged with a saved payment method: its id, and the instance that issued it, the
+    # only one that may charge it (never another provider's account).
+    payment_method_id: Mapped[str | None] = mapped_column(String(40))
+    pinned_instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         Index("ix_payments_status_updated", "status", "updated_at"),
@@ -120,6 +124,29 @@ class Refund(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # when reconcile last alerted that no provider answer was recorded (None: never)
     alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PaymentMethodRow(Base):
+    """A customer's saved payment method (workers.payments.methods): the provider's
+    reusable token, sealed, and the instance (provider account) that issued it."""
+
+    __tablename__ = "payment_methods"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # pm_...
+    tenant_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    customer_ref: Mapped[str] = mapped_column(String(200), index=True)  # billing's customer
+    instance_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    plugin_name: Mapped[str] = mapped_column(String(100))
+    provider_customer_id: Mapped[str | None] = mapped_column(String(200))
+    token: Mapped[str] = mapped_column(Text)  # sealed like every secret (SecretBox)
+    brand: Mapped[str | None] = mapped_column(String(50))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    exp_month: Mapped[int | None] = mapped_column(Integer)
+    exp_year: Mapped[int | None] = mapped_column(Integer)
+    wallet_email: Mapped[str | None] = mapped_column(String(320))  # shown masked
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Dispute(Base):
@@ -240,6 +267,8 @@ class PaymentRecord:
     expires_at: datetime | None
     checks: int
     next_action: dict[str, Any] | None = None
+    payment_method_id: str | None = None
+    pinned_instance_id: uuid.UUID | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> PaymentRecord:

@@ -18,14 +18,14 @@ from registry import audit
 from registry.db import Database
 from registry.models import PluginInstance
 from registry.secrets import ENCRYPTED, SecretBox
-from workers.ledger.records import Payment
+from workers.ledger.records import Payment, PaymentMethodRow
 
 
 @dataclass(frozen=True)
 class Rotation:
     instances: int  # provider instances with at least one stored secret
     fields: int  # secret config fields re-encrypted
-    payment_tokens: int  # saved payment tokens re-encrypted
+    payment_tokens: int  # saved payment tokens (payments' and saved methods') re-encrypted
 
 
 def rotate_stored_secrets(database: Database, box: SecretBox, *, actor: str = "code") -> Rotation:
@@ -51,6 +51,9 @@ def rotate_stored_secrets(database: Database, box: SecretBox, *, actor: str = "c
                 .where(Payment.id == payment_id)
                 .values(payment_token=box.rotate_text(token))
             )
+            tokens += 1
+        for method in session.execute(select(PaymentMethodRow)).scalars():
+            method.token = box.rotate_text(method.token)  # saved methods' tokens too
             tokens += 1
         counts = {"instances": instances, "fields": fields, "payment_tokens": tokens}
         audit.record(session, actor, "secrets.rotate", "TENDER_SECRETS_KEY", None, counts)

@@ -29,6 +29,7 @@ from workers.ledger.records import (
     RECORD_COLUMNS,
     Payment,
     PaymentAttempt,
+    PaymentMethodRow,
     PaymentRecord,
     payments_table,
 )
@@ -185,16 +186,34 @@ _COMPARED = ("order_id", "amount_minor", "currency", "customer_email", "payment_
 _INSERT = insert(_payments)
 
 
+def method_for_charge(database: Database, method_id: str, tenant_id: str | None) -> Any:
+    """The active saved method ``method_id`` of ``tenant_id``, for a new payment;
+    refusals name the field (InvalidPaymentRequest). See workers.payments.methods."""
+    if not isinstance(method_id, str) or not method_id.startswith("pm_") or len(method_id) > 40:
+        raise InvalidPaymentRequest("payment_method_id", "is not a payment method id (pm_...)")
+    with database.sessions() as session:
+        row = session.get(PaymentMethodRow, method_id)
+        if row is None or row.tenant_id != tenant_id:
+            raise InvalidPaymentRequest("payment_method_id", f"no payment method {method_id}")
+        if row.status != "active":
+            raise InvalidPaymentRequest(
+                "payment_method_id", f"is {row.status}; it cannot be charged"
+            )
+        session.expunge(row)
+        return row
+
+
 def record_payment(
     database: Database,
     fields: dict[str, Any],
     *,
     payment_token: str | None = None,
     box: SecretBox | None = None,
+    sealed_token: str | None = None,
 ) -> tuple[PaymentRecord, bool]:
-    """Insert the payment, or return the one already recorded under its idempotency key."""
+    """Insert the payment, or return the one already recorded under its idempotency key
+    (``sealed_token``: a saved method's token, already sealed)."""
     reference = derive_reference(fields["idempotency_key"], fields["tenant_id"])
-    sealed_token = None
     if payment_token:
         if box is None:
             raise InvalidPaymentRequest("payment_token", "cannot be stored without a secrets key")
@@ -249,13 +268,20 @@ def request_payment(
     idempotency_key: str | None = None,
     *,
     payment_token: str | None = None,
+    payment_method_id: str | None = None,
     database: Database | None = None,
 ) -> PaymentReceipt:
     """Record a payment and enqueue it. Bad input raises before anything is written.
 
     ``amount`` is in major units (``Decimal("12.50")``); floats are refused.
     ``payment_token``: a saved authorization from the provider (secret; stored encrypted).
+    ``payment_method_id``: a saved method of this tenant (``pm_...``): charged only by
+    the instance that issued it (workers.payments.methods).
     """
+    if payment_token and payment_method_id:
+        raise InvalidPaymentRequest(
+            "payment_method_id", "give a payment_method_id or a payment_token, not both"
+        )
     fields = _validated(
         order_id,
         amount,
@@ -269,16 +295,26 @@ def request_payment(
     from workers import runtime  # the registry's secret box; imported late to keep import cheap
 
     database = database or get_database()
+    sealed = None
+    if payment_method_id is not None:
+        method = method_for_charge(database, payment_method_id, fields["tenant_id"])
+        fields |= {"payment_method_id": method.id, "pinned_instance_id": method.instance_id}
+        sealed = method.token
     payment, created = record_payment(
         database,
         fields,
         payment_token=payment_token,
         box=runtime.registry().box if payment_token else None,
+        sealed_token=sealed,
     )
     enqueued = True
     if payment.status == PaymentState.REQUESTED:
         enqueued = enqueue_payment(
-            payment.id, payment.tenant_id, payment.currency, payment.idempotency_key
+            payment.id,
+            payment.tenant_id,
+            payment.currency,
+            payment.idempotency_key,
+            pinned_instance_id=payment.pinned_instance_id,
         )
     return PaymentReceipt(
         payment_id=payment.id,
@@ -295,6 +331,8 @@ def enqueue_payment(
     tenant_id: str | None = None,
     currency: str | None = None,
     idempotency_key: str | None = None,
+    *,
+    pinned_instance_id: uuid.UUID | None = None,
 ) -> bool:
     """Send ``process_payment``; False if the broker refused (reconcile will re-send).
 
@@ -303,6 +341,8 @@ def enqueue_payment(
     from workers.core.app import app  # late: importing the client must not build Celery's app
 
     given = {"tenant_id": tenant_id, "currency": currency, "idempotency_key": idempotency_key}
+    if pinned_instance_id is not None:
+        given["pinned_instance_id"] = str(pinned_instance_id)
     args = [str(payment_id)]
     kwargs = {k: v for k, v in given.items() if v is not None}
     try:

@@ -54,7 +54,14 @@ from workers.events.relay import EventRelay, InlineRelay
 from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
 from workers.ledger.leases import LeaseKeeper
 from workers.ledger.outbox import AlertEvent, add_event, outbox_row
-from workers.ledger.records import Claim, PaymentRecord, payment_event, payments_table, read_payment
+from workers.ledger.records import (
+    Claim,
+    PaymentMethodRow,
+    PaymentRecord,
+    payment_event,
+    payments_table,
+    read_payment,
+)
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 
 log = logging.getLogger(__name__)
@@ -162,10 +169,17 @@ class RouteHint:
     tenant_id: str | None
     currency: str
     idempotency_key: str
+    # a saved method's issuing instance: the only one the payment may go to
+    pinned_instance_id: uuid.UUID | None = None
 
     @classmethod
     def of(cls, payment: PaymentRecord) -> RouteHint:
-        return cls(payment.tenant_id, payment.currency, payment.idempotency_key)
+        return cls(
+            payment.tenant_id,
+            payment.currency,
+            payment.idempotency_key,
+            payment.pinned_instance_id,
+        )
 
 
 class PaymentProcessor:
@@ -262,6 +276,10 @@ class PaymentProcessor:
         if not route:  # the cache may be up to registry_poll_s old: look once more, fresh
             self.registry.refresh(force=True)
             route = resolve()
+        if hint.pinned_instance_id is not None:
+            # A saved method belongs to the account that issued it: that instance alone,
+            # and no fallback that would hand its token to another provider.
+            route = [v for v in route if v.id == hint.pinned_instance_id]
         return route
 
     def _busy_or_done(self, payment_id: uuid.UUID) -> Busy | Done:
@@ -289,6 +307,16 @@ class PaymentProcessor:
         request = self._request(payment)
         if claim.recovering and payment.instance_id is not None:
             return self._recover(payment, claim, request)
+        if not route and payment.pinned_instance_id is not None:
+            return _Decision(
+                PaymentState.FAILED,
+                error_code="payment_method_unavailable",
+                error_message=(
+                    f"the instance that issued payment method {payment.payment_method_id} "
+                    f"({payment.pinned_instance_id}) cannot take payments now (inactive, its "
+                    "circuit open, retired or not for this currency); not charged elsewhere"
+                ),
+            )
         if not route:
             return _Decision(
                 PaymentState.FAILED,
@@ -513,6 +541,13 @@ class PaymentProcessor:
             if payment.payment_token
             else None
         )
+        customer_id = None
+        if payment.payment_method_id is not None:
+            # a saved method: the provider's customer it belongs to (Stripe refuses a
+            # saved PaymentMethod without it), charged with nobody present (off-session)
+            with self.database.sessions() as session:
+                method = session.get(PaymentMethodRow, payment.payment_method_id)
+                customer_id = method.provider_customer_id if method is not None else None
         # Every field was validated at the boundary (request_payment) before it was
         # stored; re-validating the email on each charge costs more than the charge.
         return PaymentRequest.model_construct(
@@ -526,6 +561,8 @@ class PaymentProcessor:
             payment_token=SecretStr(token) if token else None,
             metadata=payment.metadata_ or {},
             tenant_id=payment.tenant_id,
+            customer_id=customer_id,
+            off_session=payment.payment_method_id is not None,
         )
 
     def _mark_hop(self, claim: Claim, instance: InstanceView | None) -> None:

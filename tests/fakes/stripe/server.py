@@ -330,6 +330,8 @@ class FakeStripe(LoopbackFake):
             currency=currency,
             metadata=form.get("metadata", {}),
             payment_method=form.get("payment_method"),
+            customer=form.get("customer"),
+            setup_future_usage=None,
             last_payment_error=None,
             next_action=None,
             created=int(time.time()),

@@ -1,0 +1,187 @@
+"""Saved payment methods (issue 35): imported, charged by id only through the instance
+that issued them (a 50/50 split never sends one to the other provider), refused once
+revoked or unavailable, within their tenant, and their token never shown."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from config.settings import reset_settings
+from registry.db import get_database
+from registry.tokens import create_token
+from tests.unit.test_scopes import BOOTSTRAP
+from workers import runtime
+from workers.ledger.outbox import OutboxEvent
+from workers.ledger.records import Payment, PaymentAttempt
+from workers.payments.client import InvalidPaymentRequest, get_payment, request_payment
+from workers.payments.methods import (
+    import_payment_method,
+    list_payment_methods,
+    revoke_payment_method,
+)
+from workers.tasks import processor
+
+CANARY = f"AUTH_canary_{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def split(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
+    """Two sandbox accounts of tenant t-a sharing its NGN traffic 50/50."""
+    from workers.core.app import reconfigure
+
+    monkeypatch.setenv("TENDER_API_TOKEN", BOOTSTRAP)
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    book = str(tmp_path / "book.db")
+    registry = runtime.registry()
+    x = registry.create_instance(
+        "sandbox", {"charge_book": book}, tenant_id="t-a", display_name="X", is_active=True
+    )
+    y = registry.create_instance(
+        "sandbox", {"charge_book": book}, tenant_id="t-a", display_name="Y", is_active=True
+    )
+    yield x, y
+    runtime.reset()
+    reset_settings()
+
+
+def charge(method_id: str, n: int, tenant: str = "t-a") -> uuid.UUID:
+    receipt = request_payment(
+        f"renewal-{n}", "25.00", "NGN", "ada@example.com", tenant_id=tenant,
+        idempotency_key=f"renewal-{uuid.uuid4().hex}", payment_method_id=method_id,
+    )  # fmt: skip
+    processor().process(receipt.payment_id)
+    return receipt.payment_id
+
+
+def test_a_saved_method_is_charged_only_by_its_issuer_under_a_split(split: tuple) -> None:
+    x, y = split
+    method = import_payment_method(x.id, CANARY, "cust-42", brand="visa", last4="4242")
+    assert method.tenant_id == "t-a" and method.instance_id == x.id
+    paid = [charge(method.id, n) for n in range(40)]
+    with get_database().sessions() as session:
+        went = set(
+            session.execute(select(Payment.instance_id).where(Payment.id.in_(paid))).scalars()
+        )
+        tried = set(
+            session.execute(
+                select(PaymentAttempt.instance_id).where(PaymentAttempt.payment_id.in_(paid))
+            ).scalars()
+        )
+    assert went == {x.id} and tried == {x.id}
+    assert {get_payment(p).status.value for p in paid} == {"succeeded"}
+    # without a method the same tenant's payments do split: the pin is what kept them on X
+    unpinned = []
+    for n in range(40):
+        receipt = request_payment(f"o-{n}", "25.00", "NGN", "ada@example.com", tenant_id="t-a")
+        processor().process(receipt.payment_id)
+        unpinned.append(get_payment(receipt.payment_id).instance_id)
+    assert set(unpinned) == {x.id, y.id}
+
+
+def test_an_unavailable_issuer_fails_the_payment_and_charges_no_one_else(split: tuple) -> None:
+    x, y = split
+    method = import_payment_method(x.id, CANARY, "cust-43")
+    runtime.registry().deactivate(x.id)
+    runtime.registry().refresh(force=True)  # workers follow within the hot-swap bound
+    payment = get_payment(charge(method.id, 1))
+    assert payment.status.value == "failed" and payment.error_code == "payment_method_unavailable"
+    assert payment.attempts == [] or all(a.instance_id != y.id for a in payment.attempts)
+
+
+def test_a_revoked_or_foreign_method_is_refused_before_anything_is_written(split: tuple) -> None:
+    x, _ = split
+    method = import_payment_method(x.id, CANARY, "cust-44")
+    with pytest.raises(InvalidPaymentRequest, match="payment_method_id: no payment method"):
+        charge(method.id, 1, tenant="t-b")  # another tenant's method does not exist for it
+    revoke_payment_method(method.id)
+    with pytest.raises(InvalidPaymentRequest, match="is revoked"):
+        charge(method.id, 2)
+    with pytest.raises(InvalidPaymentRequest, match="token"):
+        import_payment_method(x.id, "  ", "cust-44")
+    assert [m.status for m in list_payment_methods(customer_ref="cust-44")] == ["revoked"]
+
+
+def test_methods_over_rest_stay_in_their_tenant_and_never_show_the_token(split: tuple) -> None:
+    from surfaces.http.app import create_app
+
+    x, _ = split
+    other = runtime.registry().create_instance("sandbox", {}, tenant_id="t-b", is_active=True)
+    _, a_token = create_token(get_database(), "billing-a", ["pay"], tenant_id="t-a")
+    _, b_token = create_token(get_database(), "billing-b", ["pay"], tenant_id="t-b")
+    with TestClient(create_app()) as client:
+        made = client.post(
+            "/payment-methods",
+            json={"instance_id": str(x.id), "token": CANARY, "customer_ref": "cust-9",
+                  "last4": "4242", "wallet_email": "ada.lovelace@example.com"},
+            headers={"Authorization": f"Bearer {a_token}"},
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert CANARY not in made.text and body["wallet_email"] == "a***@example.com"
+        # B cannot import onto A's instance, list A's methods or revoke one
+        onto_a = client.post(
+            "/payment-methods",
+            json={"instance_id": str(x.id), "token": "t", "customer_ref": "c"},
+            headers={"Authorization": f"Bearer {b_token}"},
+        )
+        assert onto_a.status_code == 422
+        listed = client.get("/payment-methods", headers={"Authorization": f"Bearer {b_token}"})
+        assert listed.status_code == 200 and listed.json() == []
+        gone = client.delete(
+            f"/payment-methods/{body['id']}", headers={"Authorization": f"Bearer {b_token}"}
+        )
+        assert gone.status_code == 404
+        paid = client.post(
+            "/payments",
+            json={"order_id": "o-9", "amount": "9.00", "currency": "NGN",
+                  "customer_email": "ada@example.com", "payment_method_id": body["id"]},
+            headers={"Authorization": f"Bearer {a_token}"},
+        )  # fmt: skip
+        assert paid.status_code == 201, paid.text
+        processor().process(uuid.UUID(paid.json()["payment_id"]))
+        shown = client.get(
+            f"/payments/{paid.json()['payment_id']}", headers={"Authorization": f"Bearer {a_token}"}
+        )
+        assert shown.json()["status"] == "succeeded" and CANARY not in shown.text
+    assert other.tenant_id == "t-b"
+    with get_database().sessions() as session:
+        payloads = session.execute(select(OutboxEvent.payload)).scalars().all()
+        stored = session.execute(select(Payment.payment_token)).scalars().all()
+    assert CANARY not in json.dumps(payloads)
+    assert all(token is None or CANARY not in token for token in stored)  # sealed at rest
+
+
+def test_the_cli_imports_lists_charges_and_revokes_a_method(split: tuple) -> None:
+    """The token is read from stdin, never an argument; the list shows it masked."""
+    from typer.testing import CliRunner
+
+    from surfaces.cli.main import app
+
+    x, _ = split
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["methods", "import", str(x.id), "cust-cli", "--last4", "1111"], input=CANARY + "\n"
+    )
+    assert made.exit_code == 0, made.output
+    method_id = made.output.split("payment method ")[1].split()[0]
+    listed = runner.invoke(
+        app, ["methods", "list", "--customer-ref", "cust-cli"], env={"COLUMNS": "200"}
+    )
+    assert method_id in listed.output and "1111" in listed.output and CANARY not in listed.output
+    paid = runner.invoke(
+        app, ["pay", "o-cli", "3.00", "NGN", "ada@example.com", "--tenant", "t-a",
+              "--payment-method-id", method_id],
+    )  # fmt: skip
+    assert paid.exit_code == 0, paid.output
+    assert runner.invoke(app, ["methods", "revoke", method_id]).exit_code == 0
+    again = runner.invoke(app, ["methods", "revoke", "pm_nope"])
+    assert again.exit_code != 0 and "no payment method" in again.output
