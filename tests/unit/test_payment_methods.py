@@ -133,7 +133,7 @@ def test_methods_over_rest_stay_in_their_tenant_and_never_show_the_token(split: 
             json={"instance_id": str(x.id), "token": "t", "customer_ref": "c"},
             headers={"Authorization": f"Bearer {b_token}"},
         )
-        assert onto_a.status_code == 422
+        assert onto_a.status_code == 404
         listed = client.get("/payment-methods", headers={"Authorization": f"Bearer {b_token}"})
         assert listed.status_code == 200 and listed.json() == []
         gone = client.delete(

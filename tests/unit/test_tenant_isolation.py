@@ -25,6 +25,7 @@ from registry.tokens import create_token
 from tests.unit.test_scopes import BOOTSTRAP, CONSOLE_SCOPES, UNSCOPED
 from workers import runtime
 from workers.payments.client import _validated, get_payment, record_payment
+from workers.payments.methods import import_payment_method
 from workers.payments.refunds import list_refunds, refund_payment
 from workers.tasks import processor
 
@@ -41,6 +42,7 @@ class World:
     b_instance: uuid.UUID
     platform_instance: uuid.UUID
     b_token: uuid.UUID
+    b_method: str
 
 
 class _Quiet:
@@ -82,8 +84,9 @@ def world(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     refund = refund_payment(b_payment, "1.00", publisher=_Quiet())  # type: ignore[arg-type]
     _, token = create_token(get_database(), "tenant-a-admin", ["admin"], tenant_id="t-a")
     b_token, _ = create_token(get_database(), "tenant-b-billing", ["pay"], tenant_id="t-b")
+    b_method = import_payment_method(b.id, CANARY, "cust-b").id
     with TestClient(create_app()) as client:
-        yield World(client, token, b_payment, refund.id, b.id, platform.id, b_token)
+        yield World(client, token, b_payment, refund.id, b.id, platform.id, b_token, b_method)
     runtime.reset()
     reset_settings()
 
@@ -94,6 +97,7 @@ def fill(path: str, world: World) -> str:
         "refund_id": str(world.b_refund),
         "instance_id": str(world.b_instance),
         "token_id": str(world.b_token),
+        "method_id": world.b_method,
         "plugin": "sandbox",
         "action": "deactivate",
     }
@@ -114,7 +118,10 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("patch", "/instances/{instance_id}"): {"priority": 1},
     ("post", "/api/tokens"): {"name": "sneaky", "scopes": ["admin"], "tenant_id": "t-b"},
 }  # fmt: skip
-LISTS = {("get", "/plugins"), ("get", "/instances"), ("get", "/api/audit"), ("get", "/api/tokens")}
+LISTS = {
+    ("get", "/plugins"), ("get", "/instances"), ("get", "/api/audit"), ("get", "/api/tokens"),
+    ("get", "/payment-methods"),
+}  # fmt: skip
 
 
 def leaks(text: str, world: World, *, listed: bool = False) -> list[str]:
@@ -122,7 +129,7 @@ def leaks(text: str, world: World, *, listed: bool = False) -> list[str]:
     may be the caller's own input echoed in a 404)."""
     secrets_of_b = [CANARY, B_EMAIL]
     if listed:
-        secrets_of_b += [str(world.b_payment), str(world.b_instance)]
+        secrets_of_b += [str(world.b_payment), str(world.b_instance), world.b_method]
     return [s for s in secrets_of_b if s in text]
 
 
@@ -133,10 +140,13 @@ def test_every_api_route_keeps_tenant_a_out_of_tenant_b(world: World) -> None:
         if path in UNSCOPED:
             continue
         for method in methods:
+            body = BODIES.get((method, path))
+            if (method, path) == ("post", "/payment-methods"):  # onto B's instance
+                body = {"instance_id": str(world.b_instance), "token": "t", "customer_ref": "c"}
             answer = world.client.request(
                 method.upper(),
                 fill(path, world),
-                json=BODIES.get((method, path)),
+                json=body,
                 headers=bearer(world.a_admin),
             )
             walked += 1

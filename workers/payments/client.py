@@ -103,6 +103,7 @@ class PaymentView(BaseModel):
     # while pending: what the customer must do (type: redirect, bank_transfer, sdk or the
     # provider's own; url, bank_transfer details, client_secret for an SDK step)
     next_action: dict[str, Any] | None = None
+    payment_method_id: str | None = None  # the saved method it was charged with
     error_code: str | None
     error: str | None
     refunded_minor: int
@@ -430,6 +431,7 @@ def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> P
         provider_transaction_id=payment.provider_transaction_id,
         authorization_url=payment.authorization_url,
         next_action=payment.next_action if payment.status == PaymentState.PENDING.value else None,
+        payment_method_id=payment.payment_method_id,
         error_code=payment.error_code,
         error=payment.error_message,
         refunded_minor=payment.refunded_minor,

@@ -39,6 +39,10 @@ class PaymentMethodNotFound(PaymentNotFound):
     """No such payment method (or not one this caller's tenant may see): a 404."""
 
 
+class IssuerNotFound(PaymentNotFound):
+    """No such instance to import a method for (or not one this caller's tenant sees)."""
+
+
 class PaymentMethodView(BaseModel):
     """A saved method as billing sees it: never the token."""
 
@@ -116,7 +120,7 @@ def import_payment_method(
         raise InvalidPaymentRequest("instance_id", "is not an instance id") from None
     instance = next((v for v in registry.snapshot() if v.id == key), None)
     if instance is None or not in_tenant(instance.tenant_id, within_tenant):
-        raise InvalidPaymentRequest("instance_id", f"no instance {key}")
+        raise IssuerNotFound(f"instance_id: no instance {key}")
     if instance.tenant_id is None and within_tenant is not None:
         raise InvalidPaymentRequest(
             "instance_id", "a platform instance's methods are not a tenant's"
