@@ -146,6 +146,20 @@ class CustomerAction(_Model):
     bank_transfer: dict[str, str] | None = None
 
 
+class SavedMethod(_Model):
+    """A reusable payment method a successful checkout left at the provider, when the
+    customer agreed to save it: the token charges it again (secret), the rest is for
+    display."""
+
+    token: SecretStr
+    provider_customer_id: str | None = None
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    wallet_email: str | None = None
+
+
 class PaymentOutcome(_Model):
     """The provider's answer to a charge or a verify."""
 
@@ -163,6 +177,8 @@ class PaymentOutcome(_Model):
     # The provider's own status word, as the plugin's lifecycle lists it: tells a pending
     # payment the customer can still pay from one whose money is in flight.
     provider_status: str | None = None
+    # a succeeded checkout's reusable method (Capability.SAVES_METHODS)
+    saved_method: SavedMethod | None = None
 
 
 def customer_action(outcome: PaymentOutcome) -> dict[str, Any] | None:
@@ -220,6 +236,7 @@ class WebhookEvent(_Model):
     status: OutcomeStatus | None = None
     refund: RefundOutcome | None = None
     dispute: DisputeOutcome | None = None
+    saved_method: SavedMethod | None = None  # a success's reusable method, where reported
     amount_minor: int | None = None
     currency: str | None = None
     message: str | None = None
@@ -370,6 +387,9 @@ class Capability(StrEnum):
     # refund_status reads a refund back by the provider's id: reconcile settles pending
     # refunds with it where no webhook will (PayPal sends none for a refund that fails)
     READS_REFUNDS = "reads_refunds"
+    # a successful checkout reports the reusable method it leaves (SavedMethod), saved
+    # when the payment asked for it
+    SAVES_METHODS = "saves_methods"
     # the provider notifies disputes (chargebacks, inquiries, claims) by webhook: the plugin
     # reports them as WebhookEvent.dispute, with the payment's reference
     DISPUTE_WEBHOOKS = "dispute_webhooks"

@@ -58,6 +58,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    SavedMethod,
     Stage,
     WebhookEvent,
     load_json,
@@ -302,6 +303,35 @@ def _dispute_status(data: Mapping[str, Any]) -> DisputeStatus:
     return _DISPUTE_RESOLUTIONS.get(str(data.get("resolution")), DisputeStatus.OPEN)
 
 
+def saved_method(data: Mapping[str, Any]) -> SavedMethod | None:
+    """The card a successful transaction leaves, when Paystack marks it reusable: its
+    ``authorization_code`` charges it again with the customer's email
+    (https://paystack.com/docs/payments/recurring-charges/; the authorization object of
+    the verify answer and of charge.success, see tests/fixtures/webhooks/paystack)."""
+    auth = data.get("authorization")
+    if not isinstance(auth, Mapping) or auth.get("reusable") is not True:
+        return None
+    code = _str_or_none(auth.get("authorization_code"))
+    if code is None:
+        return None
+    last4 = _str_or_none(auth.get("last4"))
+    return SavedMethod(
+        token=SecretStr(code),
+        brand=_str_or_none(auth.get("brand")),
+        last4=last4 if last4 and last4.isdigit() and len(last4) == 4 else None,
+        exp_month=_small_int(auth.get("exp_month"), 1, 12),
+        exp_year=_small_int(auth.get("exp_year"), 2000, 2100),
+    )
+
+
+def _small_int(value: Any, low: int, high: int) -> int | None:
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return number if low <= number <= high else None
+
+
 def _timestamp(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -356,6 +386,7 @@ class PaystackProvider(PaymentProvider):
             Capability.PARTIAL_REFUNDS,
             Capability.SIGNED_BODY,
             Capability.DISPUTE_WEBHOOKS,
+            Capability.SAVES_METHODS,
         }
     )
 
@@ -551,6 +582,7 @@ class PaystackProvider(PaymentProvider):
             currency=_str_or_none(data.get("currency")),
             message=_str_or_none(data.get("gateway_response") or data.get("message")),
             code=raw_status or None,
+            saved_method=saved_method(data) if status is OutcomeStatus.SUCCEEDED else None,
         )
 
     async def verify_payment(
@@ -702,10 +734,12 @@ class PaystackProvider(PaymentProvider):
         if event in _DISPUTE_EVENTS:
             return self._dispute_event(common, data)
         if event in _CHARGE_EVENTS:
+            status = _CHARGE_EVENTS[event]
             return WebhookEvent(
                 **common,
                 reference=str(data["reference"]),
-                status=_CHARGE_EVENTS[event],
+                status=status,
                 message=_str_or_none(data.get("gateway_response")),
+                saved_method=saved_method(data) if status is OutcomeStatus.SUCCEEDED else None,
             )
         return WebhookEvent(**common, reference=_str_or_none(data.get("reference")))

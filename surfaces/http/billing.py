@@ -59,6 +59,12 @@ class PaymentCreate(BaseModel):
     payment_token: SecretStr | None = Field(
         default=None, description="a saved authorization from the provider"
     )
+    save_for_customer: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the customer agreed to save the method they pay with: saved for this "
+        "customer reference on success (payment_method.saved)",
+    )
     payment_method_id: str | None = Field(
         default=None,
         max_length=40,
@@ -141,6 +147,7 @@ def billing_router() -> APIRouter:
                 body.idempotency_key,
                 payment_token=body.payment_token.get_secret_value() if body.payment_token else None,
                 payment_method_id=body.payment_method_id,
+                save_for_customer=body.save_for_customer,
             )
         if not receipt.created:
             response.status_code = 200  # the same request again: the first payment

@@ -185,3 +185,64 @@ def test_the_cli_imports_lists_charges_and_revokes_a_method(split: tuple) -> Non
     assert runner.invoke(app, ["methods", "revoke", method_id]).exit_code == 0
     again = runner.invoke(app, ["methods", "revoke", "pm_nope"])
     assert again.exit_code != 0 and "no payment method" in again.output
+
+
+def test_a_paystack_checkout_saves_the_card_the_customer_agreed_to_save(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save_for_customer on a checkout: Paystack's charge.success carries the card's
+    reusable authorization (recurring charges docs); the ledger saves it for billing's
+    customer, bound to the instance that took the payment, publishes payment_method.saved
+    (never the token), and the saved method is then charged by id through Paystack's
+    charge_authorization."""
+    from tests.fakes.paystack.server import FakePaystack
+    from workers.core.app import reconfigure
+    from workers.payments.webhooks import receive_webhook
+
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    with FakePaystack() as fake:
+        instance = runtime.registry().create_instance(
+            "paystack",
+            {"secret_key": fake.secret_key, "public_key": fake.public_key,
+             "base_url": fake.base_url, "callback_url": "https://shop.example/paid"},
+            tenant_id="t-p", is_active=True,
+        )  # fmt: skip
+        receipt = request_payment(
+            "sub-1", "50.00", "NGN", "ada@example.com", tenant_id="t-p",
+            save_for_customer="cust-77",
+        )  # fmt: skip
+        processor().process(receipt.payment_id)
+        reference = get_payment(receipt.payment_id).provider_reference
+        assert get_payment(receipt.payment_id).status.value == "pending"
+        fake.set_status(reference, "success")  # the customer pays on Paystack's page
+        raw, headers = fake.webhook("charge.success", fake.event_data("charge.success", reference))
+
+        class Quiet:
+            def publish(self, rows: object) -> None:
+                pass
+
+        reply = receive_webhook("paystack", raw, headers, publisher=Quiet())  # type: ignore[arg-type]
+        assert reply.result.value == "applied"
+        [saved] = list_payment_methods(customer_ref="cust-77")
+        assert saved.instance_id == instance.id and saved.tenant_id == "t-p"
+        assert saved.last4 == "4081" and saved.exp_year == 2030 and saved.provider == "paystack"
+        with get_database().sessions() as session:
+            events = (
+                session.execute(
+                    select(OutboxEvent.payload).where(
+                        OutboxEvent.event_type == "payment_method.saved"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert [e["payment_method_id"] for e in events] == [saved.id]
+        assert "AUTH_" not in json.dumps(events)
+
+        renewal = charge(saved.id, 2, tenant="t-p")
+        view = get_payment(renewal)
+        assert view.status.value == "succeeded" and view.instance_id == instance.id
+        assert view.payment_method_id == saved.id
+    runtime.reset()

@@ -37,6 +37,7 @@ class EventType(StrEnum):
     REFUND_FAILED = "refund.failed"  # a refund the provider did not pay out
     PAYMENT_DISPUTED = "payment.disputed"  # the customer disputed it: money held
     PAYMENT_DISPUTE_CLOSED = "payment.dispute_closed"  # won (money stays) or lost
+    PAYMENT_METHOD_SAVED = "payment_method.saved"  # a checkout left a reusable method
     PROVIDER_HEALTH_CHANGED = "provider.health_changed"
     ALERT_RAISED = "alert.raised"
 
@@ -93,6 +94,22 @@ class PaymentEvent(Event):
     refund_id: uuid.UUID | None = None
     refund_amount_minor: int | None = None
     dispute: DisputeSummary | None = None  # payment.disputed, payment.dispute_closed
+
+
+class PaymentMethodEvent(Event):
+    """A saved payment method (never its token)."""
+
+    type: EventType = EventType.PAYMENT_METHOD_SAVED
+    payment_method_id: str
+    payment_id: uuid.UUID | None = None  # the checkout it was saved from
+    tenant_id: str | None
+    customer_ref: str
+    provider: str
+    instance_id: uuid.UUID
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
 
 
 class HealthChangedEvent(Event):

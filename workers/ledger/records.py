@@ -85,6 +85,9 @@ class Payment(Base):
     # only one that may charge it (never another provider's account).
     payment_method_id: Mapped[str | None] = mapped_column(String(40))
     pinned_instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The customer agreed to save the method this checkout is paid with, for billing's
+    # customer: saved on success (workers.payments.methods.save_from_success)
+    save_method_for: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_payments_status_updated", "status", "updated_at"),
@@ -269,6 +272,7 @@ class PaymentRecord:
     next_action: dict[str, Any] | None = None
     payment_method_id: str | None = None
     pinned_instance_id: uuid.UUID | None = None
+    save_method_for: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> PaymentRecord:

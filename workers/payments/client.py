@@ -270,6 +270,7 @@ def request_payment(
     *,
     payment_token: str | None = None,
     payment_method_id: str | None = None,
+    save_for_customer: str | None = None,
     database: Database | None = None,
 ) -> PaymentReceipt:
     """Record a payment and enqueue it. Bad input raises before anything is written.
@@ -278,6 +279,9 @@ def request_payment(
     ``payment_token``: a saved authorization from the provider (secret; stored encrypted).
     ``payment_method_id``: a saved method of this tenant (``pm_...``): charged only by
     the instance that issued it (workers.payments.methods).
+    ``save_for_customer``: the customer agreed to save the method they pay with, for
+    billing's customer reference: on success it becomes a saved method
+    (``payment_method.saved``), where the provider reports a reusable one.
     """
     if payment_token and payment_method_id:
         raise InvalidPaymentRequest(
@@ -297,6 +301,16 @@ def request_payment(
 
     database = database or get_database()
     sealed = None
+    if save_for_customer is not None:
+        if not isinstance(save_for_customer, str) or not 0 < len(save_for_customer) <= 200:
+            raise InvalidPaymentRequest(
+                "save_for_customer", "billing's customer reference, 1 to 200 characters"
+            )
+        if payment_method_id is not None or payment_token:
+            raise InvalidPaymentRequest(
+                "save_for_customer", "a method charged from a token is already saved"
+            )
+        fields["save_method_for"] = save_for_customer
     if payment_method_id is not None:
         method = method_for_charge(database, payment_method_id, fields["tenant_id"])
         fields |= {"payment_method_id": method.id, "pinned_instance_id": method.instance_id}

@@ -23,12 +23,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from providers.base import SavedMethod
 from registry import audit
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
 from registry.service import PluginRegistry
-from workers.ledger.records import PaymentMethodRow
+from workers.ledger.outbox import OutboxEvent, PaymentMethodEvent, add_event
+from workers.ledger.records import Payment, PaymentMethodRow
 from workers.payments.client import InvalidPaymentRequest, PaymentNotFound, in_tenant
 
 METHOD_PREFIX = "pm_"
@@ -166,6 +169,48 @@ def import_payment_method(
             tenant_id=instance.tenant_id,
         )
         return view_of_method(row)
+
+
+def save_from_success(
+    session: Session, payment: Payment, saved: SavedMethod | None, box: SecretBox
+) -> list[OutboxEvent]:
+    """In the transaction that records ``payment`` succeeded: when its customer agreed to
+    save the method (``save_method_for``) and the provider reported a reusable one, save
+    it, bound to the instance that took the payment, and add ``payment_method.saved``.
+    Nothing when either is missing (a provider that reports none: billing is told by the
+    absence of the event)."""
+    if saved is None or payment.save_method_for is None or payment.instance_id is None:
+        return []
+    row = PaymentMethodRow(
+        id=METHOD_PREFIX + secrets.token_urlsafe(18),
+        tenant_id=payment.tenant_id,
+        customer_ref=payment.save_method_for,
+        instance_id=payment.instance_id,
+        plugin_name=payment.plugin_name or "unknown",
+        provider_customer_id=saved.provider_customer_id,
+        token=box.encrypt(saved.token.get_secret_value())["$enc"],
+        brand=saved.brand,
+        last4=saved.last4,
+        exp_month=saved.exp_month,
+        exp_year=saved.exp_year,
+        wallet_email=saved.wallet_email,
+        status="active",
+    )
+    session.add(row)
+    session.flush()
+    event = PaymentMethodEvent(
+        payment_method_id=row.id,
+        payment_id=payment.id,
+        tenant_id=row.tenant_id,
+        customer_ref=row.customer_ref,
+        provider=row.plugin_name,
+        instance_id=row.instance_id,
+        brand=row.brand,
+        last4=row.last4,
+        exp_month=row.exp_month,
+        exp_year=row.exp_year,
+    )
+    return [add_event(session, event)]
 
 
 def list_payment_methods(

@@ -66,6 +66,7 @@ from workers.ledger.records import (
 )
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.monitoring.alerts import Alert
+from workers.payments.methods import save_from_success
 from workers.payments.processor import outcome_mismatch
 from workers.payments.refunds import (
     RefundMismatch,
@@ -616,6 +617,8 @@ def _verify_one(
             alert = late_success_alert(payment, instance.plugin_name)
             rows.append(add_event(session, alert))
             log.warning("reconcile: %s", alert.text)
+        if new is PaymentState.SUCCEEDED:
+            rows += save_from_success(session, payment, outcome.saved_method, registry.box)
         session.flush()
         outbox_ids = [row.id for row in rows]
     publish_now(database, publisher, outbox_ids)

@@ -38,6 +38,7 @@ from providers.errors import ConfigurationError, ProviderUnavailable, WebhookSig
 from registry.db import Database, get_database
 from registry.errors import RegistryError
 from registry.instances import InstanceView
+from registry.secrets import SecretBox
 from registry.service import PluginRegistry
 from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventPublisher, publish_now
@@ -52,6 +53,7 @@ from workers.ledger.records import (
 )
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.payments.disputes import DisputeConflict, apply_dispute
+from workers.payments.methods import save_from_success
 from workers.payments.refunds import (
     OPEN_REFUNDS,
     REFUNDABLE,
@@ -296,7 +298,7 @@ def _apply(
     elif event.refund is not None:
         reply, outbox_ids = _apply_refund(session, event, payment)
     else:
-        reply, outbox_ids = _apply_charge(session, event, payment)
+        reply, outbox_ids = _apply_charge(session, event, payment, verifier.registry.box)
     if reply.result is WebhookResult.IN_PROGRESS:
         raise _NotYet(reply)
     receipt.result = reply.result.value
@@ -319,7 +321,7 @@ def _check_instance(payment: Payment, verified_by: InstanceView, verifier: _Veri
 
 
 def _apply_charge(
-    session: Session, event: WebhookEvent, payment: Payment
+    session: Session, event: WebhookEvent, payment: Payment, box: SecretBox
 ) -> tuple[WebhookReply, list[int]]:
     assert event.status is not None
     current = PaymentState(payment.status)
@@ -357,6 +359,8 @@ def _apply_charge(
     previous = current if late_success else None
     outbox = add_event(session, payment_event(payment, new, previous_status=previous, **fields))
     rows = [outbox]
+    if new is PaymentState.SUCCEEDED:
+        rows += save_from_success(session, payment, event.saved_method, box)
     if late_success:
         alert = late_success_alert(payment, event.provider)
         log.warning("webhook: %s", alert.text)

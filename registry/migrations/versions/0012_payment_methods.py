@@ -47,10 +47,12 @@ def upgrade() -> None:
     with op.batch_alter_table("payments") as batch:
         batch.add_column(sa.Column("payment_method_id", sa.String(length=40), nullable=True))
         batch.add_column(sa.Column("pinned_instance_id", sa.Uuid(), nullable=True))
+        batch.add_column(sa.Column("save_method_for", sa.String(length=200), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("payments") as batch:
+        batch.drop_column("save_method_for")
         batch.drop_column("pinned_instance_id")
         batch.drop_column("payment_method_id")
     op.drop_table("payment_methods")

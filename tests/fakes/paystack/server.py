@@ -256,6 +256,12 @@ class FakePaystack:
             tx.gateway_response = gateway_response or _GATEWAY_RESPONSES[status]
             if status == "success" and tx.paid_at is None:
                 tx.paid_at = datetime.now(UTC)
+            if status == "success":
+                # the card just paid with is reusable: Paystack's authorization object says
+                # reusable: true and its authorization_code charges it again
+                # (https://paystack.com/docs/payments/recurring-charges/)
+                code = self._authorization_json(tx)["authorization_code"]
+                self._authorizations.setdefault(code, None)
 
     def add_authorization(self, code: str, *, decline: str | None = None) -> str:
         """Register a reusable card authorization; ``decline`` is its gateway_response."""
