@@ -126,6 +126,8 @@ class PaymentRequest(_Model):
     # the charge is merchant-initiated with nobody present (recurring billing)
     customer_id: str | None = None
     off_session: bool = False
+    # the customer agreed to save the method they pay with (a checkout)
+    save_method: bool = False
 
     @field_validator("currency")
     @classmethod

@@ -46,6 +46,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    SavedMethod,
     Stage,
     WebhookEvent,
     load_json,
@@ -344,6 +345,18 @@ def _bank_transfer(details: Any) -> dict[str, str]:
     return found
 
 
+def saved_method_of(
+    status: str, setup_future_usage: Any, payment_method: Any, customer: Any
+) -> SavedMethod | None:
+    """A succeeded PaymentIntent set up for future off-session use leaves its
+    PaymentMethod attached to its Customer: the two charge it again."""
+    if status != "succeeded" or setup_future_usage != "off_session":
+        return None
+    if not isinstance(payment_method, str) or not isinstance(customer, str):
+        return None
+    return SavedMethod(token=SecretStr(payment_method), provider_customer_id=customer)
+
+
 def intent_status(status: str, metadata: Mapping[str, Any] | None) -> OutcomeStatus:
     """Tender's outcome for a PaymentIntent ``status``, by the flow in its ``metadata``
     (an intent without one is read as a checkout's: a payable order is never failed on a
@@ -409,6 +422,7 @@ class StripeProvider(PaymentProvider):
             Capability.SIGNED_TIMESTAMPS,
             Capability.DISPUTE_WEBHOOKS,
             Capability.READS_REFUNDS,
+            Capability.SAVES_METHODS,
         }
     )
 
@@ -548,26 +562,33 @@ class StripeProvider(PaymentProvider):
                 moves_money=True,
             )
             return self._intent_outcome(intent, request.reference)
+        checkout: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": request.currency.lower(),
+                        "unit_amount": amount,
+                        "product_data": {"name": f"Order {request.order_id}"},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "success_url": self.settings.return_url,
+            "client_reference_id": request.reference,
+            "customer_email": request.customer_email,
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata | {FLOW_KEY: "checkout"}},
+        }
+        if request.save_method:
+            # the customer agreed to save the card: attached to a Customer, for charges
+            # with nobody present ("save payment details during payment",
+            # https://docs.stripe.com/payments/checkout/save-during-payment)
+            checkout["payment_intent_data"]["setup_future_usage"] = "off_session"
+            checkout["customer_creation"] = "always"
         session = await self._call(
             self._sdk.v1.checkout.sessions.create_async(
-                {
-                    "mode": "payment",
-                    "line_items": [
-                        {
-                            "price_data": {
-                                "currency": request.currency.lower(),
-                                "unit_amount": amount,
-                                "product_data": {"name": f"Order {request.order_id}"},
-                            },
-                            "quantity": 1,
-                        }
-                    ],
-                    "success_url": self.settings.return_url,
-                    "client_reference_id": request.reference,
-                    "customer_email": request.customer_email,
-                    "metadata": metadata,
-                    "payment_intent_data": {"metadata": metadata | {FLOW_KEY: "checkout"}},
-                },
+                checkout,  # type: ignore[arg-type]
                 self._options(request.reference, "checkout"),
             ),
             moves_money=True,
@@ -589,6 +610,10 @@ class StripeProvider(PaymentProvider):
         if action is not None:
             action_type, action_url = action.type, action.url
         error = getattr(intent, "last_payment_error", None)
+        saved = saved_method_of(
+            str(intent.status), getattr(intent, "setup_future_usage", None),
+            getattr(intent, "payment_method", None), getattr(intent, "customer", None),
+        )  # fmt: skip
         return PaymentOutcome(
             status=status,
             reference=reference,
@@ -597,6 +622,7 @@ class StripeProvider(PaymentProvider):
             currency=intent.currency.upper(),
             authorization_url=action_url,
             next_action=action,
+            saved_method=saved,
             provider_status=str(intent.status),
             code=(getattr(error, "decline_code", None) or getattr(error, "code", None))
             if status is OutcomeStatus.FAILED and error
@@ -820,6 +846,12 @@ class StripeProvider(PaymentProvider):
             outcome = intent_status(obj["status"], obj.get("metadata"))
             return WebhookEvent(
                 **base,
+                saved_method=saved_method_of(
+                    str(obj["status"]),
+                    obj.get("setup_future_usage"),
+                    obj.get("payment_method"),
+                    obj.get("customer"),
+                ),
                 reference=(obj.get("metadata") or {}).get(REFERENCE_KEY),
                 status=outcome if outcome is not OutcomeStatus.PENDING else None,
                 amount_minor=from_stripe_amount(obj["amount"], obj["currency"]),

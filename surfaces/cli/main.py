@@ -83,10 +83,19 @@ def methods_import(
 
 
 @methods_app.command("list")
-def methods_list(customer_ref: Annotated[str | None, typer.Option()] = None) -> None:
+def methods_list(
+    customer_ref: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Saved methods (masked), newest first."""
     from workers.payments.methods import list_payment_methods
 
+    if as_json:
+        with user_errors():
+            _json(
+                [m.model_dump(mode="json") for m in list_payment_methods(customer_ref=customer_ref)]
+            )
+        return
     table = Table(title="Payment methods")
     for column in ("id", "customer", "provider", "card", "expires", "status"):
         table.add_column(column, overflow="fold")

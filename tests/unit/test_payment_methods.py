@@ -173,10 +173,11 @@ def test_the_cli_imports_lists_charges_and_revokes_a_method(split: tuple) -> Non
     )
     assert made.exit_code == 0, made.output
     method_id = made.output.split("payment method ")[1].split()[0]
-    listed = runner.invoke(
-        app, ["methods", "list", "--customer-ref", "cust-cli"], env={"COLUMNS": "200"}
-    )
-    assert method_id in listed.output and "1111" in listed.output and CANARY not in listed.output
+    listed = runner.invoke(app, ["methods", "list", "--customer-ref", "cust-cli", "--json"])
+    [shown] = json.loads(listed.output)
+    assert shown["id"] == method_id and shown["last4"] == "1111" and CANARY not in listed.output
+    table = runner.invoke(app, ["methods", "list", "--customer-ref", "cust-cli"])
+    assert table.exit_code == 0 and CANARY not in table.output
     paid = runner.invoke(
         app, ["pay", "o-cli", "3.00", "NGN", "ada@example.com", "--tenant", "t-a",
               "--payment-method-id", method_id],
@@ -245,4 +246,60 @@ def test_a_paystack_checkout_saves_the_card_the_customer_agreed_to_save(
         view = get_payment(renewal)
         assert view.status.value == "succeeded" and view.instance_id == instance.id
         assert view.payment_method_id == saved.id
+    runtime.reset()
+
+
+def test_a_stripe_checkout_saves_the_card_and_its_customer_once(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkout with setup_future_usage=off_session and a Customer: the succeeded intent
+    names the PaymentMethod and its Customer. Stripe sends the session's event and the
+    intent's; whichever comes, one method is saved (the intent's names it), and it is
+    charged later with its Customer, off-session."""
+    from tests.fakes.stripe.server import FakeStripe
+    from workers.core.app import reconfigure
+    from workers.payments.webhooks import receive_webhook
+
+    class Quiet:
+        def publish(self, rows: object) -> None:
+            pass
+
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    with FakeStripe() as fake:
+        instance = runtime.registry().create_instance(
+            "stripe",
+            {"secret_key": fake.secret_key, "webhook_secret": fake.webhook_secret,
+             "base_url": fake.base_url},
+            tenant_id="t-s", is_active=True,
+        )  # fmt: skip
+        receipt = request_payment(
+            "sub-s", "20.00", "USD", "ada@example.com", tenant_id="t-s",
+            save_for_customer="cust-s",
+        )  # fmt: skip
+        processor().process(receipt.payment_id)
+        reference = get_payment(receipt.payment_id).provider_reference
+        created = [f for m, p, f in fake.requests if p == "/v1/checkout/sessions"][-1]
+        assert created["customer_creation"] == "always"
+        assert created["payment_intent_data"]["setup_future_usage"] == "off_session"
+        session = fake.complete_checkout(reference)
+        for kind, obj in (
+            ("checkout.session.completed", session),
+            ("payment_intent.succeeded", fake.intent_for(reference)),
+            ("payment_intent.succeeded", fake.intent_for(reference)),  # a second delivery
+        ):
+            raw, headers = fake.webhook(kind, obj)
+            receive_webhook("stripe", raw, headers, publisher=Quiet())  # type: ignore[arg-type]
+        [saved] = list_payment_methods(customer_ref="cust-s")
+        intent = fake.intent_for(reference)
+        assert saved.provider_customer_id == intent["customer"] and saved.provider == "stripe"
+        assert saved.instance_id == instance.id
+
+        renewal = get_payment(charge(saved.id, 3, tenant="t-s"))
+        assert renewal.status.value == "succeeded"
+        charged = [f for m, p, f in fake.requests if p == "/v1/payment_intents"][-1]
+        assert charged["customer"] == intent["customer"]
+        assert charged["payment_method"] == intent["payment_method"]
+        assert charged["off_session"] == "true"
     runtime.reset()

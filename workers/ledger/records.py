@@ -150,6 +150,9 @@ class PaymentMethodRow(Base):
     status: Mapped[str] = mapped_column(String(20), default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the checkout it was saved from (None: imported): one method per checkout, however
+    # many of the provider's events report it
+    source_payment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
 
 
 class Dispute(Base):

@@ -181,6 +181,11 @@ def save_from_success(
     absence of the event)."""
     if saved is None or payment.save_method_for is None or payment.instance_id is None:
         return []
+    already = session.execute(
+        select(PaymentMethodRow.id).where(PaymentMethodRow.source_payment_id == payment.id)
+    ).first()
+    if already is not None:  # another of the provider's events for this checkout saved it
+        return []
     row = PaymentMethodRow(
         id=METHOD_PREFIX + secrets.token_urlsafe(18),
         tenant_id=payment.tenant_id,
@@ -195,6 +200,7 @@ def save_from_success(
         exp_year=saved.exp_year,
         wallet_email=saved.wallet_email,
         status="active",
+        source_payment_id=payment.id,
     )
     session.add(row)
     session.flush()

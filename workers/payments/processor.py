@@ -563,6 +563,7 @@ class PaymentProcessor:
             tenant_id=payment.tenant_id,
             customer_id=customer_id,
             off_session=payment.payment_method_id is not None,
+            save_method=payment.save_method_for is not None,
         )
 
     def _mark_hop(self, claim: Claim, instance: InstanceView | None) -> None:

@@ -329,7 +329,15 @@ def _apply_charge(
     if current in _IN_FLIGHT:
         return _reply(WebhookResult.IN_PROGRESS, payment, 409, "a worker is charging it"), []
     if current is new or (new is PaymentState.SUCCEEDED and current in REFUNDABLE):
-        return _reply(WebhookResult.NO_CHANGE, payment, 200, f"already {current.value}"), []
+        # already settled by another of the provider's events (Stripe sends the session's
+        # and the intent's): the one that names the saved method still saves it
+        saved = (
+            save_from_success(session, payment, event.saved_method, box)
+            if (new is PaymentState.SUCCEEDED)
+            else []
+        )
+        reply = _reply(WebhookResult.NO_CHANGE, payment, 200, f"already {current.value}")
+        return reply, [row.id for row in saved]
     # Money at the provider is the truth: a success for a payment Tender failed (a checkout
     # it expired, a decline the customer retried past) makes it succeeded, loudly.
     late_success = current is PaymentState.FAILED and new is PaymentState.SUCCEEDED

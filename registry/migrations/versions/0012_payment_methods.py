@@ -37,7 +37,9 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("source_payment_id", sa.Uuid(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_payment_methods")),
+        sa.UniqueConstraint("source_payment_id", name=op.f("uq_payment_methods_source_payment_id")),
     )
     with op.batch_alter_table("payment_methods") as batch:
         batch.create_index(batch.f("ix_payment_methods_tenant_id"), ["tenant_id"], unique=False)

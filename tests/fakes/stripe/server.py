@@ -124,6 +124,7 @@ class FakeStripe(LoopbackFake):
         self.refund_status = "succeeded"
         self._refunds: dict[str, dict[str, Any]] = {}
         self._disputes: dict[str, dict[str, Any]] = {}
+        self._saving: dict[str, str] = {}  # session id -> payment_intent_data.setup_future_usage
         self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (request, status, body)
         self._in_flight: set[str] = set()
 
@@ -164,6 +165,12 @@ class FakeStripe(LoopbackFake):
                 status="succeeded", amount_received=session["amount_total"],
                 latest_charge=self._id("ch"), last_payment_error=None, next_action=None,
             )  # fmt: skip
+            if intent.get("setup_future_usage"):
+                # saved for later (https://docs.stripe.com/payments/checkout/save-during-payment):
+                # the card becomes a PaymentMethod attached to the session's Customer
+                customer = session.get("customer") or self._id("cus")
+                session["customer"] = customer
+                intent.update(customer=customer, payment_method=self._id("pm"))
             session.update(status="complete", payment_status="paid")
             return copy.deepcopy(session)
 
@@ -221,6 +228,7 @@ class FakeStripe(LoopbackFake):
             metadata=dict(self._intent_metadata[session["id"]]), status="requires_payment_method",
             amount_received=0, latest_charge=None, last_payment_error=None, next_action=None,
             created=int(time.time()),
+            setup_future_usage=self._saving.get(session["id"]), customer=session.get("customer"),
         )  # fmt: skip
         self._intents[intent["id"]] = intent
         session["payment_intent"] = intent["id"]
@@ -419,10 +427,14 @@ class FakeStripe(LoopbackFake):
             expires_at=int(form.get("expires_at") or time.time() + 24 * 3600),
         )
         # what the session's PaymentIntent will carry (payment_intent_data.metadata)
-        intent_metadata = (form.get("payment_intent_data") or {}).get("metadata")
+        intent_data = form.get("payment_intent_data") or {}
+        intent_metadata = intent_data.get("metadata")
+        session["customer"] = form.get("customer")
         with self._lock:
             self._sessions[session_id] = session
             self._intent_metadata[session_id] = intent_metadata or session["metadata"]
+            if intent_data.get("setup_future_usage"):
+                self._saving[session_id] = intent_data["setup_future_usage"]
         return 200, session
 
     def _expire_session(self, session_id: str) -> tuple[int, Any]:
