@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     # How often reconcile reads back a refund still pending at a provider that can read
     # refunds (PayPal sends no webhook when a pending refund fails): hourly.
     refund_check_interval_s: PositiveSeconds = 3600.0
+    # payment_method.expiring goes out this many days before a saved card's expiry
+    payment_method_expiry_notice_days: int = Field(default=30, ge=1, le=365)
     # When reconcile verifies a payment left unknown or pending: this long after it entered
     # the state, then after each check. Kill Bill's payment janitor's defaults
     # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).

@@ -303,3 +303,32 @@ def test_a_stripe_checkout_saves_the_card_and_its_customer_once(
         assert charged["payment_method"] == intent["payment_method"]
         assert charged["off_session"] == "true"
     runtime.reset()
+
+
+def test_cards_about_to_expire_are_announced_once_and_expired_ones_stop(split: tuple) -> None:
+    """payment_method.expiring a configurable number of days ahead (dunning starts
+    there), once; past its month the method is expired, announced, and refused."""
+    from datetime import UTC, datetime
+
+    from workers.payments.methods import expiry_sweep
+
+    x, _ = split
+    soon = import_payment_method(x.id, "AUTH_soon", "cust-e", exp_month=12, exp_year=2026)
+    later = import_payment_method(x.id, "AUTH_later", "cust-e", exp_month=6, exp_year=2027)
+    gone = import_payment_method(x.id, "AUTH_gone", "cust-e", exp_month=11, exp_year=2026)
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    first = expiry_sweep(get_database(), 30, now=now)
+    again = expiry_sweep(get_database(), 30, now=now)
+    assert len(first) == 2 and again == []
+    with get_database().sessions() as session:
+        kinds = {
+            p["payment_method_id"]: t
+            for t, p in session.execute(
+                select(OutboxEvent.event_type, OutboxEvent.payload).where(OutboxEvent.id.in_(first))
+            ).all()
+        }
+    assert kinds == {soon.id: "payment_method.expiring", gone.id: "payment_method.expired"}
+    statuses = {m.id: m.status for m in list_payment_methods(customer_ref="cust-e")}
+    assert statuses == {soon.id: "active", later.id: "active", gone.id: "expired"}
+    with pytest.raises(InvalidPaymentRequest, match="is expired"):
+        charge(gone.id, 5)

@@ -38,6 +38,8 @@ class EventType(StrEnum):
     PAYMENT_DISPUTED = "payment.disputed"  # the customer disputed it: money held
     PAYMENT_DISPUTE_CLOSED = "payment.dispute_closed"  # won (money stays) or lost
     PAYMENT_METHOD_SAVED = "payment_method.saved"  # a checkout left a reusable method
+    PAYMENT_METHOD_EXPIRING = "payment_method.expiring"  # its card expires soon: dunning
+    PAYMENT_METHOD_EXPIRED = "payment_method.expired"  # past its expiry: no more charges
     PROVIDER_HEALTH_CHANGED = "provider.health_changed"
     ALERT_RAISED = "alert.raised"
 

@@ -153,6 +153,8 @@ class PaymentMethodRow(Base):
     # the checkout it was saved from (None: imported): one method per checkout, however
     # many of the provider's events report it
     source_payment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
+    # when payment_method.expiring went out (once per method)
+    expiring_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Dispute(Base):

@@ -19,18 +19,18 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from providers.base import SavedMethod
+from providers.base import SavedMethod, utcnow
 from registry import audit
 from registry.db import Database, get_database
 from registry.secrets import SecretBox
 from registry.service import PluginRegistry
-from workers.ledger.outbox import OutboxEvent, PaymentMethodEvent, add_event
+from workers.ledger.outbox import EventType, OutboxEvent, PaymentMethodEvent, add_event
 from workers.ledger.records import Payment, PaymentMethodRow
 from workers.payments.client import InvalidPaymentRequest, PaymentNotFound, in_tenant
 
@@ -217,6 +217,48 @@ def save_from_success(
         exp_year=row.exp_year,
     )
     return [add_event(session, event)]
+
+
+def _month_end(year: int, month: int) -> datetime:
+    """The first instant after the card's expiry month (cards expire at its end)."""
+    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+def expiry_sweep(database: Database, notice_days: int, now: datetime | None = None) -> list[int]:
+    """Run by reconcile: methods whose card expires within ``notice_days`` get one
+    ``payment_method.expiring`` (billing's dunning starts there); methods past their
+    expiry become ``expired`` with ``payment_method.expired`` and are not charged again.
+    Returns the outbox ids to publish."""
+    now = now or utcnow()
+    events: list[OutboxEvent] = []
+    with database.transaction() as session:
+        rows = session.execute(
+            select(PaymentMethodRow).where(
+                PaymentMethodRow.status == "active",
+                PaymentMethodRow.exp_year.is_not(None),
+                PaymentMethodRow.exp_month.is_not(None),
+            )
+        ).scalars()
+        for row in rows:
+            assert row.exp_year is not None and row.exp_month is not None  # selected so
+            ends = _month_end(row.exp_year, row.exp_month)
+            kind = None
+            if ends <= now:
+                row.status = "expired"
+                kind = EventType.PAYMENT_METHOD_EXPIRED
+            elif row.expiring_notified_at is None and ends - now <= timedelta(days=notice_days):
+                row.expiring_notified_at = now
+                kind = EventType.PAYMENT_METHOD_EXPIRING
+            if kind is not None:
+                event = PaymentMethodEvent(
+                    type=kind, payment_method_id=row.id, tenant_id=row.tenant_id,
+                    customer_ref=row.customer_ref, provider=row.plugin_name,
+                    instance_id=row.instance_id, brand=row.brand, last4=row.last4,
+                    exp_month=row.exp_month, exp_year=row.exp_year,
+                )  # fmt: skip
+                events.append(add_event(session, event))
+        session.flush()
+        return [event.id for event in events]
 
 
 def list_payment_methods(

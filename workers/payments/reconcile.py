@@ -66,7 +66,7 @@ from workers.ledger.records import (
 )
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.monitoring.alerts import Alert
-from workers.payments.methods import save_from_success
+from workers.payments.methods import expiry_sweep, save_from_success
 from workers.payments.processor import outcome_mismatch
 from workers.payments.refunds import (
     RefundMismatch,
@@ -120,6 +120,9 @@ def reconcile(
             report.resolved[payment.id] = state.value
             metrics.RECONCILE_FIXED.labels(state.value).inc()
     _read_pending_refunds(database, registry, loop, publisher, settings, deadline, report)
+    expiring = expiry_sweep(database, settings.payment_method_expiry_notice_days)
+    if expiring:
+        publish_now(database, publisher, expiring)
     _alert_stuck_refunds(database, publisher, settings, utcnow(), report)
     if report.reenqueued or report.resolved:
         log.info(

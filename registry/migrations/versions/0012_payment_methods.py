@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("source_payment_id", sa.Uuid(), nullable=True),
+        sa.Column("expiring_notified_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_payment_methods")),
         sa.UniqueConstraint("source_payment_id", name=op.f("uq_payment_methods_source_payment_id")),
     )
