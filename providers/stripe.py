@@ -345,6 +345,30 @@ def _bank_transfer(details: Any) -> dict[str, str]:
     return found
 
 
+def authentication_required(exc: stripe.CardError, reference: str) -> PaymentOutcome | None:
+    """An off-session charge the bank wants the customer to authenticate: Stripe answers
+    402 ``authentication_required`` with the PaymentIntent, which the customer confirms
+    on-session with its client_secret (https://docs.stripe.com/payments/save-and-reuse).
+    Not a decline: pending, with what the customer must do."""
+    error = exc.error
+    if error is None or error.code != "authentication_required":
+        return None
+    intent = getattr(error, "payment_intent", None)
+    secret = getattr(intent, "client_secret", None) if intent is not None else None
+    return PaymentOutcome(
+        status=OutcomeStatus.PENDING,
+        reference=reference,
+        provider_transaction_id=getattr(intent, "id", None),
+        code="authentication_required",
+        message="the customer must authenticate this payment on-session (Stripe.js with "
+        "the client_secret)",
+        next_action=CustomerAction(
+            type="authentication_required", client_secret=str(secret) if secret else None
+        ),
+        provider_status="requires_payment_method",
+    )
+
+
 def saved_method_of(
     status: str, setup_future_usage: Any, payment_method: Any, customer: Any
 ) -> SavedMethod | None:
@@ -554,13 +578,18 @@ class StripeProvider(PaymentProvider):
                 params.pop("return_url")
             if self.settings.statement_descriptor:
                 params["statement_descriptor_suffix"] = self.settings.statement_descriptor
-            intent = await self._call(
-                self._sdk.v1.payment_intents.create_async(
+            try:
+                intent = await self._sdk.v1.payment_intents.create_async(
                     params,  # type: ignore[arg-type]
                     self._options(request.reference, "charge"),
-                ),
-                moves_money=True,
-            )
+                )
+            except stripe.CardError as exc:
+                needs = authentication_required(exc, request.reference)
+                if needs is not None:
+                    return needs
+                raise self._classify(exc, True) from None
+            except stripe.StripeError as exc:
+                raise self._classify(exc, True) from None
             return self._intent_outcome(intent, request.reference)
         checkout: dict[str, Any] = {
             "mode": "payment",

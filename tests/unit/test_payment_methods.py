@@ -332,3 +332,45 @@ def test_cards_about_to_expire_are_announced_once_and_expired_ones_stop(split: t
     assert statuses == {soon.id: "active", later.id: "active", gone.id: "expired"}
     with pytest.raises(InvalidPaymentRequest, match="is expired"):
         charge(gone.id, 5)
+
+
+def test_a_saved_stripe_card_the_bank_wants_authenticated_waits_on_the_customer(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off-session, Stripe answers authentication_required (a 402 with the PaymentIntent):
+    not a decline but a pending payment, with the client_secret the customer confirms it
+    with on-session, announced as payment.action_required."""
+    from tests.fakes.stripe.server import FakeStripe
+    from workers.core.app import reconfigure
+
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    with FakeStripe() as fake:
+        instance = runtime.registry().create_instance(
+            "stripe",
+            {"secret_key": fake.secret_key, "webhook_secret": fake.webhook_secret,
+             "base_url": fake.base_url},
+            tenant_id="t-s", is_active=True,
+        )  # fmt: skip
+        method = import_payment_method(
+            instance.id, "pm_card_authenticationRequired", "cust-3ds",
+            provider_customer_id="cus_3ds",
+        )  # fmt: skip
+        view = get_payment(charge(method.id, 7, tenant="t-s"))
+        assert view.status.value == "pending" and view.error_code is None
+        action = view.next_action
+        assert action is not None and action["type"] == "authentication_required"
+        assert str(action["client_secret"]).startswith(view.provider_transaction_id or "pi_")
+        with get_database().sessions() as session:
+            kinds = (
+                session.execute(
+                    select(OutboxEvent.event_type).where(
+                        OutboxEvent.payload["payment_id"].as_string() == str(view.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert kinds == ["payment.action_required"]
+    runtime.reset()

@@ -37,6 +37,9 @@ class EventType(StrEnum):
     REFUND_FAILED = "refund.failed"  # a refund the provider did not pay out
     PAYMENT_DISPUTED = "payment.disputed"  # the customer disputed it: money held
     PAYMENT_DISPUTE_CLOSED = "payment.dispute_closed"  # won (money stays) or lost
+    # pending on the customer of a charge made without them (a saved card the bank wants
+    # authenticated): bring them back with next_action
+    PAYMENT_ACTION_REQUIRED = "payment.action_required"
     PAYMENT_METHOD_SAVED = "payment_method.saved"  # a checkout left a reusable method
     PAYMENT_METHOD_EXPIRING = "payment_method.expiring"  # its card expires soon: dunning
     PAYMENT_METHOD_EXPIRED = "payment_method.expired"  # past its expiry: no more charges

@@ -53,7 +53,7 @@ from workers.core.threads import CallTimeout, ProviderLoop
 from workers.events.relay import EventRelay, InlineRelay
 from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
 from workers.ledger.leases import LeaseKeeper
-from workers.ledger.outbox import AlertEvent, add_event, outbox_row
+from workers.ledger.outbox import AlertEvent, EventType, add_event, outbox_row
 from workers.ledger.records import (
     Claim,
     PaymentMethodRow,
@@ -668,7 +668,19 @@ class PaymentProcessor:
         if decision.state is PaymentState.PENDING and instance is not None:
             expires_at = self._expiry(payment, instance)
             fields["expires_at"] = expires_at
-        event = outbox_row(payment_event(payment, decision.state, **fields))
+        action_required = (
+            decision.state is PaymentState.PENDING
+            and outcome is not None
+            and outcome.code == "authentication_required"
+        )
+        event = outbox_row(
+            payment_event(
+                payment,
+                decision.state,
+                event_type=EventType.PAYMENT_ACTION_REQUIRED if action_required else None,
+                **fields,
+            )
+        )
         finished = self.writer.finish(
             FinishWrite(
                 claim,

@@ -368,6 +368,24 @@ class FakeStripe(LoopbackFake):
                 decline_code=decline_code,
                 payment_intent=intent,
             )
+        if method == "pm_card_authenticationRequired" and form.get("off_session") == "true":
+            # off-session, Stripe cannot ask the customer: 402 authentication_required,
+            # the intent back to requires_payment_method, to be confirmed on-session with
+            # its client_secret (https://docs.stripe.com/payments/save-and-reuse, "Charge
+            # the saved payment method later")
+            error = {
+                "type": "card_error", "code": "authentication_required",
+                "decline_code": "authentication_required",
+                "message": "Your card was declined. This transaction requires authentication.",
+            }  # fmt: skip
+            intent.update(
+                status="requires_payment_method", last_payment_error=error,
+                client_secret=f"{intent['id']}_secret_{secrets.token_hex(8)}",
+            )  # fmt: skip
+            return stripe_error(
+                402, "card_error", error["message"], code="authentication_required",
+                decline_code="authentication_required", payment_intent=intent,
+            )  # fmt: skip
         if method == "pm_card_authenticationRequired":
             intent.update(
                 status="requires_action",
