@@ -278,6 +278,9 @@ class PaystackHarness(FakeServerHarness):
             "charge.success", self.fake.event_data("charge.success", reference)
         )
 
+    def customer_pays(self, reference: str) -> None:
+        self.fake.set_status(reference, "success")
+
     def dispute_webhook(
         self, reference: str, outcome: DisputeStatus
     ) -> tuple[bytes, dict[str, str]]:

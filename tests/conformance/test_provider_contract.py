@@ -405,6 +405,40 @@ def test_webhooks_signed_by_the_provider_only(harness: Harness) -> None:
             run(plugin.parse_webhook(stale_raw, stale_headers))
 
 
+def test_a_paid_checkout_leaves_a_method_that_charges_again_off_session(
+    harness: Harness,
+) -> None:
+    """SAVES_METHODS: a checkout the customer agreed to save from, once paid, reports a
+    reusable method (never on the pending answer), and that method charges again with
+    nobody present; undeclared: a paid checkout reports none."""
+    plugin = harness.plugin()
+    checkout = harness.new_request(save_method=True)
+    started = run(plugin.process_payment(checkout))
+    if started.status is not OutcomeStatus.PENDING:
+        return  # no hosted checkout (e.g. the sandbox charges at once)
+    assert started.saved_method is None
+    try:
+        harness.customer_pays(checkout.reference)
+    except NotImplementedError:
+        return
+    paid = run(
+        plugin.verify_payment(checkout.reference, provider_id=started.provider_transaction_id)
+    )
+    assert paid.status is OutcomeStatus.SUCCEEDED
+    if Capability.SAVES_METHODS not in harness.plugin_class.capabilities:
+        assert paid.saved_method is None
+        return
+    saved = paid.saved_method
+    assert saved is not None and saved.token.get_secret_value()
+    again = harness.new_request(
+        payment_token=saved.token.get_secret_value(),
+        customer_id=saved.provider_customer_id,
+        off_session=True,
+    )
+    assert run(plugin.process_payment(again)).status is OutcomeStatus.SUCCEEDED
+    assert saved.token.get_secret_value() not in repr(saved)
+
+
 def test_disputes_name_the_payment_and_say_who_kept_the_money(harness: Harness) -> None:
     """DISPUTE_WEBHOOKS: a dispute opened, won and lost each arrive as a signed webhook the
     plugin reads as a DisputeOutcome for the payment's reference, with its amount; a forged
