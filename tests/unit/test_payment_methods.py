@@ -374,3 +374,27 @@ def test_a_saved_stripe_card_the_bank_wants_authenticated_waits_on_the_customer(
             )
         assert kinds == ["payment.action_required"]
     runtime.reset()
+
+
+def test_the_console_lists_a_customers_methods_masked_and_revokes_one(split: tuple) -> None:
+    from surfaces.http.app import create_app
+
+    x, _ = split
+    method = import_payment_method(
+        x.id, CANARY, "cust-console", brand="visa", last4="4242", exp_month=9, exp_year=2029
+    )
+    with TestClient(create_app()) as client:
+        auth = {"Authorization": f"Bearer {BOOTSTRAP}"}
+        shown = client.get("/admin/methods?customer=cust-console", headers=auth)
+        assert shown.status_code == 200
+        assert method.id in shown.text and "•••• 4242" in shown.text and "09/2029" in shown.text
+        assert CANARY not in shown.text
+        client.cookies.set("tender_csrf", "e" * 40, path="/admin")
+        revoked = client.post(
+            f"/admin/methods/{method.id}/revoke",
+            data={"csrf": "e" * 40},
+            headers={**auth, "origin": "http://testserver"},
+            follow_redirects=False,
+        )
+        assert revoked.status_code == 303
+    assert [m.status for m in list_payment_methods(customer_ref="cust-console")] == ["revoked"]

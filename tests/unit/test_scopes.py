@@ -54,6 +54,8 @@ CONSOLE_SCOPES = {
     ("GET", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
     ("POST", "/admin/payments/{payment_id}/refund"): Scope.OPERATE,
     ("GET", "/admin/audit"): Scope.ADMIN,
+    ("GET", "/admin/methods"): Scope.READ,
+    ("POST", "/admin/methods/{method_id}/revoke"): Scope.OPERATE,
     ("GET", "/admin/tokens"): Scope.ADMIN,
     ("POST", "/admin/tokens"): Scope.ADMIN,
     ("POST", "/admin/tokens/{token_id}/revoke"): Scope.ADMIN,

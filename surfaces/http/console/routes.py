@@ -55,6 +55,11 @@ from surfaces.http.console.session import (
 from surfaces.http.errors import parse_instance_id
 from workers.monitoring.health import check_instance_now
 from workers.payments.client import PaymentNotFound, get_payment
+from workers.payments.methods import (
+    PaymentMethodNotFound,
+    list_payment_methods,
+    revoke_payment_method,
+)
 from workers.payments.refunds import RefundRefused, refund_payment
 
 # No script, no frames, forms only to itself, styles only from its own stylesheet (SVG
@@ -444,6 +449,30 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         except (RefundRefused, MoneyError) as exc:
             return done(here, f"Refund refused: {exc}")
         return done(here, f"Refund {refunded.status.value}: {refunded.amount} {refunded.currency}")
+
+    # --- saved payment methods -------------------------------------------------------
+
+    @router.get("/admin/methods", response_class=HTMLResponse)
+    def methods_page(request: Request, user: Reader, customer: str = "") -> HTMLResponse:
+        found = list_payment_methods(
+            customer_ref=customer.strip()[:200] or None, within_tenant=user.tenant_id
+        )
+        return page(
+            request, "methods.html", user, section="methods", methods=found, customer=customer
+        )
+
+    @router.post("/admin/methods/{method_id}/revoke")
+    async def revoke_method(request: Request, method_id: str, user: Operator) -> Response:
+        await posted(request)
+        try:
+            await run_in_threadpool(
+                lambda: revoke_payment_method(
+                    method_id, actor=user.name, within_tenant=user.tenant_id
+                )
+            )
+        except PaymentMethodNotFound:
+            raise HTTPException(404, "no such payment method") from None
+        return done("/admin/methods", f"{method_id[:40]} revoked: it is never charged again")
 
     # --- tokens ----------------------------------------------------------------------
 
