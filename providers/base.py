@@ -422,6 +422,10 @@ class PaymentProvider(ABC):
     # lifetime (https://docs.stripe.com/api/checkout/sessions/create, expires_at); a plugin
     # whose provider documents another sets its own.
     checkout_lifetime_s: ClassVar[float] = 24 * 3600
+    # Decline codes that say a saved method is gone for good at the provider: "expired"
+    # (the card's date passed) or "revoked" (the token no longer exists); the ledger then
+    # stops charging the method and tells billing (payment_method.expired / .revoked).
+    method_gone_codes: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self) -> None:
         self._config: ProviderConfig | None = None

@@ -370,6 +370,11 @@ class PayPalProvider(PaymentProvider):
     # PayPal's verify call checks the signature over the event's content (not its bytes)
     # and its transmission time, and PayPal gives no Retry-After on a rate limit.
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE
+    # Orders v2 issues: the vaulted card expired; the vault token no longer exists
+    method_gone_codes: ClassVar[Mapping[str, str]] = {
+        "REFERENCED_CARD_EXPIRED": "expired",
+        "TOKEN_ID_NOT_FOUND": "revoked",
+    }
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

@@ -380,6 +380,8 @@ class PaystackProvider(PaymentProvider):
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.paystack.co"})
     # Paystack signs webhooks without a timestamp, and documents no Retry-After.
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE
+    # "Authorization code does not exist or has been deactivated"
+    method_gone_codes: ClassVar[Mapping[str, str]] = {"invalid_authorization_code": "revoked"}
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

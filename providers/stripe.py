@@ -435,6 +435,8 @@ class StripeProvider(PaymentProvider):
     config_model: ClassVar[type[ProviderConfig]] = StripeConfig
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.stripe.com"})
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE
+    # https://docs.stripe.com/declines/codes: expired_card
+    method_gone_codes: ClassVar[Mapping[str, str]] = {"expired_card": "expired"}
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

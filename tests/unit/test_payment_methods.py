@@ -398,3 +398,41 @@ def test_the_console_lists_a_customers_methods_masked_and_revokes_one(split: tup
         )
         assert revoked.status_code == 303
     assert [m.status for m in list_payment_methods(customer_ref="cust-console")] == ["revoked"]
+
+
+def test_a_method_the_provider_no_longer_has_is_revoked_and_announced(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paystack declines a charge with invalid_authorization_code ("does not exist or has
+    been deactivated"): the payment fails, and the method is revoked, with
+    payment_method.revoked, so billing stops retrying a card that is gone."""
+    from tests.fakes.paystack.server import FakePaystack
+    from workers.core.app import reconfigure
+
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    with FakePaystack() as fake:
+        instance = runtime.registry().create_instance(
+            "paystack",
+            {"secret_key": fake.secret_key, "public_key": fake.public_key,
+             "base_url": fake.base_url},
+            tenant_id="t-p", is_active=True,
+        )  # fmt: skip
+        method = import_payment_method(instance.id, "AUTH_deactivated01", "cust-gone")
+        view = get_payment(charge(method.id, 8, tenant="t-p"))
+        assert view.status.value == "failed" and view.error_code == "invalid_authorization_code"
+        [gone] = list_payment_methods(customer_ref="cust-gone")
+        assert gone.status == "revoked"
+        with get_database().sessions() as session:
+            kinds = (
+                session.execute(
+                    select(OutboxEvent.event_type).where(
+                        OutboxEvent.payload["payment_method_id"].as_string() == method.id
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert kinds == ["payment_method.revoked"]
+    runtime.reset()

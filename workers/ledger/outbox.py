@@ -43,6 +43,7 @@ class EventType(StrEnum):
     PAYMENT_METHOD_SAVED = "payment_method.saved"  # a checkout left a reusable method
     PAYMENT_METHOD_EXPIRING = "payment_method.expiring"  # its card expires soon: dunning
     PAYMENT_METHOD_EXPIRED = "payment_method.expired"  # past its expiry: no more charges
+    PAYMENT_METHOD_REVOKED = "payment_method.revoked"  # the provider no longer has it
     PROVIDER_HEALTH_CHANGED = "provider.health_changed"
     ALERT_RAISED = "alert.raised"
 

@@ -261,6 +261,32 @@ def expiry_sweep(database: Database, notice_days: int, now: datetime | None = No
         return [event.id for event in events]
 
 
+def method_gone(database: Database, method_id: str, status: str) -> list[int]:
+    """The provider says a saved method is gone (``status``: expired or revoked, from its
+    plugin's ``method_gone_codes``): it stops being charged, and billing is told."""
+    kind = (
+        EventType.PAYMENT_METHOD_EXPIRED
+        if status == "expired"
+        else EventType.PAYMENT_METHOD_REVOKED
+    )
+    with database.transaction() as session:
+        row = session.get(PaymentMethodRow, method_id, with_for_update=True)
+        if row is None or row.status != "active":
+            return []
+        row.status = "expired" if status == "expired" else "revoked"
+        event = add_event(
+            session,
+            PaymentMethodEvent(
+                type=kind, payment_method_id=row.id, tenant_id=row.tenant_id,
+                customer_ref=row.customer_ref, provider=row.plugin_name,
+                instance_id=row.instance_id, brand=row.brand, last4=row.last4,
+                exp_month=row.exp_month, exp_year=row.exp_year,
+            ),
+        )  # fmt: skip
+        session.flush()
+        return [event.id]
+
+
 def list_payment_methods(
     *,
     customer_ref: str | None = None,

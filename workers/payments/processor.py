@@ -50,7 +50,7 @@ from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
 from workers.core import metrics
 from workers.core.threads import CallTimeout, ProviderLoop
-from workers.events.relay import EventRelay, InlineRelay
+from workers.events.relay import EventRelay, InlineRelay, publish_now
 from workers.ledger.group_commit import ClaimWrite, FinishWrite, LedgerWriter
 from workers.ledger.leases import LeaseKeeper
 from workers.ledger.outbox import AlertEvent, EventType, add_event, outbox_row
@@ -63,6 +63,7 @@ from workers.ledger.records import (
     read_payment,
 )
 from workers.ledger.states import OUTCOME_STATE, PaymentState
+from workers.payments.methods import method_gone
 
 log = logging.getLogger(__name__)
 
@@ -704,6 +705,8 @@ class PaymentProcessor:
             _count(decision, instance)
         if decision.error_code == "amount_mismatch":
             self._alert_mismatch(payment, decision)
+        if payment.payment_method_id is not None and decision.state is PaymentState.FAILED:
+            self._method_gone(payment.payment_method_id, instance, decision.error_code)
         if log.isEnabledFor(logging.INFO):  # its arguments cost more than the check
             log.info(
                 "payment %s %s via %s%s",
@@ -713,6 +716,19 @@ class PaymentProcessor:
                 f": {decision.error_message}" if decision.error_message else "",
             )
         return decision.state
+
+    def _method_gone(self, method_id: str, instance: InstanceView | None, code: str | None) -> None:
+        """A saved method's charge declined with a code its plugin says means the method
+        is gone (expired card, deleted token): stop charging it, tell billing."""
+        if instance is None or code is None:
+            return
+        try:
+            gone = self.registry.catalogue.get(instance.plugin_name).method_gone_codes.get(code)
+        except Exception:
+            return
+        if gone is not None:
+            ids = method_gone(self.database, method_id, gone)
+            publish_now(self.database, self.relay.publisher, ids)
 
     def _expiry(self, payment: PaymentRecord, instance: InstanceView) -> datetime:
         """When a payment that waits on its customer ends: its instance's checkout lifetime
