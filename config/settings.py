@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     refund_check_interval_s: PositiveSeconds = 3600.0
     # payment_method.expiring goes out this many days before a saved card's expiry
     payment_method_expiry_notice_days: int = Field(default=30, ge=1, le=365)
+    # A saved method's payment whose issuing instance cannot take it (circuit open,
+    # switched off) waits this long for it, looking again every 30 s, then fails with
+    # payment_method_unavailable: never charged by another provider.
+    saved_method_wait_s: float = Field(default=300.0, ge=0, le=86_400)
     # When reconcile verifies a payment left unknown or pending: this long after it entered
     # the state, then after each check. Kill Bill's payment janitor's defaults
     # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).

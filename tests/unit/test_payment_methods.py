@@ -436,3 +436,44 @@ def test_a_method_the_provider_no_longer_has_is_revoked_and_announced(
             )
         assert kinds == ["payment_method.revoked"]
     runtime.reset()
+
+
+def test_a_payment_waits_for_its_unavailable_issuer_within_a_bound(
+    split: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issuer is switched off when the payment comes: the task waits (unclaimed,
+    nothing charged), the issuer comes back, the payment goes to it; past the bound the
+    payment fails payment_method_unavailable, charged nowhere."""
+    from workers.payments.processor import Busy, RouteHint
+
+    x, _ = split
+    method = import_payment_method(x.id, CANARY, "cust-wait")
+    registry = runtime.registry()
+    registry.deactivate(x.id)
+    registry.refresh(force=True)
+    receipt = request_payment(
+        "o-wait", "25.00", "NGN", "ada@example.com", tenant_id="t-a",
+        idempotency_key="k-wait", payment_method_id=method.id,
+    )  # fmt: skip
+    hint = RouteHint("t-a", "NGN", "k-wait", x.id)
+    waited = processor().process(receipt.payment_id, hint)
+    assert isinstance(waited, Busy) and 0 < waited.retry_in_s <= 30
+    assert get_payment(receipt.payment_id).status.value == "requested"  # not claimed
+
+    registry.activate(x.id)
+    registry.refresh(force=True)
+    processor().process(receipt.payment_id, hint)
+    paid = get_payment(receipt.payment_id)
+    assert paid.status.value == "succeeded" and paid.instance_id == x.id
+
+    registry.deactivate(x.id)
+    registry.refresh(force=True)
+    monkeypatch.setenv("TENDER_SAVED_METHOD_WAIT_S", "0")
+    reset_settings()
+    late = request_payment(
+        "o-late", "25.00", "NGN", "ada@example.com", tenant_id="t-a",
+        idempotency_key="k-late", payment_method_id=method.id,
+    )  # fmt: skip
+    processor().process(late.payment_id, RouteHint("t-a", "NGN", "k-late", x.id))
+    failed = get_payment(late.payment_id)
+    assert failed.status.value == "failed" and failed.error_code == "payment_method_unavailable"

@@ -214,6 +214,10 @@ class PaymentProcessor:
 
     def process(self, payment_id: uuid.UUID, hint: RouteHint | None = None) -> Busy | Done:
         route = self._route(hint) if hint is not None else None
+        if hint is not None and hint.pinned_instance_id is not None and not route:
+            waiting = self._wait_for_issuer(payment_id)
+            if waiting is not None:
+                return waiting
         first_hop = route[0] if route else None
         claimed = self.writer.claim(
             ClaimWrite(
@@ -264,6 +268,19 @@ class PaymentProcessor:
         except LeaseLost:
             log.warning("payment %s: lease lost to another worker; leaving it to them", payment.id)
             return Done(None)
+
+    def _wait_for_issuer(self, payment_id: uuid.UUID) -> Busy | None:
+        """A saved method's issuer cannot take payments now: wait for it (unclaimed, so
+        nothing is charged meanwhile) until ``saved_method_wait_s`` after the payment was
+        asked for; past that, None, and the payment fails payment_method_unavailable."""
+        with self.database.statement() as connection:
+            payment = read_payment(connection, payment_id)
+        if payment is None or payment.status != PaymentState.REQUESTED:
+            return None
+        age_s = (utcnow() - payment.created_at).total_seconds()
+        if age_s >= self.settings.saved_method_wait_s:
+            return None
+        return Busy(retry_in_s=min(30.0, self.settings.saved_method_wait_s - age_s))
 
     def _route(self, hint: RouteHint) -> list[InstanceView]:
         def resolve() -> list[InstanceView]:
