@@ -49,6 +49,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    SavedMethod,
     Stage,
     WebhookEvent,
     load_json,
@@ -122,6 +123,27 @@ LIFECYCLE = Lifecycle(
 _STATUS: dict[str, dict[str, OutcomeStatus]] = {
     flow: LIFECYCLE.table(flow) for flow in ("checkout", "saved")
 }
+
+
+def card_method(data: Mapping[str, Any]) -> SavedMethod | None:
+    """The card a successful transaction was paid with, as its ``card`` object reports it:
+    the ``token`` charges it again through tokenized charges (Flutterwave/Node-v3,
+    ``documentation/tokenization.md``); ``expiry`` is "MM/YY"."""
+    card = data.get("card")
+    if not isinstance(card, Mapping) or not isinstance(card.get("token"), str):
+        return None
+    month = year = None
+    expiry = str(card.get("expiry") or "")
+    if len(expiry) == 5 and expiry[2] == "/" and expiry.replace("/", "").isdigit():
+        month, year = int(expiry[:2]), 2000 + int(expiry[3:])
+    last4 = str(card.get("last_4digits") or "")
+    return SavedMethod(
+        token=SecretStr(str(card["token"])),
+        brand=str(card.get("type") or "") or None,
+        last4=last4 if len(last4) == 4 and last4.isdigit() else None,
+        exp_month=month if month and 1 <= month <= 12 else None,
+        exp_year=year,
+    )
 
 
 def refund_status(text: str) -> RefundStatus:
@@ -213,6 +235,7 @@ class FlutterwaveProvider(PaymentProvider):
             Capability.LAZY_CHECKOUT,
             Capability.RETRY_AFTER_DECLINE,
             Capability.READS_REFUNDS,
+            Capability.SAVES_METHODS,
         }
     )
 
@@ -390,8 +413,10 @@ class FlutterwaveProvider(PaymentProvider):
         meta = data.get("meta")
         flow = meta.get(FLOW_KEY) if isinstance(meta, Mapping) else None
         table = _STATUS["checkout" if flow == "checkout" else "saved"]
+        status = table.get(str(data.get("status")), OutcomeStatus.PENDING)
         return PaymentOutcome(
-            status=table.get(str(data.get("status")), OutcomeStatus.PENDING),
+            status=status,
+            saved_method=card_method(data) if status is OutcomeStatus.SUCCEEDED else None,
             provider_status=str(data.get("status") or "") or None,
             reference=reference,
             provider_transaction_id=str(data["id"]) if data.get("id") is not None else None,

@@ -77,6 +77,7 @@ class FakeFlutterwave(LoopbackFake):
         self._refunded: dict[str, Decimal] = {}
         self._refunds: dict[str, dict[str, Any]] = {}  # refund id -> refund
         self.refunds_settle_later = False
+        self._issued_tokens: dict[str, tuple[str, str]] = {}  # cards paid with on checkouts
 
     thread_name = "fake-flutterwave"
 
@@ -110,8 +111,20 @@ class FakeFlutterwave(LoopbackFake):
             return dict(tx)
 
     def complete(self, reference: str) -> dict[str, Any]:
-        """The customer pays a Standard checkout."""
-        return self.attempt(reference, "successful", "Approved")
+        """The customer pays a Standard checkout by card: the transaction carries the card
+        with its token, which charges it again (Node-v3 ``documentation/tokenization.md``,
+        the verify answer's ``card``: first_6digits, last_4digits, issuer, country, type,
+        expiry "MM/YY", token)."""
+        tx = self.attempt(reference, "successful", "Approved")
+        token = f"flw-t1nf-{secrets.token_hex(16)}-m03k"
+        card = {
+            "first_6digits": "553188", "last_4digits": "2950", "issuer": " CREDIT",
+            "country": "NIGERIA NG", "type": "MASTERCARD", "token": token, "expiry": "09/32",
+        }  # fmt: skip
+        with self._lock:
+            self._transactions[reference]["card"] = card
+            self._issued_tokens[token] = ("successful", "Approved")
+        return tx | {"card": card}
 
     def webhook(self, reference: str, **overrides: Any) -> tuple[bytes, dict[str, str]]:
         """A ``charge.completed`` event as Flutterwave POSTs it, with the verif-hash."""
@@ -207,9 +220,9 @@ class FakeFlutterwave(LoopbackFake):
 
     def _charge(self, body: dict[str, Any]) -> tuple[int, Any]:
         token = str(body.get("token"))
-        if token not in TOKENS:
+        if token not in TOKENS and token not in self._issued_tokens:
             return error(400, "Invalid token passed")
-        status, response = TOKENS[token]
+        status, response = TOKENS.get(token) or self._issued_tokens[token]
         tx, refused = self._new(body, status, response)
         if refused:
             return refused
