@@ -61,9 +61,11 @@ from paypalserversdk.models.order_capture_request import OrderCaptureRequest
 from paypalserversdk.models.order_request import OrderRequest
 from paypalserversdk.models.payment_source import PaymentSource
 from paypalserversdk.models.paypal_wallet import PaypalWallet
+from paypalserversdk.models.paypal_wallet_attributes import PaypalWalletAttributes
 from paypalserversdk.models.paypal_wallet_experience_context import (
     PaypalWalletExperienceContext,
 )
+from paypalserversdk.models.paypal_wallet_vault_instruction import PaypalWalletVaultInstruction
 from paypalserversdk.models.purchase_unit_request import PurchaseUnitRequest
 from paypalserversdk.models.refund_request import RefundRequest
 from paypalserversdk.paypal_serversdk_client import PaypalServersdkClient
@@ -83,6 +85,7 @@ from providers.base import (
     ProviderConfig,
     RefundOutcome,
     RefundStatus,
+    SavedMethod,
     Stage,
     WebhookEvent,
     load_json,
@@ -385,6 +388,7 @@ class PayPalProvider(PaymentProvider):
             Capability.SIGNED_TIMESTAMPS,
             Capability.DISPUTE_WEBHOOKS,
             Capability.READS_REFUNDS,
+            Capability.SAVES_METHODS,
         }
     )
 
@@ -523,7 +527,13 @@ class PayPalProvider(PaymentProvider):
     # --- payments --------------------------------------------------------------------------
 
     def _order_request(
-        self, reference: str, amount_minor: int, currency: str, order_id: str, flow: Flow
+        self,
+        reference: str,
+        amount_minor: int,
+        currency: str,
+        order_id: str,
+        flow: Flow,
+        save: bool = False,
     ) -> OrderRequest:
         unit = PurchaseUnitRequest(
             amount=AmountWithBreakdown(
@@ -546,10 +556,22 @@ class PayPalProvider(PaymentProvider):
             shipping_preference="NO_SHIPPING",
             **({"brand_name": settings.brand_name} if settings.brand_name else {}),
         )
+        # the payer agreed to save the wallet: vaulted once the payment succeeds
+        # (Orders v2, payment_source.paypal.attributes.vault.store_in_vault ON_SUCCESS)
+        attributes = (
+            PaypalWalletAttributes(
+                vault=PaypalWalletVaultInstruction(
+                    usage_type="MERCHANT", store_in_vault="ON_SUCCESS"
+                )
+            )
+            if save
+            else None
+        )
+        wallet = PaypalWallet(experience_context=context, attributes=attributes)
         return OrderRequest(
             intent=CheckoutPaymentIntent.CAPTURE,
             purchase_units=[unit],
-            payment_source=PaymentSource(paypal=PaypalWallet(experience_context=context)),
+            payment_source=PaymentSource(paypal=wallet),
         )
 
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
@@ -559,8 +581,9 @@ class PayPalProvider(PaymentProvider):
             )
         flow: Flow = "checkout" if request.payment_token is None else "saved"
         body = self._order_request(
-            request.reference, request.amount_minor, request.currency, request.order_id, flow
-        )
+            request.reference, request.amount_minor, request.currency, request.order_id, flow,
+            save=request.save_method,
+        )  # fmt: skip
         order = await self._create_order(body, request.reference)
         if request.payment_token is None:
             return PaymentOutcome(
@@ -691,8 +714,12 @@ class PayPalProvider(PaymentProvider):
         if capture is not None:
             capture_status = str(capture.status)
             details = getattr(capture, "status_details", None)
+            status_of = _CAPTURE_STATUS.get(capture_status, OutcomeStatus.PENDING)
             return PaymentOutcome(
-                status=_CAPTURE_STATUS.get(capture_status, OutcomeStatus.PENDING),
+                status=status_of,
+                saved_method=vaulted_wallet(order)
+                if status_of is OutcomeStatus.SUCCEEDED
+                else None,
                 message=str(getattr(details, "reason", None) or capture_status),
                 code=capture_status if capture_status in ("DECLINED", "FAILED") else None,
                 provider_status=capture_status,
@@ -1066,6 +1093,22 @@ def paypal_cert_url_ok(address: str) -> bool:
         return False
     host = match.group(1)
     return host == "paypal.com" or host.endswith(".paypal.com")
+
+
+def vaulted_wallet(order: Any) -> SavedMethod | None:
+    """The wallet a captured order vaulted (store_in_vault ON_SUCCESS): its vault id
+    charges it again, as a saved payment source (paypal_wallet_vault_response)."""
+    wallet = getattr(getattr(order, "payment_source", None), "paypal", None)
+    vault = getattr(getattr(wallet, "attributes", None), "vault", None)
+    vault_id = getattr(vault, "id", None)
+    if not vault_id:
+        return None
+    customer = getattr(getattr(vault, "customer", None), "id", None)
+    return SavedMethod(
+        token=SecretStr(str(vault_id)),
+        provider_customer_id=str(customer) if customer else None,
+        wallet_email=getattr(wallet, "email_address", None),
+    )
 
 
 def _short_digest(text: str) -> str:

@@ -420,6 +420,10 @@ class PayPalHarness(FakeServerHarness):
         capture = self.fake.capture_of(reference)
         return self.fake.webhook("PAYMENT.CAPTURE.COMPLETED", capture, age_s=age_s)
 
+    def customer_pays(self, reference: str) -> None:
+        [order] = self.fake.orders_for(reference)
+        self.fake.approve(order["id"])  # the payer approves; verify captures it
+
     def complete_capture(self, reference: str) -> None:
         self.fake.complete_capture(reference)
 

@@ -499,7 +499,10 @@ class FakePayPal(LoopbackFake):
             "payee": {"email_address": "merchant@example.com", "merchant_id": "C7CYMKZDG8D6E"},
             **{k: units[0][k] for k in ("custom_id", "invoice_id", "description") if k in units[0]},
         }
+        wallet = (body.get("payment_source") or {}).get("paypal") or {}
+        vault = (wallet.get("attributes") or {}).get("vault") or {}
         order = {
+            "_vault_on_success": vault.get("store_in_vault") == "ON_SUCCESS",
             "id": order_id,
             "intent": "CAPTURE",
             "status": "PAYER_ACTION_REQUIRED" if "payment_source" in body else "CREATED",
@@ -593,6 +596,21 @@ class FakePayPal(LoopbackFake):
             self._captures[capture_id] = (order_id, capture)
             unit["payments"] = {"captures": [capture]}
             order["status"] = "COMPLETED"
+            if outcome == "COMPLETED" and order.get("_vault_on_success"):
+                # store_in_vault ON_SUCCESS (Orders v2, payment_source.paypal.attributes.
+                # vault; paypal_wallet_vault_response): the wallet is saved once the
+                # payment succeeds, its id charges it again
+                token = f"pp-vault-{paypal_id(12).lower()}"
+                VAULT.setdefault(token, "COMPLETED")
+                order["payment_source"] = {
+                    "paypal": {
+                        "email_address": "ada@example.com",
+                        "attributes": {"vault": {
+                            "id": token, "status": "VAULTED",
+                            "customer": {"id": f"CUS{paypal_id(10)}"},
+                        }},
+                    }
+                }  # fmt: skip
             return 201, self._view(order)
 
     def _refund(self, capture_id: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -710,7 +728,8 @@ class FakePayPal(LoopbackFake):
         return 200, {"verification_status": "SUCCESS" if good else "FAILURE"}
 
     def _view(self, order: dict[str, Any]) -> dict[str, Any]:
-        return json.loads(json.dumps(order, default=str))
+        shown = {k: v for k, v in order.items() if not k.startswith("_")}
+        return dict(json.loads(json.dumps(shown, default=str)))
 
 
 def _money_refused(amount: dict[str, Any]) -> tuple[int, Any] | None:
