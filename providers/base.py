@@ -257,6 +257,16 @@ class ProviderConfig(BaseModel):
     # How long a checkout waits on its customer before Tender ends it, in seconds. None:
     # the plugin's documented default (PaymentProvider.checkout_lifetime_s), also the most
     # a plugin accepts. An hour at least: shorter lets pages expire under customers' hands.
+    # The provider account this instance's keys belong to, when two instances share one
+    # (a key rotation, a second instance with other routing): saved payment methods issued
+    # through one may be charged through the other. None: the instance is its own account.
+    account_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The provider account these keys belong to; instances naming the same "
+        "account share saved payment methods.",
+    )
     checkout_lifetime_s: float | None = Field(
         default=None,
         ge=3600,

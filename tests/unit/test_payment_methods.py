@@ -477,3 +477,30 @@ def test_a_payment_waits_for_its_unavailable_issuer_within_a_bound(
     processor().process(late.payment_id, RouteHint("t-a", "NGN", "k-late", x.id))
     failed = get_payment(late.payment_id)
     assert failed.status.value == "failed" and failed.error_code == "payment_method_unavailable"
+
+
+def test_an_instance_of_the_same_account_may_charge_a_method_and_nothing_logs_the_token(
+    split: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two instances declared as one provider account (account_id) share saved methods:
+    with the issuer off, its sibling charges the method; an instance of another account
+    never does. The token shows in no log line; the method shows when it was last used."""
+    import logging
+
+    x, y = split
+    registry = runtime.registry()
+    registry.update_config(x.id, {"account_id": "acct-1"})
+    sibling = registry.create_instance(
+        "sandbox", {"account_id": "acct-1"}, tenant_id="t-a", display_name="X2", priority=200,
+        is_active=True,
+    )  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    method = import_payment_method(x.id, CANARY, "cust-acct")
+    registry.deactivate(x.id)
+    registry.refresh(force=True)
+    paid = get_payment(charge(method.id, 9))
+    assert paid.status.value == "succeeded" and paid.instance_id == sibling.id
+    assert paid.instance_id != y.id  # the 50/50 partner of another account never
+    [shown] = list_payment_methods(customer_ref="cust-acct")
+    assert shown.last_used_at is not None
+    assert CANARY not in caplog.text

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, EmailStr, TypeAdapter, ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config.celery import PROCESS_PAYMENT
@@ -315,6 +315,12 @@ def request_payment(
         method = method_for_charge(database, payment_method_id, fields["tenant_id"])
         fields |= {"payment_method_id": method.id, "pinned_instance_id": method.instance_id}
         sealed = method.token
+        with database.statement() as connection:  # shown to billing as "last used"
+            connection.execute(
+                update(PaymentMethodRow)
+                .where(PaymentMethodRow.id == method.id)
+                .values(last_used_at=utcnow())
+            )
     payment, created = record_payment(
         database,
         fields,

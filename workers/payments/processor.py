@@ -295,10 +295,25 @@ class PaymentProcessor:
             self.registry.refresh(force=True)
             route = resolve()
         if hint.pinned_instance_id is not None:
-            # A saved method belongs to the account that issued it: that instance alone,
-            # and no fallback that would hand its token to another provider.
-            route = [v for v in route if v.id == hint.pinned_instance_id]
+            # A saved method belongs to the account that issued it: that instance, or one
+            # declared as the same provider account (config account_id), and no fallback
+            # that would hand its token to another provider.
+            route = [v for v in route if self._same_account(v, hint.pinned_instance_id)]
         return route
+
+    def _same_account(self, view: InstanceView, issuer_id: uuid.UUID) -> bool:
+        if view.id == issuer_id:
+            return True
+        account = view.config.get("account_id")
+        if not account:
+            return False
+        issuer = next((v for v in self.registry.snapshot() if v.id == issuer_id), None)
+        return (
+            issuer is not None
+            and issuer.plugin_name == view.plugin_name
+            and issuer.tenant_id == view.tenant_id
+            and issuer.config.get("account_id") == account
+        )
 
     def _busy_or_done(self, payment_id: uuid.UUID) -> Busy | Done:
         with self.database.statement() as connection:
