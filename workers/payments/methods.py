@@ -121,7 +121,13 @@ def import_payment_method(
         key = uuid.UUID(str(instance_id))
     except ValueError:
         raise InvalidPaymentRequest("instance_id", "is not an instance id") from None
-    instance = next((v for v in registry.snapshot() if v.id == key), None)
+    instance = None
+    for fresh in (False, True):  # one made a moment ago may not be in the cached snapshot
+        if fresh:
+            registry.refresh(force=True)
+        instance = next((v for v in registry.snapshot() if v.id == key), None)
+        if instance is not None:
+            break
     if instance is None or not in_tenant(instance.tenant_id, within_tenant):
         raise IssuerNotFound(f"instance_id: no instance {key}")
     if instance.tenant_id is None and within_tenant is not None:
