@@ -69,7 +69,12 @@ T = TypeVar("T")
 REFERENCE_KEY = "tender_reference"  # the metadata key a payment is found by
 SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a health check slower than this is DEGRADED
 THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
-TWO_DECIMAL_AT_STRIPE = frozenset({"ISK"})  # ISO: none; Stripe: two, whole units only
+# ISO: no decimals; Stripe: written with two, whole units only. "ISK transitioned to a
+# zero-decimal currency, but backwards compatibility requires you to represent it as a
+# two-decimal value ... to charge 5 ISK, provide an amount value of 500"; the same words
+# for UGX (docs.stripe.com/currencies, "Special cases"). UGX was sent as 5 for 5 UGX: a
+# hundredth of the price.
+TWO_DECIMAL_AT_STRIPE = frozenset({"ISK", "UGX"})
 STRIPE_CURRENCIES = frozenset(
     [
         "AED",

@@ -56,7 +56,13 @@ def request(token: str | None = "pm_card_visa", **fields: Any) -> PaymentRequest
 
 @pytest.mark.parametrize(
     ("minor", "currency", "stripe_amount"),
-    [(1250, "USD", 1250), (500, "JPY", 500), (500, "ISK", 50_000), (5120, "KWD", 5120)],
+    [
+        (1250, "USD", 1250),
+        (500, "JPY", 500),
+        (500, "ISK", 50_000),
+        (5120, "KWD", 5120),
+        (5, "UGX", 500),  # Stripe's own example: "to charge 5 UGX, provide ... 500"
+    ],
 )
 def test_amounts_follow_stripes_rules_both_ways(
     minor: int, currency: str, stripe_amount: int
