@@ -177,6 +177,7 @@ class Unit:
     exponent: int
     source: str
     step: int = 1  # the provider's amount must be a multiple of this (Stripe: KWD in 10s)
+    maximum: int | None = None  # the largest amount the provider takes, in its own unit
 
 
 class ProviderUnits:
@@ -208,6 +209,12 @@ class ProviderUnits:
         else:
             whole, rest = divmod(amount_minor, 10**-shift)
         step = self.units[currency].step
+        maximum = self.units[currency].maximum
+        if maximum is not None and whole > maximum:
+            raise NotRepresentable(
+                f"{self.provider} takes at most {maximum} ({currency} in its unit) in one "
+                f"charge; {amount_minor} minor units is more"
+            )
         if rest or whole % step:
             step_minor = step * 10**-shift if shift < 0 else step // 10**shift or 1
             raise NotRepresentable(

@@ -200,6 +200,18 @@ class StripeConfig(ProviderConfig):
 # cases): ISO's, except ISK, which Stripe writes with two decimals in whole krónur, and the
 # three-decimal currencies, whose last digit must be 0.
 _UNITS_SOURCE = "https://docs.stripe.com/currencies"
+# "The amount value supports up to ... 12 digits for IDR ... 9 digits for INR ... 8 digits
+# for all other currencies"; card payments allow more in LBP (11+ digits), COP, HUF and JPY
+# (docs.stripe.com/currencies, "Minimum and maximum charge amounts"): the card figures are
+# kept for those, so no card payment Stripe takes is refused here.
+_STRIPE_MAXIMUM = {
+    "IDR": 999_999_999_999,
+    "INR": 999_999_999,
+    "LBP": 99_999_999_999_999,
+    "COP": 9_999_999_999_999,
+    "HUF": 9_999_999_999_999,
+    "JPY": 9_999_999_999_999,
+}
 STRIPE_UNITS = ProviderUnits(
     "stripe",
     {
@@ -207,6 +219,7 @@ STRIPE_UNITS = ProviderUnits(
             2 if code in TWO_DECIMAL_AT_STRIPE else exponent(code),
             _UNITS_SOURCE,
             step=10 if code in THREE_DECIMAL else 1,
+            maximum=_STRIPE_MAXIMUM.get(code, 99_999_999),
         )
         for code in sorted(STRIPE_CURRENCIES)
     },

@@ -447,3 +447,16 @@ def test_a_saved_method_is_charged_with_its_customer_off_session(fake: FakeStrip
     created = [form for method, path, form in fake.requests if path == "/v1/payment_intents"]
     assert created[-1]["customer"] == "cus_Q1abc" and created[-1]["off_session"] == "true"
     assert "return_url" not in created[-1]
+
+
+def test_an_amount_over_stripes_digit_limit_is_refused_before_sending(fake: FakeStripe) -> None:
+    """Stripe's amount has at most 8 digits for most currencies (docs.stripe.com/
+    currencies, maximum charge amounts): 1,000,000.00 USD is refused before sending, as
+    not charged (another provider may take it); 999,999.99 goes."""
+    assert to_stripe_amount(99_999_999, "USD") == 99_999_999
+    with pytest.raises(ProviderUnavailable, match="at most 99999999"):
+        to_stripe_amount(100_000_000, "USD")
+    assert to_stripe_amount(999_999_999_999, "IDR") == 999_999_999_999
+    with pytest.raises(ProviderUnavailable):
+        asyncio.run(provider(fake).process_payment(request(amount_minor=100_000_000)))
+    assert fake.requests == []
