@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -51,6 +52,41 @@ def split(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     yield x, y
     runtime.reset()
     reset_settings()
+
+
+class Quiet:
+    def publish(self, rows: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fresh(sqlite_url: str) -> Iterator[None]:
+    """A registry and broker of this test's own, for one provider account at a time."""
+    from workers.core.app import reconfigure
+
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    yield
+    runtime.reset()
+
+
+def paystack_account(fake: Any, tenant: str) -> Any:
+    return runtime.registry().create_instance(
+        "paystack",
+        {"secret_key": fake.secret_key, "public_key": fake.public_key,
+         "base_url": fake.base_url, "callback_url": "https://shop.example/paid"},
+        tenant_id=tenant, is_active=True,
+    )  # fmt: skip
+
+
+def stripe_account(fake: Any, tenant: str) -> Any:
+    return runtime.registry().create_instance(
+        "stripe",
+        {"secret_key": fake.secret_key, "webhook_secret": fake.webhook_secret,
+         "base_url": fake.base_url},
+        tenant_id=tenant, is_active=True,
+    )  # fmt: skip
 
 
 def charge(method_id: str, n: int, tenant: str = "t-a") -> uuid.UUID:
@@ -189,7 +225,7 @@ def test_the_cli_imports_lists_charges_and_revokes_a_method(split: tuple) -> Non
 
 
 def test_a_paystack_checkout_saves_the_card_the_customer_agreed_to_save(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    fresh: None,
 ) -> None:
     """save_for_customer on a checkout: Paystack's charge.success carries the card's
     reusable authorization (recurring charges docs); the ledger saves it for billing's
@@ -197,19 +233,10 @@ def test_a_paystack_checkout_saves_the_card_the_customer_agreed_to_save(
     (never the token), and the saved method is then charged by id through Paystack's
     charge_authorization."""
     from tests.fakes.paystack.server import FakePaystack
-    from workers.core.app import reconfigure
     from workers.payments.webhooks import receive_webhook
 
-    reset_settings()
-    runtime.reset()
-    reconfigure()
     with FakePaystack() as fake:
-        instance = runtime.registry().create_instance(
-            "paystack",
-            {"secret_key": fake.secret_key, "public_key": fake.public_key,
-             "base_url": fake.base_url, "callback_url": "https://shop.example/paid"},
-            tenant_id="t-p", is_active=True,
-        )  # fmt: skip
+        instance = paystack_account(fake, "t-p")
         receipt = request_payment(
             "sub-1", "50.00", "NGN", "ada@example.com", tenant_id="t-p",
             save_for_customer="cust-77",
@@ -219,10 +246,6 @@ def test_a_paystack_checkout_saves_the_card_the_customer_agreed_to_save(
         assert get_payment(receipt.payment_id).status.value == "pending"
         fake.set_status(reference, "success")  # the customer pays on Paystack's page
         raw, headers = fake.webhook("charge.success", fake.event_data("charge.success", reference))
-
-        class Quiet:
-            def publish(self, rows: object) -> None:
-                pass
 
         reply = receive_webhook("paystack", raw, headers, publisher=Quiet())  # type: ignore[arg-type]
         assert reply.result.value == "applied"
@@ -246,34 +269,20 @@ def test_a_paystack_checkout_saves_the_card_the_customer_agreed_to_save(
         view = get_payment(renewal)
         assert view.status.value == "succeeded" and view.instance_id == instance.id
         assert view.payment_method_id == saved.id
-    runtime.reset()
 
 
 def test_a_stripe_checkout_saves_the_card_and_its_customer_once(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    fresh: None,
 ) -> None:
     """Checkout with setup_future_usage=off_session and a Customer: the succeeded intent
     names the PaymentMethod and its Customer. Stripe sends the session's event and the
     intent's; whichever comes, one method is saved (the intent's names it), and it is
     charged later with its Customer, off-session."""
     from tests.fakes.stripe.server import FakeStripe
-    from workers.core.app import reconfigure
     from workers.payments.webhooks import receive_webhook
 
-    class Quiet:
-        def publish(self, rows: object) -> None:
-            pass
-
-    reset_settings()
-    runtime.reset()
-    reconfigure()
     with FakeStripe() as fake:
-        instance = runtime.registry().create_instance(
-            "stripe",
-            {"secret_key": fake.secret_key, "webhook_secret": fake.webhook_secret,
-             "base_url": fake.base_url},
-            tenant_id="t-s", is_active=True,
-        )  # fmt: skip
+        instance = stripe_account(fake, "t-s")
         receipt = request_payment(
             "sub-s", "20.00", "USD", "ada@example.com", tenant_id="t-s",
             save_for_customer="cust-s",
@@ -302,7 +311,6 @@ def test_a_stripe_checkout_saves_the_card_and_its_customer_once(
         assert charged["customer"] == intent["customer"]
         assert charged["payment_method"] == intent["payment_method"]
         assert charged["off_session"] == "true"
-    runtime.reset()
 
 
 def test_cards_about_to_expire_are_announced_once_and_expired_ones_stop(split: tuple) -> None:
@@ -335,24 +343,15 @@ def test_cards_about_to_expire_are_announced_once_and_expired_ones_stop(split: t
 
 
 def test_a_saved_stripe_card_the_bank_wants_authenticated_waits_on_the_customer(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    fresh: None,
 ) -> None:
     """Off-session, Stripe answers authentication_required (a 402 with the PaymentIntent):
     not a decline but a pending payment, with the client_secret the customer confirms it
     with on-session, announced as payment.action_required."""
     from tests.fakes.stripe.server import FakeStripe
-    from workers.core.app import reconfigure
 
-    reset_settings()
-    runtime.reset()
-    reconfigure()
     with FakeStripe() as fake:
-        instance = runtime.registry().create_instance(
-            "stripe",
-            {"secret_key": fake.secret_key, "webhook_secret": fake.webhook_secret,
-             "base_url": fake.base_url},
-            tenant_id="t-s", is_active=True,
-        )  # fmt: skip
+        instance = stripe_account(fake, "t-s")
         method = import_payment_method(
             instance.id, "pm_card_authenticationRequired", "cust-3ds",
             provider_customer_id="cus_3ds",
@@ -373,7 +372,6 @@ def test_a_saved_stripe_card_the_bank_wants_authenticated_waits_on_the_customer(
                 .all()
             )
         assert kinds == ["payment.action_required"]
-    runtime.reset()
 
 
 def test_the_console_lists_a_customers_methods_masked_and_revokes_one(split: tuple) -> None:
@@ -401,24 +399,15 @@ def test_the_console_lists_a_customers_methods_masked_and_revokes_one(split: tup
 
 
 def test_a_method_the_provider_no_longer_has_is_revoked_and_announced(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    fresh: None,
 ) -> None:
     """Paystack declines a charge with invalid_authorization_code ("does not exist or has
     been deactivated"): the payment fails, and the method is revoked, with
     payment_method.revoked, so billing stops retrying a card that is gone."""
     from tests.fakes.paystack.server import FakePaystack
-    from workers.core.app import reconfigure
 
-    reset_settings()
-    runtime.reset()
-    reconfigure()
     with FakePaystack() as fake:
-        instance = runtime.registry().create_instance(
-            "paystack",
-            {"secret_key": fake.secret_key, "public_key": fake.public_key,
-             "base_url": fake.base_url},
-            tenant_id="t-p", is_active=True,
-        )  # fmt: skip
+        instance = paystack_account(fake, "t-p")
         method = import_payment_method(instance.id, "AUTH_deactivated01", "cust-gone")
         view = get_payment(charge(method.id, 8, tenant="t-p"))
         assert view.status.value == "failed" and view.error_code == "invalid_authorization_code"
@@ -435,7 +424,6 @@ def test_a_method_the_provider_no_longer_has_is_revoked_and_announced(
                 .all()
             )
         assert kinds == ["payment_method.revoked"]
-    runtime.reset()
 
 
 def test_a_payment_waits_for_its_unavailable_issuer_within_a_bound(

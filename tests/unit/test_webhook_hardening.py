@@ -25,6 +25,32 @@ from tests.fakes.paystack import sign as paystack_sign
 DEEP = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
 
 
+def paypal(fake: FakePayPal) -> PayPalProvider:
+    plugin = PayPalProvider()
+    plugin.configure(
+        {
+            "client_id": fake.client_id,
+            "client_secret": fake.client_secret,
+            "webhook_id": fake.webhook_id,
+            "base_url": fake.base_url,
+        }
+    )
+    return plugin
+
+
+def transmission(cert_url: str = CERT_URL) -> dict[str, str]:
+    """PayPal's transmission headers for a forged delivery (any signature: PayPal's
+    verify call would refuse it; these tests are about what happens before and around
+    that call)."""
+    return {
+        "PAYPAL-TRANSMISSION-ID": "t-1",
+        "PAYPAL-TRANSMISSION-SIG": "c2ln",
+        "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "PAYPAL-CERT-URL": cert_url,
+        "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+    }
+
+
 def test_json_deeper_than_the_bound_is_refused_before_parsing() -> None:
     assert load_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) is not None
     with pytest.raises(ValueError, match="nested deeper"):
@@ -67,22 +93,8 @@ def test_a_signed_deep_body_is_a_payload_error_for_every_hmac_provider() -> None
 
 def test_paypal_refuses_a_deep_body_without_calling_paypal() -> None:
     with FakePayPal() as fake:
-        plugin = PayPalProvider()
-        plugin.configure(
-            {
-                "client_id": fake.client_id,
-                "client_secret": fake.client_secret,
-                "webhook_id": fake.webhook_id,
-                "base_url": fake.base_url,
-            }
-        )
-        headers = {
-            "PAYPAL-TRANSMISSION-ID": "t-1",
-            "PAYPAL-TRANSMISSION-SIG": "c2ln",
-            "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "PAYPAL-CERT-URL": CERT_URL,
-            "PAYPAL-AUTH-ALGO": "SHA256withRSA",
-        }
+        plugin = paypal(fake)
+        headers = transmission(CERT_URL)
         with pytest.raises(WebhookPayloadError):
             run(plugin.parse_webhook(DEEP, headers))
         assert fake.requests == [] and fake.token_requests == 0
@@ -104,22 +116,8 @@ def test_paypal_refuses_a_deep_body_without_calling_paypal() -> None:
 def test_a_certificate_address_not_plainly_paypals_is_refused(address: str) -> None:
     assert not paypal_cert_url_ok(address)
     with FakePayPal() as fake:
-        plugin = PayPalProvider()
-        plugin.configure(
-            {
-                "client_id": fake.client_id,
-                "client_secret": fake.client_secret,
-                "webhook_id": fake.webhook_id,
-                "base_url": fake.base_url,
-            }
-        )
-        headers = {
-            "PAYPAL-TRANSMISSION-ID": "t-1",
-            "PAYPAL-TRANSMISSION-SIG": "c2ln",
-            "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "PAYPAL-CERT-URL": address,
-            "PAYPAL-AUTH-ALGO": "SHA256withRSA",
-        }
+        plugin = paypal(fake)
+        headers = transmission(address)
         with pytest.raises(WebhookSignatureError):
             run(plugin.parse_webhook(b"{}", headers))
         assert fake.requests == []
@@ -139,23 +137,9 @@ def test_forged_paypal_webhooks_beyond_the_bound_are_refused_at_once() -> None:
     from providers.paypal import MAX_CONCURRENT_VERIFICATIONS
 
     with FakePayPal() as fake:
-        plugin = PayPalProvider()
-        plugin.configure(
-            {
-                "client_id": fake.client_id,
-                "client_secret": fake.client_secret,
-                "webhook_id": fake.webhook_id,
-                "base_url": fake.base_url,
-            }
-        )
+        plugin = paypal(fake)
         fake.verify_delay_s = 0.5
-        headers = {
-            "PAYPAL-TRANSMISSION-ID": "t-1",
-            "PAYPAL-TRANSMISSION-SIG": "c2ln",
-            "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "PAYPAL-CERT-URL": CERT_URL,
-            "PAYPAL-AUTH-ALGO": "SHA256withRSA",
-        }
+        headers = transmission(CERT_URL)
 
         async def forge_many() -> list[BaseException | object]:
             calls = [plugin.parse_webhook(b'{"id": "x"}', headers) for _ in range(20)]
@@ -196,13 +180,7 @@ def test_a_verification_past_the_time_budget_is_unavailable_not_a_crash(
                 is_active=True,
             )
             fake.verify_delay_s = 1.0
-            headers = {
-                "PAYPAL-TRANSMISSION-ID": "t-1",
-                "PAYPAL-TRANSMISSION-SIG": "c2ln",
-                "PAYPAL-TRANSMISSION-TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "PAYPAL-CERT-URL": CERT_URL,
-                "PAYPAL-AUTH-ALGO": "SHA256withRSA",
-            }
+            headers = transmission(CERT_URL)
             with pytest.raises(ProviderUnavailable, match="did not verify"):
                 receive_webhook("paypal", b'{"id": "x"}', headers, publisher=object())  # type: ignore[arg-type]
     finally:
