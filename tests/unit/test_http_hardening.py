@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -434,29 +435,25 @@ def test_a_condition_repeated_per_accept_is_logged_once_a_minute() -> None:
     assert quiet.filter(later) and "999 more" in str(later.msg)
 
 
-def test_a_connection_whose_headers_never_finish_is_closed() -> None:
-    """Partial-header connections stayed open at least 60 s (issue 36), and enough of
-    them exhausted the API's descriptors: now closed api_header_timeout_s after opening,
-    while a complete request is served as ever. Through uvicorn itself, on a real socket."""
+@contextlib.contextmanager
+def served(app: Any, settings: Any) -> Iterator[int]:
+    """``app`` served by uvicorn itself, with ``tender api``'s options, on a free loopback
+    port (yielded) in a thread, until the block ends."""
     import socket
     import threading
     import time
 
     import uvicorn
 
-    from config.settings import Settings
     from surfaces.http.serving import server_options
 
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    options = server_options(Settings(api_header_timeout_s=0.5))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", **server_options(settings)
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -464,36 +461,48 @@ def test_a_connection_whose_headers_never_finish_is_closed() -> None:
         deadline = time.monotonic() + 5
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-        slow.settimeout(3)
-        started = time.monotonic()
-        assert slow.recv(100) == b""  # closed by the server
-        assert time.monotonic() - started < 2.5
-        slow.close()
-
-        fine = socket.create_connection(("127.0.0.1", port))
-        fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        fine.settimeout(3)
-        assert fine.recv(100).startswith(b"HTTP/1.1 200")
-        fine.close()
+        yield port
     finally:
         server.should_exit = True
         thread.join(timeout=5)
 
 
+def ask(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; the first bytes of the answer (b"": closed)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(request)
+        connection.settimeout(3)
+        return connection.recv(100)
+
+
+def test_a_connection_whose_headers_never_finish_is_closed() -> None:
+    """Partial-header connections stayed open at least 60 s (issue 36), and enough of
+    them exhausted the API's descriptors: now closed api_header_timeout_s after opening,
+    while a complete request is served as ever. Through uvicorn itself, on a real socket."""
+    import time
+
+    from config.settings import Settings
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with served(app, Settings(api_header_timeout_s=0.5)) as port:
+        started = time.monotonic()
+        # and never the blank line: closed by the server
+        assert ask(port, b"GET / HTTP/1.1\r\nHost: x\r\n") == b""
+        assert time.monotonic() - started < 2.5
+        fine = ask(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert fine.startswith(b"HTTP/1.1 200")
+
+
 def test_a_body_that_drips_in_too_slowly_is_refused_408(monkeypatch: pytest.MonkeyPatch) -> None:
     """Headers have a deadline (above); a body sent a byte at a time held a connection and
     a worker thread as long as the client liked (issue 36): 408 past api_body_timeout_s."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from config.settings import Settings, reset_settings
     from surfaces.http.guards import RequestGuard
-    from surfaces.http.serving import server_options
 
     async def reads_body(scope, receive, send):  # type: ignore[no-untyped-def]
         while (await receive()).get("more_body"):
@@ -503,34 +512,14 @@ def test_a_body_that_drips_in_too_slowly_is_refused_408(monkeypatch: pytest.Monk
 
     monkeypatch.setenv("TENDER_API_BODY_TIMEOUT_S", "0.5")
     reset_settings()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            RequestGuard(reads_body), host="127.0.0.1", port=port, log_level="warning",
-            **server_options(Settings()),
-        )
-    )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
-        slow.settimeout(3)
-        assert slow.recv(100).startswith(b"HTTP/1.1 408")
-        slow.close()
-        fine = socket.create_connection(("127.0.0.1", port))
-        fine.sendall(
-            b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-        )
-        fine.settimeout(3)
-        assert fine.recv(100).startswith(b"HTTP/1.1 200")
-        fine.close()
+        with served(RequestGuard(reads_body), Settings()) as port:
+            slow = b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"
+            assert ask(port, slow).startswith(b"HTTP/1.1 408")
+            fine = (
+                b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"Connection: close\r\n\r\nok"
+            )
+            assert ask(port, fine).startswith(b"HTTP/1.1 200")
     finally:
-        server.should_exit = True
-        thread.join(timeout=5)
         reset_settings()
