@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     # switched off) waits this long for it, looking again every 30 s, then fails with
     # payment_method_unavailable: never charged by another provider.
     saved_method_wait_s: float = Field(default=300.0, ge=0, le=86_400)
+    # Tenants whose soft declines are charged once more on the route's next instance
+    # (workers.payments.processor): "*" for all, "_platform" for payments without one.
+    # Off by default; a scope's routing ruleset can switch it on too (retry_soft_declines).
+    retry_soft_declines: tuple[str, ...] = ()
     # When reconcile verifies a payment left unknown or pending: this long after it entered
     # the state, then after each check. Kill Bill's payment janitor's defaults
     # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).

@@ -371,6 +371,27 @@ class Lifecycle:
         return any(stage.payable for stage in stages) if stages else None
 
 
+class DeclineKind(StrEnum):
+    """What a provider's decline code says about trying again (the plugin's table,
+    ``PaymentProvider.decline_codes``, cites the provider's documentation per code)."""
+
+    HARD = "hard"  # the customer's money or card said no: never retried
+    SOFT = "soft"  # the issuer said "try again" (do not honour, try later, re-enter)
+    OUTAGE = "outage"  # the provider or issuer failed to process it: not the customer's no
+
+
+@dataclass(frozen=True)
+class Decline:
+    kind: DeclineKind
+    source: str  # where the provider documents this code's meaning
+
+
+def retry_reference(reference: str) -> str:
+    """The reference a soft decline's retry charges under: a new one (a provider that
+    declined the first must not meet it again), derived, so a redelivery derives the same."""
+    return f"{reference}-r2"
+
+
 class Capability(StrEnum):
     """What a provider can do or tell; the conformance suite checks each declared one and
     checks that an undeclared one is really absent (tests/conformance)."""
@@ -436,6 +457,15 @@ class PaymentProvider(ABC):
     # (the card's date passed) or "revoked" (the token no longer exists); the ledger then
     # stops charging the method and tells billing (payment_method.expired / .revoked).
     method_gone_codes: ClassVar[Mapping[str, str]] = {}
+    # The provider's decline codes, each hard, soft or outage, with the documentation it
+    # comes from. Only soft and outage codes are ever retried on another instance (when
+    # the tenant switched retries on); a code not listed is treated as hard.
+    decline_codes: ClassVar[Mapping[str, Decline]] = {}
+
+    @classmethod
+    def decline_kind(cls, code: str | None) -> DeclineKind:
+        found = cls.decline_codes.get(code) if code else None
+        return found.kind if found is not None else DeclineKind.HARD
 
     def __init__(self) -> None:
         self._config: ProviderConfig | None = None

@@ -21,3 +21,7 @@ class InstanceNotFound(RegistryError, LookupError):
 
 class NoRoute(RegistryError):
     """No active, usable instance can take this payment (tenant, currency)."""
+
+
+class RulesetNotFound(RegistryError, LookupError):
+    """No routing ruleset with that id (or not one the caller's tenant may see)."""

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -84,3 +85,29 @@ class RegistryState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RoutingRuleset(Base):
+    """One version of a scope's routing rules (registry.rules), as a draft, the active
+    one, or retired. Activating one retires the scope's previous active version and
+    bumps the registry generation, so workers route by it within the hot-swap bound."""
+
+    __tablename__ = "routing_rulesets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # the tenant whose instances it routes, "" for the global instances (a plain column,
+    # so that (scope, version) can be unique: NULLs never collide)
+    scope: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="draft")  # draft|active|retired
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_by: Mapped[str | None] = mapped_column(String(100))
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("scope", "version", name="uq_routing_rulesets_scope_version"),
+        Index("ix_routing_rulesets_status", "status"),
+    )

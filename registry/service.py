@@ -9,6 +9,7 @@ reaches every running process well within a second, without a restart.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,7 +33,9 @@ from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
 from registry.instances import InstanceStatus, InstanceView, to_view
 from registry.models import PluginInstance, RegistryState
-from registry.routing import in_scope, resolve_route
+from registry.routing import RouteDecision, decide, in_scope, resolve_route
+from registry.rules import CompiledRuleSet, RouteFacts
+from registry.rulesets import active_rulesets
 from registry.text import PG_INTEGER_MAX, field_with_nul
 from registry.vault import PREFIX as VAULT_PREFIX
 from registry.vault import VaultResolver
@@ -53,6 +56,8 @@ class _Snapshot:
     generation: int
     views: list[InstanceView]
     stored: dict[uuid.UUID, dict[str, Any]]
+    # each scope's active routing ruleset, compiled (tenant id, None: the global one)
+    rulesets: dict[str | None, CompiledRuleSet] = dataclasses.field(default_factory=dict)
 
 
 class PluginRegistry:
@@ -391,17 +396,24 @@ class PluginRegistry:
                 ).scalar_one()
                 if generation != self._snapshot.generation:
                     rows = list(session.execute(select(PluginInstance)).scalars())
-                    self._install(generation, rows)
+                    self._install(generation, rows, active_rulesets(session))
             self._checked_at = time.monotonic()
 
-    def _install(self, generation: int, rows: list[PluginInstance]) -> None:
+    def _install(
+        self,
+        generation: int,
+        rows: list[PluginInstance],
+        rulesets: dict[str | None, CompiledRuleSet],
+    ) -> None:
         views = [self._view(row) for row in rows]
         versions = {view.id: view.version for view in views}
         for instance_id, (version, plugin, _expires) in list(self._plugins.items()):
             if versions.get(instance_id) != version:
                 del self._plugins[instance_id]
                 self._retired.append((time.monotonic(), plugin))
-        self._snapshot = _Snapshot(generation, views, {row.id: dict(row.config) for row in rows})
+        self._snapshot = _Snapshot(
+            generation, views, {row.id: dict(row.config) for row in rows}, rulesets
+        )
 
     def snapshot(self) -> list[InstanceView]:
         self.refresh()
@@ -429,6 +441,43 @@ class PluginRegistry:
             idempotency_key=idempotency_key,
             supports=self.supports,
             provider_type=provider_type,
+        )
+
+    def ruleset_for(self, tenant_id: str | None) -> CompiledRuleSet | None:
+        """The active ruleset a payment of ``tenant_id`` routes by: its tenant's, else the
+        global one (None: no rules)."""
+        rulesets = self._snapshot.rulesets
+        if not rulesets:
+            return None
+        found = rulesets.get(tenant_id) if tenant_id is not None else None
+        return found or rulesets.get(None)
+
+    def has_rules(self, tenant_id: str | None) -> bool:
+        self.refresh()
+        return self.ruleset_for(tenant_id) is not None
+
+    def decide(
+        self,
+        facts: RouteFacts,
+        *,
+        tenant_id: str | None,
+        idempotency_key: str,
+        pinned_instance_id: uuid.UUID | None = None,
+        ruleset: CompiledRuleSet | None = None,
+        explain: bool = False,
+    ) -> RouteDecision:
+        """The route for a payment with these facts and the decision behind it, by the
+        scope's active ruleset (or ``ruleset``: a draft being tried)."""
+        views = self.snapshot()
+        return decide(
+            views,
+            tenant_id=tenant_id,
+            facts=facts,
+            idempotency_key=idempotency_key,
+            supports=self.supports,
+            ruleset=ruleset if ruleset is not None else self.ruleset_for(tenant_id),
+            pinned_instance_id=pinned_instance_id,
+            explain=explain,
         )
 
     def plugin_for(self, instance: InstanceView) -> PaymentProvider:

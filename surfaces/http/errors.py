@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from providers.errors import ConfigurationError, ProviderUnavailable
-from registry.errors import InstanceNotFound, RegistryError
+from registry.errors import InstanceNotFound, RegistryError, RulesetNotFound
 
 
 class ErrorBody(BaseModel):
@@ -41,7 +41,7 @@ def operator_errors() -> Iterator[None]:
     """Registry refusals as HTTP answers: unknown instance 404, bad input 422."""
     try:
         yield
-    except InstanceNotFound as exc:
+    except (InstanceNotFound, RulesetNotFound) as exc:
         raise HTTPException(404, str(exc)) from None
     except (RegistryError, ConfigurationError) as exc:
         raise HTTPException(422, str(exc)) from None

@@ -99,6 +99,7 @@ class FinishWrite:
     authorization_url: str | None = None
     next_action: dict[str, Any] | None = None  # set while pending, cleared otherwise
     expires_at: datetime | None = None  # when a pending payment ends (None: not pending)
+    route_decision: dict[str, Any] | None = None  # None: keep what is recorded
     # Called with the event, as (event_id, event_type, payload), once this finish has
     # committed: in one call with every other finish of its batch that names the same
     # callable (an event relay's ``submit``), so the relay publishes them as one batch.
@@ -452,7 +453,8 @@ WITH v AS (
     SELECT * FROM json_to_recordset(%(finishes)s::json) AS v(
         id uuid, token uuid, status text, error_code text, error_message text,
         instance_id uuid, plugin_name text, provider_transaction_id text,
-        authorization_url text, next_action json, expires_at timestamptz)
+        authorization_url text, next_action json, expires_at timestamptz,
+        route_decision json)
 ), done AS (
     UPDATE payments AS p
     SET status = v.status, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL,
@@ -461,7 +463,8 @@ WITH v AS (
         plugin_name = COALESCE(v.plugin_name, p.plugin_name),
         provider_transaction_id = COALESCE(v.provider_transaction_id, p.provider_transaction_id),
         authorization_url = COALESCE(v.authorization_url, p.authorization_url),
-        next_action = v.next_action, expires_at = v.expires_at, checks = 0
+        next_action = v.next_action, expires_at = v.expires_at, checks = 0,
+        route_decision = COALESCE(v.route_decision, p.route_decision)
     FROM v
     WHERE p.id = ANY(%(ids)s::uuid[]) AND p.id = v.id
       AND (p.status = 'processing' AND p.lease_token = v.token) IS TRUE
@@ -469,13 +472,13 @@ WITH v AS (
 ), attempts AS (
     -- keyed by (payment, token): a stale finish of the same payment writes nothing
     INSERT INTO payment_attempts (payment_id, instance_id, plugin_name, operation, outcome,
-                                  error_code, message, latency_ms, created_at)
+                                  error_code, message, latency_ms, created_at, reference)
     SELECT a.payment_id, a.instance_id, a.plugin_name, a.operation, a.outcome, a.error_code,
-           a.message, a.latency_ms, a.created_at
+           a.message, a.latency_ms, a.created_at, a.reference
     FROM json_to_recordset(%(attempts)s::json) AS a(
         payment_id uuid, token uuid, instance_id uuid, plugin_name text, operation text,
         outcome text, error_code text, message text, latency_ms float8,
-        created_at timestamptz)
+        created_at timestamptz, reference text)
     WHERE (a.payment_id, a.token) IN (SELECT id, token FROM done)
 ), events AS (
     INSERT INTO outbox (event_id, event_type, payload, created_at)
@@ -635,6 +638,7 @@ def _finish_postgres(
             "authorization_url": w.authorization_url,
             "next_action": w.next_action,
             "expires_at": w.expires_at.isoformat() if w.expires_at else None,
+            "route_decision": w.route_decision,
         }
         for w in writes
     ]
@@ -705,6 +709,7 @@ def _finish_core(connection: Connection, write: FinishWrite) -> bool:
         authorization_url=write.authorization_url,
         expires_at=write.expires_at,
         next_action=write.next_action,
+        route_decision=write.route_decision,
     ):
         return False
     if write.attempts:

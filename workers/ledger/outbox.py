@@ -100,6 +100,11 @@ class PaymentEvent(Event):
     refund_id: uuid.UUID | None = None
     refund_amount_minor: int | None = None
     dispute: DisputeSummary | None = None  # payment.disputed, payment.dispute_closed
+    # the routing decision the payment was made by: rule, ruleset version, reason
+    route: dict[str, Any] | None = None
+    # charges made under more than one reference (a soft decline retried on the next
+    # instance): each with its instance, reference, outcome and code, in order
+    attempts: list[dict[str, Any]] | None = None
 
 
 class PaymentMethodEvent(Event):

@@ -51,8 +51,12 @@ class Payment(Base):
     tenant_id: Mapped[str | None] = mapped_column(String(100))
     order_id: Mapped[str] = mapped_column(String(200))
     idempotency_key: Mapped[str] = mapped_column(String(200))
-    # Derived from (tenant, idempotency key): unique, and what the provider sees.
+    # What the provider knows the payment by: derived from (tenant, idempotency key), or
+    # the retry's own when a soft decline was charged again elsewhere (retry_reference).
     reference: Mapped[str] = mapped_column(String(100), unique=True)
+    # The reference derived from (tenant, idempotency key), never changed: the payment's
+    # idempotency (a request repeated after a retry changed ``reference`` finds it here).
+    key_reference: Mapped[str | None] = mapped_column(String(100), unique=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     customer_email: Mapped[str] = mapped_column(String(320))
@@ -88,6 +92,11 @@ class Payment(Base):
     # The customer agreed to save the method this checkout is paid with, for billing's
     # customer: saved on success (workers.payments.methods.save_from_success)
     save_method_for: Mapped[str | None] = mapped_column(String(200))
+    # What billing said for routing rules beyond the payment's own fields
+    # (billing_country, card_brand, card_bin), and the decision it was routed by
+    # (registry.routing.RouteDecision.record; None: routed before rules existed for it).
+    route_facts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    route_decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_payments_status_updated", "status", "updated_at"),
@@ -111,6 +120,9 @@ class PaymentAttempt(Base):
     message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the provider reference this call was made under (a soft decline retried on another
+    # instance is charged under a reference of its own); None: the payment's reference
+    reference: Mapped[str | None] = mapped_column(String(100))
 
 
 class Refund(Base):
@@ -278,6 +290,9 @@ class PaymentRecord:
     payment_method_id: str | None = None
     pinned_instance_id: uuid.UUID | None = None
     save_method_for: str | None = None
+    route_facts: dict[str, Any] | None = None
+    route_decision: dict[str, Any] | None = None
+    key_reference: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> PaymentRecord:
@@ -393,6 +408,10 @@ _FINISH = (
         next_action=bindparam("next_action", type_=JSON()),
         expires_at=bindparam("expires_at", type_=UTCDateTime()),
         checks=0,
+        route_decision=func.coalesce(
+            bindparam("route_decision", type_=JSON(none_as_null=True)),
+            _payments.c.route_decision,
+        ),
     )
 )
 
@@ -410,6 +429,7 @@ def finish_claim(
     authorization_url: str | None,
     expires_at: datetime | None = None,
     next_action: dict[str, Any] | None = None,
+    route_decision: dict[str, Any] | None = None,
 ) -> bool:
     """processing -> ``new`` for the holder of ``claim`` (compare-and-set on status and
     lease). Unset provider fields keep their stored values. True if this call moved it."""
@@ -430,6 +450,7 @@ def finish_claim(
             "authorization_url": authorization_url,
             "next_action": next_action,
             "expires_at": expires_at,
+            "route_decision": route_decision,
         },
     )
     return result.rowcount == 1
@@ -466,7 +487,7 @@ def payment_event(
         status=state.value,
         amount_minor=payment.amount_minor,
         currency=payment.currency,
-        provider_reference=payment.reference,
+        provider_reference=value("reference"),
         authorization_url=value("authorization_url"),
         next_action=value("next_action") if state is PaymentState.PENDING else None,
         refunded_minor=value("refunded_minor"),
@@ -477,6 +498,8 @@ def payment_event(
         refund_id=refund.id if refund is not None else None,
         refund_amount_minor=refund.amount_minor if refund is not None else None,
         dispute=dispute_summary(dispute) if dispute is not None else None,
+        route=value("route_decision"),
+        attempts=changed.get("charge_attempts"),
     )
 
 

@@ -22,6 +22,7 @@ from config.celery import PROCESS_PAYMENT
 from providers.base import PaymentMethod, derive_reference, utcnow
 from providers.money import from_minor, normalize_currency, to_minor
 from registry.db import Database, get_database
+from registry.rules import RulesError, validated_route_facts
 from registry.secrets import SecretBox
 from registry.text import field_with_nul
 from workers.events.broker import OutageLog, reuse_one_client
@@ -225,6 +226,7 @@ def record_payment(
         "metadata": fields["metadata_"],
         "id": uuid.uuid4(),
         "reference": reference,
+        "key_reference": reference,
         "payment_token": sealed_token,
         "status": PaymentState.REQUESTED.value,
         "refunded_minor": 0,
@@ -244,7 +246,7 @@ def record_payment(
         return PaymentRecord(**inserted), True
     with database.statement() as connection:
         existing = connection.execute(
-            select(*_payments.c).where(_payments.c.reference == reference)
+            select(*_payments.c).where(_payments.c.key_reference == reference)
         ).first()
     if existing is None:  # pragma: no cover - the unique violation had another cause
         raise InvalidPaymentRequest("idempotency_key", "could not be recorded; try again")
@@ -271,6 +273,9 @@ def request_payment(
     payment_token: str | None = None,
     payment_method_id: str | None = None,
     save_for_customer: str | None = None,
+    billing_country: str | None = None,
+    card_brand: str | None = None,
+    card_bin: str | None = None,
     database: Database | None = None,
 ) -> PaymentReceipt:
     """Record a payment and enqueue it. Bad input raises before anything is written.
@@ -282,6 +287,8 @@ def request_payment(
     ``save_for_customer``: the customer agreed to save the method they pay with, for
     billing's customer reference: on success it becomes a saved method
     (``payment_method.saved``), where the provider reports a reusable one.
+    ``billing_country``, ``card_brand``, ``card_bin``: facts routing rules may read
+    (registry.rules); a BIN is at most 8 digits, never the card number.
     """
     if payment_token and payment_method_id:
         raise InvalidPaymentRequest(
@@ -297,6 +304,14 @@ def request_payment(
         tenant_id,
         idempotency_key,
     )
+    try:
+        facts = validated_route_facts(
+            {"billing_country": billing_country, "card_brand": card_brand, "card_bin": card_bin}
+        )
+    except RulesError as exc:
+        raise InvalidPaymentRequest(exc.field, exc.message) from None
+    if facts:
+        fields["route_facts"] = facts
     from workers import runtime  # the registry's secret box; imported late to keep import cheap
 
     database = database or get_database()

@@ -30,11 +30,13 @@ from config.logging import bind_log_context, log_context
 from config.settings import Settings
 from providers.base import (
     Capability,
+    DeclineKind,
     OutcomeStatus,
     PaymentOutcome,
     PaymentProvider,
     PaymentRequest,
     customer_action,
+    retry_reference,
     utcnow,
 )
 from providers.errors import (
@@ -46,6 +48,8 @@ from providers.errors import (
 )
 from registry.db import Database
 from registry.instances import InstanceStatus, InstanceView
+from registry.routing import RouteDecision
+from registry.rules import RouteFacts
 from registry.secrets import sanitize, secret_values
 from registry.service import PluginRegistry
 from workers.core import metrics
@@ -64,6 +68,7 @@ from workers.ledger.records import (
 )
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.payments.methods import method_gone
+from workers.payments.routing import facts_of
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,7 @@ class _Attempt:
     latency_ms: float
     error_code: str | None = None
     message: str | None = None
+    reference: str | None = None  # the provider reference the call was made under
 
     def row(self, payment_id: uuid.UUID) -> dict[str, Any]:
         return {
@@ -100,6 +106,7 @@ class _Attempt:
             "message": self.message,
             "latency_ms": self.latency_ms,
             "created_at": utcnow(),
+            "reference": self.reference,
         }
 
 
@@ -114,6 +121,8 @@ class _Decision:
     # The provider's id for the payment when no outcome carries it (an order made before
     # its capture's answer was lost): stored at once, so later verifies read by it.
     provider_id: str | None = None
+    route: RouteDecision | None = None  # the routing decision it was made by
+    reference: str | None = None  # set when a retry charged under a new reference
 
     @property
     def provider_transaction_id(self) -> str | None:
@@ -131,6 +140,9 @@ _MARK_HOP = (
     )
     .values(instance_id=bindparam("instance_id"), plugin_name=bindparam("plugin_name"))
 )
+# A soft decline retried on the next instance: that instance and the retry's own
+# reference in one statement, so a successor verifies the retry where it was sent.
+_MARK_RETRY_HOP = _MARK_HOP.values(reference=bindparam("reference"))
 
 
 def outcome_mismatch(outcome: PaymentOutcome, amount_minor: int, currency: str) -> str | None:
@@ -213,7 +225,15 @@ class PaymentProcessor:
     # -- entry point -------------------------------------------------------------
 
     def process(self, payment_id: uuid.UUID, hint: RouteHint | None = None) -> Busy | Done:
-        route = self._route(hint) if hint is not None else None
+        # Routed before the claim from the message's facts alone, unless the scope has
+        # rules (they read the amount, method, country and metadata): then after it, from
+        # the row.
+        decision = None
+        if hint is not None and (
+            hint.pinned_instance_id is not None or not self.registry.has_rules(hint.tenant_id)
+        ):
+            decision = self._route(hint)
+        route = decision.route if decision is not None else None
         if hint is not None and hint.pinned_instance_id is not None and not route:
             waiting = self._wait_for_issuer(payment_id)
             if waiting is not None:
@@ -234,25 +254,27 @@ class PaymentProcessor:
             payment_id=payment.id, tenant=payment.tenant_id, reference=payment.reference
         ):
             if self.leases is None:
-                return self._process_claimed(claim, payment, route, hint)
+                return self._process_claimed(claim, payment, decision, hint)
             with self.leases.holding(payment.id, claim.token):
-                return self._process_claimed(claim, payment, route, hint)
+                return self._process_claimed(claim, payment, decision, hint)
 
     def _process_claimed(
         self,
         claim: Claim,
         payment: PaymentRecord,
-        route: list[InstanceView] | None,
+        decision: RouteDecision | None,
         hint: RouteHint | None,
     ) -> Busy | Done:
         # A takeover of a crashed claim verifies where its predecessor was calling; if the
         # predecessor died before naming an instance, nothing was sent: route as new.
         charging = not claim.recovering or payment.instance_id is None
+        route = decision.route if decision is not None else None
         hop_recorded = not claim.recovering and bool(route) and hint == RouteHint.of(payment)
         if charging and not hop_recorded:
-            stale_hop = route is not None and bool(route) and hint != RouteHint.of(payment)
-            if route is None or not route or stale_hop:
-                route = self._route(RouteHint.of(payment))
+            stale_hop = bool(route) and hint != RouteHint.of(payment)
+            if decision is None or not route or stale_hop:
+                decision = self._route(RouteHint.of(payment), payment)
+                route = decision.route
             try:
                 if route or stale_hop:
                     self._mark_hop(claim, route[0] if route else None)
@@ -263,8 +285,8 @@ class PaymentProcessor:
             metrics.PAYMENTS_STARTED.labels(first.plugin_name, first.metric_label).inc()
             metrics.ROUTING_DECISIONS.labels(first.plugin_name, first.metric_label).inc()
         try:
-            decision = self._decide(payment, claim, route or [])
-            return Done(self._finish(payment, claim, decision))
+            made = self._decide(payment, claim, decision if charging else None)
+            return Done(self._finish(payment, claim, made))
         except LeaseLost:
             log.warning("payment %s: lease lost to another worker; leaving it to them", payment.id)
             return Done(None)
@@ -282,38 +304,27 @@ class PaymentProcessor:
             return None
         return Busy(retry_in_s=min(30.0, self.settings.saved_method_wait_s - age_s))
 
-    def _route(self, hint: RouteHint) -> list[InstanceView]:
-        def resolve() -> list[InstanceView]:
-            return self.registry.resolve(
+    def _route(self, hint: RouteHint, payment: PaymentRecord | None = None) -> RouteDecision:
+        """The route and why. From the message's facts (``hint``: currency and tenant,
+        enough without rules) or the payment's row (every fact a rule may read). A saved
+        method's payment goes only to its issuer or the same provider account
+        (registry.routing.same_account), with no fallback that would hand its token to
+        another provider."""
+        facts = facts_of(payment) if payment is not None else RouteFacts(currency=hint.currency)
+
+        def resolve() -> RouteDecision:
+            return self.registry.decide(
+                facts,
                 tenant_id=hint.tenant_id,
-                currency=hint.currency,
                 idempotency_key=hint.idempotency_key,
+                pinned_instance_id=hint.pinned_instance_id,
             )
 
-        route = resolve()
-        if not route:  # the cache may be up to registry_poll_s old: look once more, fresh
+        decision = resolve()
+        if not decision.route:  # the cache may be up to registry_poll_s old: look again
             self.registry.refresh(force=True)
-            route = resolve()
-        if hint.pinned_instance_id is not None:
-            # A saved method belongs to the account that issued it: that instance, or one
-            # declared as the same provider account (config account_id), and no fallback
-            # that would hand its token to another provider.
-            route = [v for v in route if self._same_account(v, hint.pinned_instance_id)]
-        return route
-
-    def _same_account(self, view: InstanceView, issuer_id: uuid.UUID) -> bool:
-        if view.id == issuer_id:
-            return True
-        account = view.config.get("account_id")
-        if not account:
-            return False
-        issuer = next((v for v in self.registry.snapshot() if v.id == issuer_id), None)
-        return (
-            issuer is not None
-            and issuer.plugin_name == view.plugin_name
-            and issuer.tenant_id == view.tenant_id
-            and issuer.config.get("account_id") == account
-        )
+            decision = resolve()
+        return decision
 
     def _busy_or_done(self, payment_id: uuid.UUID) -> Busy | Done:
         with self.database.statement() as connection:
@@ -328,7 +339,9 @@ class PaymentProcessor:
 
     # -- deciding ----------------------------------------------------------------
 
-    def _decide(self, payment: PaymentRecord, claim: Claim, route: list[InstanceView]) -> _Decision:
+    def _decide(
+        self, payment: PaymentRecord, claim: Claim, routed: RouteDecision | None
+    ) -> _Decision:
         if payment.claims > MAX_REDELIVERIES:
             return _Decision(
                 PaymentState.UNKNOWN,
@@ -340,8 +353,9 @@ class PaymentProcessor:
         request = self._request(payment)
         if claim.recovering and payment.instance_id is not None:
             return self._recover(payment, claim, request)
+        route = routed.route if routed is not None else []
         if not route and payment.pinned_instance_id is not None:
-            return _Decision(
+            made = _Decision(
                 PaymentState.FAILED,
                 error_code="payment_method_unavailable",
                 error_message=(
@@ -350,28 +364,68 @@ class PaymentProcessor:
                     "circuit open, retired or not for this currency); not charged elsewhere"
                 ),
             )
-        if not route:
-            return _Decision(
+        elif not route:
+            made = _Decision(
                 PaymentState.FAILED,
                 error_code="no_route",
                 error_message=(
                     f"no active payment provider accepts {payment.currency} for tenant "
                     f"{payment.tenant_id or '(global)'}"
+                    + (f" ({routed.reason})" if routed is not None and routed.rule else "")
                 ),
             )
-        return self._charge_along(route, claim, request)
+        else:
+            made = self._charge_along(route, claim, request, self._may_retry(payment, routed))
+        made.route = routed
+        return made
+
+    def _may_retry(self, payment: PaymentRecord, routed: RouteDecision | None) -> bool:
+        """Whether a soft decline of this payment may be charged once more on the route's
+        next instance: switched on for its tenant (its ruleset or TENDER_RETRY_SOFT_DECLINES),
+        and nothing ties it to one provider (a saved method or a provider's own token)."""
+        if payment.payment_method_id is not None or payment.payment_token:
+            return False
+        if routed is not None and routed.retry_soft_declines:
+            return True
+        tenants = self.settings.retry_soft_declines
+        return bool(tenants) and ("*" in tenants or (payment.tenant_id or "_platform") in tenants)
 
     def _charge_along(
-        self, route: list[InstanceView], claim: Claim, request: PaymentRequest
+        self, route: list[InstanceView], claim: Claim, request: PaymentRequest, may_retry: bool
     ) -> _Decision:
         attempts: list[_Attempt] = []
+        retried = False
         for hop, instance in enumerate(route):
             if hop > 0:
-                self._mark_hop(claim, instance)
+                self._mark_hop(claim, instance, request.reference if retried else None)
             decision = self._charge(instance, request, attempts)
-            if decision is not None:
-                decision.attempts = attempts
-                return decision
+            if decision is None:
+                continue
+            if (
+                may_retry
+                and not retried
+                and hop + 1 < len(route)
+                and self._soft(decision)
+                and all(a.outcome != "unknown" for a in attempts)  # a clean answer only
+            ):
+                # Declined, so nothing was charged, and the issuer said "try again". The
+                # next instance charges under a reference (so an idempotency key) of its
+                # own, recorded with the hop before the call, so a successor verifies there.
+                retried = True
+                request = request.model_copy(
+                    update={"reference": retry_reference(request.reference)}
+                )
+                log.info(
+                    "payment %s: soft decline %s at %s; retrying once on the next instance",
+                    request.payment_id,
+                    decision.error_code,
+                    instance.label,
+                )
+                continue
+            decision.attempts = attempts
+            if retried:
+                decision.reference = request.reference
+            return decision
         last = attempts[-1].message if attempts else "no provider answered"
         return _Decision(
             PaymentState.FAILED,
@@ -379,6 +433,23 @@ class PaymentProcessor:
             error_code="providers_unavailable",
             error_message=f"every provider in the route was unavailable; last: {last}",
             attempts=attempts,
+            reference=request.reference if retried else None,
+        )
+
+    def _soft(self, decision: _Decision) -> bool:
+        """A decline the plugin's table calls soft (or a provider-side processing failure):
+        worth one more try elsewhere. Hard declines and unknown codes never are."""
+        if decision.state is not PaymentState.FAILED or decision.instance is None:
+            return False
+        if decision.outcome is None and decision.error_code is None:
+            return False
+        try:
+            plugin_cls = self.registry.catalogue.get(decision.instance.plugin_name)
+        except Exception:
+            return False
+        return plugin_cls.decline_kind(decision.error_code) in (
+            DeclineKind.SOFT,
+            DeclineKind.OUTAGE,
         )
 
     def _charge(
@@ -390,7 +461,9 @@ class PaymentProcessor:
 
         def attempt(outcome: str, code: str | None = None, message: str | None = None) -> None:
             latency = (time.perf_counter() - started) * 1000
-            attempts.append(_Attempt(instance, "charge", outcome, latency, code, message))
+            attempts.append(
+                _Attempt(instance, "charge", outcome, latency, code, message, request.reference)
+            )
 
         try:
             plugin = self.registry.plugin_for(instance)
@@ -599,21 +672,24 @@ class PaymentProcessor:
             save_method=payment.save_method_for is not None,
         )
 
-    def _mark_hop(self, claim: Claim, instance: InstanceView | None) -> None:
+    def _mark_hop(
+        self, claim: Claim, instance: InstanceView | None, reference: str | None = None
+    ) -> None:
         """Record which instance we are about to call, so a successor can verify there
-        (None: clear a hop recorded from a message whose routing facts were wrong)."""
+        (None: clear a hop recorded from a message whose routing facts were wrong), and
+        under which reference when a retry charges under its own."""
+        params = {
+            "pid": claim.payment_id,
+            "token": claim.token,
+            "now": utcnow(),
+            "instance_id": instance.id if instance else None,
+            "plugin_name": instance.plugin_name if instance else None,
+        }
+        statement = _MARK_HOP
+        if reference is not None:
+            statement, params["reference"] = _MARK_RETRY_HOP, reference
         with self.database.statement() as connection:
-            result = connection.execute(
-                _MARK_HOP,
-                {
-                    "pid": claim.payment_id,
-                    "token": claim.token,
-                    "now": utcnow(),
-                    "instance_id": instance.id if instance else None,
-                    "plugin_name": instance.plugin_name if instance else None,
-                },
-            )
-            if result.rowcount != 1:
+            if connection.execute(statement, params).rowcount != 1:
                 raise LeaseLost()
 
     def _scrub(self, decision: _Decision) -> None:
@@ -697,6 +773,22 @@ class PaymentProcessor:
         provider_id = decision.provider_transaction_id
         if provider_id is not None:
             fields["provider_transaction_id"] = provider_id
+        route_decision = decision.route.record() if decision.route is not None else None
+        if route_decision is not None:
+            fields["route_decision"] = route_decision
+        if decision.reference is not None:  # a retry charged under its own reference
+            fields["reference"] = decision.reference
+            fields["charge_attempts"] = [
+                {
+                    "instance_id": str(a.instance.id),
+                    "provider": a.instance.plugin_name,
+                    "reference": a.reference,
+                    "outcome": a.outcome,
+                    "error_code": a.error_code,
+                }
+                for a in decision.attempts
+                if a.operation == "charge"
+            ]
         expires_at = None
         if decision.state is PaymentState.PENDING and instance is not None:
             expires_at = self._expiry(payment, instance)
@@ -728,6 +820,7 @@ class PaymentProcessor:
                 authorization_url=outcome.authorization_url if outcome else None,
                 next_action=next_action,
                 expires_at=expires_at,
+                route_decision=route_decision,
                 publish=self.relay.submit,  # with the rest of its batch, once committed
             )
         )
