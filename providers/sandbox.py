@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -30,6 +30,8 @@ from config.settings import Environment, get_settings
 from providers.base import (
     Capability,
     CustomerAction,
+    Decline,
+    DeclineKind,
     HealthCheck,
     HealthStatus,
     OutcomeStatus,
@@ -65,6 +67,9 @@ class SandboxConfig(ProviderConfig):
     response_delay_ms: int = Field(default=0, ge=0, le=60_000)  # after charging, before answering
     decline_email_prefix: str | None = "decline"  # customer emails starting with it decline
     decline_amounts_minor: list[int] = Field(default_factory=list)
+    # amounts declined softly (the issuer says try again): code soft_decline_code
+    soft_decline_amounts_minor: list[int] = Field(default_factory=list)
+    soft_decline_code: Literal["try_again_later", "processing_error"] = "try_again_later"
     outage: bool = False  # every call raises ProviderUnavailable
     rate_limited: bool = False  # every call is refused as over the rate, with a retry hint
     key_revoked: bool = False  # every call is refused as unauthenticated (ConfigurationError)
@@ -153,21 +158,25 @@ class ChargeBook:
             )
             return int(row[1] + amount_minor)
 
-    def count(self) -> int:
-        """How many distinct references were charged."""
+    def count(self, status: OutcomeStatus | None = None) -> int:
+        """How many distinct references were charged (``status``: only those ended so)."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM charges").fetchone()[0])
+            if status is None:
+                return int(self._db.execute("SELECT count(*) FROM charges").fetchone()[0])
+            query = "SELECT count(*) FROM charges WHERE status = ?"
+            return int(self._db.execute(query, (status.value,)).fetchone()[0])
 
     def refused_repeats(self) -> int:
         """How many times a second charge of an existing reference was refused."""
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM refused").fetchone()[0])
 
-    def references(self) -> list[str]:
+    def references(self, status: OutcomeStatus | None = None) -> list[str]:
+        query, args = "SELECT reference FROM charges", ()
+        if status is not None:
+            query, args = query + " WHERE status = ?", (status.value,)
         with self._lock:
-            return [
-                r[0] for r in self._db.execute("SELECT reference FROM charges ORDER BY reference")
-            ]
+            return [r[0] for r in self._db.execute(query + " ORDER BY reference", args)]
 
 
 _memory_book: ChargeBook | None = None
@@ -221,6 +230,12 @@ class SandboxProvider(PaymentProvider):
             Capability.SIGNED_BODY,
         }
     )
+    # The sandbox's codes, named after Stripe's (https://docs.stripe.com/declines/codes)
+    decline_codes: ClassVar[Mapping[str, Decline]] = {
+        "declined": Decline(DeclineKind.HARD, "providers/sandbox.py: the decline rules"),
+        "try_again_later": Decline(DeclineKind.SOFT, "providers/sandbox.py, as Stripe's"),
+        "processing_error": Decline(DeclineKind.OUTAGE, "providers/sandbox.py, as Stripe's"),
+    }
 
     @classmethod
     def validate_config(cls, raw: Mapping[str, Any] | ProviderConfig) -> ProviderConfig:
@@ -259,8 +274,10 @@ class SandboxProvider(PaymentProvider):
 
     def _declines(self, request: PaymentRequest) -> bool:
         prefix = self.settings.decline_email_prefix
-        return bool(prefix and request.customer_email.lower().startswith(prefix.lower())) or (
-            request.amount_minor in self.settings.decline_amounts_minor
+        return (
+            bool(prefix and request.customer_email.lower().startswith(prefix.lower()))
+            or request.amount_minor in self.settings.decline_amounts_minor
+            or request.amount_minor in self.settings.soft_decline_amounts_minor
         )
 
     async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
@@ -287,6 +304,11 @@ class SandboxProvider(PaymentProvider):
         if self.settings.ambiguous_timeout:
             raise OutcomeUnknown("sandbox timed out after charging", provider=self.name)
         if charge.status is OutcomeStatus.FAILED:
+            if request.amount_minor in self.settings.soft_decline_amounts_minor:
+                code = self.settings.soft_decline_code
+                raise PaymentDeclined(
+                    f"Declined softly by the sandbox ({code})", provider=self.name, code=code
+                )
             raise PaymentDeclined(
                 "Declined by the sandbox decline rule", provider=self.name, code="declined"
             )

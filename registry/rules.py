@@ -85,7 +85,7 @@ class Condition(BaseModel):
         name, op, value = self.field, self.op, self.value
         if name not in FIELDS and not _METADATA_KEY.fullmatch(name):
             raise ValueError(f"field {name!r} is not one of {', '.join(FIELDS)} or metadata.<key>")
-        if (op in _LISTS) != isinstance(value, list):
+        if op != "prefix" and (op in _LISTS) != isinstance(value, list):
             raise ValueError(
                 f"{op!r} takes a list of values" if op in _LISTS else f"{op!r} takes one value"
             )
