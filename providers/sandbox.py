@@ -172,7 +172,8 @@ class ChargeBook:
             return int(self._db.execute("SELECT count(*) FROM refused").fetchone()[0])
 
     def references(self, status: OutcomeStatus | None = None) -> list[str]:
-        query, args = "SELECT reference FROM charges", ()
+        query = "SELECT reference FROM charges"
+        args: tuple[str, ...] = ()
         if status is not None:
             query, args = query + " WHERE status = ?", (status.value,)
         with self._lock:

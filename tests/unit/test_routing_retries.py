@@ -23,11 +23,23 @@ from registry.rulesets import (
     get_ruleset,
     list_rulesets,
 )
-from tests.unit.test_processor import RecordingPublisher, processor  # noqa: F401 - fixture
+from tests.unit.test_processor import RecordingPublisher
 from workers import runtime
+from workers.events.relay import InlineRelay
 from workers.payments.client import get_payment, request_payment
 from workers.payments.processor import PaymentProcessor
 from workers.payments.routing import explain, explain_payment, request_facts
+
+
+@pytest.fixture
+def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
+    publisher = RecordingPublisher()
+    relay = InlineRelay(get_database(), publisher)  # type: ignore[arg-type]
+    proc = PaymentProcessor(
+        get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
+    )
+    return proc, publisher
+
 
 SOFT_AMOUNT = "77.00"  # 7700 kobo: declined softly by the first instance
 
@@ -98,7 +110,7 @@ def test_a_rule_may_not_name_an_instance_of_another_tenant(sqlite_url: str, tmp_
         "sandbox", {"charge_book": str(tmp_path / "b.db")}, tenant_id="t-b", is_active=True
     )
     document = rules_for(("x", [{"field": "currency", "op": "=", "value": "NGN"}], [theirs]))
-    with pytest.raises(RulesError, match="no provider instance .* in this scope"):
+    with pytest.raises(RulesError, match=r"no provider instance .* in this scope"):
         create_draft(get_database(), document, tenant_id="t-a")
     with pytest.raises(RulesError, match="in this scope"):
         create_draft(get_database(), document)  # the global ruleset: global instances only
@@ -249,7 +261,3 @@ def test_a_retry_with_nowhere_to_go_fails_with_the_decline(processor, tmp_path) 
     view = get_payment(payment_id)
     assert view.status == "failed" and view.error_code == "try_again_later"
     assert len(view.attempts) == 1
-
-
-assert PaymentProcessor  # the processor fixture builds one
-assert RecordingPublisher
