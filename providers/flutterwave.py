@@ -40,6 +40,8 @@ from pydantic import Field, SecretStr, field_validator
 
 from providers.base import (
     Capability,
+    Decline,
+    DeclineKind,
     HealthCheck,
     Lifecycle,
     OutcomeStatus,
@@ -223,6 +225,16 @@ class FlutterwaveProvider(PaymentProvider):
     supported_currencies: ClassVar[frozenset[str]] = FLUTTERWAVE_CURRENCIES
     config_model: ClassVar[type[ProviderConfig]] = FlutterwaveConfig
     api_hosts: ClassVar[frozenset[str]] = frozenset({"api.flutterwave.com"})
+    # Flutterwave v3 reports a refused charge as {"status": "error", "message": ...} and a
+    # failed one's reason as free text (processor_response), not a code: nothing tells a
+    # soft decline from a hard one, so none is ever retried elsewhere.
+    decline_codes: ClassVar[Mapping[str, Decline]] = {
+        "refused": Decline(
+            DeclineKind.HARD,
+            "https://developer.flutterwave.com/docs/tokenized-charge (message, "
+            "processor_response: free text)",
+        ),
+    }
     # No signature over the body (only a shared hash) and no documented retry hint: the
     # body is never trusted, the API is asked instead.
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE

@@ -74,6 +74,8 @@ from urllib3.exceptions import NewConnectionError
 
 from providers.base import (
     Capability,
+    Decline,
+    DeclineKind,
     DisputeOutcome,
     DisputeStatus,
     HealthCheck,
@@ -377,6 +379,15 @@ class PayPalProvider(PaymentProvider):
     method_gone_codes: ClassVar[Mapping[str, str]] = {
         "REFERENCED_CARD_EXPIRED": "expired",
         "TOKEN_ID_NOT_FOUND": "revoked",
+    }
+    # Every decline issue PayPal names asks the payer to act (choose another funding
+    # source, lift a restriction) or is final: none is retried elsewhere.
+    decline_codes: ClassVar[Mapping[str, Decline]] = {
+        issue: Decline(
+            DeclineKind.HARD,
+            f"https://developer.paypal.com/api/rest/reference/orders/v2/errors/ ({issue})",
+        )
+        for issue in sorted(DECLINE_ISSUES)
     }
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {

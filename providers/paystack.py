@@ -47,6 +47,8 @@ from pypaystack2.models import Response
 
 from providers.base import (
     Capability,
+    Decline,
+    DeclineKind,
     DisputeOutcome,
     DisputeStatus,
     HealthCheck,
@@ -382,6 +384,16 @@ class PaystackProvider(PaymentProvider):
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     # "Authorization code does not exist or has been deactivated"
     method_gone_codes: ClassVar[Mapping[str, str]] = {"invalid_authorization_code": "revoked"}
+    # Paystack gives a failed charge's reason as free text (data.gateway_response, e.g.
+    # "Declined", "Insufficient Funds"), not a code: nothing tells a soft decline from a
+    # hard one, so none is ever retried elsewhere.
+    decline_codes: ClassVar[Mapping[str, Decline]] = {
+        "declined": Decline(
+            DeclineKind.HARD,
+            "https://paystack.com/docs/api/transaction/#charge-authorization (gateway_response "
+            "is free text)",
+        ),
+    }
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

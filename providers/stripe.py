@@ -35,6 +35,8 @@ from pydantic import Field, SecretStr, field_validator
 from providers.base import (
     Capability,
     CustomerAction,
+    Decline,
+    DeclineKind,
     DisputeOutcome,
     DisputeStatus,
     HealthCheck,
@@ -258,6 +260,39 @@ def from_stripe_amount(amount: int, currency: str) -> int:
 # so it is not final; on a saved method charged off-session nobody is there to, so it is.
 FLOW_KEY = "tender_flow"  # metadata: "checkout" or "saved"
 _LIFECYCLE_DOC = "https://docs.stripe.com/payments/paymentintents/lifecycle"
+_DECLINES_DOC = "https://docs.stripe.com/declines/codes"
+# Stripe's decline codes by what its "next steps" column says. Soft: "the payment should
+# be attempted again" (or "ask the customer to attempt the payment again"); outage: the
+# issuer or Stripe could not process it. Every other code asks the customer or their
+# issuer to act, or is final (insufficient funds, lost or stolen card): hard.
+STRIPE_DECLINES: Mapping[str, Decline] = {
+    **{
+        code: Decline(DeclineKind.SOFT, f"{_DECLINES_DOC} ({code})")
+        for code in ("approve_with_id", "reenter_transaction", "try_again_later")
+    },
+    **{
+        code: Decline(DeclineKind.OUTAGE, f"{_DECLINES_DOC} ({code})")
+        for code in ("issuer_not_available", "processing_error")
+    },
+    **{
+        code: Decline(DeclineKind.HARD, f"{_DECLINES_DOC} ({code})")
+        for code in (
+            "authentication_required", "call_issuer", "card_not_supported",
+            "card_velocity_exceeded", "currency_not_supported", "do_not_honor",
+            "do_not_try_again", "duplicate_transaction", "expired_card", "fraudulent",
+            "generic_decline", "incorrect_cvc", "incorrect_number", "incorrect_pin",
+            "incorrect_zip", "insufficient_funds", "invalid_account", "invalid_amount",
+            "invalid_cvc", "invalid_expiry_month", "invalid_expiry_year", "invalid_number",
+            "invalid_pin", "lost_card", "merchant_blacklist", "new_account_information_available",
+            "no_action_taken", "not_permitted", "offline_pin_required",
+            "online_or_offline_pin_required", "pickup_card", "pin_try_exceeded",
+            "restricted_card", "revocation_of_all_authorizations",
+            "revocation_of_authorization", "security_violation", "service_not_allowed",
+            "stolen_card", "stop_payment_order", "testmode_decline", "transaction_not_allowed",
+            "withdrawal_count_limit_exceeded", "card_declined",
+        )
+    },
+}  # fmt: skip
 _EXPIRE_DOC = "https://docs.stripe.com/api/checkout/sessions/expire"
 LIFECYCLE = Lifecycle(
     (
@@ -455,6 +490,7 @@ class StripeProvider(PaymentProvider):
     lifecycle: ClassVar[Lifecycle] = LIFECYCLE
     # https://docs.stripe.com/declines/codes: expired_card
     method_gone_codes: ClassVar[Mapping[str, str]] = {"expired_card": "expired"}
+    decline_codes: ClassVar[Mapping[str, Decline]] = STRIPE_DECLINES
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.PENDING_CHECKOUT,

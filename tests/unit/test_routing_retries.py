@@ -261,3 +261,17 @@ def test_a_retry_with_nowhere_to_go_fails_with_the_decline(processor, tmp_path) 
     view = get_payment(payment_id)
     assert view.status == "failed" and view.error_code == "try_again_later"
     assert len(view.attempts) == 1
+
+
+def test_every_plugin_has_a_decline_table_citing_its_source() -> None:
+    from registry.catalogue import catalogue
+
+    for name in ("sandbox", "stripe", "paystack", "flutterwave", "paypal"):
+        table = catalogue.get(name).decline_codes
+        assert table, name
+        for code, decline in table.items():
+            assert decline.kind in DeclineKind, (name, code)
+            assert decline.source.startswith(("https://", "providers/")), (name, code)
+    # an unknown code is hard: never retried
+    assert SandboxProvider.decline_kind("something_new") is DeclineKind.HARD
+    assert SandboxProvider.decline_kind(None) is DeclineKind.HARD

@@ -460,3 +460,26 @@ def test_an_amount_over_stripes_digit_limit_is_refused_before_sending(fake: Fake
     with pytest.raises(ProviderUnavailable):
         asyncio.run(provider(fake).process_payment(request(amount_minor=100_000_000)))
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "kind"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline", "hard"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds", "hard"),
+        ("pm_card_chargeDeclinedProcessingError", "processing_error", "outage"),
+    ],
+)
+def test_a_decline_carries_stripes_code_and_its_kind_from_the_decline_table(
+    fake: FakeStripe, token: str, code: str, kind: str
+) -> None:
+    """Issue 37: the processor retries soft and outage declines only; the kind comes from
+    Stripe's decline codes page (https://docs.stripe.com/declines/codes), the test cards
+    from https://docs.stripe.com/testing#declined-payments."""
+    from providers.errors import PaymentDeclined
+
+    plugin = provider(fake)
+    with pytest.raises(PaymentDeclined) as declined:
+        asyncio.run(plugin.process_payment(request(token=token)))
+    assert declined.value.code == code
+    assert type(plugin).decline_kind(code).value == kind

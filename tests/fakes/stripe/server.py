@@ -56,6 +56,12 @@ DECLINES = {
         "insufficient_funds",
         "Your card has insufficient funds.",
     ),
+    # https://docs.stripe.com/testing#declined-payments: "Charge is declined with a
+    # processing_error code"
+    "pm_card_chargeDeclinedProcessingError": (
+        "processing_error",
+        "An error occurred while processing your card. Try again in a little bit.",
+    ),
 }
 
 
