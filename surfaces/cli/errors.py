@@ -8,12 +8,16 @@ status 1. ``tender --debug ...`` shows the traceback instead.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
+
+from config.settings import SettingsError
 
 err = Console(stderr=True)
 _debug = {"on": False}
@@ -101,3 +105,31 @@ class OperatorErrors(TyperGroup):
                 line = f"unexpected {type(exc).__name__}; run `tender --debug ...` to see where"
             print_error(line)
             raise typer.Exit(1) from None
+
+
+def fail(message: str) -> NoReturn:
+    print_error(message)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn Tender's bad-input errors into one red line and exit 1 (no traceback)."""
+    from providers.errors import ProviderError
+    from registry.errors import RegistryError
+    from workers.payments.client import PaymentNotFound
+
+    try:
+        yield
+    except (SettingsError, RegistryError, ProviderError, PaymentNotFound, ValueError) as exc:
+        fail(str(exc))
+
+
+def cli_actor() -> str:
+    """The audit trail's name for changes made from this command line."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"

@@ -7,18 +7,18 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from config.settings import WORKER_CONCURRENCY, SettingsError
-from surfaces.cli.errors import OperatorErrors, print_error, set_debug
+from config.settings import WORKER_CONCURRENCY
+from surfaces.cli.errors import OperatorErrors, fail, set_debug, user_errors
+from surfaces.cli.errors import cli_actor as _actor
 
 console = Console()
 
@@ -118,24 +118,6 @@ def methods_revoke(method_id: Annotated[str, typer.Argument()]) -> None:
     console.print(f"[yellow]revoked[/] {method_id}")
 
 
-def fail(message: str) -> NoReturn:
-    print_error(message)
-    raise typer.Exit(1)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn Tender's bad-input errors into one red line and exit 1 (no traceback)."""
-    from providers.errors import ProviderError
-    from registry.errors import RegistryError
-    from workers.payments.client import PaymentNotFound
-
-    try:
-        yield
-    except (SettingsError, RegistryError, ProviderError, PaymentNotFound, ValueError) as exc:
-        fail(str(exc))
-
-
 def _parse_config(pairs: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; values that parse as JSON (numbers, true, lists) are typed."""
     config: dict[str, Any] = {}
@@ -151,16 +133,6 @@ def _parse_config(pairs: list[str]) -> dict[str, Any]:
             value = raw
         config[key.strip()] = value
     return config
-
-
-def _actor() -> str:
-    """The audit trail's name for changes made from this command line."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _registry() -> Any:
@@ -744,6 +716,15 @@ def _mount_health() -> None:
 
 
 _mount_health()
+
+
+def _mount_routing() -> None:
+    from surfaces.cli.routing import route_app
+
+    app.add_typer(route_app, name="route")
+
+
+_mount_routing()
 
 
 def main() -> None:  # pragma: no cover - console script

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from config.settings import reset_settings
 from registry.audit import list_audit
 from registry.db import get_database
+from registry.rulesets import create_draft
 from registry.tokens import create_token
 from tests.unit.test_scopes import BOOTSTRAP, CONSOLE_SCOPES, UNSCOPED
 from workers import runtime
@@ -43,6 +44,7 @@ class World:
     platform_instance: uuid.UUID
     b_token: uuid.UUID
     b_method: str
+    b_ruleset: uuid.UUID
 
 
 class _Quiet:
@@ -85,8 +87,12 @@ def world(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     _, token = create_token(get_database(), "tenant-a-admin", ["admin"], tenant_id="t-a")
     b_token, _ = create_token(get_database(), "tenant-b-billing", ["pay"], tenant_id="t-b")
     b_method = import_payment_method(b.id, CANARY, "cust-b").id
+    b_rules = {"rules": [], "default": [{"instance": str(b.id)}]}
+    b_ruleset = create_draft(get_database(), b_rules, tenant_id="t-b").id
     with TestClient(create_app()) as client:
-        yield World(client, token, b_payment, refund.id, b.id, platform.id, b_token, b_method)
+        yield World(
+            client, token, b_payment, refund.id, b.id, platform.id, b_token, b_method, b_ruleset
+        )
     runtime.reset()
     reset_settings()
 
@@ -98,6 +104,7 @@ def fill(path: str, world: World) -> str:
         "instance_id": str(world.b_instance),
         "token_id": str(world.b_token),
         "method_id": world.b_method,
+        "ruleset_id": str(world.b_ruleset),
         "plugin": "sandbox",
         "action": "deactivate",
     }
@@ -117,10 +124,12 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("patch", "/instances/{instance_id}/config"): {"latency_ms": 1},
     ("patch", "/instances/{instance_id}"): {"priority": 1},
     ("post", "/api/tokens"): {"name": "sneaky", "scopes": ["admin"], "tenant_id": "t-b"},
+    ("post", "/api/routing/rulesets"): {"tenant_id": "t-b", "document": {"rules": []}},
+    ("post", "/api/routing/clear"): {"tenant_id": "t-b"},
 }  # fmt: skip
 LISTS = {
     ("get", "/plugins"), ("get", "/instances"), ("get", "/api/audit"), ("get", "/api/tokens"),
-    ("get", "/payment-methods"),
+    ("get", "/payment-methods"), ("get", "/api/routing/rulesets"),
 }  # fmt: skip
 
 
@@ -129,7 +138,9 @@ def leaks(text: str, world: World, *, listed: bool = False) -> list[str]:
     may be the caller's own input echoed in a 404)."""
     secrets_of_b = [CANARY, B_EMAIL]
     if listed:
-        secrets_of_b += [str(world.b_payment), str(world.b_instance), world.b_method]
+        secrets_of_b += [
+            str(world.b_payment), str(world.b_instance), world.b_method, str(world.b_ruleset)
+        ]  # fmt: skip
     return [s for s in secrets_of_b if s in text]
 
 
@@ -143,6 +154,8 @@ def test_every_api_route_keeps_tenant_a_out_of_tenant_b(world: World) -> None:
             body = BODIES.get((method, path))
             if (method, path) == ("post", "/payment-methods"):  # onto B's instance
                 body = {"instance_id": str(world.b_instance), "token": "t", "customer_ref": "c"}
+            if (method, path) == ("post", "/api/routing/explain"):  # B's payment
+                body = {"payment_id": str(world.b_payment)}
             answer = world.client.request(
                 method.upper(),
                 fill(path, world),
