@@ -163,3 +163,50 @@ def test_the_cli_drafts_activates_and_explains(sqlite_url: str, tmp_path) -> Non
     bad.write_text('{"rules": [{"name": "x"}]}')
     refused = runner.invoke(cli_app, ["route", "draft", str(bad)])
     assert refused.exit_code == 1 and "rules[0].when" in refused.output
+
+
+def test_the_console_drafts_tries_activates_and_shows_the_decision(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import reset_settings
+    from tests.unit.test_console import ADMIN, post, sign_in
+    from workers.core.app import reconfigure
+
+    monkeypatch.setenv("TENDER_API_TOKEN", ADMIN)
+    reset_settings()
+    runtime.reset()
+    reconfigure()
+    with TestClient(create_app()) as console:
+        _, b = instances()
+        sign_in(console)
+        page = console.get("/admin/routing")
+        assert page.status_code == 200 and "No rules" in page.text
+        refused = post(console, "/admin/routing/drafts", document='{"rules": [{"name": "x"}]}')
+        assert refused.status_code == 422 and "rules[0].when" in refused.text
+        saved = post(
+            console, "/admin/routing/drafts", document=json.dumps(kenya_to(b)),
+            retry_soft_declines="on", note="KE",
+        )  # fmt: skip
+        assert saved.status_code == 303
+        (draft,) = list_rulesets_json(console)
+        assert draft["document"]["retry_soft_declines"] is True
+        tried = console.get(
+            "/admin/routing",
+            params={"amount": "10", "currency": "NGN", "country": "KE", "version": draft["id"]},
+        )
+        assert "rule &#39;kenya&#39; matched" in tried.text and "a: not in rule" in tried.text
+        activated = post(console, f"/admin/routing/{draft['id']}/activate")
+        assert activated.status_code == 303
+        assert "v1 is active" in console.get(activated.headers["location"]).text
+        shown = console.get("/admin/routing").text
+        assert 'id="rules"' in shown and "billing_country = KE" in shown
+        assert "soft-decline retries <strong>on</strong>" in shown
+    runtime.reset()
+    reset_settings()
+
+
+def list_rulesets_json(client: TestClient) -> list[dict[str, Any]]:
+    from tests.unit.test_console import ADMIN
+
+    answer = client.get("/api/routing/rulesets", headers={"Authorization": f"Bearer {ADMIN}"})
+    return list(answer.json())

@@ -59,6 +59,10 @@ CONSOLE_SCOPES = {
     ("GET", "/admin/tokens"): Scope.ADMIN,
     ("POST", "/admin/tokens"): Scope.ADMIN,
     ("POST", "/admin/tokens/{token_id}/revoke"): Scope.ADMIN,
+    ("GET", "/admin/routing"): Scope.READ,
+    ("POST", "/admin/routing/drafts"): Scope.ADMIN,
+    ("POST", "/admin/routing/clear"): Scope.ADMIN,
+    ("POST", "/admin/routing/{ruleset_id}/activate"): Scope.ADMIN,
 }
 
 

@@ -183,7 +183,7 @@ def test_every_console_page_keeps_tenant_a_out_of_tenant_b(world: World) -> None
     world.client.cookies.set("tender_csrf", csrf, path="/admin")
     lists = {
         ("GET", "/admin"), ("GET", "/admin/payments"), ("GET", "/admin/audit"),
-        ("GET", "/admin/tokens"), ("GET", "/admin/methods"),
+        ("GET", "/admin/tokens"), ("GET", "/admin/methods"), ("GET", "/admin/routing"),
     }  # fmt: skip
     form = {"csrf": csrf, "amount": "1.00", "tenant_id": "t-b", "name": "sneaky", "scope": "admin"}
     for (method, path), _ in CONSOLE_SCOPES.items():

@@ -80,6 +80,8 @@ class AttemptView(BaseModel):
     message: str | None
     latency_ms: float
     created_at: datetime
+    # the provider reference the call was made under (a soft decline's retry has its own)
+    reference: str | None = None
 
 
 class PaymentView(BaseModel):
@@ -113,6 +115,8 @@ class PaymentView(BaseModel):
     # A payment waiting on its customer ends then: failed with error_code "expired"
     # unless the provider has the money (which always wins, even later).
     expires_at: datetime | None = None
+    # the routing decision it was made by: rule, ruleset version and id, reason
+    route: dict[str, Any] | None = None
     attempts: list[AttemptView] = []
 
 
@@ -473,6 +477,7 @@ def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> P
         created_at=payment.created_at,
         updated_at=payment.updated_at,
         expires_at=payment.expires_at if payment.status == PaymentState.PENDING.value else None,
+        route=payment.route_decision,
         attempts=[
             AttemptView(
                 plugin_name=a.plugin_name,
@@ -483,6 +488,7 @@ def view_of(payment: Payment, attempts: list[PaymentAttempt] | None = None) -> P
                 message=a.message,
                 latency_ms=a.latency_ms,
                 created_at=a.created_at,
+                reference=a.reference,
             )
             for a in attempts or []
         ],

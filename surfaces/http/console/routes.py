@@ -12,7 +12,9 @@ GET/POST /admin/instances/new/{plugin}        admin    a form generated from the
 GET/POST /admin/instances/{id}/edit|delete    admin    configure (secrets write-only), delete
 GET /admin/payments, /admin/payments/{id}     read     search; a payment's timeline
 GET/POST /admin/payments/{id}/refund          operate  refund, after confirming
-GET /admin/audit                              read     every change: who, when, before/after
+GET /admin/audit                              admin    every change: who, when, before/after
+GET /admin/routing                            read     active rules, versions, explain a route
+POST /admin/routing/drafts|clear|{id}/activate admin   save a draft, clear, activate a version
 ============================================  =======  =====================================
 
 Every form carries the CSRF token of the console's cookie and must come from the console's
@@ -21,6 +23,7 @@ controls and is refused on every POST. Every change is audited under the token's
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures.
+import json
 import math
 import uuid
 from collections.abc import Callable
@@ -39,7 +42,8 @@ from providers.errors import ConfigurationError, ProviderUnavailable
 from providers.money import MoneyError, format_amount
 from registry.audit import list_audit
 from registry.db import get_database
-from registry.errors import InstanceNotFound, RegistryError
+from registry.errors import InstanceNotFound, RegistryError, RulesetNotFound
+from registry.rulesets import activate_ruleset, clear_rules, create_draft, list_rulesets
 from registry.service import PluginRegistry
 from registry.tokens import Scope, authenticate, create_token, list_tokens, revoke_token
 from surfaces.http.auth import CSRF_FIELD, check_console_post, csrf_token, keep_csrf_token
@@ -61,6 +65,7 @@ from workers.payments.methods import (
     revoke_payment_method,
 )
 from workers.payments.refunds import RefundRefused, refund_payment
+from workers.payments.routing import Explanation, explain, explain_payment, request_facts
 
 # No script, no frames, forms only to itself, styles only from its own stylesheet (SVG
 # charts use presentation attributes, which a style-src policy does not cover).
@@ -474,6 +479,110 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
             raise HTTPException(404, "no such payment method") from None
         return done("/admin/methods", f"{method_id[:40]} revoked: it is never charged again")
 
+    # --- routing rules ---------------------------------------------------------------
+
+    @router.get("/admin/routing", response_class=HTMLResponse)
+    def routing_page(
+        request: Request,
+        registry: Registry,
+        user: Reader,
+        tenant: str = "",
+        amount: str = "",
+        currency: str = "",
+        country: str = "",
+        brand: str = "",
+        bin: str = "",
+        payment: str = "",
+        version: str = "",
+    ) -> HTMLResponse:
+        scope = _form_tenant(user, tenant.strip()[:100] or None)
+        ask = {
+            "amount": amount, "currency": currency, "country": country, "brand": brand,
+            "bin": bin, "payment": payment, "version": version,
+        }  # fmt: skip
+        told, problem = None, None
+        if payment.strip() or (amount.strip() and currency.strip()):
+            try:
+                told = _explained(registry, user, scope, ask)
+            except (RegistryError, MoneyError, PaymentNotFound, ValueError) as exc:
+                problem = f"Cannot explain: {exc}"
+        return _routing_page(request, registry, user, scope, ask=ask, told=told, problem=problem)
+
+    def _routing_page(
+        request: Request,
+        registry: PluginRegistry,
+        user: ConsoleUser,
+        scope: str | None,
+        status: int = 200,
+        **extra: Any,
+    ) -> HTMLResponse:
+        versions = list_rulesets(get_database(), tenant_id=scope)
+        active = next((v for v in versions if v.status == "active"), None)
+        names = {
+            str(v.id): v.display_name
+            for v in registry.list_instances()
+            if v.tenant_id in (None, scope)
+        }
+        extra.setdefault("ask", {})
+        document = dict(active.document) if active else {"rules": [], "default": None}
+        return page(
+            request, "routing.html", user, status=status, section="routing", tenant=scope,
+            scope_label=f"tenant {scope}" if scope else "global instances",
+            versions=versions, active=active, names=names, hot_swap=hot_swap_bound(),
+            draft_text=extra.pop("draft_text", None) or json.dumps(document, indent=2),
+            retry_checked=bool(document.get("retry_soft_declines")), **extra,
+        )  # fmt: skip
+
+    @router.post("/admin/routing/drafts", response_class=HTMLResponse)
+    async def routing_draft(request: Request, registry: Registry, user: Admin) -> Response:
+        form = await posted(request)
+        scope = _form_tenant(user, form.get("tenant_id", "").strip() or None)
+        text = form.get("document", "")
+        try:
+            document = json.loads(text)
+            if not isinstance(document, dict):
+                raise ValueError("the rules are a JSON object with 'rules'")
+            document["retry_soft_declines"] = form.get("retry_soft_declines") == "on"
+            made = await run_in_threadpool(
+                lambda: create_draft(
+                    get_database(), document, tenant_id=scope, actor=user.name,
+                    note=form.get("note", "").strip() or None,
+                )
+            )  # fmt: skip
+        except (RegistryError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            return _routing_page(
+                request, registry, user, scope, status=422, problem=f"Refused: {exc}",
+                draft_text=text,
+            )  # fmt: skip
+        back = "/admin/routing" + (f"?tenant={quote(scope)}" if scope else "")
+        return done(back, f"Draft v{made.version} saved; try it below, then activate it")
+
+    @router.post("/admin/routing/{ruleset_id}/activate")
+    async def routing_activate(request: Request, ruleset_id: str, user: Admin) -> Response:
+        await posted(request)
+        try:
+            made = await run_in_threadpool(
+                lambda: activate_ruleset(
+                    get_database(), ruleset_id, actor=user.name, within_tenant=user.tenant_id
+                )
+            )
+        except RulesetNotFound:
+            raise HTTPException(404, "no such ruleset") from None
+        except RegistryError as exc:
+            return done("/admin/routing", f"Refused: {exc}")
+        back = "/admin/routing" + (f"?tenant={quote(made.tenant_id)}" if made.tenant_id else "")
+        return done(back, f"v{made.version} is active; workers follow within {hot_swap_bound()}")
+
+    @router.post("/admin/routing/clear")
+    async def routing_clear(request: Request, user: Admin) -> Response:
+        form = await posted(request)
+        scope = _form_tenant(user, form.get("tenant_id", "").strip() or None)
+        await run_in_threadpool(
+            lambda: clear_rules(get_database(), tenant_id=scope, actor=user.name)
+        )
+        back = "/admin/routing" + (f"?tenant={quote(scope)}" if scope else "")
+        return done(back, "Rules cleared: routing by priority and weight")
+
     # --- tokens ----------------------------------------------------------------------
 
     def _tokens(user: ConsoleUser) -> list[Any]:
@@ -582,6 +691,26 @@ def _instance(
     if change and view.tenant_id is None and user.tenant_id is not None:
         raise HTTPException(403, "a platform instance is read-only to a token bound to a tenant")
     return view
+
+
+def _explained(
+    registry: PluginRegistry, user: ConsoleUser, scope: str | None, ask: dict[str, str]
+) -> Explanation:
+    version = ask["version"].strip() or None
+    if ask["payment"].strip():
+        return explain_payment(
+            registry, ask["payment"].strip(), ruleset_id=version, within_tenant=user.tenant_id
+        )
+    facts = request_facts(
+        amount=ask["amount"].strip(),
+        currency=ask["currency"].strip().upper(),
+        billing_country=ask["country"].strip() or None,
+        card_brand=ask["brand"].strip() or None,
+        card_bin=ask["bin"].strip() or None,
+    )
+    return explain(
+        registry, facts, tenant_id=scope, ruleset_id=version, within_tenant=user.tenant_id
+    )
 
 
 def _form_tenant(user: ConsoleUser, named: str | None) -> str | None:

@@ -295,7 +295,12 @@ def timeline(database: Database, payment_id: uuid.UUID) -> list[Moment]:
                 f"{a.operation} at {a.plugin_name}: {a.outcome}",
                 " ".join(
                     part
-                    for part in (a.error_code or "", a.message or "", f"{a.latency_ms:.0f} ms")
+                    for part in (
+                        a.error_code or "",
+                        a.message or "",
+                        f"{a.latency_ms:.0f} ms",
+                        f"as {a.reference}" if a.reference else "",
+                    )
                     if part
                 ),
             )
