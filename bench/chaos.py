@@ -14,6 +14,10 @@ injects, one after the other:
 * a PostgreSQL restart (immediate shutdown, then a start);
 * a second worker SIGKILL.
 
+Throughout, the primary declines every seventh amount softly ("try again"), with soft-decline
+retries switched on: those payments are charged again on the standby under a reference of
+their own (issue 37), and none may be charged twice.
+
 Then it waits until every payment is settled and prints one table. The run fails (exit 1)
 when anything was lost, duplicated, charged twice or not at all, or when settling took
 longer than ``--bound-s`` after the last fault. The provider is the sandbox with a charge
@@ -48,6 +52,13 @@ from bench.environment import REPO_ROOT, HarnessError
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/usr/bin"))
 SANDBOX_LATENCY_MS = 150  # long enough that a SIGKILL lands mid-charge
+
+
+def soft_declined(order: int) -> bool:
+    """The orders the primary declines softly (its amount: 10.00 + order NGN)."""
+    return order % 7 == 3
+
+
 TERMINAL = ("succeeded", "failed")
 
 
@@ -486,6 +497,7 @@ def _environment(folder: Path, database_url: str, broker_url: str) -> dict[str, 
         "TENDER_DATA_DIR": str(folder / "data"),
         "TENDER_SECRETS_KEY": Fernet.generate_key().decode(),
         "TENDER_WORKER_CPU": "off",
+        "TENDER_RETRY_SOFT_DECLINES": '["*"]',
     }
 
 
@@ -523,7 +535,10 @@ def _register_providers(book: str) -> tuple[uuid.UUID, uuid.UUID]:
         "latency_ms": SANDBOX_LATENCY_MS,
         "api_key": "sk_chaos_0123456789",
     }
-    primary = registry.create_instance("sandbox", config, priority=1, is_active=True)
+    soft = [1000 + 100 * order for order in range(5000) if soft_declined(order)]
+    primary = registry.create_instance(
+        "sandbox", config | {"soft_decline_amounts_minor": soft}, priority=1, is_active=True
+    )
     standby = registry.create_instance("sandbox", config, priority=2, is_active=True)
     return primary.id, standby.id
 
@@ -631,6 +646,17 @@ def _statuses() -> dict[str, tuple[str, str]]:
     with get_database().sessions() as session:
         rows = session.execute(select(Payment.id, Payment.status, Payment.reference)).all()
     return {str(pid): (status, reference) for pid, status, reference in rows}
+
+
+def _key_references() -> list[str]:
+    from sqlalchemy import select
+
+    from registry.db import get_database
+    from workers.ledger.records import Payment
+
+    with get_database().sessions() as session:
+        keys = session.execute(select(Payment.key_reference)).scalars()
+        return [key for key in keys if key is not None]
 
 
 def _wait_settled(submissions: Submissions, consumer: EventConsumer, until: float) -> float:
@@ -777,6 +803,7 @@ def _report(
 ) -> Report:
     from sqlalchemy import func, select
 
+    from providers.base import OutcomeStatus, retry_reference
     from providers.sandbox import ChargeBook
     from registry.db import get_database
     from workers.ledger.outbox import outbox_table
@@ -794,7 +821,11 @@ def _report(
             .where(outbox_table.c.published_at.is_(None))
         ).scalar_one()
     book = ChargeBook(book_path)
-    charged = set(book.references())
+    # the charges that took money (a declined charge is in the book too, as declined)
+    charged = set(book.references(OutcomeStatus.SUCCEEDED))
+    # a payment's charges under its own reference and a soft decline's retry reference
+    twice = sum(1 for key in _key_references() if {key, retry_reference(key)} <= charged)
+    retried = sum(1 for _, ref in statuses.values() if ref.endswith("-r2"))
     succeeded = {ref for status, ref in statuses.values() if status == "succeeded"}
     submitted = len(submissions.keys)
     lost = sum(1 for k in submissions.keys if k not in dict(per_key)) + sum(
@@ -809,7 +840,9 @@ def _report(
         ("rows", str(len(statuses)), len(statuses) == submitted),
         ("lost (no row, or not settled)", str(lost), lost == 0),
         ("duplicate rows", str(duplicates), duplicates == 0),
-        ("charges at the provider", str(book.count()), book.count() == len(succeeded)),
+        ("charges at the provider", str(len(charged)), len(charged) == len(succeeded)),
+        ("payments charged under both references (retries)", str(twice), twice == 0),
+        ("soft declines charged again elsewhere (informational)", str(retried), True),
         ("repeat charge attempts", str(book.refused_repeats()), book.refused_repeats() == 0),
         ("succeeded without a charge", str(len(succeeded - charged)), not succeeded - charged),
         ("charged but not succeeded", str(len(charged - succeeded)), not charged - succeeded),

@@ -564,3 +564,73 @@ class ConnectionSampler:
                 self.peak = max(self.peak, bench_connections())
             except Exception:  # sampling is best effort; e.g. no connection slot left
                 continue
+
+
+def rule_resolution(
+    registry: Any, calls: int, rules: int = 20, instances: int = 10
+) -> dict[str, Any]:
+    """(g) with routing rules (issue 37): ``registry.decide(...)`` per call, cached, with
+    ``instances`` active instances and an active ruleset of ``rules`` rules of three
+    conditions each, where payments match the last rule or none (every rule is read)."""
+    from registry.db import get_database
+    from registry.rules import RouteFacts
+    from registry.rulesets import activate_ruleset, create_draft
+
+    views = [v for v in registry.list_instances() if v.tenant_id is None]
+    for n in range(len(views), instances):
+        views.append(
+            registry.create_instance(
+                "sandbox", {"charge_book": None}, display_name=f"Rules {n}", is_active=True
+            )
+        )
+    views = views[:instances]
+    document = {
+        "rules": [
+            {
+                "name": f"rule-{n}",
+                "when": [
+                    {"field": "currency", "op": "in", "value": [CURRENCY, "USD"]},
+                    {"field": "amount", "op": ">=", "value": str(100 * (rules - n))},
+                    {"field": "metadata.segment", "op": "=", "value": f"segment-{n}"},
+                ],
+                "route": [
+                    {"instance": str(v.id), "priority": i % 3, "weight": 1 + i}
+                    for i, v in enumerate(views[n % 3 :])
+                ],
+            }
+            for n in range(rules)
+        ],
+    }
+    draft = create_draft(get_database(), document, actor="bench")
+    activate_ruleset(get_database(), draft.id, actor="bench")
+    registry.refresh(force=True)
+    segments = [f"segment-{rules - 1}", "segment-none"]
+    asks = [
+        RouteFacts(
+            currency=CURRENCY,
+            amount_minor=random.randint(100, 5_000_000),
+            metadata={"segment": segments[i % 2]},
+        )
+        for i in range(calls)
+    ]
+    keys = [f"order:{uuid.uuid4().hex}" for _ in range(calls)]
+    for facts, key in zip(asks[:1000], keys[:1000], strict=True):
+        registry.decide(facts, tenant_id=None, idempotency_key=key)
+    each: list[float] = []
+    clock = time.perf_counter
+    matched = 0
+    for facts, key in zip(asks, keys, strict=True):
+        t = clock()
+        decision = registry.decide(facts, tenant_id=None, idempotency_key=key)
+        each.append(clock() - t)
+        matched += decision.rule is not None
+    return {
+        "calls": calls,
+        "rules": rules,
+        "instances": len(views),
+        "matched": matched,
+        "mean_us": sum(each) / calls * 1e6,
+        "p50_us": percentile(each, 50) * 1e6,
+        "p99_us": percentile(each, 99) * 1e6,
+        "max_us": max(each) * 1e6,
+    }

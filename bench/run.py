@@ -171,6 +171,8 @@ def run_all(
 
     log(f"(g) resolve(): {sizes.resolve_calls} calls")
     results["g"] = measure.resolution(registry, sizes.resolve_calls)
+    log(f"(g) with rules: {sizes.resolve_calls} decide() calls, 20 rules, 10 instances")
+    results["g_rules"] = measure.rule_resolution(registry, sizes.resolve_calls)
     return results
 
 

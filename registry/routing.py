@@ -29,10 +29,11 @@ import math
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from registry.instances import InstanceStatus, InstanceView
-from registry.rules import CompiledRuleSet, RouteFacts, Target
+from registry.rules import CompiledRule, CompiledRuleSet, RouteFacts, Target
 
 Supports = Callable[[str, str], bool]
 
@@ -81,10 +82,27 @@ def unusable_reason(instance: InstanceView, currency: str, supports: Supports) -
     return None
 
 
-def _rendezvous_score(key: str, instance_id: uuid.UUID, weight: int) -> float:
-    digest = hashlib.blake2b(f"{key}\x1f{instance_id}".encode(), digest_size=8).digest()
-    uniform = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
-    return -math.log(uniform) / max(weight, 1)
+_MASK = 2**64 - 1
+
+
+def _key_hash(key: str) -> int:
+    """A payment's idempotency key as 64 stable bits (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def _rendezvous_score(key_hash: int, instance_id: uuid.UUID, weight: int) -> float:
+    """Weighted rendezvous: -ln(u)/weight, the lowest wins, u uniform per (key,
+    instance). u is splitmix64 of the key's hash and the instance id's low 64 bits: stable
+    across processes and restarts, and a fraction of a blake2b per instance."""
+    return _score(key_hash, instance_id.int & _MASK, 1 / max(weight, 1))
+
+
+def _score(key_hash: int, salt: int, inverse_weight: float) -> float:
+    x = ((key_hash ^ salt) + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    x ^= x >> 31
+    return -math.log((x + 1) / (2**64 + 1)) * inverse_weight
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,52 @@ class RouteDecision:
 _Candidate = tuple[InstanceView, int, int]
 
 
+def _first_two(entry: tuple[int, float, InstanceView]) -> tuple[int, float]:
+    return entry[0], entry[1]
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """Everything of a route but its order among equal priorities, which the payment's
+    key decides: the same for every payment of a scope, rule and currency while the
+    registry's snapshot stands, so the registry keeps it (PluginRegistry.decide)."""
+
+    candidates: tuple[_Candidate, ...]  # usable ones, by priority
+    tied: bool  # some share a priority: the key orders them
+    reason: str
+    rule: str | None = None
+    ruleset_id: uuid.UUID | None = None
+    ruleset_version: int | None = None
+    retry_soft_declines: bool = False
+    excluded: tuple[Excluded, ...] = ()
+
+    # (priority, the id's low 64 bits, 1/weight) per candidate: what ordering them costs
+    @cached_property
+    def _ordering(self) -> tuple[tuple[int, int, float, InstanceView], ...]:
+        return tuple((c[1], c[0].id.int & _MASK, 1 / max(c[2], 1), c[0]) for c in self.candidates)
+
+    def decision(self, idempotency_key: str) -> RouteDecision:
+        if self.tied:
+            key = _key_hash(idempotency_key)
+            scored = [
+                (priority, _score(key, salt, inverse), view)
+                for priority, salt, inverse, view in self._ordering
+            ]
+            scored.sort(key=_first_two)
+            route = [entry[2] for entry in scored]
+        else:
+            route = [c[0] for c in self.candidates]
+        return RouteDecision(
+            route=route,
+            reason=self.reason,
+            rule=self.rule,
+            ruleset_id=self.ruleset_id,
+            ruleset_version=self.ruleset_version,
+            retry_soft_declines=self.retry_soft_declines,
+            excluded=self.excluded,
+        )
+
+
 def decide(
     instances: Iterable[InstanceView],
     *,
@@ -132,6 +196,30 @@ def decide(
     explain: bool = False,
 ) -> RouteDecision:
     """The instances to try for this payment, primary first, and why. Empty: no route."""
+    rule = (
+        ruleset.first_match(facts) if ruleset is not None and pinned_instance_id is None else None
+    )
+    return plan(
+        instances, tenant_id=tenant_id, currency=facts.currency, supports=supports,
+        ruleset=ruleset, rule=rule, pinned_instance_id=pinned_instance_id,
+        provider_type=provider_type, explain=explain,
+    ).decision(idempotency_key)  # fmt: skip
+
+
+def plan(
+    instances: Iterable[InstanceView],
+    *,
+    tenant_id: str | None,
+    currency: str,
+    supports: Supports,
+    ruleset: CompiledRuleSet | None,
+    rule: CompiledRule | None,
+    pinned_instance_id: uuid.UUID | None = None,
+    provider_type: str = "payment",
+    explain: bool = False,
+) -> RoutePlan:
+    """The route's plan once the rule is chosen (``rule``: the ruleset's first match for
+    the payment, None when none matched)."""
     instances = list(instances)
     scope = in_scope(instances, tenant_id, provider_type)
     left_out: list[Excluded] = []
@@ -150,7 +238,6 @@ def decide(
         )
         ruleset_used = None
     elif ruleset is not None:
-        rule = ruleset.first_match(facts)
         targets = rule.route if rule is not None else ruleset.default
         if rule is not None:
             rule_name = rule.name
@@ -168,7 +255,6 @@ def decide(
         candidates = [(v, v.priority, v.weight) for v in scope]
         reason = "no routing rules for this scope; every instance by its own priority and weight"
         ruleset_used = None
-    currency = facts.currency
     usable: list[_Candidate] = []
     for candidate in candidates:
         instance = candidate[0]
@@ -177,10 +263,10 @@ def decide(
         elif explain:
             why = unusable_reason(instance, currency, supports) or "not usable"
             left_out.append(Excluded(instance, why))
-    if len(usable) > 1:
-        usable.sort(key=lambda c: (c[1], _rendezvous_score(idempotency_key, c[0].id, c[2])))
-    return RouteDecision(
-        route=[c[0] for c in usable],
+    usable.sort(key=lambda c: c[1])
+    return RoutePlan(
+        candidates=tuple(usable),
+        tied=len({c[1] for c in usable}) < len(usable),
         reason=reason,
         rule=rule_name,
         ruleset_id=ruleset_used.id if ruleset_used else None,
@@ -198,8 +284,10 @@ def _targeted(
 ) -> list[_Candidate]:
     if targets is None:
         return [(v, v.priority, v.weight) for v in scope]
-    by_id = {v.id: v for v in scope}
-    candidates = [(by_id[t.instance], t.priority, t.weight) for t in targets if t.instance in by_id]
+    by_id = {v.id.int: v for v in scope}  # by the id's integer: hash(uuid) costs a µs
+    candidates = [
+        (by_id[t.instance.int], t.priority, t.weight) for t in targets if t.instance.int in by_id
+    ]
     if left_out is not None:
         named = {t.instance for t in targets}
         where = f"rule {rule_name!r}" if rule_name else "the default route"

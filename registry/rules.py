@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -249,17 +248,35 @@ class RouteFacts:
     card_bin: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
-    @cached_property
+    @property
     def amount(self) -> Decimal:
-        """In the currency's units, as rules state amounts (computed once per payment)."""
+        """In the currency's units, as rules state amounts."""
         return Decimal(self.amount_minor).scaleb(-CURRENCY_EXPONENTS.get(self.currency, 2))
 
     def get(self, name: str) -> Any:
         """The fact a condition reads, as the rule compares it (None: not given)."""
         if name.startswith("metadata."):
-            value = self.metadata.get(name[9:])
-            return None if value is None or isinstance(value, (dict, list)) else str(value)
+            return _metadata_fact(self.metadata.get(name[9:]))
         return getattr(self, name)
+
+    def values(self) -> dict[str, Any]:
+        """Every fact by the name conditions use, built once per route: a rule then reads
+        each with one dict lookup (twenty rules in a few microseconds)."""
+        values: dict[str, Any] = {
+            "currency": self.currency,
+            "amount": self.amount,
+            "payment_method": self.payment_method,
+            "billing_country": self.billing_country,
+            "card_brand": self.card_brand,
+            "card_bin": self.card_bin,
+        }
+        for key, value in self.metadata.items():
+            values["metadata." + key] = _metadata_fact(value)
+        return values
+
+
+def _metadata_fact(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
 
 
 # -- compiled ----------------------------------------------------------------------------
@@ -326,8 +343,9 @@ class CompiledRule:
     route: tuple[Target, ...]
 
     def matches(self, facts: RouteFacts) -> bool:
+        values = facts.values()
         for name, test in self.conditions:
-            fact = facts.get(name)
+            fact = values.get(name)
             if fact is None or not test(fact):
                 return False
         return True
@@ -345,10 +363,20 @@ class CompiledRuleSet:
     retry_soft_declines: bool
 
     def first_match(self, facts: RouteFacts) -> CompiledRule | None:
-        for rule in self.rules:
-            if rule.matches(facts):
+        values = facts.values()
+        for rule in self.rules:  # CompiledRule.matches, inlined: this loop is the cost
+            for name, test in rule.conditions:
+                fact = values.get(name)
+                if fact is None or not test(fact):
+                    break
+            else:
                 return rule
         return None
+
+
+# Conditions are all ANDed, so their order is free: the cheapest and usually most
+# selective (an equality) runs first and a rule that does not apply is left at once.
+_COST = {"=": 0, "in": 1, "prefix": 1, "!=": 2, "not in": 2, "<": 3, "<=": 3, ">": 3, ">=": 3}
 
 
 def compile_ruleset(
@@ -365,7 +393,10 @@ def compile_ruleset(
         rules=tuple(
             CompiledRule(
                 rule.name,
-                tuple((c.field, _compile_condition(c)) for c in rule.when),
+                tuple(
+                    (c.field, _compile_condition(c))
+                    for c in sorted(rule.when, key=lambda c: _COST[c.op])
+                ),
                 tuple(rule.route),
             )
             for rule in ruleset.rules

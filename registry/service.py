@@ -33,7 +33,7 @@ from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
 from registry.instances import InstanceStatus, InstanceView, to_view
 from registry.models import PluginInstance, RegistryState
-from registry.routing import RouteDecision, decide, in_scope, resolve_route
+from registry.routing import RouteDecision, RoutePlan, decide, in_scope, plan, resolve_route
 from registry.rules import CompiledRuleSet, RouteFacts
 from registry.rulesets import active_rulesets
 from registry.text import PG_INTEGER_MAX, field_with_nul
@@ -48,7 +48,8 @@ class _Any:
         return "ANY"
 
 
-ANY: Final = _Any()  # list_instances(tenant_id=ANY): every tenant and the global ones
+ANY: Final = _Any()
+_MAX_PLANS = 10_000  # route plans kept per snapshot (scopes x currencies x rules)  # list_instances(tenant_id=ANY): every tenant and the global ones
 
 
 @dataclass
@@ -58,6 +59,8 @@ class _Snapshot:
     stored: dict[uuid.UUID, dict[str, Any]]
     # each scope's active routing ruleset, compiled (tenant id, None: the global one)
     rulesets: dict[str | None, CompiledRuleSet] = dataclasses.field(default_factory=dict)
+    # route plans by (tenant, currency, rule, saved method's issuer), made on first use
+    plans: dict[tuple[Any, ...], RoutePlan] = dataclasses.field(default_factory=dict)
 
 
 class PluginRegistry:
@@ -433,15 +436,14 @@ class PluginRegistry:
         idempotency_key: str,
         provider_type: str = "payment",
     ) -> list[InstanceView]:
-        """The ordered route for a payment (cached; no plugin is built here)."""
-        return resolve_route(
-            self.snapshot(),
-            tenant_id=tenant_id,
-            currency=currency,
-            idempotency_key=idempotency_key,
-            supports=self.supports,
-            provider_type=provider_type,
-        )
+        """The ordered route for a payment by its currency alone (cached; no plugin is
+        built here): rules that read other facts do not match it."""
+        return self.decide(
+            RouteFacts(currency=currency), tenant_id=tenant_id, idempotency_key=idempotency_key
+        ).route if provider_type == "payment" else resolve_route(
+            self.snapshot(), tenant_id=tenant_id, currency=currency,
+            idempotency_key=idempotency_key, supports=self.supports, provider_type=provider_type,
+        )  # fmt: skip
 
     def ruleset_for(self, tenant_id: str | None) -> CompiledRuleSet | None:
         """The active ruleset a payment of ``tenant_id`` routes by: its tenant's, else the
@@ -469,16 +471,30 @@ class PluginRegistry:
         """The route for a payment with these facts and the decision behind it, by the
         scope's active ruleset (or ``ruleset``: a draft being tried)."""
         views = self.snapshot()
-        return decide(
-            views,
-            tenant_id=tenant_id,
-            facts=facts,
-            idempotency_key=idempotency_key,
-            supports=self.supports,
-            ruleset=ruleset if ruleset is not None else self.ruleset_for(tenant_id),
-            pinned_instance_id=pinned_instance_id,
-            explain=explain,
+        snapshot = self._snapshot
+        if explain or ruleset is not None:
+            return decide(
+                views, tenant_id=tenant_id, facts=facts, idempotency_key=idempotency_key,
+                supports=self.supports,
+                ruleset=ruleset if ruleset is not None else self.ruleset_for(tenant_id),
+                pinned_instance_id=pinned_instance_id, explain=explain,
+            )  # fmt: skip
+        # The hot path: everything but the order among equal priorities is the same for
+        # every payment of a scope, rule and currency while this snapshot stands.
+        active = self.ruleset_for(tenant_id)
+        rule = (
+            active.first_match(facts) if active is not None and pinned_instance_id is None else None
         )
+        key = (tenant_id, facts.currency, rule.name if rule else None, pinned_instance_id)
+        planned = snapshot.plans.get(key)
+        if planned is None:
+            planned = plan(
+                views, tenant_id=tenant_id, currency=facts.currency, supports=self.supports,
+                ruleset=active, rule=rule, pinned_instance_id=pinned_instance_id,
+            )  # fmt: skip
+            if len(snapshot.plans) < _MAX_PLANS:
+                snapshot.plans[key] = planned
+        return planned.decision(idempotency_key)
 
     def plugin_for(self, instance: InstanceView) -> PaymentProvider:
         """The configured plugin object for ``instance`` (built once per version, and
