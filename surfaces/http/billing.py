@@ -71,6 +71,12 @@ class PaymentCreate(BaseModel):
         description="a saved payment method (pm_...): charged only by the instance that "
         "issued it, never by another provider",
     )
+    # facts routing rules may read (docs/routing.md)
+    billing_country: str | None = Field(default=None, max_length=2, description="ISO 3166")
+    card_brand: str | None = Field(default=None, max_length=30)
+    card_bin: str | None = Field(
+        default=None, max_length=8, description="the card's first digits, never the number"
+    )
 
 
 class PaymentMethodImport(BaseModel):
@@ -148,6 +154,9 @@ def billing_router() -> APIRouter:
                 payment_token=body.payment_token.get_secret_value() if body.payment_token else None,
                 payment_method_id=body.payment_method_id,
                 save_for_customer=body.save_for_customer,
+                billing_country=body.billing_country,
+                card_brand=body.card_brand,
+                card_bin=body.card_bin,
             )
         if not receipt.created:
             response.status_code = 200  # the same request again: the first payment

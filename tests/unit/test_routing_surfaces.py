@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,3 +211,27 @@ def list_rulesets_json(client: TestClient) -> list[dict[str, Any]]:
 
     answer = client.get("/api/routing/rulesets", headers={"Authorization": f"Bearer {ADMIN}"})
     return list(answer.json())
+
+
+def test_billing_sends_routing_facts_checked_at_the_boundary(client: TestClient) -> None:
+    from workers.ledger.records import Payment
+
+    body = {
+        "order_id": "o-facts", "amount": "12.00", "currency": "NGN",
+        "customer_email": "ada@example.com",
+    }  # fmt: skip
+    bad = client.post("/payments", json=body | {"card_bin": "4084x"})
+    assert bad.status_code == 422 and "card_bin" in bad.json()["detail"]
+    bad = client.post("/payments", json=body | {"billing_country": "N1"})
+    assert bad.status_code == 422 and "billing_country" in bad.json()["detail"]
+    made = client.post(
+        "/payments",
+        json=body | {"billing_country": "ng", "card_brand": "Visa", "card_bin": "408408"},
+    )
+    assert made.status_code == 201, made.text
+    with get_database().sessions() as session:
+        stored = session.get(Payment, uuid.UUID(made.json()["payment_id"]))
+        assert stored is not None
+        assert stored.route_facts == {
+            "billing_country": "NG", "card_brand": "visa", "card_bin": "408408"
+        }  # fmt: skip
