@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # (workers.payments.processor): "*" for all, "_platform" for payments without one.
     # Off by default; a scope's routing ruleset can switch it on too (retry_soft_declines).
     retry_soft_declines: tuple[str, ...] = ()
+    # Success-rate routing (registry.adaptive): outcomes counted over this window, read
+    # again this often by each process (workers.ledger.outcomes)
+    routing_window_s: float = Field(default=900.0, ge=10, le=86_400)
+    routing_stats_s: float = Field(default=5.0, ge=0.5, le=3600)
     # When reconcile verifies a payment left unknown or pending: this long after it entered
     # the state, then after each check. Kill Bill's payment janitor's defaults
     # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from registry.adaptive import Adaptive, StatsReader, no_stats, order_by_success, segment_of
 from registry.instances import InstanceStatus, InstanceView
 from registry.rules import CompiledRule, CompiledRuleSet, RouteFacts, Target
 
@@ -155,13 +156,21 @@ class RoutePlan:
     ruleset_version: int | None = None
     retry_soft_declines: bool = False
     excluded: tuple[Excluded, ...] = ()
+    adaptive: Adaptive | None = None  # success-rate mode: the order is the bandit's
 
     # (priority, the id's low 64 bits, 1/weight) per candidate: what ordering them costs
     @cached_property
     def _ordering(self) -> tuple[tuple[int, int, float, InstanceView], ...]:
         return tuple((c[1], c[0].id.int & _MASK, 1 / max(c[2], 1), c[0]) for c in self.candidates)
 
-    def decision(self, idempotency_key: str) -> RouteDecision:
+    def decision(
+        self,
+        idempotency_key: str,
+        facts: RouteFacts | None = None,
+        stats: StatsReader = no_stats,
+    ) -> RouteDecision:
+        if self.adaptive is not None and self.candidates:
+            return self._by_success(idempotency_key, facts, stats, self.adaptive)
         if self.tied:
             key = _key_hash(idempotency_key)
             scored = [
@@ -182,6 +191,36 @@ class RoutePlan:
             excluded=self.excluded,
         )
 
+    def _by_success(
+        self,
+        idempotency_key: str,
+        facts: RouteFacts | None,
+        stats: StatsReader,
+        adaptive: Adaptive,
+    ) -> RouteDecision:
+        fields = adaptive.segment_by
+        segment = segment_of(facts.values() if facts is not None else {}, fields)
+        views = [c[0] for c in self.candidates]
+        arms = [stats(fields, segment, v.id) for v in views]
+        route, eliminated, explored = order_by_success(
+            views, arms, _key_hash(idempotency_key), adaptive
+        )
+        where = ", ".join(f"{f}={v}" for f, v in zip(fields, segment, strict=True))
+        first = arms[views.index(route[0])]
+        measured = (
+            f"{first.rate:.0%} of {first.attempts}" if first.rate is not None else "no outcomes yet"
+        )
+        how = "an exploration pick" if explored else f"by recent success rate ({measured})"
+        return RouteDecision(
+            route=route,
+            reason=f"{self.reason}; {route[0].display_name} first, {how}, segment {where}",
+            rule=self.rule,
+            ruleset_id=self.ruleset_id,
+            ruleset_version=self.ruleset_version,
+            retry_soft_declines=self.retry_soft_declines,
+            excluded=self.excluded + tuple(Excluded(v, why) for v, why in eliminated),
+        )
+
 
 def decide(
     instances: Iterable[InstanceView],
@@ -194,8 +233,10 @@ def decide(
     pinned_instance_id: uuid.UUID | None = None,
     provider_type: str = "payment",
     explain: bool = False,
+    stats: StatsReader = no_stats,
 ) -> RouteDecision:
-    """The instances to try for this payment, primary first, and why. Empty: no route."""
+    """The instances to try for this payment, primary first, and why. Empty: no route.
+    ``stats``: the windowed outcomes success-rate rules order by."""
     rule = (
         ruleset.first_match(facts) if ruleset is not None and pinned_instance_id is None else None
     )
@@ -203,7 +244,7 @@ def decide(
         instances, tenant_id=tenant_id, currency=facts.currency, supports=supports,
         ruleset=ruleset, rule=rule, pinned_instance_id=pinned_instance_id,
         provider_type=provider_type, explain=explain,
-    ).decision(idempotency_key)  # fmt: skip
+    ).decision(idempotency_key, facts, stats)  # fmt: skip
 
 
 def plan(
@@ -273,6 +314,7 @@ def plan(
         ruleset_version=ruleset_used.version if ruleset_used else None,
         retry_soft_declines=bool(ruleset and ruleset.retry_soft_declines),
         excluded=tuple(left_out),
+        adaptive=rule.adaptive if rule is not None and pinned_instance_id is None else None,
     )
 
 

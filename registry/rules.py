@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from providers.money import CURRENCY_EXPONENTS
+from registry.adaptive import Adaptive
 from registry.errors import RegistryError
 
 Op = Literal["=", "!=", "in", "not in", "<", "<=", ">", ">=", "prefix"]
@@ -136,12 +137,36 @@ class Target(BaseModel):
     weight: int = Field(default=1, ge=1, le=10_000)
 
 
+_SEGMENT_FIELDS = ("currency", "payment_method", "billing_country", "card_brand")
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     when: list[Condition] = Field(min_length=1, max_length=20)
     route: list[Target] = Field(min_length=1, max_length=50)
+    # "priority": the route's priorities and weights; "success_rate": a bandit over each
+    # instance's recent outcomes in the payment's segment (registry.adaptive)
+    mode: Literal["priority", "success_rate"] = "priority"
+    exploration: float = Field(default=0.02, ge=0, le=0.2)
+    eliminate_below: float | None = Field(default=None, gt=0, lt=1)
+    min_samples: int = Field(default=20, ge=1, le=100_000)
+    segment_by: list[str] = Field(
+        default_factory=lambda: ["currency", "payment_method"], max_length=4
+    )
+
+    @field_validator("segment_by")
+    @classmethod
+    def _segment(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in _SEGMENT_FIELDS and not _METADATA_KEY.fullmatch(name):
+                raise ValueError(
+                    f"{name!r}: segment by {', '.join(_SEGMENT_FIELDS)} or metadata.<key>"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("a field is named twice")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -341,6 +366,7 @@ class CompiledRule:
     name: str
     conditions: tuple[tuple[str, Test], ...]
     route: tuple[Target, ...]
+    adaptive: Adaptive | None = None  # success-rate mode's parameters
 
     def matches(self, facts: RouteFacts) -> bool:
         values = facts.values()
@@ -361,6 +387,10 @@ class CompiledRuleSet:
     rules: tuple[CompiledRule, ...]
     default: tuple[Target, ...] | None
     retry_soft_declines: bool
+
+    def segment_fields(self) -> set[tuple[str, ...]]:
+        """The segments its success-rate rules count outcomes by."""
+        return {r.adaptive.segment_by for r in self.rules if r.adaptive is not None}
 
     def first_match(self, facts: RouteFacts) -> CompiledRule | None:
         values = facts.values()
@@ -398,6 +428,14 @@ def compile_ruleset(
                     for c in sorted(rule.when, key=lambda c: _COST[c.op])
                 ),
                 tuple(rule.route),
+                Adaptive(
+                    exploration=rule.exploration,
+                    eliminate_below=rule.eliminate_below,
+                    min_samples=rule.min_samples,
+                    segment_by=tuple(rule.segment_by),
+                )
+                if rule.mode == "success_rate"
+                else None,
             )
             for rule in ruleset.rules
         ),

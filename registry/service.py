@@ -28,6 +28,7 @@ from providers.destinations import UnsafeDestination, check_destination
 from providers.errors import ConfigurationError, ProviderUnavailable
 from providers.money import MoneyError, normalize_currency
 from registry import audit, secrets
+from registry.adaptive import StatsReader, no_stats
 from registry.catalogue import Catalogue, catalogue
 from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
@@ -86,6 +87,9 @@ class PluginRegistry:
         self._plugins: dict[uuid.UUID, tuple[int, PaymentProvider, float | None]] = {}
         self._vault_resolver: VaultResolver | None = None
         self._retired: list[tuple[float, PaymentProvider]] = []  # (retired at, plugin)
+        # The windowed outcomes success-rate rules route by: read only, never written on
+        # the resolve path; the workers' ledger provides them (workers.ledger.outcomes).
+        self.outcomes: StatsReader = no_stats
 
     def __repr__(self) -> str:
         return f"<PluginRegistry {self.database.engine.url.render_as_string(hide_password=True)}>"
@@ -454,6 +458,11 @@ class PluginRegistry:
         found = rulesets.get(tenant_id) if tenant_id is not None else None
         return found or rulesets.get(None)
 
+    def segment_fields(self) -> set[tuple[str, ...]]:
+        """The segments every active success-rate rule counts outcomes by."""
+        self.refresh()
+        return {f for r in self._snapshot.rulesets.values() for f in r.segment_fields()}
+
     def has_rules(self, tenant_id: str | None) -> bool:
         self.refresh()
         return self.ruleset_for(tenant_id) is not None
@@ -477,7 +486,7 @@ class PluginRegistry:
                 views, tenant_id=tenant_id, facts=facts, idempotency_key=idempotency_key,
                 supports=self.supports,
                 ruleset=ruleset if ruleset is not None else self.ruleset_for(tenant_id),
-                pinned_instance_id=pinned_instance_id, explain=explain,
+                pinned_instance_id=pinned_instance_id, explain=explain, stats=self.outcomes,
             )  # fmt: skip
         # The hot path: everything but the order among equal priorities is the same for
         # every payment of a scope, rule and currency while this snapshot stands.
@@ -494,7 +503,7 @@ class PluginRegistry:
             )  # fmt: skip
             if len(snapshot.plans) < _MAX_PLANS:
                 snapshot.plans[key] = planned
-        return planned.decision(idempotency_key)
+        return planned.decision(idempotency_key, facts, self.outcomes)
 
     def plugin_for(self, instance: InstanceView) -> PaymentProvider:
         """The configured plugin object for ``instance`` (built once per version, and

@@ -23,6 +23,7 @@ from workers.core.threads import ProviderLoop
 from workers.events.relay import EventPublisher, EventRelay
 from workers.ledger.group_commit import LedgerWriter
 from workers.ledger.leases import LeaseKeeper
+from workers.ledger.outcomes import OutcomeWindow
 
 T = TypeVar("T")
 
@@ -52,8 +53,22 @@ def provider_loop() -> ProviderLoop:
 
 
 def registry() -> PluginRegistry:
-    """This process's registry (cached plugins, hot-swap polling)."""
-    return _per_process("registry", PluginRegistry)
+    """This process's registry (cached plugins, hot-swap polling), reading the ledger's
+    windowed outcomes for success-rate routing."""
+    return _per_process("registry", _registry_with_outcomes)
+
+
+def _registry_with_outcomes() -> PluginRegistry:
+    built = PluginRegistry()
+    settings = get_settings()
+    built.outcomes = OutcomeWindow(
+        built.database,
+        built.catalogue,
+        built.segment_fields,
+        window_s=settings.routing_window_s,
+        refresh_s=settings.routing_stats_s,
+    )
+    return built
 
 
 def event_relay() -> EventRelay:
@@ -90,6 +105,9 @@ def close_retired_plugins() -> None:
 def reset() -> None:
     """Forget the runtime (after fork, or between tests)."""
     with _lock:
+        held = _state.get("registry")
+        if held is not None and isinstance(held.outcomes, OutcomeWindow):
+            held.outcomes.stop()  # its thread, if it started, reads a database no more
         _state.clear()
 
 
