@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from config.settings import get_settings
@@ -275,3 +277,63 @@ def test_every_plugin_has_a_decline_table_citing_its_source() -> None:
     # an unknown code is hard: never retried
     assert SandboxProvider.decline_kind("something_new") is DeclineKind.HARD
     assert SandboxProvider.decline_kind(None) is DeclineKind.HARD
+
+
+def test_workers_follow_an_activation_within_the_hot_swap_bound(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Activation bumps the registry generation with the ruleset: a process polling every
+    0.25 s routes by it within two polls, without being told."""
+    import time
+
+    from registry.service import PluginRegistry
+
+    worker_view = PluginRegistry(get_database(), poll_s=0.25)
+    a = sandbox(str(tmp_path / "a.db"), "a", 1)
+    assert not worker_view.has_rules(None)
+    document = rules_for(("kenya", [{"field": "billing_country", "op": "=", "value": "KE"}], [a]))
+    draft = create_draft(get_database(), document)
+    activate_ruleset(get_database(), draft.id)
+    activated_at = time.monotonic()
+    while not worker_view.has_rules(None):
+        assert time.monotonic() - activated_at < 1.0, "not followed within a second"
+        time.sleep(0.01)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    code=st.sampled_from(sorted(SandboxProvider.decline_codes)),
+    retries_on=st.booleans(),
+    instances=st.integers(1, 3),
+)
+def test_property_a_payment_is_charged_at_most_once_and_only_soft_declines_retry(
+    processor, tmp_path, code: str, retries_on: bool, instances: int
+) -> None:  # type: ignore[no-untyped-def]
+    """For any decline code, switch and route length: at most one charge took money, a
+    second attempt only for a soft or outage code with retries on and somewhere to go."""
+    import random as stdlib_random
+
+    stdlib_random.seed(uuid.uuid4().int)  # the ledger's ids: hypothesis seeds the global one
+    proc, _ = processor
+    from registry.rulesets import clear_rules
+
+    for view in runtime.registry().list_instances():
+        runtime.registry().retire(view.id)
+    clear_rules(get_database())
+    book = str(tmp_path / f"{uuid.uuid4().hex}.db")
+    declining = {"decline_amounts_minor": [7700]} if code == "declined" else {
+        "soft_decline_amounts_minor": [7700], "soft_decline_code": code,
+    }  # fmt: skip
+    sandbox(book, "first", 1, **declining)
+    for n in range(1, instances):
+        sandbox(book, f"next-{n}", 1 + n)
+    if retries_on:
+        activate({"rules": [], "retry_soft_declines": True})
+    runtime.registry().refresh(force=True)  # this example's instances and rules, not the last's
+    payment_id = pay(f"o-{uuid.uuid4().hex[:12]}", SOFT_AMOUNT)
+    proc.process(payment_id)
+    view = get_payment(payment_id)
+    charges = [a for a in view.attempts if a.operation == "charge"]
+    soft = SandboxProvider.decline_kind(code) is not DeclineKind.HARD
+    assert len(charges) == (2 if soft and retries_on and instances > 1 else 1)
+    assert charge_book(book).count(OutcomeStatus.SUCCEEDED) == (1 if len(charges) == 2 else 0)
