@@ -125,5 +125,10 @@ def celery_options(settings: Settings) -> dict[str, Any]:
                 "schedule": timedelta(seconds=settings.relay_interval_s),
                 "options": {"expires": settings.relay_interval_s},
             },
+            "check-experiments": {
+                "task": "tender.check_experiments",
+                "schedule": timedelta(seconds=settings.experiment_check_s),
+                "options": {"expires": settings.experiment_check_s},
+            },
         },
     }

@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # again this often by each process (workers.ledger.outcomes)
     routing_window_s: float = Field(default=900.0, ge=10, le=86_400)
     routing_stats_s: float = Field(default=5.0, ge=0.5, le=3600)
+    # how often beat applies the A/B experiments' guardrails (workers.payments.experiments)
+    experiment_check_s: float = Field(default=60.0, ge=1, le=86_400)
     # When reconcile verifies a payment left unknown or pending: this long after it entered
     # the state, then after each check. Kill Bill's payment janitor's defaults
     # (org.killbill.payment.janitor.unknownRetries 5m,1h,1d,1d,1d; pendingRetries 1h,1d).

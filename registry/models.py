@@ -111,3 +111,27 @@ class RoutingRuleset(Base):
         UniqueConstraint("scope", "version", name="uq_routing_rulesets_scope_version"),
         Index("ix_routing_rulesets_status", "status"),
     )
+
+
+class RoutingExperiment(Base):
+    """A named A/B test of instances in one scope (registry.experiments): while it runs,
+    each payment of the scope is assigned an arm by its key and goes to that arm's
+    instance first; results come from the payments that carry it (workers.payments.experiments)."""
+
+    __tablename__ = "routing_experiments"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    scope: Mapped[str] = mapped_column(String(100))  # a tenant, "" for the global instances
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running|stopped|promoted
+    arms: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{name, instance, share}]
+    control: Mapped[str] = mapped_column(String(64))
+    min_sample: Mapped[int] = mapped_column(Integer, default=200)
+    guardrail_points: Mapped[float] = mapped_column(Float, default=2.0)
+    created_by: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_reason: Mapped[str | None] = mapped_column(Text)
+    winner: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("scope", "name", name="uq_routing_experiments_scope_name"),)

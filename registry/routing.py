@@ -24,6 +24,7 @@ ruleset's version, a reason), which the ledger records on the payment; with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import uuid
@@ -33,6 +34,7 @@ from functools import cached_property
 from typing import Any
 
 from registry.adaptive import Adaptive, StatsReader, no_stats, order_by_success, segment_of
+from registry.experiments import CompiledExperiment
 from registry.instances import InstanceStatus, InstanceView
 from registry.rules import CompiledRule, CompiledRuleSet, RouteFacts, Target
 
@@ -123,15 +125,42 @@ class RouteDecision:
     ruleset_version: int | None = None
     retry_soft_declines: bool = False
     excluded: tuple[Excluded, ...] = ()
+    # (experiment id, its name, the payment's arm) when an experiment placed it
+    experiment: tuple[uuid.UUID, str, str] | None = None
 
     def record(self) -> dict[str, Any]:
         """What the ledger keeps on the payment (payments.route_decision)."""
-        return {
+        recorded: dict[str, Any] = {
             "rule": self.rule,
             "ruleset_id": str(self.ruleset_id) if self.ruleset_id else None,
             "ruleset_version": self.ruleset_version,
             "reason": self.reason,
         }
+        if self.experiment is not None:
+            experiment_id, name, arm = self.experiment
+            recorded |= {"experiment_id": str(experiment_id), "experiment": name, "arm": arm}
+        return recorded
+
+
+def with_experiment(
+    decision: RouteDecision, experiment: CompiledExperiment | None, idempotency_key: str
+) -> RouteDecision:
+    """The route with the payment's arm's instance first, when an experiment runs in its
+    scope and that instance can take the payment; otherwise as it was (not counted)."""
+    if experiment is None or not decision.route:
+        return decision
+    arm, instance_id = experiment.arm_for(idempotency_key)
+    chosen = next((v for v in decision.route if v.id == instance_id), None)
+    if chosen is None:
+        return decision
+    route = [chosen, *(v for v in decision.route if v is not chosen)]
+    return dataclasses.replace(
+        decision,
+        route=route,
+        reason=f"experiment {experiment.name!r}, arm {arm!r}: {chosen.display_name} first; "
+        + decision.reason,
+        experiment=(experiment.id, experiment.name, arm),
+    )
 
 
 # (instance, priority, weight): an instance with its place in the route
@@ -234,17 +263,22 @@ def decide(
     provider_type: str = "payment",
     explain: bool = False,
     stats: StatsReader = no_stats,
+    experiment: CompiledExperiment | None = None,
 ) -> RouteDecision:
     """The instances to try for this payment, primary first, and why. Empty: no route.
-    ``stats``: the windowed outcomes success-rate rules order by."""
+    ``stats``: the windowed outcomes success-rate rules order by; ``experiment``: the
+    scope's running A/B test, which puts the payment's arm first."""
     rule = (
         ruleset.first_match(facts) if ruleset is not None and pinned_instance_id is None else None
     )
-    return plan(
+    decision = plan(
         instances, tenant_id=tenant_id, currency=facts.currency, supports=supports,
         ruleset=ruleset, rule=rule, pinned_instance_id=pinned_instance_id,
         provider_type=provider_type, explain=explain,
     ).decision(idempotency_key, facts, stats)  # fmt: skip
+    if pinned_instance_id is not None:
+        return decision  # a saved method's issuer: no experiment moves it
+    return with_experiment(decision, experiment, idempotency_key)
 
 
 def plan(

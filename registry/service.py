@@ -32,9 +32,18 @@ from registry.adaptive import StatsReader, no_stats
 from registry.catalogue import Catalogue, catalogue
 from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
+from registry.experiments import CompiledExperiment, running_experiments
 from registry.instances import InstanceStatus, InstanceView, to_view
 from registry.models import PluginInstance, RegistryState
-from registry.routing import RouteDecision, RoutePlan, decide, in_scope, plan, resolve_route
+from registry.routing import (
+    RouteDecision,
+    RoutePlan,
+    decide,
+    in_scope,
+    plan,
+    resolve_route,
+    with_experiment,
+)
 from registry.rules import CompiledRuleSet, RouteFacts
 from registry.rulesets import active_rulesets
 from registry.text import PG_INTEGER_MAX, field_with_nul
@@ -60,6 +69,8 @@ class _Snapshot:
     stored: dict[uuid.UUID, dict[str, Any]]
     # each scope's active routing ruleset, compiled (tenant id, None: the global one)
     rulesets: dict[str | None, CompiledRuleSet] = dataclasses.field(default_factory=dict)
+    # each scope's running A/B experiment (registry.experiments)
+    experiments: dict[str | None, CompiledExperiment] = dataclasses.field(default_factory=dict)
     # route plans by (tenant, currency, rule, saved method's issuer), made on first use
     plans: dict[tuple[Any, ...], RoutePlan] = dataclasses.field(default_factory=dict)
 
@@ -403,7 +414,9 @@ class PluginRegistry:
                 ).scalar_one()
                 if generation != self._snapshot.generation:
                     rows = list(session.execute(select(PluginInstance)).scalars())
-                    self._install(generation, rows, active_rulesets(session))
+                    self._install(
+                        generation, rows, active_rulesets(session), running_experiments(session)
+                    )
             self._checked_at = time.monotonic()
 
     def _install(
@@ -411,6 +424,7 @@ class PluginRegistry:
         generation: int,
         rows: list[PluginInstance],
         rulesets: dict[str | None, CompiledRuleSet],
+        experiments: dict[str | None, CompiledExperiment] | None = None,
     ) -> None:
         views = [self._view(row) for row in rows]
         versions = {view.id: view.version for view in views}
@@ -419,8 +433,9 @@ class PluginRegistry:
                 del self._plugins[instance_id]
                 self._retired.append((time.monotonic(), plugin))
         self._snapshot = _Snapshot(
-            generation, views, {row.id: dict(row.config) for row in rows}, rulesets
-        )
+            generation, views, {row.id: dict(row.config) for row in rows}, rulesets,
+            experiments or {},
+        )  # fmt: skip
 
     def snapshot(self) -> list[InstanceView]:
         self.refresh()
@@ -487,6 +502,7 @@ class PluginRegistry:
                 supports=self.supports,
                 ruleset=ruleset if ruleset is not None else self.ruleset_for(tenant_id),
                 pinned_instance_id=pinned_instance_id, explain=explain, stats=self.outcomes,
+                experiment=self.experiment_for(tenant_id),
             )  # fmt: skip
         # The hot path: everything but the order among equal priorities is the same for
         # every payment of a scope, rule and currency while this snapshot stands.
@@ -503,7 +519,19 @@ class PluginRegistry:
             )  # fmt: skip
             if len(snapshot.plans) < _MAX_PLANS:
                 snapshot.plans[key] = planned
-        return planned.decision(idempotency_key, facts, self.outcomes)
+        decision = planned.decision(idempotency_key, facts, self.outcomes)
+        if pinned_instance_id is None and snapshot.experiments:
+            decision = with_experiment(decision, self.experiment_for(tenant_id), idempotency_key)
+        return decision
+
+    def experiment_for(self, tenant_id: str | None) -> CompiledExperiment | None:
+        """The running experiment a payment of ``tenant_id`` takes part in: its tenant's,
+        else the global one."""
+        experiments = self._snapshot.experiments
+        if not experiments:
+            return None
+        found = experiments.get(tenant_id) if tenant_id is not None else None
+        return found or experiments.get(None)
 
     def plugin_for(self, instance: InstanceView) -> PaymentProvider:
         """The configured plugin object for ``instance`` (built once per version, and

@@ -142,3 +142,15 @@ def health_check_all_task() -> dict[str, Any]:
     from workers.monitoring.health import health_check_all
 
     return health_check_all()
+
+
+@app.task(name="tender.check_experiments")
+def check_experiments_task() -> int:
+    """Every running A/B experiment's guardrail (workers.payments.experiments)."""
+    from workers.payments.experiments import check_all_guardrails
+
+    database = get_database()
+    with hold(database, "check_experiments") as held:
+        if not held:
+            return 0
+        return check_all_guardrails(database)

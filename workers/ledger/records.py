@@ -124,6 +124,9 @@ class PaymentAttempt(Base):
     # instance is charged under a reference of its own); None: the payment's reference
     reference: Mapped[str | None] = mapped_column(String(100))
 
+    # success-rate routing reads a window of recent attempts (workers.ledger.outcomes)
+    __table_args__ = (Index("ix_payment_attempts_created_at", "created_at"),)
+
 
 class Refund(Base):
     __tablename__ = "refunds"
