@@ -719,9 +719,10 @@ _mount_health()
 
 
 def _mount_routing() -> None:
-    from surfaces.cli.routing import route_app
+    from surfaces.cli.routing import experiments_app, route_app
 
     app.add_typer(route_app, name="route")
+    app.add_typer(experiments_app, name="experiments")
 
 
 _mount_routing()

@@ -157,3 +157,124 @@ def route_explain(
     for left in told.left_out:
         out.print(f"  [dim]left out[/] {escape(left.display_name)}: {escape(left.reason)}")
     out.print(f"soft-decline retries: {'on' if told.retry_soft_declines else 'off'}")
+
+
+experiments_app = typer.Typer(help="A/B experiments between instances.", no_args_is_help=True)
+
+
+@experiments_app.command("start")
+def experiments_start(
+    name: Annotated[str, typer.Argument()],
+    arm: Annotated[
+        list[str], typer.Option("--arm", help="NAME=INSTANCE_ID:SHARE (percent), two to five")
+    ],
+    control: Annotated[str, typer.Option(help="Which arm is the control.")],
+    tenant: Annotated[str | None, typer.Option()] = None,
+    min_sample: Annotated[int, typer.Option(help="Ended payments per arm before a verdict.")] = 200,
+    guardrail: Annotated[
+        float, typer.Option(help="Stop a variant this many points below control.")
+    ] = 2.0,
+) -> None:
+    """Start an experiment: each payment of the scope goes to its arm's instance first."""
+    from registry.db import get_database
+    from registry.experiments import create_experiment
+
+    arms = []
+    for text in arm:
+        arm_name, _, rest = text.partition("=")
+        instance, _, share = rest.rpartition(":")
+        if not arm_name or not instance or not share.isdigit():
+            fail(f"--arm expects NAME=INSTANCE_ID:SHARE, got {text!r}")
+        arms.append({"name": arm_name, "instance": instance, "share": int(share)})
+    spec = {
+        "name": name, "arms": arms, "control": control, "min_sample": min_sample,
+        "guardrail_points": guardrail,
+    }  # fmt: skip
+    with user_errors():
+        made = create_experiment(get_database(), spec, tenant_id=tenant, actor=cli_actor())
+    console.print(f"experiment [bold]{escape(made.name)}[/] running: {made.id}")
+
+
+@experiments_app.command("list")
+def experiments_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from registry.db import get_database
+    from registry.experiments import list_experiments
+
+    with user_errors():
+        found = list_experiments(get_database())
+    if as_json:
+        _json([e.model_dump(mode="json") for e in found])
+        return
+    table = Table(title="Experiments")
+    for column in ("id", "name", "scope", "status", "arms", "winner"):
+        table.add_column(column, overflow="fold")
+    for e in found:
+        arms = ", ".join(f"{a['name']} {a['share']}%" for a in e.arms)
+        table.add_row(
+            str(e.id), escape(e.name), escape(e.tenant_id or "global"), e.status, arms,
+            e.winner or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@experiments_app.command("results")
+def experiments_results(
+    experiment_id: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Counts, approval rates with 95% intervals, difference to control, p95 latency."""
+    from registry.db import get_database
+    from workers.payments.experiments import experiment_results
+
+    with user_errors():
+        results = experiment_results(get_database(), experiment_id)
+    if as_json:
+        _json(results.model_dump(mode="json"))
+        return
+    e = results.experiment
+    table = Table(title=f"{escape(e.name)} ({e.status}): {escape(results.summary)}")
+    for column in ("arm", "share", "payments", "approved", "rate (95% CI)", "vs control",
+                   "significant", "p95 latency"):  # fmt: skip
+        table.add_column(column)
+    for a in results.arms:
+        rate = (
+            f"{a.rate:.1%} ({a.interval[0]:.1%}-{a.interval[1]:.1%})"
+            if a.rate is not None and a.interval
+            else "-"
+        )
+        table.add_row(
+            f"{escape(a.name)}{' (control)' if a.control else ''}", f"{a.share}%",
+            str(a.payments), str(a.approved), rate,
+            f"{a.difference_points:+.1f} pts" if a.difference_points is not None else "",
+            {True: "yes", False: "no", None: "not yet"}[a.significant],
+            f"{a.p95_latency_ms:.0f} ms" if a.p95_latency_ms is not None else "-",
+        )  # fmt: skip
+    console.print(table)
+    if e.ended_reason:
+        console.print(f"ended: {escape(e.ended_reason)}")
+
+
+@experiments_app.command("stop")
+def experiments_stop(
+    experiment_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option()] = "stopped by an operator",
+) -> None:
+    from registry.db import get_database
+    from registry.experiments import stop_experiment
+
+    with user_errors():
+        made = stop_experiment(get_database(), experiment_id, reason=reason, actor=cli_actor())
+    console.print(f"[yellow]stopped[/] {escape(made.name)}")
+
+
+@experiments_app.command("promote")
+def experiments_promote(
+    experiment_id: Annotated[str, typer.Argument()], arm: Annotated[str, typer.Argument()]
+) -> None:
+    """End the experiment with ARM the winner: its instance routes first from now on."""
+    from registry.db import get_database
+    from registry.experiments import promote_arm
+
+    with user_errors():
+        made = promote_arm(get_database(), experiment_id, arm, actor=cli_actor())
+    console.print(f"[green]promoted[/] {escape(arm)} of {escape(made.name)}")

@@ -37,7 +37,7 @@ from surfaces.http.errors import request_validation_handler
 from surfaces.http.guards import RequestGuard
 from surfaces.http.metrics import metrics_router, register_ledger_collector
 from surfaces.http.registry import create_router
-from surfaces.http.routing import routing_router
+from surfaces.http.routing import experiments_router, routing_router
 from surfaces.http.webhooks import webhook_router
 from workers import runtime
 
@@ -73,6 +73,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(SignInRequired, sign_in_redirect)
     app.include_router(create_router(runtime.registry))
     app.include_router(routing_router(runtime.registry))
+    app.include_router(experiments_router())
     app.include_router(console_router(runtime.registry))
     app.include_router(billing_router())
     app.include_router(webhook_router())

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from providers.errors import ConfigurationError, ProviderUnavailable
 from registry.errors import InstanceNotFound, RegistryError, RulesetNotFound
+from registry.experiments import ExperimentNotFound
 
 
 class ErrorBody(BaseModel):
@@ -41,7 +42,7 @@ def operator_errors() -> Iterator[None]:
     """Registry refusals as HTTP answers: unknown instance 404, bad input 422."""
     try:
         yield
-    except (InstanceNotFound, RulesetNotFound) as exc:
+    except (InstanceNotFound, RulesetNotFound, ExperimentNotFound) as exc:
         raise HTTPException(404, str(exc)) from None
     except (RegistryError, ConfigurationError) as exc:
         raise HTTPException(422, str(exc)) from None

@@ -166,3 +166,46 @@ def test_promoting_a_winner_routes_its_instance_first(sqlite_url: str, tmp_path)
     assert route[0].id == variant.id
     with pytest.raises(RegistryError, match="not running"):
         stop_experiment(get_database(), experiment.id, reason="late")
+
+
+def test_experiments_and_rates_over_rest_cli_and_console(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from surfaces.cli.main import app as cli_app
+    from surfaces.http.app import create_app
+
+    control, variant = two(tmp_path)
+    with TestClient(create_app()) as client:
+        bad = client.post("/api/experiments", json=arms_of(control, variant, (70, 70)))
+        assert bad.status_code == 422 and "shares add up to 100" in bad.json()["detail"]
+        made = client.post("/api/experiments", json=arms_of(control, variant))
+        assert made.status_code == 201, made.text
+        experiment_id = made.json()["id"]
+        registry = runtime.registry()
+        registry.refresh(force=True)
+        proc = PaymentProcessor(
+            get_database(), registry, runtime.provider_loop(),
+            InlineRelay(get_database(), Quiet()),  # type: ignore[arg-type]
+            get_settings(),
+        )  # fmt: skip
+        _pay_through(proc, 30)
+        results = client.get(f"/api/experiments/{experiment_id}").json()
+        assert sum(arm["payments"] for arm in results["arms"]) == 30
+        assert results["summary"].startswith("collecting")
+        rates = client.get("/api/routing/outcomes").json()
+        assert {row["instance_id"] for row in rates} == {str(control.id), str(variant.id)}
+        assert all(row["rate"] == 1.0 for row in rates)
+        page = client.get("/admin/experiments").text
+        assert 'id="rates"' in page and "stripe-vs-backup" in page and 'data-arm="variant"' in page
+        shown = CliRunner().invoke(cli_app, ["experiments", "results", experiment_id, "--json"])
+        assert (
+            shown.exit_code == 0 and json.loads(shown.output)["experiment"]["status"] == "running"
+        )
+        stopped = client.post(f"/api/experiments/{experiment_id}/stop", json={"reason": "done"})
+        assert stopped.json()["status"] == "stopped"
+        promoted = client.post(f"/api/experiments/{experiment_id}/promote", json={"arm": "control"})
+        assert promoted.json()["winner"] == "control"
+        assert client.get("/api/experiments/not-an-id").status_code == 404

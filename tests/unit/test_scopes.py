@@ -63,6 +63,9 @@ CONSOLE_SCOPES = {
     ("POST", "/admin/routing/drafts"): Scope.ADMIN,
     ("POST", "/admin/routing/clear"): Scope.ADMIN,
     ("POST", "/admin/routing/{ruleset_id}/activate"): Scope.ADMIN,
+    ("GET", "/admin/experiments"): Scope.READ,
+    ("POST", "/admin/experiments"): Scope.ADMIN,
+    ("POST", "/admin/experiments/{experiment_id}/{action}"): Scope.ADMIN,
 }
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from config.settings import reset_settings
 from registry.audit import list_audit
 from registry.db import get_database
+from registry.experiments import create_experiment
 from registry.rulesets import create_draft
 from registry.tokens import create_token
 from tests.unit.test_scopes import BOOTSTRAP, CONSOLE_SCOPES, UNSCOPED
@@ -45,6 +46,7 @@ class World:
     b_token: uuid.UUID
     b_method: str
     b_ruleset: uuid.UUID
+    b_experiment: uuid.UUID
 
 
 class _Quiet:
@@ -89,10 +91,24 @@ def world(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     b_method = import_payment_method(b.id, CANARY, "cust-b").id
     b_rules = {"rules": [], "default": [{"instance": str(b.id)}]}
     b_ruleset = create_draft(get_database(), b_rules, tenant_id="t-b").id
+    b_spare = registry.create_instance("sandbox", {"charge_book": book}, tenant_id="t-b")
+    b_experiment = create_experiment(
+        get_database(),
+        {
+            "name": "b-test",
+            "arms": [
+                {"name": "control", "instance": str(b.id), "share": 50},
+                {"name": "variant", "instance": str(b_spare.id), "share": 50},
+            ],
+            "control": "control",
+        },
+        tenant_id="t-b",
+    ).id
     with TestClient(create_app()) as client:
         yield World(
-            client, token, b_payment, refund.id, b.id, platform.id, b_token, b_method, b_ruleset
-        )
+            client, token, b_payment, refund.id, b.id, platform.id, b_token, b_method, b_ruleset,
+            b_experiment,
+        )  # fmt: skip
     runtime.reset()
     reset_settings()
 
@@ -105,6 +121,7 @@ def fill(path: str, world: World) -> str:
         "token_id": str(world.b_token),
         "method_id": world.b_method,
         "ruleset_id": str(world.b_ruleset),
+        "experiment_id": str(world.b_experiment),
         "plugin": "sandbox",
         "action": "deactivate",
     }
@@ -126,10 +143,17 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/tokens"): {"name": "sneaky", "scopes": ["admin"], "tenant_id": "t-b"},
     ("post", "/api/routing/rulesets"): {"tenant_id": "t-b", "document": {"rules": []}},
     ("post", "/api/routing/clear"): {"tenant_id": "t-b"},
+    ("post", "/api/experiments"): {
+        "tenant_id": "t-b", "name": "sneaky", "control": "a",
+        "arms": [{"name": "a", "instance": "x", "share": 50}, {"name": "b", "instance": "y", "share": 50}],
+    },
+    ("post", "/api/experiments/{experiment_id}/stop"): {"reason": "probe"},
+    ("post", "/api/experiments/{experiment_id}/promote"): {"arm": "variant"},
 }  # fmt: skip
 LISTS = {
     ("get", "/plugins"), ("get", "/instances"), ("get", "/api/audit"), ("get", "/api/tokens"),
-    ("get", "/payment-methods"), ("get", "/api/routing/rulesets"),
+    ("get", "/payment-methods"), ("get", "/api/routing/rulesets"), ("get", "/api/experiments"),
+    ("get", "/api/routing/outcomes"),
 }  # fmt: skip
 
 
@@ -139,7 +163,8 @@ def leaks(text: str, world: World, *, listed: bool = False) -> list[str]:
     secrets_of_b = [CANARY, B_EMAIL]
     if listed:
         secrets_of_b += [
-            str(world.b_payment), str(world.b_instance), world.b_method, str(world.b_ruleset)
+            str(world.b_payment), str(world.b_instance), world.b_method, str(world.b_ruleset),
+            str(world.b_experiment),
         ]  # fmt: skip
     return [s for s in secrets_of_b if s in text]
 
@@ -184,6 +209,7 @@ def test_every_console_page_keeps_tenant_a_out_of_tenant_b(world: World) -> None
     lists = {
         ("GET", "/admin"), ("GET", "/admin/payments"), ("GET", "/admin/audit"),
         ("GET", "/admin/tokens"), ("GET", "/admin/methods"), ("GET", "/admin/routing"),
+        ("GET", "/admin/experiments"),
     }  # fmt: skip
     form = {"csrf": csrf, "amount": "1.00", "tenant_id": "t-b", "name": "sneaky", "scope": "admin"}
     for (method, path), _ in CONSOLE_SCOPES.items():

@@ -15,6 +15,8 @@ GET/POST /admin/payments/{id}/refund          operate  refund, after confirming
 GET /admin/audit                              admin    every change: who, when, before/after
 GET /admin/routing                            read     active rules, versions, explain a route
 POST /admin/routing/drafts|clear|{id}/activate admin   save a draft, clear, activate a version
+GET /admin/experiments                        read     approval rates by hour, experiments' results
+POST /admin/experiments, .../{id}/stop|promote admin    start, stop, promote an arm
 ============================================  =======  =====================================
 
 Every form carries the CSRF token of the console's cookie and must come from the console's
@@ -43,6 +45,13 @@ from providers.money import MoneyError, format_amount
 from registry.audit import list_audit
 from registry.db import get_database
 from registry.errors import InstanceNotFound, RegistryError, RulesetNotFound
+from registry.experiments import (
+    ExperimentNotFound,
+    create_experiment,
+    list_experiments,
+    promote_arm,
+    stop_experiment,
+)
 from registry.rulesets import activate_ruleset, clear_rules, create_draft, list_rulesets
 from registry.service import PluginRegistry
 from registry.tokens import Scope, authenticate, create_token, list_tokens, revoke_token
@@ -59,6 +68,7 @@ from surfaces.http.console.session import (
 from surfaces.http.errors import parse_instance_id
 from workers.monitoring.health import check_instance_now
 from workers.payments.client import PaymentNotFound, get_payment
+from workers.payments.experiments import approval_history, experiment_results
 from workers.payments.methods import (
     PaymentMethodNotFound,
     list_payment_methods,
@@ -582,6 +592,82 @@ def console_router(get_registry: Callable[[], PluginRegistry]) -> APIRouter:
         )
         back = "/admin/routing" + (f"?tenant={quote(scope)}" if scope else "")
         return done(back, "Rules cleared: routing by priority and weight")
+
+    # --- approval rates and experiments -------------------------------------------------
+
+    def _experiments_page(
+        request: Request, registry: PluginRegistry, user: ConsoleUser, status: int = 200,
+        **extra: Any,
+    ) -> HTMLResponse:  # fmt: skip
+        database = get_database()
+        names = {
+            str(v.id): v.display_name for v in registry.list_instances() if user.sees(v.tenant_id)
+        }
+        found = list_experiments(database, within_tenant=user.tenant_id)
+        results = [experiment_results(database, e.id, guard=False) for e in found[:20]]
+        history = approval_history(database, within_tenant=user.tenant_id)
+        return page(
+            request, "experiments.html", user, status=status, section="experiments",
+            results=results, names=names, chart=views.rates_chart(history, names), **extra,
+        )  # fmt: skip
+
+    @router.get("/admin/experiments", response_class=HTMLResponse)
+    def experiments_page(request: Request, registry: Registry, user: Reader) -> HTMLResponse:
+        return _experiments_page(request, registry, user)
+
+    @router.post("/admin/experiments", response_class=HTMLResponse)
+    async def start_experiment(request: Request, registry: Registry, user: Admin) -> Response:
+        form = await posted(request)
+        tenant = _form_tenant(user, form.get("tenant_id", "").strip() or None)
+        try:
+            arms = []
+            for line in form.get("arms", "").splitlines():
+                if not line.strip():
+                    continue
+                name, _, rest = line.strip().partition("=")
+                instance, _, share = rest.rpartition(":")
+                arms.append({"name": name.strip(), "instance": instance.strip(),
+                             "share": int(share)})  # fmt: skip
+            spec = {
+                "name": form.get("name", "").strip(), "arms": arms,
+                "control": form.get("control", "").strip(),
+                "min_sample": _integer(form, "min_sample", 200),
+                "guardrail_points": float(form.get("guardrail_points") or 2),
+            }  # fmt: skip
+            await run_in_threadpool(
+                lambda: create_experiment(get_database(), spec, tenant_id=tenant, actor=user.name)
+            )
+        except (RegistryError, ValueError) as exc:
+            return _experiments_page(request, registry, user, status=422, problem=f"Refused: {exc}")
+        return done("/admin/experiments", "Experiment started")
+
+    @router.post("/admin/experiments/{experiment_id}/{action}")
+    async def end_experiment(
+        request: Request, experiment_id: str, action: str, user: Admin
+    ) -> Response:
+        form = await posted(request)
+        if action not in ("stop", "promote"):
+            raise HTTPException(404, "no such action")
+        try:
+            if action == "stop":
+                made = await run_in_threadpool(
+                    lambda: stop_experiment(
+                        get_database(), experiment_id, reason=f"stopped by {user.name}",
+                        actor=user.name, within_tenant=user.tenant_id,
+                    )
+                )  # fmt: skip
+            else:
+                made = await run_in_threadpool(
+                    lambda: promote_arm(
+                        get_database(), experiment_id, form.get("arm", ""), actor=user.name,
+                        within_tenant=user.tenant_id,
+                    )
+                )  # fmt: skip
+        except ExperimentNotFound:
+            raise HTTPException(404, "no such experiment") from None
+        except RegistryError as exc:
+            return done("/admin/experiments", f"Refused: {exc}")
+        return done("/admin/experiments", f"{made.name}: {made.status}")
 
     # --- tokens ----------------------------------------------------------------------
 

@@ -324,3 +324,36 @@ def timeline(database: Database, payment_id: uuid.UUID) -> list[Moment]:
             for r in refunds
         ]
     return sorted(moments, key=lambda m: m.at)
+
+
+_LINE_COLOURS = ("#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2")
+
+
+def rates_chart(
+    history: list[dict[str, Any]], names: dict[str, str], width: int = 600, height: int = 140
+) -> dict[str, Any]:
+    """Hourly approval rates per instance (workers.payments.experiments.approval_history)
+    as SVG polylines: one per instance, 0-100% bottom to top, hours left to right."""
+    hours = sorted({row["hour"] for row in history})
+    if not hours:
+        return {"lines": [], "width": width, "height": height, "hours": []}
+    step = width / max(len(hours) - 1, 1)
+    by_instance: dict[str, list[tuple[int, float, int]]] = {}
+    for row in history:
+        key = str(row["instance_id"])
+        by_instance.setdefault(key, []).append(
+            (hours.index(row["hour"]), row["rate"], row["attempts"])
+        )
+    lines = []
+    for n, (instance_id, points) in enumerate(sorted(by_instance.items())):
+        lines.append(
+            {
+                "name": names.get(instance_id, instance_id[:8]),
+                "colour": _LINE_COLOURS[n % len(_LINE_COLOURS)],
+                "points": " ".join(
+                    f"{i * step:.1f},{(1 - rate) * (height - 10) + 5:.1f}" for i, rate, _ in points
+                ),
+                "last": f"{points[-1][1]:.0%} of {points[-1][2]}",
+            }
+        )
+    return {"lines": lines, "width": width, "height": height, "hours": hours}
