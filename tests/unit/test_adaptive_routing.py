@@ -136,7 +136,7 @@ def _attempts(rows: list[tuple[Any, str, str | None, str, dict[str, Any]]]) -> N
             )  # fmt: skip
 
 
-def test_outcomes_are_counted_per_segment_from_the_ledgers_attempts(sqlite_url: str) -> None:
+def test_outcomes_are_counted_per_segment_from_the_ledgers_attempts(database_url: str) -> None:
     from registry.catalogue import catalogue
     from registry.db import get_database
     from workers import runtime
@@ -162,7 +162,7 @@ def test_outcomes_are_counted_per_segment_from_the_ledgers_attempts(sqlite_url: 
     assert by_plan[(("NGN", None), a.id)] == ArmStats(failed=2)
 
 
-def test_the_worker_routes_by_the_ledgers_outcomes(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_worker_routes_by_the_ledgers_outcomes(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from config.settings import get_settings
     from registry.db import get_database
     from registry.rulesets import activate_ruleset, create_draft

@@ -106,7 +106,7 @@ def _pay_through(proc: PaymentProcessor, count: int) -> None:
         proc.process(payment_id)
 
 
-def test_results_then_the_guardrail_stops_a_worse_variant(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_results_then_the_guardrail_stops_a_worse_variant(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # the variant declines every third amount: about 67% approved against control's 100%
     declines = [(10 + n) * 100 for n in range(0, 400, 3)]
     control, variant = two(tmp_path, decline_amounts_minor=declines)
@@ -168,7 +168,7 @@ def test_promoting_a_winner_routes_its_instance_first(sqlite_url: str, tmp_path)
         stop_experiment(get_database(), experiment.id, reason="late")
 
 
-def test_experiments_and_rates_over_rest_cli_and_console(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_experiments_and_rates_over_rest_cli_and_console(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
     from fastapi.testclient import TestClient

@@ -43,6 +43,17 @@ def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
     return proc, publisher
 
 
+@pytest.fixture
+def processor_any_db(database_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
+    """As ``processor``, on SQLite and then PostgreSQL (the group-commit SQL of each)."""
+    publisher = RecordingPublisher()
+    relay = InlineRelay(get_database(), publisher)  # type: ignore[arg-type]
+    proc = PaymentProcessor(
+        get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
+    )
+    return proc, publisher
+
+
 SOFT_AMOUNT = "77.00"  # 7700 kobo: declined softly by the first instance
 
 
@@ -178,9 +189,9 @@ def two_books(tmp_path) -> tuple[str, str, Any, Any]:  # type: ignore[no-untyped
 
 
 def test_a_soft_decline_is_retried_once_on_the_next_instance_under_its_own_reference(
-    processor, tmp_path
+    processor_any_db, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    proc, publisher = processor
+    proc, publisher = processor_any_db
     first_book, second_book, first, second = two_books(tmp_path)
     activate({"rules": [], "retry_soft_declines": True})
     payment_id = pay("o-soft", SOFT_AMOUNT)
