@@ -28,14 +28,14 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from providers.base import utcnow
 from registry import audit
 from registry.db import Database
 from registry.errors import RegistryError
-from registry.models import PluginInstance, RegistryState, RoutingExperiment
+from registry.models import PluginInstance, RoutingExperiment, bump_generation
 
 RUNNING, STOPPED, PROMOTED = "running", "stopped", "promoted"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}", re.ASCII)
@@ -106,14 +106,6 @@ def _view(row: RoutingExperiment) -> ExperimentView:
     )  # fmt: skip
 
 
-def _bump(session: Session) -> None:
-    session.execute(
-        update(RegistryState)
-        .where(RegistryState.id == 1)
-        .values(generation=RegistryState.generation + 1)
-    )
-
-
 def create_experiment(
     database: Database, spec: Any, *, tenant_id: str | None = None, actor: str = "code"
 ) -> ExperimentView:
@@ -156,7 +148,7 @@ def create_experiment(
         )  # fmt: skip
         session.add(row)
         session.flush()
-        _bump(session)
+        bump_generation(session)
         audit.record(
             session, actor, "experiment.start", str(row.id), None,
             {"name": row.name, "arms": row.arms, "control": row.control}, tenant_id=tenant_id,
@@ -209,7 +201,7 @@ def stop_experiment(
         if row.status != RUNNING:
             raise RegistryError(f"experiment {row.name!r} is {row.status}, not running")
         row.status, row.ended_at, row.ended_reason = STOPPED, utcnow(), reason[:500]
-        _bump(session)
+        bump_generation(session)
         audit.record(
             session, actor, action, str(row.id), {"status": RUNNING},
             {"status": STOPPED, "reason": row.ended_reason}, tenant_id=row.scope or None,
@@ -254,7 +246,7 @@ def promote_arm(
         row.status, row.winner = PROMOTED, arm
         row.ended_at = row.ended_at or utcnow()
         row.ended_reason = row.ended_reason or f"arm {arm!r} promoted"
-        _bump(session)
+        bump_generation(session)
         audit.record(
             session, actor, "experiment.promote", str(row.id), {"priority": before},
             {"arm": arm, "instance": chosen["instance"], "priority": instance.priority},

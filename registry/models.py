@@ -18,8 +18,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from providers.base import utcnow
 from registry.db import Base, UTCDateTime
@@ -85,6 +86,15 @@ class RegistryState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def bump_generation(session: Session) -> None:
+    """In the caller's transaction: every process reloads the registry within a poll."""
+    session.execute(
+        update(RegistryState)
+        .where(RegistryState.id == 1)
+        .values(generation=RegistryState.generation + 1)
+    )
 
 
 class RoutingRuleset(Base):

@@ -18,14 +18,14 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from providers.base import utcnow
 from registry import audit
 from registry.db import Database
 from registry.errors import RulesetNotFound
-from registry.models import PluginInstance, RegistryState, RoutingRuleset
+from registry.models import PluginInstance, RoutingRuleset, bump_generation
 from registry.rules import CompiledRuleSet, RulesError, compile_ruleset, parse_ruleset
 
 DRAFT, ACTIVE, RETIRED = "draft", "active", "retired"
@@ -180,7 +180,7 @@ def activate_ruleset(
         row.status = ACTIVE
         row.activated_by = actor[:100]
         row.activated_at = utcnow()
-        _bump(session)
+        bump_generation(session)
         audit.record(
             session, actor, "routing.activate", str(row.id),
             {"version": previous.version} if previous is not None else None,
@@ -202,7 +202,7 @@ def clear_rules(
         if row is None:
             return None
         row.status = RETIRED
-        _bump(session)
+        bump_generation(session)
         audit.record(
             session, actor, "routing.clear", str(row.id), {"version": row.version}, None,
             tenant_id=tenant_id,
@@ -214,11 +214,3 @@ def active_rulesets(session: Session) -> dict[str | None, CompiledRuleSet]:
     """Every scope's active ruleset, compiled (what the registry's snapshot holds)."""
     rows = session.execute(select(RoutingRuleset).where(RoutingRuleset.status == ACTIVE)).scalars()
     return {row.scope or None: compiled(row) for row in rows}
-
-
-def _bump(session: Session) -> None:
-    session.execute(
-        update(RegistryState)
-        .where(RegistryState.id == 1)
-        .values(generation=RegistryState.generation + 1)
-    )

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.logging import remember_secrets
@@ -34,7 +34,7 @@ from registry.db import Database, get_database
 from registry.errors import InstanceNotFound, NoRoute, RegistryError, WrongProviderType
 from registry.experiments import CompiledExperiment, running_experiments
 from registry.instances import InstanceStatus, InstanceView, to_view
-from registry.models import PluginInstance, RegistryState
+from registry.models import PluginInstance, RegistryState, bump_generation
 from registry.routing import (
     RouteDecision,
     RoutePlan,
@@ -664,11 +664,7 @@ class PluginRegistry:
 
     @staticmethod
     def _bump(session: Session) -> None:
-        session.execute(
-            update(RegistryState)
-            .where(RegistryState.id == 1)
-            .values(generation=RegistryState.generation + 1)
-        )
+        bump_generation(session)
 
     @staticmethod
     def _row(session: Session, instance_id: uuid.UUID) -> PluginInstance:
