@@ -210,11 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         help="a setting for Tender's workers only, as (a), (c)-(f) and (h) then run (repeatable); "
         "the report names it",
     )
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="count what each operation costs the database and the broker (bench.costs) "
+        "instead of the throughput run",
+    )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES_URL, help="server/database URL")
     parser.add_argument(
         "--broker", default=DEFAULT_BROKER_URL, help="a Redis db the bench may flush"
     )
     args = parser.parse_args(argv)
+    if args.costs:
+        from bench import costs
+
+        return costs.main(["--postgres", args.postgres])
     worker_settings = parse_worker_settings(parser, args.worker_setting)
 
     def terminate(signum: int, _frame: Any) -> None:
