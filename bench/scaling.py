@@ -59,7 +59,7 @@ def run(
     import redis
 
     import bench.tasks  # noqa: F401 - registers the baseline tasks on Tender's app
-    import workers.tasks
+    import workers.tasks  # noqa: F401 - registers process_payment
     from config.celery import PAYMENTS_QUEUE
     from registry.service import PluginRegistry
     from workers.core.app import app
