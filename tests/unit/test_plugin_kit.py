@@ -1,0 +1,69 @@
+"""The kit a plugin built outside Tender runs (issue 39): ``pytest --tender-conformance``
+in a project of its own runs every contract check against the project's harness, and
+nothing else; the reference harness passes them all."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+PROJECT_TESTS = """
+from tender_kit import ConformanceSuite
+from tender_kit.harness import SandboxHarness
+
+
+class TestSandboxThroughTheKit(ConformanceSuite):
+    harness_class = SandboxHarness
+
+
+def test_something_of_the_project_itself():
+    assert True
+"""
+
+
+def test_tender_conformance_runs_the_contract_against_a_projects_harness(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_my_provider=PROJECT_TESTS)
+    result = pytester.runpytest("--tender-conformance", "-p", "no:cacheprovider", "-p", "no:celery")
+    outcomes = result.parseoutcomes()
+    # every check ran (those for capabilities the sandbox lacks are skipped with the
+    # reason), and the project's own test was left out
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
+    assert outcomes["passed"] >= 15 and outcomes.get("deselected") == 1
+    plain = pytester.runpytest(
+        "-p", "no:cacheprovider", "-p", "no:celery", "-k", "something_of_the_project"
+    )
+    assert plain.parseoutcomes()["passed"] == 1
+
+
+def test_every_fake_built_on_the_kit_answers_to_its_fault_switches() -> None:
+    import httpx
+
+    from tender_kit.fakes import JsonHandler, LoopbackFake
+
+    class Handler(JsonHandler):
+        def serve(self, method: str) -> None:
+            self.send_json(200, b'{"ok": true}')
+
+    class Fake(LoopbackFake):
+        def handler(self) -> type[JsonHandler]:
+            return Handler
+
+    key = {"Authorization": "Bearer sk_live_must_be_redacted"}
+    with Fake() as fake, httpx.Client(base_url=fake.base_url, timeout=0.3) as client:
+        assert client.get("/charge").json() == {"ok": True}
+        fake.fail_status = 503
+        assert client.post("/charge", json={}).status_code == 503
+        fake.fail_status, fake.rate_limited, fake.retry_after_s = None, True, 3
+        limited = client.get("/charge")
+        assert limited.status_code == 429 and limited.headers["Retry-After"] == "3"
+        fake.echo_key = True
+        assert "sk_live_must_be_redacted" in client.get("/charge", headers=key).text
+        fake.rate_limited, fake.echo_key, fake.drop = False, False, True
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("/charge")
+        fake.drop, fake.slow_s = False, 1.0
+        with pytest.raises(httpx.ReadTimeout):
+            client.get("/charge")
