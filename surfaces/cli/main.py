@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -390,6 +391,26 @@ def secrets_rotate() -> None:
 
 
 # -- plugins -------------------------------------------------------------------------
+
+
+@plugins_app.command("new")
+def plugins_new(
+    name: Annotated[str, typer.Argument(help="The provider's name, as its entry point: mpesa")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where the package goes.")] = Path("."),
+) -> None:
+    """Scaffold a provider plugin as a package of its own, with its fake, harness and the
+    kit's conformance suite (docs/writing-a-plugin.md)."""
+    from surfaces.cli.scaffold import ScaffoldError, scaffold
+
+    try:
+        written = scaffold(name, directory)
+    except ScaffoldError as exc:
+        fail(str(exc))
+    root = written[0].parent
+    console.print(f"[green]created[/] {escape(str(root))}: {len(written)} files")
+    console.print(
+        f"next: cd {escape(str(root))} && pip install -e '.[dev]' && pytest --tender-conformance"
+    )
 
 
 @plugins_app.command("list")

@@ -67,3 +67,34 @@ def test_every_fake_built_on_the_kit_answers_to_its_fault_switches() -> None:
         fake.drop, fake.slow_s = False, 1.0
         with pytest.raises(httpx.ReadTimeout):
             client.get("/charge")
+
+
+def test_a_scaffold_passes_the_structural_checks_and_fails_the_rest(
+    pytester: pytest.Pytester,
+) -> None:
+    from typer.testing import CliRunner
+
+    from surfaces.cli.main import app
+
+    made = CliRunner().invoke(app, ["plugins", "new", "mpesa", "--dir", str(pytester.path)])
+    assert made.exit_code == 0, made.output
+    project = pytester.path / "tender-mpesa"
+    assert (project / "tender_mpesa" / "plugin.py").exists()
+    assert 'mpesa = "tender_mpesa.plugin:MpesaProvider"' in (project / "pyproject.toml").read_text()
+    again = CliRunner().invoke(app, ["plugins", "new", "mpesa", "--dir", str(pytester.path)])
+    assert again.exit_code == 1 and "already exists" in again.output
+    bad = CliRunner().invoke(app, ["plugins", "new", "M-Pesa!", "--dir", str(pytester.path)])
+    assert bad.exit_code == 1 and "a plugin name is" in bad.output
+    pytester.chdir()
+    import os
+
+    os.chdir(project)
+    flags = ["--tender-conformance", "-p", "no:cacheprovider", "-p", "no:celery"]
+    structural = pytester.runpytest_subprocess(*flags, "-m", "tender_structural")
+    assert structural.parseoutcomes().get("passed") == 4, structural.stdout.str()[-3000:]
+    assert "failed" not in structural.parseoutcomes()
+    everything = pytester.runpytest_subprocess(*flags)
+    outcomes = everything.parseoutcomes()
+    # the structural four pass, and so do checks of capabilities the scaffold does not declare
+    assert outcomes.get("failed", 0) >= 10 and outcomes.get("passed", 0) >= 4
+    assert "NotImplementedError" in everything.stdout.str()
