@@ -288,6 +288,64 @@ def measure(n: int) -> dict[str, dict[str, float]]:
     return {name: per_operation(run, count, engine) for name, run, count in operations}
 
 
+def _redis_calls(client: Any) -> int:
+    """Every command the Redis server has run so far (INFO commandstats, all clients)."""
+    stats = client.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
+
+
+def through_a_worker(env: BenchEnv, n: int) -> dict[str, float]:
+    """A card payment through a real worker process, counted at the Redis server: the
+    client's publish, the worker's consume and acknowledgement (Celery's Redis transport
+    with ``acks_late``), the event's publish, and the worker's idle polling subtracted
+    (measured over the same length of time before). The broker must have no other
+    client meanwhile."""
+    import redis
+
+    from bench.cluster import WorkerSet
+    from config.celery import PAYMENTS_QUEUE
+    from registry.db import get_database
+    from workers.core.app import app
+    from workers.ledger.records import Payment
+    from workers.payments.client import request_payment
+
+    server = redis.Redis.from_url(env.broker_url)
+    workers = WorkerSet(
+        "costs", env.worker_environment(), env.data_dir / "logs", processes=1, concurrency=4
+    )
+    workers.start(app)
+    try:
+        workers.resume(app, server, PAYMENTS_QUEUE)
+        time.sleep(2.0)
+        before = _redis_calls(server)
+        time.sleep(3.0)
+        idle_per_s = (_redis_calls(server) - before) / 3.0
+        before, started = _redis_calls(server), time.monotonic()
+        ids = [
+            request_payment(
+                f"costs-worker-{i}", Decimal("150.00"), "NGN", "a@example.com"
+            ).payment_id
+            for i in range(n)
+        ]
+        from sqlalchemy import func, select
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with get_database().sessions() as session:
+                done = session.execute(
+                    select(func.count()).where(Payment.id.in_(ids), Payment.status == "succeeded")
+                ).scalar_one()
+            if done == n:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # the last events' relay
+        elapsed = time.monotonic() - started
+        total = _redis_calls(server) - before - idle_per_s * elapsed
+    finally:
+        workers.stop()
+    return {"redis commands": round(total / n, 1), "idle polling per s": round(idle_per_s, 1)}
+
+
 def table(costs: dict[str, dict[str, float]]) -> str:
     """The costs as the markdown table bench/README.md records."""
     head = "| operation | " + " | ".join(METRICS) + " |"
@@ -365,14 +423,20 @@ def main(argv: list[str] | None = None) -> int:
         env.apply()
         env.migrate()
         costs = measure(args.n)
+        worker = through_a_worker(env, max(args.n, 20))
         rate = commit_rate(env.database_url) if args.commit_rate else None
     finally:
         env.close()
     if args.json:
-        print(json.dumps(costs, indent=2))
+        print(json.dumps(costs | {"through a worker": worker}, indent=2))
     else:
         print(f"per operation, mean of {args.n} (sandbox 0 ms, one process, PostgreSQL, Redis):")
         print(table(costs))
+        print(
+            f"\na card payment through a worker process, at the Redis server: "
+            f"{worker['redis commands']:g} commands (client, worker consume and ack, event; "
+            f"idle polling of {worker['idle polling per s']:g}/s subtracted)"
+        )
         if rate is not None:
             print(
                 f"\nPostgreSQL here: {rate:.0f} write transactions/s (8 clients, one-row inserts)"
