@@ -2,12 +2,15 @@
 on a free loopback port, run on a daemon thread, started and stopped by the test (or as a
 context manager), and fault switches every fake built on it answers to:
 
-* ``fail_status = 503``: every request answered with that status (a 5xx before acting);
-* ``slow_s = 2.0``: every answer held that long (a client timeout, a slow health check);
-* ``drop = True``: the connection closed without an answer;
-* ``rate_limited = True``: 429 (with ``Retry-After`` when ``retry_after_s`` is set);
-* ``echo_key = True``: error bodies carry the request's ``Authorization`` header back, as
-  careless APIs do, so a plugin's redaction of its keys in errors is put to the test.
+* ``fault_status = 503``: every request answered with that status (a 5xx before acting);
+* ``fault_hold_s = 2.0``: every answer held that long (a client timeout, a slow check);
+* ``fault_drop = True``: the connection closed without an answer;
+* ``fault_rate_limit = True``: 429 (with ``Retry-After`` when ``retry_after_s`` is set);
+* ``fault_echo_key = True``: error bodies carry the request's ``Authorization`` header
+  back, as careless APIs do, so a plugin's redaction of its keys in errors is tested.
+
+(Prefixed ``fault_`` so that a fake's own state, such as a ``slow_s`` for one endpoint,
+never collides with them.)
 
 A fake subclasses :class:`LoopbackFake` (its state and ``handler()``) and
 :class:`JsonHandler` (``serve(method)``); see ``docs/writing-a-plugin.md``.
@@ -46,11 +49,11 @@ class LoopbackFake:
         # not is seen inventing none (tests/conformance).
         self.retry_after_s: int | None = None
         # the fault switches (module docstring); off by default
-        self.fail_status: int | None = None
-        self.slow_s: float = 0.0
-        self.drop = False
-        self.rate_limited = False
-        self.echo_key = False
+        self.fault_status: int | None = None
+        self.fault_hold_s: float = 0.0
+        self.fault_drop = False
+        self.fault_rate_limit = False
+        self.fault_echo_key = False
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
@@ -102,19 +105,20 @@ class JsonHandler(BaseHTTPRequestHandler):
         fake = getattr(self.server, "fake", None)
         if fake is None:
             return False
-        if getattr(fake, "slow_s", 0.0):
-            fake._stopping.wait(fake.slow_s)
-        if getattr(fake, "drop", False):
+        if getattr(fake, "fault_hold_s", 0.0):
+            fake._stopping.wait(fake.fault_hold_s)
+        if getattr(fake, "fault_drop", False):
             self.close_connection = True
             return True
-        status = 429 if getattr(fake, "rate_limited", False) else getattr(fake, "fail_status", None)
+        limited = getattr(fake, "fault_rate_limit", False)
+        status = 429 if limited else getattr(fake, "fault_status", None)
         if status is None:
             return False
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
         body: dict[str, Any] = {"error": "fault switched on in the fake", "status": status}
-        if getattr(fake, "echo_key", False):
+        if getattr(fake, "fault_echo_key", False):
             body["authorization"] = self.headers.get("Authorization", "")
         self.send_json(status, json.dumps(body).encode())
         return True

@@ -173,7 +173,8 @@ class {cls}Provider(PaymentProvider):
 FAKE = '''\
 """A fake {name} API on a loopback port, built from the provider's published API reference
 (cite the page for each path and shape). The kit's fault switches come with it:
-fail_status, slow_s, drop, rate_limited, echo_key (tender_kit.fakes)."""
+fault_status, fault_hold_s, fault_drop, fault_rate_limit, fault_echo_key
+(tender_kit.fakes)."""
 
 from __future__ import annotations
 

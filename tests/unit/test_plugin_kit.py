@@ -54,17 +54,17 @@ def test_every_fake_built_on_the_kit_answers_to_its_fault_switches() -> None:
     key = {"Authorization": "Bearer sk_live_must_be_redacted"}
     with Fake() as fake, httpx.Client(base_url=fake.base_url, timeout=0.3) as client:
         assert client.get("/charge").json() == {"ok": True}
-        fake.fail_status = 503
+        fake.fault_status = 503
         assert client.post("/charge", json={}).status_code == 503
-        fake.fail_status, fake.rate_limited, fake.retry_after_s = None, True, 3
+        fake.fault_status, fake.fault_rate_limit, fake.retry_after_s = None, True, 3
         limited = client.get("/charge")
         assert limited.status_code == 429 and limited.headers["Retry-After"] == "3"
-        fake.echo_key = True
+        fake.fault_echo_key = True
         assert "sk_live_must_be_redacted" in client.get("/charge", headers=key).text
-        fake.rate_limited, fake.echo_key, fake.drop = False, False, True
+        fake.fault_rate_limit, fake.fault_echo_key, fake.fault_drop = False, False, True
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("/charge")
-        fake.drop, fake.slow_s = False, 1.0
+        fake.fault_drop, fake.fault_hold_s = False, 1.0
         with pytest.raises(httpx.ReadTimeout):
             client.get("/charge")
 
