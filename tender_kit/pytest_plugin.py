@@ -41,17 +41,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = kept
 
 
-@pytest.fixture
-def tender_kit_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A Tender environment of its own under ``tmp_path``: test settings, a SQLite file, no
-    TENDER_ variable of the caller's (a plugin's checks must not reach real services)."""
-    from config.settings import reset_settings
-
+def isolate(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """Test settings with data under ``data_dir``, and no TENDER_ variable of the caller's
+    (TENDER_TEST_ ones excepted): what every Tender test environment starts from."""
     for name in list(os.environ):
         if name.startswith("TENDER_") and not name.startswith("TENDER_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("TENDER_ENV", "test")
-    monkeypatch.setenv("TENDER_DATA_DIR", str(tmp_path / "tender-data"))
+    monkeypatch.setenv("TENDER_DATA_DIR", str(data_dir))
+
+
+@pytest.fixture
+def tender_kit_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A Tender environment of its own under ``tmp_path`` (a plugin's checks must not
+    reach real services)."""
+    from config.settings import reset_settings
+
+    isolate(monkeypatch, tmp_path / "tender-data")
     reset_settings()
     yield tmp_path
     monkeypatch.undo()

@@ -14,6 +14,7 @@ from config.settings import reset_settings
 from registry.db import forget_databases, get_database
 from registry.migrate import upgrade
 from registry.service import PluginRegistry
+from tender_kit.pytest_plugin import isolate
 
 POSTGRES_URL = os.environ.get(
     "TENDER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -75,11 +76,7 @@ def drop_postgres_schema(url: str) -> None:
 @pytest.fixture
 def tender_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A clean Tender environment under tmp_path (SQLite, embedded broker)."""
-    for name in list(os.environ):
-        if name.startswith("TENDER_") and not name.startswith("TENDER_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("TENDER_ENV", "test")
-    monkeypatch.setenv("TENDER_DATA_DIR", str(tmp_path / "data"))
+    isolate(monkeypatch, tmp_path / "data")
     _reset_process()
     yield tmp_path
     monkeypatch.undo()
