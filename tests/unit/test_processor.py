@@ -31,14 +31,19 @@ class RecordingPublisher:
         self.published.extend(rows)
 
 
-@pytest.fixture
-def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
+def recording_processor() -> tuple[PaymentProcessor, RecordingPublisher]:
+    """A processor on this process's database and registry, publishing into a list."""
     publisher = RecordingPublisher()
     relay = InlineRelay(get_database(), publisher)  # type: ignore[arg-type]
     proc = PaymentProcessor(
         get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
     )
     return proc, publisher
+
+
+@pytest.fixture
+def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
+    return recording_processor()
 
 
 def new_payment(order_id: str = "o-1", email: str = "ada@example.com") -> uuid.UUID:

@@ -25,9 +25,8 @@ from registry.rulesets import (
     get_ruleset,
     list_rulesets,
 )
-from tests.unit.test_processor import RecordingPublisher
+from tests.unit.test_processor import RecordingPublisher, recording_processor
 from workers import runtime
-from workers.events.relay import InlineRelay
 from workers.payments.client import get_payment, request_payment
 from workers.payments.processor import PaymentProcessor
 from workers.payments.routing import explain, explain_payment, request_facts
@@ -35,23 +34,13 @@ from workers.payments.routing import explain, explain_payment, request_facts
 
 @pytest.fixture
 def processor(sqlite_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
-    publisher = RecordingPublisher()
-    relay = InlineRelay(get_database(), publisher)  # type: ignore[arg-type]
-    proc = PaymentProcessor(
-        get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
-    )
-    return proc, publisher
+    return recording_processor()
 
 
 @pytest.fixture
 def processor_any_db(database_url: str) -> tuple[PaymentProcessor, RecordingPublisher]:
     """As ``processor``, on SQLite and then PostgreSQL (the group-commit SQL of each)."""
-    publisher = RecordingPublisher()
-    relay = InlineRelay(get_database(), publisher)  # type: ignore[arg-type]
-    proc = PaymentProcessor(
-        get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
-    )
-    return proc, publisher
+    return recording_processor()
 
 
 SOFT_AMOUNT = "77.00"  # 7700 kobo: declined softly by the first instance
