@@ -170,6 +170,9 @@ class PaymentOutcome(_Model):
     provider_transaction_id: str | None = None
     amount_minor: int | None = None
     currency: str | None = None
+    # A success whose provider names no amount, from a provider that charges exactly what
+    # it was asked or nothing (Capability.FIXED_AMOUNT): the amount asked is the one paid.
+    amount_as_asked: bool = False
     authorization_url: str | None = None
     # what the customer must do for a pending payment (authorization_url alone says "go
     # there"; a bank transfer or an SDK step needs more)
@@ -239,8 +242,13 @@ class WebhookEvent(_Model):
     refund: RefundOutcome | None = None
     dispute: DisputeOutcome | None = None
     saved_method: SavedMethod | None = None  # a success's reusable method, where reported
+    # The provider's own id for the payment (the one verify reads it by), for a provider
+    # whose webhooks name no reference of Tender's (M-Pesa's callback names only its
+    # CheckoutRequestID): the ledger finds the payment by it when ``reference`` is None.
+    provider_id: str | None = None
     amount_minor: int | None = None
     currency: str | None = None
+    amount_as_asked: bool = False  # as PaymentOutcome.amount_as_asked
     message: str | None = None
 
 
@@ -426,6 +434,26 @@ class Capability(StrEnum):
     # the provider notifies disputes (chargebacks, inquiries, claims) by webhook: the plugin
     # reports them as WebhookEvent.dispute, with the payment's reference
     DISPUTE_WEBHOOKS = "dispute_webhooks"
+    # What a provider cannot do, declared so that the suite holds its plugin to the safe
+    # alternative (issue 39; M-Pesa Express is the example, examples/tender-mpesa):
+    # a charge's answer is never final: the customer approves on their own device and the
+    # provider confirms later (callback or status query); verify then tells
+    CONFIRMED_LATER = "confirmed_later"
+    # the provider takes no idempotency key and cannot look a payment up by Tender's
+    # reference: the same charge sent twice is two charges, so a plugin's verify without
+    # the provider's id answers OutcomeUnknown (never NOT_FOUND, which would let crash
+    # recovery charge again) and Tender never sends a charge twice
+    UNKEYED_CHARGES = "unkeyed_charges"
+    # webhooks carry no signature at all: the plugin asks the provider's API about every
+    # one and reports what the API says, never what the body claims
+    UNSIGNED_WEBHOOKS = "unsigned_webhooks"
+    # the API has no refund call (refunds are made in the provider's own portal): refund()
+    # refuses every request with PaymentDeclined("refunds_unsupported") and calls nothing
+    NO_API_REFUNDS = "no_api_refunds"
+    # the provider charges exactly the amount it was asked for or nothing (the customer
+    # approves that amount), and its status reads name no amount: a success may then say
+    # ``amount_as_asked`` instead of an amount, and the ledger's amount is the one paid
+    FIXED_AMOUNT = "fixed_amount"
 
 
 class PaymentProvider(ABC):

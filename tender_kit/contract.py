@@ -36,6 +36,7 @@ from providers.base import (
     HealthStatus,
     OutcomeStatus,
     PaymentProvider,
+    PaymentRequest,
     RefundStatus,
 )
 from providers.errors import (
@@ -57,6 +58,32 @@ def run(coroutine: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
             return await coroutine
 
     return asyncio.run(bounded())
+
+
+def _declares(harness: Harness, capability: Capability) -> bool:
+    return capability in harness.plugin_class.capabilities
+
+
+def _paid(harness: Harness, plugin: PaymentProvider, request: PaymentRequest) -> str | None:
+    """Charge ``request`` to success the provider's way: in the answer, or (CONFIRMED_LATER)
+    once the customer approves and verify says so; the provider's id for the payment."""
+    outcome = run(plugin.process_payment(request))
+    if outcome.status is OutcomeStatus.PENDING and _declares(harness, Capability.CONFIRMED_LATER):
+        harness.customer_pays(request.reference)
+        given = outcome.provider_transaction_id
+        outcome = run(plugin.verify_payment(request.reference, provider_id=given))
+    assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
+    return outcome.provider_transaction_id
+
+
+def _paid_in_full(harness: Harness, amount_minor: int | None, currency: str | None,
+                  as_asked: bool, request: PaymentRequest) -> None:  # fmt: skip
+    """A success names the amount and currency asked, or (FIXED_AMOUNT only) none at all."""
+    if amount_minor is None and as_asked:
+        assert _declares(harness, Capability.FIXED_AMOUNT), "amount_as_asked needs FIXED_AMOUNT"
+        assert currency in (None, request.currency)
+        return
+    assert (amount_minor, currency) == (request.amount_minor, request.currency)
 
 
 def _open_checkout(harness: Harness) -> tuple[Any, str, str | None]:
@@ -114,6 +141,21 @@ class ConformanceSuite:
                 pytest.fail(f"{field} took a mapping")
 
     @pytest.mark.tender_structural
+    def test_what_the_provider_cannot_do_is_declared_consistently(self, harness: Harness) -> None:
+        """A declared limit rules out the capabilities it contradicts: an unkeyed provider
+        cannot replay a charge to recover it, an unsigned webhook covers no bytes or time,
+        and a provider without refunds has no partial ones or refund reads."""
+        declared = harness.plugin_class.capabilities
+        contradictions = {
+            Capability.UNKEYED_CHARGES: {Capability.REPLAYS_TO_RECOVER},
+            Capability.UNSIGNED_WEBHOOKS: {Capability.SIGNED_BODY, Capability.SIGNED_TIMESTAMPS},
+            Capability.NO_API_REFUNDS: {Capability.PARTIAL_REFUNDS, Capability.READS_REFUNDS},
+        }
+        for limit, ruled_out in contradictions.items():
+            if limit in declared:
+                assert not declared & ruled_out, f"{limit} contradicts {declared & ruled_out}"
+
+    @pytest.mark.tender_structural
     def test_no_repr_or_str_shows_a_secret(self, harness: Harness) -> None:
         plugin = harness.plugin()
         secrets = plugin.secret_values()
@@ -126,15 +168,36 @@ class ConformanceSuite:
     # --- charges ------------------------------------------------------------------------------
 
     def test_a_charge_succeeds_with_the_amount_and_currency(self, harness: Harness) -> None:
+        """In its answer; or (CONFIRMED_LATER) pending with the provider's id and what the
+        customer must do, charged only once they approve, and verify then says paid."""
         request = harness.request("succeed")
-        outcome = run(harness.plugin().process_payment(request))
+        plugin = harness.plugin()
+        outcome = run(plugin.process_payment(request))
+        if _declares(harness, Capability.CONFIRMED_LATER):
+            assert outcome.status is OutcomeStatus.PENDING and outcome.provider_transaction_id
+            assert outcome.next_action is not None or outcome.authorization_url
+            assert harness.charges(request.reference) == 0
+            harness.customer_pays(request.reference)
+            given = outcome.provider_transaction_id
+            outcome = run(plugin.verify_payment(request.reference, provider_id=given))
         assert outcome.status is OutcomeStatus.SUCCEEDED and outcome.reference == request.reference
-        assert (outcome.amount_minor, outcome.currency) == (request.amount_minor, request.currency)
+        _paid_in_full(
+            harness, outcome.amount_minor, outcome.currency, outcome.amount_as_asked, request
+        )
         assert harness.charges(request.reference) == 1
 
     def test_a_decline_is_final_and_keeps_the_providers_code(self, harness: Harness) -> None:
         request = harness.request("decline")
         plugin = harness.plugin()
+        if _declares(harness, Capability.CONFIRMED_LATER):  # the customer says no later
+            asked = run(plugin.process_payment(request))
+            assert asked.status is OutcomeStatus.PENDING
+            harness.customer_declines(request.reference)
+            given = asked.provider_transaction_id
+            refused = run(plugin.verify_payment(request.reference, provider_id=given))
+            assert refused.status is OutcomeStatus.FAILED and (refused.code or refused.message)
+            assert harness.charges(request.reference) == 0
+            return
         with pytest.raises(PaymentDeclined) as declined:
             run(plugin.process_payment(request))
         assert declined.value.code or declined.value.message
@@ -150,13 +213,26 @@ class ConformanceSuite:
             pytest.fail("every provider here offers a checkout; declare PENDING_CHECKOUT")
         outcome = run(harness.plugin().process_payment(harness.request("pending")))
         assert outcome.status is OutcomeStatus.PENDING
+        if _declares(harness, Capability.CONFIRMED_LATER) and outcome.next_action is not None:
+            return  # the customer approves on their own device: the action says how
         assert harness.plugin_class.name == "sandbox" or (
             outcome.authorization_url or ""
         ).startswith("https://")
 
     def test_the_same_reference_twice_reaches_the_books_once(self, harness: Harness) -> None:
+        """By the provider's idempotency; or (UNKEYED_CHARGES: a repeat would be a second
+        charge) by Tender never repeating one: which holds only if verify without the
+        provider's id says unknown, never "not found" (crash recovery charges again on
+        that, tests/unit/test_processor.py)."""
         request = harness.request("succeed")
         plugin = harness.plugin()
+        if _declares(harness, Capability.UNKEYED_CHARGES):
+            asked = run(plugin.process_payment(request))
+            assert asked.provider_transaction_id, "the only handle on an unkeyed charge"
+            with pytest.raises(OutcomeUnknown):
+                run(plugin.verify_payment(request.reference))
+            assert harness.charges(request.reference) <= 1
+            return
         first = run(plugin.process_payment(request))
         second = run(plugin.process_payment(request))
         assert first.status is second.status is OutcomeStatus.SUCCEEDED
@@ -258,7 +334,17 @@ class ConformanceSuite:
         ):
             run(plugin.process_payment(request), timeout_s=TIMEOUT_S * 1.5)
         given = lost.value.provider_id  # an id the provider gave before the answer was lost
-        verified = run(harness.plugin().verify_payment(request.reference, provider_id=given))
+        fresh = harness.plugin()
+        if given is None and _declares(harness, Capability.UNKEYED_CHARGES):
+            with pytest.raises(OutcomeUnknown):  # nothing to read it by: never "not found"
+                run(fresh.verify_payment(request.reference))
+            return
+        verified = run(fresh.verify_payment(request.reference, provider_id=given))
+        if verified.status is OutcomeStatus.PENDING and _declares(
+            harness, Capability.CONFIRMED_LATER
+        ):
+            harness.customer_pays(request.reference)
+            verified = run(fresh.verify_payment(request.reference, provider_id=given))
         assert verified.status is OutcomeStatus.SUCCEEDED
         assert harness.charges(request.reference) == 1
 
@@ -290,12 +376,18 @@ class ConformanceSuite:
         plugin = harness.plugin()
         settled = (RefundStatus.SUCCEEDED, RefundStatus.PENDING)
         full = harness.request("succeed")
-        given = run(plugin.process_payment(full)).provider_transaction_id  # as the ledger keeps it
+        given = _paid(harness, plugin, full)  # as the ledger keeps it
+        if _declares(harness, Capability.NO_API_REFUNDS):
+            with pytest.raises(PaymentDeclined) as refused:
+                run(plugin.refund(full.reference, provider_id=given))
+            assert refused.value.code == "refunds_unsupported"
+            assert harness.charges(full.reference) == 1  # nothing moved
+            return
         whole = run(plugin.refund(full.reference, provider_id=given))
         assert whole.status in settled and whole.amount_minor == full.amount_minor
 
         part = harness.request("succeed")
-        given = run(plugin.process_payment(part)).provider_transaction_id
+        given = _paid(harness, plugin, part)
         if Capability.PARTIAL_REFUNDS in harness.plugin_class.capabilities:
             half = run(plugin.refund(part.reference, part.amount_minor // 2, provider_id=given))
             assert half.status in settled and half.amount_minor == part.amount_minor // 2
@@ -312,7 +404,7 @@ class ConformanceSuite:
             return  # one full refund only: refused twice above
         plugin = harness.plugin()
         paid = harness.request("succeed")
-        given = run(plugin.process_payment(paid)).provider_transaction_id
+        given = _paid(harness, plugin, paid)
         quarter = paid.amount_minor // 4
         first, second = (
             run(plugin.refund(paid.reference, quarter, refund_key=f"rf-{key}", provider_id=given))
@@ -334,7 +426,7 @@ class ConformanceSuite:
             return
         for paid in (True, False):
             request = harness.request("succeed")
-            given = run(plugin.process_payment(request)).provider_transaction_id
+            given = _paid(harness, plugin, request)
             harness.refunds_wait(True)
             asked = run(
                 plugin.refund(
@@ -356,7 +448,7 @@ class ConformanceSuite:
             assert read is not None
             assert read.status is (RefundStatus.SUCCEEDED if paid else RefundStatus.FAILED)
         request = harness.request("succeed")
-        given = run(plugin.process_payment(request)).provider_transaction_id
+        given = _paid(harness, plugin, request)
         done = run(
             plugin.refund(request.reference, 1_000, provider_id=given, currency=request.currency)
         )
@@ -379,12 +471,29 @@ class ConformanceSuite:
     def test_webhooks_signed_by_the_provider_only(self, harness: Harness) -> None:
         plugin = harness.plugin()
         request = harness.request("succeed")
-        run(plugin.process_payment(request))
+        given = _paid(harness, plugin, request)
         raw, headers = harness.webhook(request.reference)
 
         event = run(plugin.parse_webhook(raw, headers))
-        assert event.reference == request.reference and event.status is OutcomeStatus.SUCCEEDED
+        assert event.status is OutcomeStatus.SUCCEEDED
+        # by Tender's reference, or by the provider's own id where the webhook has no other
+        assert event.reference == request.reference or (
+            event.reference is None and given is not None and event.provider_id == given
+        )
         assert run(plugin.parse_webhook(raw, headers)).event_id == event.event_id  # redelivery
+        if _declares(harness, Capability.UNSIGNED_WEBHOOKS):
+            # Nothing to check but the API: what a body claims never counts.
+            claimed = run(plugin.parse_webhook(harness.tamper(raw), headers))
+            _paid_in_full(
+                harness, claimed.amount_minor, claimed.currency, claimed.amount_as_asked, request
+            )
+            waiting = harness.request("succeed")
+            assert run(plugin.process_payment(waiting)).status is OutcomeStatus.PENDING
+            forged_raw, forged_headers = harness.webhook(waiting.reference)  # claims it paid
+            believed = run(plugin.parse_webhook(forged_raw, forged_headers))
+            assert believed.status is not OutcomeStatus.SUCCEEDED
+            assert harness.charges(waiting.reference) == 0
+            return
 
         signature = next(k for k in headers if k.lower() != "content-type")  # the signing header
         reserialised = json.dumps(json.loads(raw), indent=2).encode()
@@ -453,7 +562,7 @@ class ConformanceSuite:
             return
         plugin = harness.plugin()
         request = harness.request("succeed")
-        run(plugin.process_payment(request))
+        _paid(harness, plugin, request)
         for outcome in (DisputeStatus.OPEN, DisputeStatus.WON, DisputeStatus.LOST):
             raw, headers = harness.dispute_webhook(request.reference, outcome)
             event = run(plugin.parse_webhook(raw, headers))
@@ -494,6 +603,11 @@ class ConformanceSuite:
         with harness.fault("stall_after_recording") as plugin, pytest.raises(OutcomeUnknown):
             run(plugin.process_payment(request), timeout_s=TIMEOUT_S * 1.5)
         fresh = harness.plugin()
+        if _declares(harness, Capability.UNKEYED_CHARGES):
+            with pytest.raises(OutcomeUnknown):  # unknown until an operator or callback says
+                run(fresh.verify_payment(request.reference))
+            assert harness.charges(request.reference) <= 1
+            return
         if Capability.REPLAYS_TO_RECOVER not in harness.plugin_class.capabilities:
             verified = run(fresh.verify_payment(request.reference))
             assert verified.status is OutcomeStatus.SUCCEEDED

@@ -66,7 +66,9 @@ class Harness(ABC):
     @abstractmethod
     def webhook(self, reference: str, age_s: float = 0) -> tuple[bytes, dict[str, str]]:
         """A payment-success webhook for a charged ``reference``, signed as the provider
-        signs it ``age_s`` ago (where signatures carry a time): (raw body, headers)."""
+        signs it ``age_s`` ago (where signatures carry a time): (raw body, headers). Where
+        webhooks are unsigned (``Capability.UNSIGNED_WEBHOOKS``), also for a reference the
+        customer has not paid: the forgery the plugin must see through."""
 
     def tamper(self, raw: bytes) -> bytes:
         """The webhook body claiming a different amount."""
@@ -89,11 +91,13 @@ class Harness(ABC):
     # what the lifecycle checks drive (each harness whose plugin declares the capability).
 
     def customer_declines(self, reference: str) -> None:
-        """The customer's attempt on the checkout of ``reference`` is declined."""
+        """The customer's attempt on the checkout of ``reference`` is declined (for a
+        ``CONFIRMED_LATER`` provider: the customer refuses the request on their device)."""
         raise NotImplementedError
 
     def customer_pays(self, reference: str) -> None:
-        """The customer pays the checkout of ``reference``; raises if it is not payable."""
+        """The customer pays the checkout of ``reference`` (``CONFIRMED_LATER``: approves the
+        request on their device); raises if it is not payable."""
         raise NotImplementedError
 
     def complete_capture(self, reference: str) -> None:

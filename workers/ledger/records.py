@@ -101,6 +101,8 @@ class Payment(Base):
     __table_args__ = (
         Index("ix_payments_status_updated", "status", "updated_at"),
         Index("ix_payments_tenant_order", "tenant_id", "order_id"),
+        # webhooks that name only the provider's id (workers.payments.webhooks)
+        Index("ix_payments_provider_id", "provider_transaction_id", "plugin_name"),
     )
 
 

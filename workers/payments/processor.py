@@ -153,6 +153,11 @@ def outcome_mismatch(outcome: PaymentOutcome, amount_minor: int, currency: str) 
     an alert, as the webhook path already does, never to ``succeeded``."""
     if outcome.status is not OutcomeStatus.SUCCEEDED:
         return None
+    if outcome.amount_as_asked and outcome.amount_minor is None:
+        # the provider charges exactly what it was asked or nothing (FIXED_AMOUNT)
+        if outcome.currency not in (None, currency):
+            return f"provider reports currency {outcome.currency}, ledger expects {currency}"
+        return None
     if outcome.amount_minor is None or outcome.currency is None:
         return (
             f"provider reports success without the amount paid ({outcome.amount_minor} "

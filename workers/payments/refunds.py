@@ -139,17 +139,27 @@ def view_of_refund(refund: Refund, payment: Payment) -> RefundView:
 
 
 def lock_payment(
-    session: Session, *, payment_id: uuid.UUID | None = None, reference: str | None = None
+    session: Session,
+    *,
+    payment_id: uuid.UUID | None = None,
+    reference: str | None = None,
+    provider_id: tuple[str, str] | None = None,
 ) -> Payment | None:
     """Load a payment with its row locked for this transaction (PostgreSQL ``FOR UPDATE``;
-    SQLite's ``BEGIN IMMEDIATE`` already serializes writers)."""
+    SQLite's ``BEGIN IMMEDIATE`` already serializes writers): by id, by reference, or by
+    ``(plugin name, the provider's id for it)``."""
     query = select(Payment).with_for_update().execution_options(populate_existing=True)
     if payment_id is not None:
         query = query.where(Payment.id == payment_id)
     elif reference is not None:
         query = query.where(Payment.reference == reference)
+    elif provider_id is not None:
+        plugin_name, given = provider_id
+        query = query.where(
+            Payment.provider_transaction_id == given, Payment.plugin_name == plugin_name
+        )
     else:
-        raise TypeError("lock_payment needs payment_id or reference")
+        raise TypeError("lock_payment needs payment_id, reference or provider_id")
     return session.execute(query).scalar_one_or_none()
 
 

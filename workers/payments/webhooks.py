@@ -281,13 +281,18 @@ def _apply(
         log.info("webhook %s %s: not an event Tender acts on", event.provider, event.event_type)
         return WebhookReply(WebhookResult.IGNORED, 200), []
 
-    payment = lock_payment(session, reference=event.reference) if event.reference else None
+    payment = None
+    if event.reference:
+        payment = lock_payment(session, reference=event.reference)
+    elif event.provider_id:  # a provider whose webhooks name only its own id (M-Pesa)
+        payment = lock_payment(session, provider_id=(event.provider, event.provider_id))
+        receipt.reference = payment.reference if payment is not None else None
     if payment is None or payment.plugin_name not in (None, event.provider):
         log.warning(
             "webhook %s %s for unknown reference %r: acknowledged, nothing changed",
             event.provider,
             event.event_type,
-            event.reference,
+            event.reference or event.provider_id,
         )
         receipt.result = WebhookResult.UNKNOWN_REFERENCE.value
         return WebhookReply(WebhookResult.UNKNOWN_REFERENCE, 200), []
@@ -347,8 +352,15 @@ def _apply_charge(
             f"{event.status.value} but the ledger has it {current.value}"
         )
         return _alerting(session, WebhookResult.CONFLICT, payment, text)
-    if new is PaymentState.SUCCEEDED and (
-        event.amount_minor != payment.amount_minor or event.currency != payment.currency
+    as_asked = (  # a provider that charges exactly what it was asked (FIXED_AMOUNT)
+        event.amount_as_asked
+        and event.amount_minor is None
+        and event.currency in (None, payment.currency)
+    )
+    if (
+        new is PaymentState.SUCCEEDED
+        and not as_asked
+        and (event.amount_minor != payment.amount_minor or event.currency != payment.currency)
     ):
         text = (
             f"{event.provider} reports {event.amount_minor} {event.currency} paid for payment "
