@@ -1,0 +1,1 @@
+"""The mpesa provider plugin for Tender."""
