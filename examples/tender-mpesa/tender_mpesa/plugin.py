@@ -255,7 +255,9 @@ class MpesaProvider(PaymentProvider):
         except httpx.HTTPError as exc:  # sent, then no (complete) answer
             error = OutcomeUnknown if moves_money else ProviderUnavailable
             raise error(
-                f"no answer from M-Pesa ({type(exc).__name__})", provider=self.name, code="no_answer"
+                f"no answer from M-Pesa ({type(exc).__name__})",
+                provider=self.name,
+                code="no_answer",
             ) from None
 
     def _envelope(self, response: httpx.Response) -> dict[str, Any]:

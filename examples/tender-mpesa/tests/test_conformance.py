@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tender_mpesa.plugin import MpesaProvider, account_reference
+
 from providers.base import PaymentProvider, PaymentRequest, derive_reference
 from tender_kit import ConformanceSuite, Fault, Harness, Outcome
 from tender_kit.harness import HEALTH_HOLD_S, HEALTH_TIMEOUT_S, TIMEOUT_S
-from tender_mpesa.plugin import MpesaProvider, account_reference
 from tests.fake import FakeDaraja, Prompt
 
 CREDENTIALS = {
@@ -112,7 +113,7 @@ class MpesaHarness(Harness):
             # A token first, so the 503 meets the prompt itself, after it was sent.
             from tender_kit.contract import run
 
-            run(plugin._access_token())  # type: ignore[attr-defined]
+            run(plugin._access_token())
         setattr(fake, name, value)
         try:
             yield plugin
