@@ -8,22 +8,30 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import update
 
+from config.settings import get_settings
 from providers.base import (
     Capability,
     OutcomeStatus,
     PaymentOutcome,
+    PaymentRequest,
     WebhookEvent,
     derive_reference,
+    utcnow,
 )
+from providers.errors import OutcomeUnknown
 from providers.sandbox import SandboxProvider
 from registry.db import get_database
 from workers import runtime
+from workers.events.relay import InlineRelay
 from workers.ledger.records import Payment, WebhookReceipt
-from workers.payments.processor import outcome_mismatch
+from workers.payments.client import _validated, get_payment, record_payment
+from workers.payments.processor import PaymentProcessor, outcome_mismatch
 from workers.payments.webhooks import receive_webhook
 
 AMOUNT = 50_000  # KES 500.00
@@ -138,3 +146,55 @@ def test_outcome_mismatch_takes_as_asked_only_with_no_amount_and_the_same_curren
     assert outcome_mismatch(
         paid(amount_as_asked=True, amount_minor=1, currency="KES"), AMOUNT, "KES"
     )
+
+
+class UnkeyedProvider(SandboxProvider):
+    """A sandbox that, like M-Pesa, takes no idempotency key and reads a charge by the
+    provider's id only: its verify without one can only say "unknown"."""
+
+    name: ClassVar[str] = "unkeyed"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.UNKEYED_CHARGES})
+    sent: ClassVar[list[str]] = []
+
+    async def process_payment(self, request: PaymentRequest) -> PaymentOutcome:
+        type(self).sent.append(request.reference)
+        return await super().process_payment(request)
+
+    async def verify_payment(
+        self, reference: str, *, provider_id: str | None = None
+    ) -> PaymentOutcome:
+        if provider_id is None:
+            raise OutcomeUnknown("no lookup by reference", provider=self.name)
+        return await super().verify_payment(reference, provider_id=provider_id)
+
+
+def test_a_charge_an_unkeyed_provider_may_hold_is_never_sent_again(env, tmp_path) -> None:
+    """Its worker died mid-charge, with no provider id recorded: recovery verifies, the
+    plugin can only say "unknown", and the charge is not sent a second time (a "not found"
+    here would send it again, which at such a provider is a second charge)."""
+    runtime.registry().catalogue.register("unkeyed", UnkeyedProvider)
+    instance = runtime.registry().create_instance(
+        "unkeyed", {"charge_book": str(tmp_path / "book.db")}, is_active=True
+    )
+    UnkeyedProvider.sent.clear()
+    fields = _validated("o-1", "10.00", "NGN", "ada@example.com", "card", None, None, None)
+    payment, _ = record_payment(get_database(), fields)
+    with get_database().transaction() as session:  # its worker died mid-charge
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment.id)
+            .values(
+                status="processing",
+                claims=1,
+                instance_id=instance.id,
+                plugin_name="unkeyed",
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+    relay = InlineRelay(get_database(), RecordingPublisher())  # type: ignore[arg-type]
+    processor = PaymentProcessor(
+        get_database(), runtime.registry(), runtime.provider_loop(), relay, get_settings()
+    )
+    processor.process(payment.id)
+    assert get_payment(payment.id).status == "unknown"  # an operator or a callback decides
+    assert UnkeyedProvider.sent == []
