@@ -96,6 +96,11 @@ In this order (docs/writing-a-plugin.md in Tender says why):
        pip install -e ".[dev]"
        pytest --tender-conformance                 # every contract check
        pytest --tender-conformance -m tender_structural   # what the scaffold passes as is
+
+Where the provider cannot do what a card API does (no success in the charge's answer, no
+idempotency key, unsigned webhooks, no refund call), declare it in `capabilities`, and the
+suite holds the plugin to the safe alternative ("When the provider is not like a card
+API" in docs/writing-a-plugin.md; Tender's `examples/tender-mpesa` is one).
 """
 
 PLUGIN = '''\
