@@ -33,7 +33,14 @@ from sqlalchemy.orm import Session
 
 from config.logging import log_context
 from config.settings import Settings, get_settings
-from providers.base import OutcomeStatus, PaymentProvider, RefundStatus, WebhookEvent, utcnow
+from providers.base import (
+    OutcomeStatus,
+    PaymentOutcome,
+    PaymentProvider,
+    RefundStatus,
+    WebhookEvent,
+    utcnow,
+)
 from providers.errors import ConfigurationError, ProviderUnavailable, WebhookSignatureError
 from registry.db import Database, get_database
 from registry.errors import RegistryError
@@ -54,6 +61,7 @@ from workers.ledger.records import (
 from workers.ledger.states import OUTCOME_STATE, PaymentState
 from workers.payments.disputes import DisputeConflict, apply_dispute
 from workers.payments.methods import save_from_success
+from workers.payments.processor import outcome_mismatch
 from workers.payments.refunds import (
     OPEN_REFUNDS,
     REFUNDABLE,
@@ -352,15 +360,16 @@ def _apply_charge(
             f"{event.status.value} but the ledger has it {current.value}"
         )
         return _alerting(session, WebhookResult.CONFLICT, payment, text)
-    as_asked = (  # a provider that charges exactly what it was asked (FIXED_AMOUNT)
-        event.amount_as_asked
-        and event.amount_minor is None
-        and event.currency in (None, payment.currency)
+    # the worker's rule for what counts as paid, "as asked" (FIXED_AMOUNT) included
+    reported = PaymentOutcome(
+        status=event.status,
+        reference=payment.reference,
+        amount_minor=event.amount_minor,
+        currency=event.currency,
+        amount_as_asked=event.amount_as_asked,
     )
-    if (
-        new is PaymentState.SUCCEEDED
-        and not as_asked
-        and (event.amount_minor != payment.amount_minor or event.currency != payment.currency)
+    if new is PaymentState.SUCCEEDED and outcome_mismatch(
+        reported, payment.amount_minor, payment.currency
     ):
         text = (
             f"{event.provider} reports {event.amount_minor} {event.currency} paid for payment "
