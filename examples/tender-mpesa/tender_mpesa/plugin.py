@@ -80,6 +80,9 @@ SLOW_HEALTH_FRACTION = 0.8  # of timeout_s: a slower token fetch is DEGRADED
 PROCESSING = "500.001.1001"  # the query's "The transaction is being processed"
 INVALID_TOKEN = "404.001.03"
 _PHONE = re.compile(r"254(?:7|1)\d{8}", re.ASCII)
+# What a 400 "Bad Request - Invalid <field>" may name that is the customer's, not the
+# merchant's: the number, the amount, the account shown on the prompt.
+_CUSTOMER_FIELDS = frozenset({"phonenumber", "partya", "amount", "accountreference"})
 
 # Daraja's Amount is whole Kenyan shillings; ISO 4217 gives KES two decimals.
 MPESA_UNITS = ProviderUnits("mpesa", {"KES": Unit(0, EXPRESS + " (Amount: whole numbers)")})
@@ -243,7 +246,9 @@ class MpesaProvider(PaymentProvider):
 
     # --- the seam ------------------------------------------------------------------------
 
-    async def _send(self, method: str, path: str, *, moves_money: bool, **kwargs: Any) -> Any:
+    async def _send(
+        self, method: str, path: str, *, moves_money: bool, **kwargs: Any
+    ) -> httpx.Response:
         if self._http is None:
             raise ConfigurationError("mpesa provider used after aclose()", provider=self.name)
         try:
@@ -302,14 +307,18 @@ class MpesaProvider(PaymentProvider):
                     provider=self.name,
                     code="server_error",
                 )
-            lifetime = int(str(body.get("expires_in") or "3599"))
+            given = str(body.get("expires_in") or "")
+            lifetime = int(given) if given.isdigit() else 3599  # Daraja's documented hour
             self._token = (token, time.monotonic() + max(lifetime - 60, 0))
             return token
 
-    async def _call(self, path: str, payload: dict[str, Any], *, moves_money: bool) -> Any:
-        """POST with a bearer token, fetched again once if M-Pesa calls it invalid."""
-        for attempt in (1, 2):
-            token = await self._access_token(fresh=attempt == 2)
+    async def _call(
+        self, path: str, payload: dict[str, Any], *, moves_money: bool
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        """POST with a bearer token, fetched again once if M-Pesa calls it invalid (the
+        call was refused, so sending it again cannot charge twice)."""
+
+        async def post(token: str) -> tuple[httpx.Response, dict[str, Any]]:
             response = await self._send(
                 "POST",
                 path,
@@ -317,10 +326,24 @@ class MpesaProvider(PaymentProvider):
                 json=payload,
                 headers={"Authorization": f"Bearer {token}"},
             )
-            body = self._envelope(response)
-            if str(body.get("errorCode")) != INVALID_TOKEN or attempt == 2:
-                return response, body
-        raise AssertionError("unreachable")
+            return response, self._envelope(response)
+
+        response, body = await post(await self._access_token())
+        if str(body.get("errorCode")) == INVALID_TOKEN:
+            response, body = await post(await self._access_token(fresh=True))
+        return response, body
+
+    def _refusal(self, code: str, message: str) -> ConfigurationError | PaymentDeclined:
+        """A 400 names the field it refused: the merchant's own settings (shortcode,
+        password, callback...) are a configuration error, never the customer's decline."""
+        field = message.rsplit("Invalid", 1)[-1].strip().lower() if "Invalid" in message else ""
+        if field in _CUSTOMER_FIELDS:
+            return PaymentDeclined(message, provider=self.name, code=code)
+        return ConfigurationError(
+            f"M-Pesa refused this instance's settings ({code}: {message})",
+            provider=self.name,
+            code="config_refused",
+        )
 
     # --- payments --------------------------------------------------------------------------
 
@@ -366,8 +389,7 @@ class MpesaProvider(PaymentProvider):
                 f"M-Pesa error {status}: {message}", provider=self.name, code="server_error"
             )
         if status != 200 or str(body.get("ResponseCode")) != "0":
-            # refused before any prompt was sent (a bad number, shortcode or amount)
-            raise PaymentDeclined(message, provider=self.name, code=code)
+            raise self._refusal(code, message)  # refused before any prompt was sent
         checkout = str(body["CheckoutRequestID"])
         return PaymentOutcome(
             status=OutcomeStatus.PENDING,
@@ -405,7 +427,9 @@ class MpesaProvider(PaymentProvider):
                 code="server_error",
             )
         if response.status_code == 400:
-            return None
+            if "checkoutrequestid" in message.lower():
+                return None
+            raise self._refusal(code, message)
         if response.status_code != 200 or "ResultCode" not in body:
             raise ProviderUnavailable(
                 f"unreadable M-Pesa query answer ({response.status_code})",

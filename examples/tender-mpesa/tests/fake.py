@@ -6,7 +6,9 @@ reference and its own client (sources in ``tender_mpesa.plugin``):
   ``{"errorCode": "400.008.01", "errorMessage": "Invalid Authentication passed"}``.
 * ``POST /mpesa/stkpush/v1/processrequest`` -> ``{"MerchantRequestID", "CheckoutRequestID",
   "ResponseCode": "0", "ResponseDescription", "CustomerMessage"}``; a bad field -> 400
-  ``{"requestId", "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid ..."}``;
+  ``{"requestId", "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid ..."}``
+  naming the field (the message form as integrators quote Daraja's error table; the
+  portal's pages give the envelope, not each message);
   an unknown bearer token -> 404 ``{"errorCode": "404.001.03", "errorMessage": "Invalid
   Access Token"}``.
 * ``POST /mpesa/stkpushquery/v1/query`` -> while the customer has not answered, 500

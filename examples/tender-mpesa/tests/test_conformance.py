@@ -14,6 +14,7 @@ from tender_mpesa.plugin import MpesaProvider, account_reference
 
 from providers.base import PaymentProvider, PaymentRequest, derive_reference
 from tender_kit import ConformanceSuite, Fault, Harness, Outcome
+from tender_kit.contract import run
 from tender_kit.harness import HEALTH_HOLD_S, HEALTH_TIMEOUT_S, TIMEOUT_S
 from tests.fake import FakeDaraja, Prompt
 
@@ -111,8 +112,6 @@ class MpesaHarness(Harness):
         plugin = self.plugin()
         if kind == "server_error":
             # A token first, so the 503 meets the prompt itself, after it was sent.
-            from tender_kit.contract import run
-
             run(plugin._access_token())
         setattr(fake, name, value)
         try:
