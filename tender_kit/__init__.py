@@ -4,6 +4,8 @@
   class a plugin's tests subclass with their :class:`Harness`; ``pytest
   --tender-conformance`` runs it (the ``pytest11`` entry point ``tender_kit``).
 * :class:`Harness` (``tender_kit.harness``): how the suite drives a plugin and its fake.
+* ``tender_kit.inline.InlineTender`` (the ``tender_inline`` fixture): Tender's own
+  processor and webhook receiver driving the installed plugin, inline on SQLite.
 * ``tender_kit.fakes``: the loopback server every fake of Tender's is built on, with
   fault switches (5xx, slow, drop, 429, a key echoed back).
 

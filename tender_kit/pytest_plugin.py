@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tender_kit.inline import InlineTender
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,3 +66,21 @@ def tender_kit_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield tmp_path
     monkeypatch.undo()
     reset_settings()
+
+
+@pytest.fixture
+def tender_inline(tender_kit_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InlineTender]:
+    """Tender run inline on a fresh SQLite database under ``tmp_path``: its processor and
+    webhook receiver drive the installed plugin (``tender_kit.inline.InlineTender``)."""
+    from config.settings import reset_settings
+    from registry.migrate import upgrade
+    from tender_kit.inline import InlineTender  # imported late: plain pytest runs stay light
+    from workers import runtime
+
+    url = f"sqlite:///{tender_kit_env / 'tender.db'}"
+    monkeypatch.setenv("TENDER_DATABASE_URL", url)
+    reset_settings()
+    upgrade(url)
+    runtime.reset()
+    yield InlineTender()
+    runtime.reset()

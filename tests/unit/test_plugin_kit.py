@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from tender_kit.harness import SandboxHarness
+from workers.payments.client import InvalidPaymentRequest
+
 pytest_plugins = ["pytester"]
 
 PROJECT_TESTS = """
@@ -98,3 +101,27 @@ def test_a_scaffold_passes_the_structural_checks_and_fails_the_rest(
     # the structural five pass, and so do checks of capabilities the scaffold does not declare
     assert outcomes.get("failed", 0) >= 10 and outcomes.get("passed", 0) >= 5
     assert "NotImplementedError" in everything.stdout.str()
+
+
+def test_tender_inline_runs_a_plugin_through_tenders_processor_and_webhooks(
+    tender_inline, tmp_path
+) -> None:
+    """``tender_inline``: the installed plugin, found by its entry point, driven by Tender's
+    own processor and webhook receiver; a redelivered task charges nothing more."""
+    harness = SandboxHarness(tmp_path)
+    tender_inline.add_instance("sandbox", harness.config(), currencies=["NGN"])
+
+    paid = tender_inline.pay("ord-inline-1", "500.00", "NGN")
+    assert (paid.status, paid.amount_minor) == ("succeeded", 50_000)
+    assert tender_inline.process(paid.id).status == "succeeded"  # a redelivery
+    assert harness.charges(paid.provider_reference) == 1
+    assert [kind for kind, _ in tender_inline.events] == ["payment.succeeded"]
+
+    waiting = tender_inline.pay("ord-inline-2", "20.00", "NGN", payment_method="bank_transfer")
+    assert waiting.status == "pending"
+    reply = tender_inline.webhook("sandbox", *harness.webhook(waiting.provider_reference))
+    assert (reply.result, reply.payment_id) == ("applied", waiting.id)
+    assert tender_inline.payment(waiting.id).status == "succeeded"
+
+    with pytest.raises(InvalidPaymentRequest, match="customer_email"):
+        tender_inline.pay("ord-inline-3", "5.00", "NGN", customer_email="ada")  # as at the boundary
