@@ -44,6 +44,7 @@ def scaffold(name: str, parent: Path) -> list[Path]:
         "tests/__init__.py": "",
         "tests/fake.py": FAKE,
         "tests/test_conformance.py": CONFORMANCE,
+        "tests/test_through_tender.py": THROUGH_TENDER,
     }
     written = []
     for relative, template in files.items():
@@ -96,6 +97,12 @@ In this order (docs/writing-a-plugin.md in Tender says why):
        pip install -e ".[dev]"
        pytest --tender-conformance                 # every contract check
        pytest --tender-conformance -m tender_structural   # what the scaffold passes as is
+
+5. Run it through Tender itself (`tests/test_through_tender.py`: the kit's `tender_inline`
+   fixture, Tender's processor and webhook receiver inline on SQLite) once installed
+   (`pip install -e .` registers its entry point), and add your provider's lifecycles:
+
+       pytest
 
 Where the provider cannot do what a card API does (no success in the charge's answer, no
 idempotency key, unsigned webhooks, no refund call), declare it in `capabilities`, and the
@@ -255,4 +262,29 @@ class {cls}Harness(Harness):
 
 class Test{cls}(ConformanceSuite):
     harness_class = {cls}Harness
+'''
+
+THROUGH_TENDER = '''\
+"""The plugin run through Tender itself (the kit's ``tender_inline`` fixture): Tender's
+own processor and webhook receiver, inline on SQLite, finding the plugin by its entry
+point. Fails until the plugin is written; add the provider's own lifecycles here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tender_kit.inline import InlineTender
+from tests.test_conformance import {cls}Harness
+
+
+def test_a_payment_through_tender(tender_inline: InlineTender, tender_kit_env: Path) -> None:
+    harness = {cls}Harness(tender_kit_env)
+    try:
+        tender_inline.add_instance("{name}", harness.config(), currencies=[harness.currency])
+        payment = tender_inline.pay("ord-1", "500.00", harness.currency)
+        assert payment.status == "succeeded"
+        assert tender_inline.process(payment.id).status == "succeeded"  # a redelivered task
+        assert harness.charges(payment.provider_reference) == 1
+    finally:
+        harness.close()
 '''

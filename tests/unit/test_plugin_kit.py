@@ -84,6 +84,9 @@ def test_a_scaffold_passes_the_structural_checks_and_fails_the_rest(
     project = pytester.path / "tender-mpesa"
     assert (project / "tender_mpesa" / "plugin.py").exists()
     assert 'mpesa = "tender_mpesa.plugin:MpesaProvider"' in (project / "pyproject.toml").read_text()
+    through = (project / "tests" / "test_through_tender.py").read_text()
+    compile(through, "test_through_tender.py", "exec")  # the generated test is Python
+    assert 'add_instance("mpesa"' in through and "MpesaHarness(" in through
     again = CliRunner().invoke(app, ["plugins", "new", "mpesa", "--dir", str(pytester.path)])
     assert again.exit_code == 1 and "already exists" in again.output
     bad = CliRunner().invoke(app, ["plugins", "new", "M-Pesa!", "--dir", str(pytester.path)])
