@@ -108,8 +108,9 @@ class InlineTender:
     def webhook(
         self, plugin_name: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> WebhookReply:
-        """Deliver a webhook as Tender's HTTP endpoint would: authenticated, then applied.
-        Raises what the endpoint turns into 401 or 404."""
+        """Hand a webhook to what Tender's endpoint calls: authenticated, then applied.
+        Raises what the endpoint turns into 401 or 404 (the body-size limit is the
+        endpoint's own and is not applied here)."""
         return receive_webhook(plugin_name, body, headers or {}, publisher=self.publisher)
 
     def payment(self, payment_id: uuid.UUID) -> PaymentView:
